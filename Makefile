@@ -1,0 +1,34 @@
+# Two commands for a newcomer: `make train` (the main job) and `make test` (the test suite).
+# Each creates .venv when it is missing and installs into it: torch==2.13.0 first (a CPU build; an unpinned
+# torch pulls GBs of CUDA wheels), then the package with its extras.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test benchmark clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[plot,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# RennalaNIGT on Hopper, n = 10 agents, h_i = kappa_i = sqrt(i), simulated clock, both cores (about 8 minutes).
+train: $(STAMP)
+	$(PY) -m sb3_nigt.train --out runs/hopper
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

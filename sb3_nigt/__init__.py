@@ -1,0 +1,13 @@
+"""sb3-nigt: asynchronous distributed policy gradients (Rennala NIGT and friends) for Stable-Baselines3.
+
+Implements Tyurin, Spiridonov, Rudenko, "Asynchronous Policy Gradient Aggregation for Efficient Distributed
+Reinforcement Learning", ICLR 2026 (arXiv 2509.24305).
+"""
+
+from sb3_nigt.common.timing import RandomTimes, TimingModel
+from sb3_nigt.policies import MlpPolicy, NIGTPolicy
+from sb3_nigt.rennala import RennalaNIGT
+
+__version__ = "0.1.0"
+
+__all__ = ["MlpPolicy", "NIGTPolicy", "RandomTimes", "RennalaNIGT", "TimingModel", "__version__"]

@@ -1,0 +1,60 @@
+"""Aggregation rules: pure logic with no processes and no clock (DESIGN.md, layer 2).
+
+A rule is told "agent j finished a gradient", decides whether the round goes on and whether agent j restarts,
+and forms the aggregate from the per-agent sums ḡ_i and counts M_i.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class AggregationRule:
+    """Base class of an aggregation rule for one round.
+
+    :param n_agents: n, the number of agents.
+    :param batch_size: M (or S), the rule's batch parameter (>= 1).
+    :raises ValueError: if ``n_agents`` or ``batch_size`` is < 1.
+    """
+
+    def __init__(self, n_agents: int, batch_size: int):
+        if n_agents < 1:
+            raise ValueError(f"n_agents: must be >= 1, got {n_agents}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        self.n_agents = int(n_agents)
+        self.batch_size = int(batch_size)
+        self.counts = np.zeros(self.n_agents, dtype=np.int64)  # M_i, int64, shape (n,)
+
+    def add(self, agent: int) -> None:
+        """Count one finished gradient of ``agent`` (M_agent += 1)."""
+        self.counts[agent] += 1
+
+    def wants_more(self, agent: int) -> bool:
+        """Whether ``agent`` immediately starts another trajectory at the same θ."""
+        return True
+
+    def done(self) -> bool:
+        """Whether the round has collected enough gradients."""
+        raise NotImplementedError
+
+    def aggregate(self, sums: np.ndarray) -> np.ndarray:
+        """The round's aggregate from the per-agent sums ḡ_i (float64, shape ``(n, d)``); returns shape ``(d,)``."""
+        raise NotImplementedError
+
+
+class RennalaAggregation(AggregationRule):
+    """AggregateRennala (paper, Algorithm 2): the first M gradients to arrive, from whichever agents.
+
+    Stops when m = Σ_i M_i = M and returns (Σ_i ḡ_i) / M. Fast agents contribute more, which is unbiased in the
+    homogeneous setting because all trajectories are i.i.d.
+    """
+
+    def done(self) -> bool:
+        return int(self.counts.sum()) >= self.batch_size
+
+    def aggregate(self, sums: np.ndarray) -> np.ndarray:
+        total = np.zeros(sums.shape[1], dtype=np.float64)
+        for agent in range(self.n_agents):  # canonical order: agent index
+            total += sums[agent]
+        return total / int(self.counts.sum())

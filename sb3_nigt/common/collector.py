@@ -1,0 +1,210 @@
+"""The delay-aware collector (DESIGN.md, layer 3): a rule plus θ in, an aggregate out, on a clock.
+
+Time model (paper, Assumption 2.5 and App. H; PAPER.md "Time model"):
+
+- a round starts at simulated time T0 and broadcasts θ: agent i starts computing at T0 + κ_i;
+- each gradient of agent i takes h_i seconds (or h_i per environment step);
+- when the rule is satisfied at time t_stop every agent stops; in-flight work is abandoned;
+- each contributing agent (M_i >= 1) uploads its accumulated vector, which arrives κ_i later;
+- the round ends at the last contributing upload: T_end = t_stop + max_{i: M_i >= 1} κ_i.
+
+Simultaneous finishes are processed in increasing agent index.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from sb3_nigt.common.aggregation import AggregationRule
+from sb3_nigt.common.estimator import Job, JobResult, job_seed
+from sb3_nigt.common.timing import TimingModel
+
+
+@dataclass
+class Arrival:
+    """One counted gradient: ``agent``'s gradient ``index``, arriving at ``time`` seconds on the clock."""
+
+    time: float
+    agent: int
+    index: int
+    result: JobResult
+
+
+@dataclass
+class RoundResult:
+    """The outcome of one aggregation round.
+
+    :param aggregate: the rule's aggregate (float64, shape ``(d,)``).
+    :param counts: M_i, gradients per agent (int64, shape ``(n,)``).
+    :param arrivals: the counted gradients in arrival order.
+    :param start_time: clock time at the round's start (seconds).
+    :param stop_time: when the rule was satisfied (seconds).
+    :param end_time: when the last contributing upload arrived (seconds).
+    :param obs_moments: per-gradient raw observation moments for VecNormalize, in canonical order.
+    """
+
+    aggregate: np.ndarray
+    counts: np.ndarray
+    arrivals: list[Arrival]
+    start_time: float
+    stop_time: float
+    end_time: float
+    obs_moments: list[tuple] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        """Seconds the round took on the clock."""
+        return self.end_time - self.start_time
+
+    @property
+    def n_steps(self) -> int:
+        """Environment steps of the counted gradients."""
+        return sum(a.result.n_steps for a in self.arrivals)
+
+
+class Collector:
+    """Turns an aggregation rule plus θ into an aggregate, on the simulated or the real clock.
+
+    :param backend: an :class:`~sb3_nigt.common.backends.InlineBackend` or ``SubprocessBackend``.
+    :param timing: the agents' compute and communication times.
+    :param clock: ``"simulated"`` (discrete-event, deterministic) or ``"real"`` (physical arrival order).
+    :param horizon: H, environment steps per trajectory at most.
+    :param gamma: γ.
+    :param seed: base seed of every job's seed (seed, round, agent, index).
+    :param agent_env_index: for each agent, the index of its environment factory.
+    :param time_scale: real clock only: seconds of injected sleep per second of h_i or κ_i; None disables the
+        emulation.
+    """
+
+    def __init__(
+        self,
+        backend: Any,
+        timing: TimingModel,
+        clock: str,
+        horizon: int,
+        gamma: float,
+        seed: int,
+        agent_env_index: list[int],
+        time_scale: Optional[float] = None,
+    ):
+        self.backend = backend
+        self.timing = timing
+        self.clock = clock
+        self.horizon = horizon
+        self.gamma = gamma
+        self.seed = seed
+        self.agent_env_index = agent_env_index
+        self.time_scale = time_scale
+        self.n_agents = len(agent_env_index)
+
+    def start(self) -> None:
+        self.backend.start()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def _job(self, round_index: int, agent: int, index: int, delay: float = 0.0, min_duration: float = 0.0) -> Job:
+        return Job(
+            round_index, agent, index, job_seed(self.seed, round_index, agent, index), self.agent_env_index[agent],
+            self.horizon, self.gamma, delay, min_duration,
+        )
+
+    def collect(self, params: np.ndarray, rule: AggregationRule, round_index: int, start_time: float, obs_norm: Optional[tuple] = None) -> RoundResult:
+        """Run one aggregation round at θ = ``params`` (float32, ``(d,)``) starting at ``start_time`` seconds."""
+        self.backend.set_params(params, obs_norm)
+        if self.clock == "simulated":
+            arrivals, stop = self._simulated(rule, round_index, start_time)
+        else:
+            arrivals, stop = self._real(rule, round_index, start_time)
+        self.backend.cancel(round_index + 1)
+        contributors = np.flatnonzero(rule.counts)
+        upload = max((self.timing.communication_time(int(i), round_index) for i in contributors), default=0.0)
+        if self.clock == "real" and self.time_scale:
+            time.sleep(upload * self.time_scale)
+            end = start_time + (time.perf_counter() - self._wall_start)
+        else:
+            end = stop + upload
+        # Canonical order: per agent, gradients by index; then agents by index (the rule's aggregate).
+        ordered = sorted(arrivals, key=lambda a: (a.agent, a.index))
+        sums = np.zeros((self.n_agents, ordered[0].result.gradient.shape[0]), dtype=np.float64)
+        for arrival in ordered:
+            sums[arrival.agent] += arrival.result.gradient
+        moments = [a.result.obs_moments for a in ordered if a.result.obs_moments is not None]
+        return RoundResult(rule.aggregate(sums), rule.counts.copy(), arrivals, start_time, stop, end, moments)
+
+    def _simulated(self, rule: AggregationRule, round_index: int, start_time: float) -> tuple[list[Arrival], float]:
+        """Discrete-event simulation; jobs are computed only when counted, or, with per-step times, speculatively."""
+        timing, per_step = self.timing, self.timing.per_step
+        results: dict[tuple[int, int], JobResult] = {}
+        started: dict[tuple[int, int], float] = {}
+        events: list[tuple[float, int, int, bool]] = []  # (finish time or its lower bound, agent, index, known)
+
+        def begin(agent: int, index: int, at: float) -> None:
+            started[(agent, index)] = at
+            unit = timing.compute_time(agent, round_index, index)
+            if per_step:  # the duration depends on the trajectory's length: compute now, 1 step is a lower bound
+                self.backend.submit(self._job(round_index, agent, index))
+            heapq.heappush(events, (at + unit, agent, index, not per_step))
+
+        def fetch(needed: Optional[tuple[int, int]] = None) -> None:
+            for result in self.backend.wait(needed):
+                if result.job.round_index == round_index:
+                    results[result.job.key] = result
+
+        for agent in range(self.n_agents):
+            begin(agent, 0, start_time + timing.communication_time(agent, round_index))
+        counted: list[tuple[float, int, int]] = []
+        stop = start_time
+        while not rule.done():
+            if not events:
+                raise RuntimeError("the aggregation rule can never be satisfied: no agent is computing")
+            at, agent, index, known = heapq.heappop(events)
+            if not known:
+                while (agent, index) not in results:
+                    fetch((agent, index))
+                finish = started[(agent, index)] + timing.gradient_time(agent, round_index, index, results[(agent, index)].n_steps)
+                heapq.heappush(events, (finish, agent, index, True))
+                continue
+            rule.add(agent)
+            counted.append((at, agent, index))
+            stop = at
+            if not per_step:
+                self.backend.submit(self._job(round_index, agent, index))
+            if not rule.done() and rule.wants_more(agent):
+                begin(agent, index + 1, at)
+        for _, agent, index in counted:
+            while (agent, index) not in results:
+                fetch((agent, index))
+        return [Arrival(at, agent, index, results[(agent, index)]) for at, agent, index in counted], stop
+
+    def _real(self, rule: AggregationRule, round_index: int, start_time: float) -> tuple[list[Arrival], float]:
+        """True asynchrony: gradients count in the physical order in which they arrive."""
+        scale = self.time_scale or 0.0
+        self._wall_start = time.perf_counter()
+        next_index = [0] * self.n_agents
+
+        def begin(agent: int, delay: float) -> None:
+            h = self.timing.compute_time(agent, round_index, next_index[agent]) * scale
+            self.backend.submit(self._job(round_index, agent, next_index[agent], delay, h))
+            next_index[agent] += 1
+
+        for agent in range(self.n_agents):
+            begin(agent, self.timing.communication_time(agent, round_index) * scale)
+        arrivals: list[Arrival] = []
+        now = start_time
+        while not rule.done():
+            for result in self.backend.wait():
+                if result.job.round_index != round_index or rule.done():
+                    continue
+                agent = result.job.agent
+                now = start_time + (time.perf_counter() - self._wall_start)
+                rule.add(agent)
+                arrivals.append(Arrival(now, agent, result.job.index, result))
+                if not rule.done() and rule.wants_more(agent):
+                    begin(agent, 0.0)
+        return arrivals, now

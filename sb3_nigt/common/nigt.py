@@ -1,0 +1,394 @@
+"""The NIGT outer loop (paper, Algorithm 1), written once, plus the Stable-Baselines3 glue.
+
+Variants (Rennala, Malenia, ...) only choose the aggregation rule through :meth:`NIGTAlgorithm._make_rule`.
+
+Algorithm 1 (Cutkosky & Mehta 2020; Fatkhullin et al. 2023), ascent form::
+
+    θ_{-1} = θ_0;  d_{-1} = Aggregate(θ_0, M_init)
+    for t = 0, 1, ...:
+        θ̃_t     = θ_t + ((1 − η)/η) (θ_t − θ_{t−1})     # implicit gradient transport
+        g_t     = Aggregate(θ̃_t, M)
+        d_t     = (1 − η) d_{t−1} + η g_t                # momentum
+        θ_{t+1} = θ_t + α d_t / ‖d_t‖                    # normalized ascent step; ‖d_t‖ = 0 ⇒ no step
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from typing import Any, Callable, Optional, TypeVar, Union
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import safe_mean
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from sb3_nigt.common.aggregation import AggregationRule
+from sb3_nigt.common.backends import InlineBackend, SubprocessBackend
+from sb3_nigt.common.collector import Collector, RoundResult
+from sb3_nigt.common.envs import env_factories
+from sb3_nigt.common.timing import TimeSpec, TimingModel
+from sb3_nigt.policies import NIGTPolicy
+
+SelfNIGT = TypeVar("SelfNIGT", bound="NIGTAlgorithm")
+
+CLOCKS = ("simulated", "real")
+BACKENDS = ("inline", "subprocess")
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class NIGTAlgorithm(BaseAlgorithm):
+    """Base class of the NIGT family: Algorithm 1 of the paper over a delay-aware asynchronous collector.
+
+    :param policy: the policy, ``"MlpPolicy"`` (the paper's Gaussian tanh-squashed network) or a class.
+    :param env: an env id, a ``gymnasium.Env`` (with a spec), a VecEnv (optionally wrapped in VecNormalize), or
+        a callable that builds a ``gymnasium.Env``. Workers rebuild it from its id, spec or factory.
+    :param learning_rate: α, the length of each normalized step (> 0); a float or an SB3 schedule of the
+        remaining progress.
+    :param momentum: η ∈ (0, 1], the momentum of d_t = (1 − η) d_{t−1} + η g_t.
+    :param batch_size: M >= 1, gradients per aggregation round.
+    :param initial_batch_size: M_init >= 1, gradients of the initial round that forms d_{−1}; default M.
+    :param horizon: H >= 1, environment steps per trajectory at most; default: the env's
+        ``max_episode_steps``, else 1000.
+    :param gamma: γ ∈ [0, 1], the discount factor.
+    :param n_agents: n >= 1, the number of logical agents.
+    :param compute_times: h_i in seconds per gradient (or per step); see :class:`~sb3_nigt.common.timing.TimingModel`.
+    :param communication_times: κ_i in seconds per vector; see :class:`~sb3_nigt.common.timing.TimingModel`.
+    :param compute_time_unit: ``"gradient"`` (h_i per gradient, the paper's experiments) or ``"step"``.
+    :param clock: ``"simulated"`` (deterministic discrete-event clock) or ``"real"`` (physical arrival order).
+    :param backend: ``"inline"`` (main process, the default: no start-up cost, works anywhere, as SB3's
+        DummyVecEnv) or ``"subprocess"`` (local worker processes, faster on several cores).
+    :param n_workers: processes of the subprocess backend; default min(n, CPU count) on the simulated clock and
+        n on the real clock.
+    :param time_scale: real clock only: sleep h_i · time_scale and κ_i · time_scale seconds to emulate the
+        timing model; None (default) injects no sleep.
+    :param start_method: multiprocessing start method of the subprocess backend; default forkserver, else spawn.
+    :param stats_window_size: episodes averaged for ``rollout/ep_rew_mean``.
+    :param tensorboard_log: tensorboard log folder, or None.
+    :param policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ``min_std``).
+    :param verbose: 0 silent, 1 training information.
+    :param seed: the seed of the policy's initialisation and of every job (seed, round, agent, index).
+    :param device: torch device of the main policy (default ``"cpu"``; workers always use the CPU).
+    :raises ValueError: for a discrete action space, a non-Box observation space, or any argument outside its
+        accepted range; the message names the argument.
+    """
+
+    policy_aliases = {"MlpPolicy": NIGTPolicy}
+    policy: NIGTPolicy
+
+    def __init__(
+        self,
+        policy: Union[str, type[NIGTPolicy]] = "MlpPolicy",
+        env: Union[GymEnv, str, Callable, None] = None,
+        learning_rate: Union[float, Schedule] = 2**-6,
+        momentum: float = 0.1,
+        batch_size: int = 20,
+        initial_batch_size: Optional[int] = None,
+        horizon: Optional[int] = None,
+        gamma: float = 0.99,
+        n_agents: int = 1,
+        compute_times: TimeSpec = "equal",
+        communication_times: TimeSpec = 0.0,
+        compute_time_unit: str = "gradient",
+        clock: str = "simulated",
+        backend: str = "inline",
+        n_workers: Optional[int] = None,
+        time_scale: Optional[float] = None,
+        start_method: Optional[str] = None,
+        stats_window_size: int = 100,
+        tensorboard_log: Optional[str] = None,
+        policy_kwargs: Optional[dict[str, Any]] = None,
+        verbose: int = 0,
+        seed: Optional[int] = None,
+        device: Union[th.device, str] = "cpu",
+        _init_setup_model: bool = True,
+    ):
+        if not callable(learning_rate):
+            if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (math.isfinite(learning_rate) and learning_rate > 0):
+                raise ValueError(f"learning_rate: α must be a finite float > 0 or a schedule, got {learning_rate!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (0 < momentum <= 1):
+            raise ValueError(f"momentum: η must be in (0, 1], got {momentum!r}")
+        self.momentum = float(momentum)
+        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        self.initial_batch_size = self.batch_size if initial_batch_size is None else _check_int(initial_batch_size, "initial_batch_size", 1)
+        self.horizon = None if horizon is None else _check_int(horizon, "horizon", 1)
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0 <= gamma <= 1):
+            raise ValueError(f"gamma: γ must be in [0, 1], got {gamma!r}")
+        self.gamma = float(gamma)
+        self.n_agents = _check_int(n_agents, "n_agents", 1)
+        if clock not in CLOCKS:
+            raise ValueError(f"clock: must be one of {CLOCKS}, got {clock!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: must be one of {BACKENDS}, got {backend!r}")
+        self.clock, self.backend = clock, backend
+        self.n_workers = None if n_workers is None else _check_int(n_workers, "n_workers", 1)
+        if time_scale is not None and not (math.isfinite(time_scale) and time_scale >= 0):
+            raise ValueError(f"time_scale: must be None or a finite float >= 0, got {time_scale!r}")
+        self.time_scale = time_scale
+        self.start_method = start_method
+        self.compute_times = compute_times
+        self.communication_times = communication_times
+        self.compute_time_unit = compute_time_unit
+        # Validate the time specifications now, before any environment is built.
+        TimingModel(self.n_agents, compute_times, communication_times, compute_time_unit)
+
+        # NIGT state (saved): d_t, θ_{t−1}, the clock, and the round counter used in the job seeds.
+        self.momentum_buffer: Optional[np.ndarray] = None
+        self.previous_params: Optional[np.ndarray] = None
+        self.simulated_time = 0.0
+        self.n_rounds = 0
+        self.round_stats: dict[str, float] = {}
+        self._base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+        self._env_factories: Optional[list[Callable]] = None
+
+        user_env = env
+        if callable(env) and not isinstance(env, (str, VecEnv)) and not hasattr(env, "step"):
+            env = DummyVecEnv([env])
+        super().__init__(
+            policy=policy,
+            env=env,
+            learning_rate=learning_rate,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            support_multi_env=True,
+            seed=seed,
+        )
+        if self.env is not None:
+            self._check_spaces()
+            self._env_factories = env_factories(user_env)
+            if self.horizon is None:
+                spec = self.env.get_attr("spec", indices=[0])[0]
+                steps = getattr(spec, "max_episode_steps", None)
+                self.horizon = int(steps) if steps else 1000
+        if _init_setup_model:
+            self._setup_model()
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _check_spaces(self) -> None:
+        if not isinstance(self.action_space, spaces.Box):
+            self.env.close()
+            raise ValueError(f"env: the action space must be a continuous gymnasium.spaces.Box, got {self.action_space}")
+        if not isinstance(self.observation_space, spaces.Box):
+            self.env.close()
+            raise ValueError(f"env: the observation space must be a gymnasium.spaces.Box, got {self.observation_space}")
+        vec_normalize = self._vec_normalize_env
+        if vec_normalize is not None and vec_normalize.norm_reward:
+            warnings.warn(
+                "VecNormalize(norm_reward=True): workers use raw rewards in g_H; the normalized step α d/‖d‖ "
+                "does not depend on the reward scale. Observation normalization is applied and its statistics merged.",
+                stacklevel=3,
+            )
+
+    def _setup_model(self) -> None:
+        """Build the policy and the timing model; starts no process and reads no environment."""
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs)
+        self.policy = self.policy.to(self.device)
+        self.policy.set_training_mode(False)
+        self.timing = TimingModel(
+            self.n_agents, self.compute_times, self.communication_times, self.compute_time_unit,
+            n_params=self.n_params, seed=self._base_seed,
+        )
+
+    @property
+    def n_params(self) -> int:
+        """d, the number of policy parameters."""
+        return sum(p.numel() for p in self.policy.parameters())
+
+    def _excluded_save_params(self) -> list[str]:
+        return super()._excluded_save_params() + ["timing", "_env_factories"]
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        """Set a new environment (same spaces); the workers will rebuild it from its id, spec or factory."""
+        factories = env_factories(env)
+        if callable(env) and not isinstance(env, VecEnv) and not hasattr(env, "step"):
+            env = DummyVecEnv([env])
+        super().set_env(env, force_reset)
+        self._env_factories = factories
+
+    def _make_rule(self, batch_size: int) -> AggregationRule:
+        """The aggregation rule of one round with batch parameter ``batch_size`` (M or M_init)."""
+        raise NotImplementedError
+
+    def _agent_env_index(self) -> list[int]:
+        """For each agent, the index of its environment factory (homogeneous: all use factory 0)."""
+        return [0] * self.n_agents
+
+    def _make_collector(self) -> Collector:
+        if self._env_factories is None:
+            raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
+        worker_args = dict(
+            env_factories=self._env_factories, policy_class=self.policy_class, observation_space=self.observation_space,
+            action_space=self.action_space, policy_kwargs=self.policy_kwargs,
+        )
+        if self.backend == "inline":
+            backend: Any = InlineBackend(worker_args)
+        else:
+            n_workers = self.n_workers
+            if n_workers is None:
+                n_workers = self.n_agents if self.clock == "real" else min(self.n_agents, os.cpu_count() or 1)
+            backend = SubprocessBackend(worker_args, n_workers, self.start_method)
+        return Collector(
+            backend, self.timing, self.clock, self.horizon, self.gamma, self._base_seed, self._agent_env_index(), self.time_scale,
+        )
+
+    # ------------------------------------------------------------------------------------------- parameters
+    def get_flat_params(self) -> np.ndarray:
+        """θ as a flat float32 vector, shape ``(d,)``, in ``parameters_to_vector`` order."""
+        return parameters_to_vector(self.policy.parameters()).detach().cpu().numpy().astype(np.float32)
+
+    def set_flat_params(self, params: np.ndarray) -> None:
+        """Load θ from a flat vector of shape ``(d,)``."""
+        with th.no_grad():
+            vector_to_parameters(th.as_tensor(np.asarray(params, dtype=np.float32), device=self.device), self.policy.parameters())
+
+    # --------------------------------------------------------------------------------------------- training
+    def _obs_norm(self) -> Optional[tuple]:
+        vec_normalize = self._vec_normalize_env
+        if vec_normalize is None or not vec_normalize.norm_obs:
+            return None
+        rms = vec_normalize.obs_rms
+        return (np.asarray(rms.mean, dtype=np.float64), np.asarray(rms.var, dtype=np.float64), float(vec_normalize.clip_obs), float(vec_normalize.epsilon))
+
+    def _run_round(self, collector: Collector, params: np.ndarray, batch_size: int, callback: BaseCallback) -> tuple[RoundResult, bool]:
+        """One aggregation round at ``params``; fires the callbacks for every environment step it consumed."""
+        callback.on_rollout_start()
+        rule = self._make_rule(batch_size)
+        result = collector.collect(params.astype(np.float32), rule, self.n_rounds, self.simulated_time, self._obs_norm())
+        if not np.all(np.isfinite(result.aggregate)):
+            raise ValueError(
+                f"gradient: the aggregate of round {self.n_rounds} has non-finite entries (NaN or inf); "
+                "training stopped before the update, θ is unchanged"
+            )
+        self.n_rounds += 1
+        self.simulated_time = result.end_time
+        vec_normalize = self._vec_normalize_env
+        if vec_normalize is not None and vec_normalize.training:
+            for mean, var, count in result.obs_moments:
+                vec_normalize.obs_rms.update_from_moments(mean, var, count)
+        self.round_stats = {
+            "round_seconds": result.duration,
+            "gradients_per_round": int(result.counts.sum()),
+            "agents_contributing": int(np.count_nonzero(result.counts)),
+            "steps_per_round": result.n_steps,
+        }
+        # Replay the consumed steps for the callbacks: on_step once per environment step, with PPO-like locals
+        # (``dones``/``infos``) set at each trajectory's first and last step only, to keep the per-step cost low.
+        continue_training = True
+        not_done, no_info = np.zeros(1, dtype=bool), [{}]
+        for arrival in result.arrivals:
+            job = arrival.result
+            episode = {"r": job.episode_return, "l": job.episode_length, "t": arrival.time}
+            self.ep_info_buffer.extend([episode])
+            self._episode_num += 1
+            for step in range(job.n_steps):
+                self.num_timesteps += 1
+                if step == 0:
+                    callback.update_locals({"dones": not_done, "infos": no_info, "agent": arrival.agent})
+                if step == job.n_steps - 1:
+                    callback.update_locals({"dones": np.ones(1, dtype=bool), "infos": [{"episode": episode}]})
+                if not callback.on_step():
+                    continue_training = False
+                    break
+            if not continue_training:
+                break
+        callback.on_rollout_end()
+        return result, continue_training
+
+    def _nigt_step(self, aggregate: np.ndarray) -> None:
+        """d_t = (1 − η) d_{t−1} + η g_t;  θ_{t+1} = θ_t + α d_t/‖d_t‖ (no step when ‖d_t‖ = 0)."""
+        eta = self.momentum
+        self.momentum_buffer = (1.0 - eta) * self.momentum_buffer + eta * aggregate
+        theta = self.get_flat_params()
+        self.previous_params = theta.copy()
+        norm = float(np.linalg.norm(self.momentum_buffer))
+        alpha = float(self.lr_schedule(self._current_progress_remaining))
+        if norm > 0:
+            self.set_flat_params(theta.astype(np.float64) + alpha * self.momentum_buffer / norm)
+        self.round_stats.update(d_norm=norm, learning_rate=alpha)
+        self._n_updates += 1
+
+    def learn(
+        self: SelfNIGT,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfNIGT:
+        """Train for at least ``total_timesteps`` environment steps (those of the gradients used).
+
+        Every round fires ``on_rollout_start``, then ``on_step`` once per environment step it consumed (a False
+        stops training at once, before the round's update), then ``on_rollout_end``. Worker processes are
+        closed on return, on exceptions and on Ctrl-C.
+
+        :param total_timesteps: environment steps to train for.
+        :param callback: SB3 callback(s).
+        :param log_interval: dump the logs every this many rounds.
+        :param tb_log_name: tensorboard run name (default: the class name).
+        :param reset_num_timesteps: whether to reset the step counter.
+        :param progress_bar: show a tqdm/rich progress bar.
+        :raises ValueError: on a NaN or infinite reward or gradient (θ is left unchanged).
+        """
+        if self.env is None:
+            raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
+        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar)
+        callback.on_training_start(locals(), globals())
+        assert self.ep_info_buffer is not None
+        collector = self._make_collector()
+        try:
+            collector.start()
+            continue_training = True
+            if self.momentum_buffer is None:  # d_{−1} = Aggregate(θ_0, M_init);  θ_{−1} = θ_0
+                theta = self.get_flat_params()
+                result, continue_training = self._run_round(collector, theta, self.initial_batch_size, callback)
+                self.momentum_buffer = result.aggregate.astype(np.float64)
+                self.previous_params = theta.copy()
+            while continue_training and self.num_timesteps < total_timesteps:
+                theta = self.get_flat_params().astype(np.float64)
+                extrapolated = theta + ((1.0 - self.momentum) / self.momentum) * (theta - self.previous_params)  # θ̃_t
+                result, continue_training = self._run_round(collector, extrapolated, self.batch_size, callback)
+                if not continue_training:
+                    break
+                self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+                self._nigt_step(result.aggregate)
+                if log_interval is not None and log_interval > 0 and self._n_updates % log_interval == 0:
+                    self.dump_logs()
+        finally:
+            collector.close()
+        callback.on_training_end()
+        return self
+
+    def dump_logs(self) -> None:
+        """Write ``rollout/ep_rew_mean``, ``rollout/ep_len_mean``, the clock, the round statistics and fps."""
+        time_elapsed = max((time.time_ns() - self.start_time) / 1e9, sys.float_info.epsilon)
+        fps = int((self.num_timesteps - self._num_timesteps_at_start) / time_elapsed)
+        self.logger.record("time/iterations", self._n_updates, exclude="tensorboard")
+        if self.ep_info_buffer:
+            self.logger.record("rollout/ep_rew_mean", safe_mean([ep["r"] for ep in self.ep_info_buffer]))
+            self.logger.record("rollout/ep_len_mean", safe_mean([ep["l"] for ep in self.ep_info_buffer]))
+        self.logger.record("time/fps", fps)
+        self.logger.record("time/time_elapsed", int(time_elapsed), exclude="tensorboard")
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        self.logger.record("time/simulated_time", self.simulated_time)
+        for key, value in self.round_stats.items():
+            self.logger.record(f"train/{key}", value)
+        self.logger.dump(step=self.num_timesteps)

@@ -1,0 +1,195 @@
+"""Small environments and reference computations shared by the tests.
+
+Kept in an importable module (not in a test file) so that the environment classes pickle by reference into
+subprocess workers (forkserver), which import this module by name.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+from typing import Callable, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class ConstantBandit(gym.Env):
+    """A continuous bandit: the observation is always ``obs_value``; only the first action is rewarded.
+
+    The reward of step 0 is ``reward_fn(a_0)``; later steps give 0; the episode terminates after ``length`` steps.
+    With R_t = Σ_{h≥t} γ^h r_h this makes g_H = r(a_0) ∇θ log N(u_0; μ, σ) exactly, for any ``length`` >= 1
+    (the later steps have R_t = 0). The default ``length=2`` sidesteps the length-1 bug documented in
+    ``test_estimator.py``.
+
+    :param reward_fn: maps the environment action ``a`` (float, inside the Box bounds) to the reward.
+    :param obs_value: the constant observation.
+    :param bound: the action Box is ``[-bound, bound]``.
+    :param length: steps per episode.
+    """
+
+    def __init__(self, reward_fn: Callable[[float], float], obs_value: float = 1.0, bound: float = 1.0, length: int = 2):
+        self.reward_fn = reward_fn
+        self.obs_value = float(obs_value)
+        self.length = int(length)
+        self.observation_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.action_space = spaces.Box(-bound, bound, (1,), np.float32)
+        self.t = 0
+
+    def reset(self, *, seed: Optional[int] = None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([self.obs_value], dtype=np.float32), {}
+
+    def step(self, action):
+        reward = float(self.reward_fn(float(np.asarray(action).reshape(-1)[0]))) if self.t == 0 else 0.0
+        self.t += 1
+        return np.array([self.obs_value], dtype=np.float32), reward, self.t >= self.length, False, {}
+
+
+def quadratic_reward(a: float) -> float:
+    """r(a) = −(a − 0.5)²: its expectation has a clear, non-zero gradient at a fresh policy."""
+    return -((a - 0.5) ** 2)
+
+
+def identity_reward(a: float) -> float:
+    """r(a) = a."""
+    return a
+
+
+class FixedLengthEnv(gym.Env):
+    """Observation = the step counter; reward 1 per step; terminates after exactly ``length`` steps."""
+
+    def __init__(self, length: int = 5):
+        self.length = int(length)
+        self.observation_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.t = 0
+
+    def reset(self, *, seed: Optional[int] = None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([float(self.t)], dtype=np.float32), 1.0, self.t >= self.length, False, {}
+
+
+class RandomLengthEnv(gym.Env):
+    """An episode length drawn in 2..``max_length`` from the reset seed; reward = the action per step.
+
+    (Length 1 is avoided: see the length-1 bug documented in ``test_estimator.py``.)
+    """
+
+    def __init__(self, max_length: int = 10):
+        self.max_length = int(max_length)
+        self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.t = 0
+        self.length = 1
+
+    def reset(self, *, seed: Optional[int] = None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.length = int(self.np_random.integers(2, self.max_length + 1))
+        return self._obs(), {}
+
+    def _obs(self):
+        return np.array([self.t / self.max_length, 1.0], dtype=np.float32)
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(np.asarray(action).reshape(-1)[0]), self.t >= self.length, False, {}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference implementation of the documented round rule (collector.py docstring, PAPER.md "Time model").
+# --------------------------------------------------------------------------------------------------------------
+def reference_round(
+    gradient_seconds: Callable[[int, int], float],
+    communication: Sequence[float],
+    batch_size: int,
+    start_time: float = 0.0,
+):
+    """Brute-force Rennala round: agent i starts at T0 + κ_i, its k-th gradient takes ``gradient_seconds(i, k)``.
+
+    The first ``batch_size`` finishes (sorted by time, ties by agent index) are counted; the round ends at
+    t_stop + max over contributing agents of κ_i.
+
+    :return: (counts, arrivals as [(time, agent, index)], stop time, end time).
+    """
+    n = len(communication)
+    finishes = []
+    for agent in range(n):
+        t = start_time + communication[agent]
+        for k in range(batch_size):  # no agent can contribute more than M gradients
+            t = t + gradient_seconds(agent, k)
+            finishes.append((t, agent, k))
+    finishes.sort(key=lambda x: (x[0], x[1]))
+    counted = finishes[:batch_size]
+    counts = np.zeros(n, dtype=np.int64)
+    for _, agent, _ in counted:
+        counts[agent] += 1
+    stop = counted[-1][0]
+    end = stop + max(communication[i] for i in range(n) if counts[i] > 0)
+    return counts, counted, stop, end
+
+
+def logpdf_grad_reference(x, u, w_mean, b_mean, w_std, b_std, min_std, returns):
+    """Hand-computed g = Σ_t R_t ∇θ log N(u_t; μ_t, σ_t) for the linear policy (``net_arch=[]``), in float64.
+
+    μ = W_m x + b_m; σ = softplus(W_s x + b_s) + min_std;
+    ∂ log N/∂μ = (u − μ)/σ², ∂ log N/∂σ = ((u − μ)² − σ²)/σ³, ∂σ/∂z = sigmoid(z).
+
+    :return: the gradient in ``parameters_to_vector`` order: W_m (row-major), b_m, W_s, b_s.
+    """
+    x = np.asarray(x, np.float64)
+    u = np.asarray(u, np.float64)
+    mu = x @ w_mean.T + b_mean
+    z = x @ w_std.T + b_std
+    sigma = np.log1p(np.exp(z)) + min_std
+    d_mu = (u - mu) / sigma**2  # (T, da)
+    d_sigma = ((u - mu) ** 2 - sigma**2) / sigma**3
+    d_z = d_sigma / (1.0 + np.exp(-z))
+    R = np.asarray(returns, np.float64)[:, None]
+    g_w_mean = (R * d_mu).T @ x
+    g_b_mean = (R * d_mu).sum(axis=0)
+    g_w_std = (R * d_z).T @ x
+    g_b_std = (R * d_z).sum(axis=0)
+    return np.concatenate([g_w_mean.ravel(), g_b_mean, g_w_std.ravel(), g_b_std])
+
+
+def softplus(z: float) -> float:
+    return math.log1p(math.exp(z))
+
+
+def assert_no_worker_alive(started: list) -> None:
+    """Every recorded worker has exited and no child process of this one is alive."""
+    assert started, "the spy recorded no worker process: the test did not exercise the subprocess backend"
+    for process in started:
+        assert not process.is_alive(), f"worker pid {process.pid} is still alive"
+        assert process.exitcode is not None
+    assert mp.active_children() == []
+
+
+class FailsOutsideProcess:
+    """An env factory that builds Pendulum-v1 in the process that created it and raises in any other process."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.pid = os.getpid()
+
+    def __call__(self) -> gym.Env:
+        import os
+
+        if os.getpid() != self.pid:
+            raise RuntimeError("env factory failure inside a worker")
+        return gym.make("Pendulum-v1")
+
+
+def zero_reward(a: float) -> float:
+    """r(a) = 0: every g_H is exactly zero."""
+    return 0.0
