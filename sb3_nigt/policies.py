@@ -94,7 +94,7 @@ class NIGTPolicy(BasePolicy):
     def get_distribution(self, obs: PyTorchObs) -> th.distributions.Normal:
         """The pre-squash Gaussian N(μθ(s), diag σθ(s)²) as a ``torch.distributions.Normal``."""
         mean, std = self.distribution_params(obs)
-        return th.distributions.Normal(mean, std)
+        return th.distributions.Normal(mean, std, validate_args=False)
 
     def log_prob(self, obs: PyTorchObs, pre_squash_actions: th.Tensor) -> th.Tensor:
         """log N(u; μθ(s), σθ(s)) summed over action dimensions, shape ``(batch,)``; ``u`` is pre-tanh."""

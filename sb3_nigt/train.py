@@ -22,7 +22,9 @@ from typing import Optional
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.utils import safe_mean
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import get_linear_fn, safe_mean
+from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_nigt import RennalaNIGT
 
@@ -90,7 +92,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--n-agents", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=2**-6)
     parser.add_argument("--momentum", type=float, default=0.1)
-    parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=30)
+    parser.add_argument("--gamma", type=float, default=0.995)
+    parser.add_argument("--linear-decay", action="store_true", help="decay α linearly to 0 over the run")
+    parser.add_argument("--no-normalize", action="store_true", help="do not wrap the env in VecNormalize(norm_obs)")
     parser.add_argument("--backend", default="subprocess", choices=["inline", "subprocess"])
     parser.add_argument("--n-workers", type=int, default=None)
     parser.add_argument("--out", default="runs/hopper")
@@ -102,8 +107,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     curves = {}
     for seed in args.seeds:
+        env = env_id if args.no_normalize else VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), norm_reward=False)
+        learning_rate = get_linear_fn(args.learning_rate, 0.0, 1.0) if args.linear_decay else args.learning_rate
         model = RennalaNIGT(
-            "MlpPolicy", env_id, learning_rate=args.learning_rate, momentum=args.momentum, batch_size=args.batch_size,
+            "MlpPolicy", env, learning_rate=learning_rate, gamma=args.gamma, momentum=args.momentum, batch_size=args.batch_size,
             n_agents=args.n_agents, compute_times="sqrt", communication_times="sqrt", backend=args.backend,
             n_workers=args.n_workers or min(args.n_agents, os.cpu_count() or 1), seed=seed, verbose=0,
         )
@@ -112,6 +119,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         model.learn(args.timesteps, callback=logger, progress_bar=not args.no_progress_bar)
         wall = time.perf_counter() - start
         model.save(out / f"model_seed{seed}.zip")
+        if isinstance(env, VecNormalize):
+            env.save(str(out / f"vecnormalize_seed{seed}.pkl"))
         write_csv(out / f"returns_seed{seed}.csv", logger.rows)
         curves[seed] = logger.rows
         first, last = logger.rows[0], logger.rows[-1]

@@ -20,8 +20,7 @@ class ConstantBandit(gym.Env):
 
     The reward of step 0 is ``reward_fn(a_0)``; later steps give 0; the episode terminates after ``length`` steps.
     With R_t = Σ_{h≥t} γ^h r_h this makes g_H = r(a_0) ∇θ log N(u_0; μ, σ) exactly, for any ``length`` >= 1
-    (the later steps have R_t = 0). The default ``length=2`` sidesteps the length-1 bug documented in
-    ``test_estimator.py``.
+    (the later steps have R_t = 0).
 
     :param reward_fn: maps the environment action ``a`` (float, inside the Box bounds) to the reward.
     :param obs_value: the constant observation.

@@ -111,7 +111,7 @@ class Collector:
     def _job(self, round_index: int, agent: int, index: int, delay: float = 0.0, min_duration: float = 0.0) -> Job:
         return Job(
             round_index, agent, index, job_seed(self.seed, round_index, agent, index), self.agent_env_index[agent],
-            self.horizon, self.gamma, delay, min_duration,
+            self.horizon, self.gamma, delay, min_duration, self.timing.per_step,
         )
 
     def collect(self, params: np.ndarray, rule: AggregationRule, round_index: int, start_time: float, obs_norm: Optional[tuple] = None) -> RoundResult:

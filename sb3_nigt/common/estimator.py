@@ -31,7 +31,9 @@ class Job:
     :param horizon: H, the maximum number of environment steps.
     :param gamma: γ, the discount factor.
     :param delay: seconds to sleep before starting (real clock, emulated broadcast κ_i).
-    :param min_duration: the job takes at least this many seconds (real clock, emulated h_i).
+    :param min_duration: the job takes at least this many seconds (real clock, emulated h_i), or this many
+        seconds per environment step when ``per_step`` is true.
+    :param per_step: whether ``min_duration`` is per environment step.
     """
 
     round_index: int
@@ -43,6 +45,7 @@ class Job:
     gamma: float
     delay: float = 0.0
     min_duration: float = 0.0
+    per_step: bool = False
 
     @property
     def key(self) -> tuple[int, int]:
@@ -93,8 +96,8 @@ def policy_gradient(policy: NIGTPolicy, observations: np.ndarray, pre_squash_act
     """
     returns = th.as_tensor(discounted_returns_to_go(rewards, gamma), dtype=th.float32)
     log_prob = policy.log_prob(th.as_tensor(observations), th.as_tensor(pre_squash_actions))
-    params = [p for p in policy.parameters()]
-    grads = th.autograd.grad((returns * log_prob).sum(), params, allow_unused=True)
+    params = list(policy.parameters())
+    grads = th.autograd.grad(th.dot(returns, log_prob), params, allow_unused=True)
     return th.cat([(g if g is not None else th.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]).numpy()
 
 
@@ -184,7 +187,8 @@ class GradientWorker:
             moments = (raw_t.mean(axis=0), raw_t.var(axis=0), len(raw_t))
         n = len(rewards)
         if job.min_duration > 0:
-            _sleep(job.min_duration - (time.perf_counter() - start - job.delay), cancelled)
+            emulated = job.min_duration * (n if job.per_step else 1)
+            _sleep(emulated - (time.perf_counter() - start - job.delay), cancelled)
         return JobResult(job, grad, episode_return, n, n, moments, time.perf_counter() - start)
 
     def close(self) -> None:

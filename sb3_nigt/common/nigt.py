@@ -151,6 +151,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.simulated_time = 0.0
         self.n_rounds = 0
         self.round_stats: dict[str, float] = {}
+        self.last_counts: Optional[np.ndarray] = None
         self._base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
         self._env_factories: Optional[list[Callable]] = None
 
@@ -283,6 +284,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         if vec_normalize is not None and vec_normalize.training:
             for mean, var, count in result.obs_moments:
                 vec_normalize.obs_rms.update_from_moments(mean, var, count)
+        self.last_counts = result.counts  # M_i of the round, int64, shape (n,)
         self.round_stats = {
             "round_seconds": result.duration,
             "gradients_per_round": int(result.counts.sum()),
