@@ -97,6 +97,53 @@ def measure_raw(env_id: str, steps: int) -> Row:
     return Row("raw env.step, random actions", "main process", "1", steps, seconds, f"{steps / max(episodes, 1):.0f} steps/episode")
 
 
+def measure_same_states(env_id: str, steps: int) -> tuple[Row, Row]:
+    """Per-step efficiency on comparable states: Hopper without early termination, so every trajectory (random
+    actions or the policy's) lasts the full 1000-step time limit and resets are equally rare.
+
+    Runs the library's own per-job code (:class:`GradientWorker`) in this process, with torch on one thread.
+    """
+    import torch as th
+
+    from sb3_nigt.common.envs import EnvFactory
+    from sb3_nigt.common.estimator import GradientWorker, Job
+    from sb3_nigt.policies import NIGTPolicy
+
+    from sb3_nigt.common.backends import single_threaded_torch
+
+    factory = EnvFactory(env_id, {"terminate_when_unhealthy": False})
+    probe = quiet_make_factory(factory)
+    th.manual_seed(0)
+    worker = GradientWorker([functools.partial(quiet_make_factory, factory)], NIGTPolicy, probe.observation_space, probe.action_space, {})
+    horizon = probe.spec.max_episode_steps or 1000
+    n_jobs = max(1, steps // horizon)
+    with single_threaded_torch():  # as in every worker; restored afterwards (PPO below uses torch's default)
+        start = time.perf_counter()
+        done = sum(worker.run(Job(0, 0, k, k, 0, horizon, 0.99)).n_steps for k in range(n_jobs))
+        collect_s = time.perf_counter() - start
+    worker.close()
+    probe.action_space.seed(0)
+    probe.reset(seed=0)
+    start = time.perf_counter()
+    for _ in range(done):
+        _, _, terminated, truncated, _ = probe.step(probe.action_space.sample())
+        if terminated or truncated:
+            probe.reset()
+    raw_s = time.perf_counter() - start
+    probe.close()
+    note = f"no early termination: {horizon} steps/trajectory"
+    return (
+        Row("raw env.step, random actions, no early termination", "main process", "1", done, raw_s, note),
+        Row("GradientWorker.run (rollout + g_H), no early termination", "main process", "1", done, collect_s, note),
+    )
+
+
+def quiet_make_factory(factory):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return factory()
+
+
 def quiet_make(env_id: str):
     """``gymnasium.make(env_id)`` without gymnasium's "Hopper-v4 is out of date" warning.
 
@@ -292,6 +339,9 @@ def main() -> None:
     # gives the same θ for every backend (checked below), so the three collection rows sample the same
     # trajectory-length distribution. A row at the initial θ_0 (short episodes) shows the per-gradient overhead.
     raw, _ = run("raw env.step", measure_raw, env_id, steps)
+    print("measuring: same states, no early termination ...", flush=True)
+    same_raw, same_collect = measure_same_states(env_id, steps)
+    rows += [same_raw, same_collect]
     learn_inline, m_inline = run("inline learn", measure_learn, env_id, "inline", None, steps)
     coll_theta0, _ = run("inline collection at θ_0", measure_collect, make_nigt(env_id, "inline", None), max(steps // 3, 1), "θ_0 (initial)")
     coll_inline, _ = run("inline collection at θ_learn", measure_collect, m_inline, steps, "θ after learn")
@@ -316,6 +366,7 @@ def main() -> None:
     derived = [
         ("inline collection (θ after learn) / raw, per core (target >= 85%)", pct(coll_inline.rate / raw.rate)),
         ("inline collection (θ_0) / raw, per core", pct(coll_theta0.rate / raw.rate)),
+        ("rollout + g_H / raw on the same (non-terminating) states, per core", pct(same_collect.rate / same_raw.rate)),
         ("inline learn / raw, per core", pct(learn_inline.rate / raw.rate)),
         ("subprocess x1 collection / raw, per core", pct(coll_s1.rate / raw.rate)),
         ("subprocess x2 collection / raw, per core (rate / 2)", pct(coll_s2.rate / 2 / raw.rate)),

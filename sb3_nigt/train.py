@@ -1,17 +1,20 @@
 """The main job (``make train``): RennalaNIGT on Hopper with ten heterogeneous agents on the simulated clock.
 
-n = 10 agents, h_i = √i and κ_i = √i seconds (the paper's "compute = communication" scenario). Writes, in the
-output folder: the trained model (``model.zip``), a CSV of (simulated seconds, environment steps, mean
-return) per round, and a PNG of the return against simulated time.
+n = 10 agents, h_i = √i and κ_i = √i seconds (the paper's "compute = communication" scenario), observations
+normalized by VecNormalize. Writes, in the output folder: the trained model (``model_seed{seed}.zip``) and its
+VecNormalize statistics, a CSV of (simulated seconds, environment steps, mean training return) per round, a
+summary CSV with the deterministic evaluation before and after training, and a PNG of the return against
+simulated time.
 
 Usage::
 
-    python -m sb3_nigt.train --timesteps 3000000 --seeds 0 --out runs/hopper
+    python -m sb3_nigt.train --timesteps 3000000 --seeds 0 1 2 --out runs/hopper
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import os
 import time
@@ -23,6 +26,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import get_linear_fn, safe_mean
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -84,6 +88,18 @@ def plot(curves: dict[int, list[tuple[float, int, float]]], path: Path, title: s
     plt.close(fig)
 
 
+def evaluate(model: RennalaNIGT, env_id: str, n_episodes: int, seed: int) -> float:
+    """Mean return of the deterministic policy tanh(μθ(s)) over ``n_episodes`` full episodes."""
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed)
+    train_norm = model.get_vec_normalize_env()
+    if train_norm is not None:
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False, clip_obs=train_norm.clip_obs)
+        eval_env.obs_rms = copy.deepcopy(train_norm.obs_rms)
+    mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=n_episodes, deterministic=True)
+    eval_env.close()
+    return float(mean)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default=None, help="env id (default: Hopper-v4, or v5 if v4 is unusable)")
@@ -100,12 +116,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--n-workers", type=int, default=None)
     parser.add_argument("--out", default="runs/hopper")
     parser.add_argument("--no-progress-bar", action="store_true")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="deterministic evaluation episodes before and after")
     args = parser.parse_args(argv)
 
     env_id = args.env or hopper_id()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     curves = {}
+    summary = []
     for seed in args.seeds:
         env = env_id if args.no_normalize else VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), norm_reward=False)
         learning_rate = get_linear_fn(args.learning_rate, 0.0, 1.0) if args.linear_decay else args.learning_rate
@@ -114,6 +132,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             n_agents=args.n_agents, compute_times="sqrt", communication_times="sqrt", backend=args.backend,
             n_workers=args.n_workers or min(args.n_agents, os.cpu_count() or 1), seed=seed, verbose=0,
         )
+        before = evaluate(model, env_id, args.eval_episodes, 10_000 + seed) if args.eval_episodes else float("nan")
         logger = ReturnLogger()
         start = time.perf_counter()
         model.learn(args.timesteps, callback=logger, progress_bar=not args.no_progress_bar)
@@ -123,13 +142,20 @@ def main(argv: Optional[list[str]] = None) -> None:
             env.save(str(out / f"vecnormalize_seed{seed}.pkl"))
         write_csv(out / f"returns_seed{seed}.csv", logger.rows)
         curves[seed] = logger.rows
+        after = evaluate(model, env_id, args.eval_episodes, 10_000 + seed) if args.eval_episodes else float("nan")
         first, last = logger.rows[0], logger.rows[-1]
+        summary.append((seed, first[2], last[2], before, after, last[1], last[0], wall))
         print(
-            f"{env_id} seed {seed}: mean return {first[2]:.1f} -> {last[2]:.1f} over {last[1]} env steps, "
+            f"{env_id} seed {seed}: mean training return {first[2]:.1f} -> {last[2]:.1f}; deterministic evaluation "
+            f"{before:.1f} -> {after:.1f} ({args.eval_episodes} episodes); {last[1]} env steps, "
             f"{last[0]:.0f} simulated s, {wall:.0f} wall s"
         )
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["seed", "first_mean_return", "last_mean_return", "eval_before", "eval_after", "env_steps", "simulated_seconds", "wall_seconds"])
+        writer.writerows(summary)
     plot(curves, out / "returns.png", f"RennalaNIGT on {env_id}: n={args.n_agents}, h_i = κ_i = √i")
-    print(f"wrote {out}/model_seed*.zip, returns_seed*.csv and returns.png")
+    print(f"wrote {out}/: model_seed*.zip, vecnormalize_seed*.pkl, returns_seed*.csv, summary.csv, returns.png")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class NIGTAlgorithm(BaseAlgorithm):
     :param backend: ``"inline"`` (main process, the default: no start-up cost, works anywhere, as SB3's
         DummyVecEnv) or ``"subprocess"`` (local worker processes, faster on several cores).
     :param n_workers: processes of the subprocess backend; default min(n, CPU count) on the simulated clock and
-        n on the real clock.
+        min(n, 4 × CPU count) on the real clock.
     :param time_scale: real clock only: sleep h_i · time_scale and κ_i · time_scale seconds to emulate the
         timing model; None (default) injects no sleep.
     :param start_method: multiprocessing start method of the subprocess backend; default forkserver, else spawn.
@@ -244,7 +244,9 @@ class NIGTAlgorithm(BaseAlgorithm):
         else:
             n_workers = self.n_workers
             if n_workers is None:
-                n_workers = self.n_agents if self.clock == "real" else min(self.n_agents, os.cpu_count() or 1)
+                cpus = os.cpu_count() or 1
+                # Real clock: one process per agent (up to 4 per core) so agents compute concurrently.
+                n_workers = min(self.n_agents, 4 * cpus) if self.clock == "real" else min(self.n_agents, cpus)
             backend = SubprocessBackend(worker_args, n_workers, self.start_method)
         return Collector(
             backend, self.timing, self.clock, self.horizon, self.gamma, self._base_seed, self._agent_env_index(), self.time_scale,
