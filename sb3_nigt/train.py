@@ -14,9 +14,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
-import os
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +26,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import get_linear_fn, safe_mean
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
 
 from sb3_nigt import RennalaNIGT
 
@@ -94,7 +92,7 @@ def evaluate(model: RennalaNIGT, env_id: str, n_episodes: int, seed: int) -> flo
     train_norm = model.get_vec_normalize_env()
     if train_norm is not None:
         eval_env = VecNormalize(eval_env, training=False, norm_reward=False, clip_obs=train_norm.clip_obs)
-        eval_env.obs_rms = copy.deepcopy(train_norm.obs_rms)
+        sync_envs_normalization(train_norm, eval_env)
     mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=n_episodes, deterministic=True)
     eval_env.close()
     return float(mean)
@@ -113,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--linear-decay", action="store_true", help="decay α linearly to 0 over the run")
     parser.add_argument("--no-normalize", action="store_true", help="do not wrap the env in VecNormalize(norm_obs)")
     parser.add_argument("--backend", default="subprocess", choices=["inline", "subprocess"])
-    parser.add_argument("--n-workers", type=int, default=None)
+    parser.add_argument("--n-workers", type=int, default=None, help="worker processes (default: one per core, at most n)")
     parser.add_argument("--out", default="runs/hopper")
     parser.add_argument("--no-progress-bar", action="store_true")
     parser.add_argument("--eval-episodes", type=int, default=10, help="deterministic evaluation episodes before and after")
@@ -130,7 +128,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         model = RennalaNIGT(
             "MlpPolicy", env, learning_rate=learning_rate, gamma=args.gamma, momentum=args.momentum, batch_size=args.batch_size,
             n_agents=args.n_agents, compute_times="sqrt", communication_times="sqrt", backend=args.backend,
-            n_workers=args.n_workers or min(args.n_agents, os.cpu_count() or 1), seed=seed, verbose=0,
+            n_workers=args.n_workers, seed=seed, verbose=0,
         )
         before = evaluate(model, env_id, args.eval_episodes, 10_000 + seed) if args.eval_episodes else float("nan")
         logger = ReturnLogger()

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
 
 
 class ConstantBandit(gym.Env):
@@ -192,3 +193,24 @@ class FailsOutsideProcess:
 def zero_reward(a: float) -> float:
     """r(a) = 0: every g_H is exactly zero."""
     return 0.0
+
+
+class RoundRecorder(BaseCallback):
+    """Records, at the end of every aggregation round: the model's ``round_stats``, its clock (``clock``), the
+    per-agent counts M_i (``counts``) and the mean undiscounted return of the round's trajectories
+    (``mean_return``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds: list[dict] = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        stats = self.model.round_stats
+        batch = list(self.model.ep_info_buffer)[-stats["gradients_per_round"]:]
+        self.rounds.append(
+            dict(stats, clock=self.model.simulated_time, counts=self.model.last_counts.copy(), mean_return=float(np.mean([ep["r"] for ep in batch])))
+        )
+

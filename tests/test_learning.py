@@ -8,28 +8,14 @@ mean training return of the first five rounds 5–8, of the last five 29–41), 
 from __future__ import annotations
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_nigt import RennalaNIGT
 
+from helpers import RoundRecorder
+
 ENV = "InvertedPendulum-v5"
-
-
-class RoundReturns(BaseCallback):
-    """Mean undiscounted training return of the trajectories of each round."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.returns: list[float] = []
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_end(self) -> None:
-        batch = list(self.model.ep_info_buffer)[-self.model.round_stats["gradients_per_round"]:]
-        self.returns.append(float(np.mean([ep["r"] for ep in batch])))
 
 
 def evaluate(model: RennalaNIGT) -> float:
@@ -45,10 +31,11 @@ def test_rennala_nigt_improves_on_inverted_pendulum():
         compute_times="sqrt", seed=0,
     )
     before = evaluate(model)
-    rounds = RoundReturns()
+    rounds = RoundRecorder()
     model.learn(20_000, callback=rounds)
     after = evaluate(model)
 
     assert after > 2 * before + 30, (before, after)
-    first, last = np.mean(rounds.returns[:5]), np.mean(rounds.returns[-5:])
+    returns = [r["mean_return"] for r in rounds.rounds]
+    first, last = np.mean(returns[:5]), np.mean(returns[-5:])
     assert last > 2 * first + 10, (first, last)
