@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test benchmark clean
+.PHONY: install train test benchmark heterogeneous clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# MaleniaNIGT vs RennalaNIGT on two-agent inverted-observation Hopper, h = (1, 10) (docs/malenia_nigt.md).
+heterogeneous: $(STAMP)
+	$(PY) examples/heterogeneous_hopper.py --out runs/heterogeneous
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/throughput.py

@@ -6,8 +6,9 @@ Reinforcement Learning", ICLR 2026 (arXiv 2509.24305).
 
 from sb3_nigt.common.timing import RandomTimes, TimingModel
 from sb3_nigt.policies import MlpPolicy, NIGTPolicy
+from sb3_nigt.malenia import MaleniaNIGT
 from sb3_nigt.rennala import RennalaNIGT
 
 __version__ = "0.1.0"
 
-__all__ = ["MlpPolicy", "NIGTPolicy", "RandomTimes", "RennalaNIGT", "TimingModel", "__version__"]
+__all__ = ["MaleniaNIGT", "MlpPolicy", "NIGTPolicy", "RandomTimes", "RennalaNIGT", "TimingModel", "__version__"]

@@ -6,6 +6,7 @@ subprocess workers (forkserver), which import this module by name.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing as mp
 from typing import Callable, Optional, Sequence
@@ -135,6 +136,72 @@ def reference_round(
     stop = counted[-1][0]
     end = stop + max(communication[i] for i in range(n) if counts[i] > 0)
     return counts, counted, stop, end
+
+
+def reference_malenia_round(
+    gradient_seconds: Callable[[int, int], float],
+    communication: Sequence[float],
+    batch_size: int,
+    start_time: float = 0.0,
+    max_per_agent: int = 2000,
+):
+    """Brute-force Malenia round (paper, Algorithm 3), in exact rational arithmetic.
+
+    Agent i starts at T0 + κ_i and its k-th gradient takes ``gradient_seconds(i, k)``; finishes are processed in
+    time order, ties by agent index, until all M_i >= 1 and ((1/n) Σ 1/M_i)^(−1) >= S/n. The round ends at
+    t_stop + max over contributing agents of κ_i.
+
+    :return: (counts, arrivals as [(time, agent, index)], stop time, end time).
+    """
+    from fractions import Fraction
+
+    n = len(communication)
+    finishes = []
+    for agent in range(n):
+        t = start_time + communication[agent]
+        for k in range(max_per_agent):
+            t = t + gradient_seconds(agent, k)
+            finishes.append((t, agent, k))
+    finishes.sort(key=lambda x: (x[0], x[1]))
+    counts = np.zeros(n, dtype=np.int64)
+    counted = []
+    for finish in finishes:
+        counts[finish[1]] += 1
+        counted.append(finish)
+        if counts.min() >= 1 and Fraction(1, n) * sum(Fraction(1, int(c)) for c in counts) <= Fraction(n, batch_size):
+            break
+    else:
+        raise AssertionError("max_per_agent too small for this case")
+    stop = counted[-1][0]
+    end = stop + max(communication[i] for i in range(n) if counts[i] > 0)
+    return counts, counted, stop, end
+
+
+def constant_reward(value: float) -> Callable[[float], float]:
+    """r(a) = ``value`` whatever the action (picklable)."""
+    return functools.partial(_constant, value)
+
+
+def _constant(value: float, a: float) -> float:
+    return value
+
+
+def scaled_identity_reward(scale: float, a: float) -> float:
+    """r(a) = ``scale`` · a."""
+    return scale * a
+
+
+def expected_tanh_gradient(theta: np.ndarray, min_std: float, nodes: int = 201, eps: float = 1e-5) -> np.ndarray:
+    """∇θ E_{u~N(μ,σ)}[tanh u] for the linear bandit policy (``net_arch=[]``, x = 1), by Gauss–Hermite quadrature
+    and central differences; parameters in ``parameters_to_vector`` order (W_m, b_m, W_s, b_s)."""
+    xs, ws = np.polynomial.hermite_e.hermegauss(nodes)
+
+    def value(t: np.ndarray) -> float:
+        mu, sigma = t[0] + t[1], np.log1p(np.exp(t[2] + t[3])) + min_std
+        return float(np.tanh(mu + sigma * xs) @ ws / np.sqrt(2 * np.pi))
+
+    theta = np.asarray(theta, dtype=np.float64)
+    return np.array([(value(theta + eps * e) - value(theta - eps * e)) / (2 * eps) for e in np.eye(len(theta))])
 
 
 def logpdf_grad_reference(x, u, w_mean, b_mean, w_std, b_std, min_std, returns):

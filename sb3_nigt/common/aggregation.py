@@ -6,6 +6,8 @@ and forms the aggregate from the per-agent sums ḡ_i and counts M_i.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 
@@ -58,3 +60,46 @@ class RennalaAggregation(AggregationRule):
         for agent in range(self.n_agents):  # canonical order: agent index
             total += sums[agent]
         return total / int(self.counts.sum())
+
+
+class MaleniaAggregation(AggregationRule):
+    """AggregateMalenia (paper, Algorithm 3; Malenia SGD, Tyurin & Richtárik 2023): unbiased for heterogeneous agents.
+
+    Every agent keeps sampling until all M_i >= 1 and the harmonic mean of the counts reaches S/n::
+
+        ((1/n) Σ_i 1/M_i)^(−1) >= S/n        ⇔        n² >= S · Σ_i 1/M_i
+
+    (S = ``batch_size``). The aggregate is the equal-weighted mean of the local means, (1/n) Σ_i ḡ_i / M_i,
+    an unbiased estimate of ∇J_H(θ) = (1/n) Σ_i ∇J_{H,i}(θ) whatever the agents' speeds.
+
+    The condition is decided exactly (rational arithmetic near the boundary), so it never depends on rounding.
+    """
+
+    def __init__(self, n_agents: int, batch_size: int):
+        super().__init__(n_agents, batch_size)
+        self._missing = self.n_agents  # agents with M_i = 0
+        self._inverse_sum = 0.0  # Σ_i 1/M_i over the agents with M_i >= 1
+
+    def add(self, agent: int) -> None:
+        count = int(self.counts[agent])
+        if count == 0:
+            self._missing -= 1
+            self._inverse_sum += 1.0
+        else:
+            self._inverse_sum += 1.0 / (count + 1) - 1.0 / count
+        super().add(agent)
+
+    def done(self) -> bool:
+        if self._missing:
+            return False
+        n2, bound = self.n_agents**2, self.batch_size * self._inverse_sum
+        if abs(n2 - bound) > 1e-9 * n2:  # far from the boundary: the float decides
+            return n2 > bound
+        exact = sum(Fraction(1, int(c)) for c in self.counts)
+        return n2 >= self.batch_size * exact
+
+    def aggregate(self, sums: np.ndarray) -> np.ndarray:
+        total = np.zeros(sums.shape[1], dtype=np.float64)
+        for agent in range(self.n_agents):  # canonical order: agent index
+            total += sums[agent] / int(self.counts[agent])
+        return total / self.n_agents

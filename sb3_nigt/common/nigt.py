@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import warnings
+from collections import deque
 from typing import Any, Callable, Optional, TypeVar, Union
 
 import numpy as np
@@ -28,13 +29,13 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import safe_mean
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import VecEnv
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from sb3_nigt.common.aggregation import AggregationRule
 from sb3_nigt.common.backends import InlineBackend, SubprocessBackend
 from sb3_nigt.common.collector import Collector, RoundResult
-from sb3_nigt.common.envs import env_factories
+from sb3_nigt.common.envs import check_agent_spaces, is_heterogeneous, resolve_env
 from sb3_nigt.common.timing import TimeSpec, TimingModel
 from sb3_nigt.policies import NIGTPolicy
 
@@ -54,8 +55,10 @@ class NIGTAlgorithm(BaseAlgorithm):
     """Base class of the NIGT family: Algorithm 1 of the paper over a delay-aware asynchronous collector.
 
     :param policy: the policy, ``"MlpPolicy"`` (the paper's Gaussian tanh-squashed network) or a class.
-    :param env: an env id, a ``gymnasium.Env`` (with a spec), a VecEnv (optionally wrapped in VecNormalize), or
-        a callable that builds a ``gymnasium.Env``. Workers rebuild it from its id, spec or factory.
+    :param env: one environment shared by all agents (an env id, a ``gymnasium.Env`` with a spec, a callable that
+        builds one, or a VecEnv of copies of it), or one environment per agent (a list of env ids, of ``(env id,
+        env_kwargs)`` pairs or of callables, or a VecEnv whose sub-env i is agent i's environment). VecEnvs may be
+        wrapped in VecNormalize. Workers rebuild every environment from its id, spec or factory.
     :param learning_rate: α, the length of each normalized step (> 0); a float or an SB3 schedule of the
         remaining progress.
     :param momentum: η ∈ (0, 1], the momentum of d_t = (1 − η) d_{t−1} + η g_t.
@@ -64,7 +67,8 @@ class NIGTAlgorithm(BaseAlgorithm):
     :param horizon: H >= 1, environment steps per trajectory at most; default: the env's
         ``max_episode_steps``, else 1000.
     :param gamma: γ ∈ [0, 1], the discount factor.
-    :param n_agents: n >= 1, the number of logical agents.
+    :param n_agents: n >= 1, the number of logical agents; default: the number of environments given (1 for a
+        single environment).
     :param compute_times: h_i in seconds per gradient (or per step); see :class:`~sb3_nigt.common.timing.TimingModel`.
     :param communication_times: κ_i in seconds per vector; see :class:`~sb3_nigt.common.timing.TimingModel`.
     :param compute_time_unit: ``"gradient"`` (h_i per gradient, the paper's experiments) or ``"step"``.
@@ -76,15 +80,21 @@ class NIGTAlgorithm(BaseAlgorithm):
     :param time_scale: real clock only: sleep h_i · time_scale and κ_i · time_scale seconds to emulate the
         timing model; None (default) injects no sleep.
     :param start_method: multiprocessing start method of the subprocess backend; default forkserver, else spawn.
-    :param stats_window_size: episodes averaged for ``rollout/ep_rew_mean``.
+    :param stats_window_size: episodes averaged for ``rollout/ep_rew_mean`` (and per agent, in
+        ``agent_ep_info_buffer[i]``, for ``rollout/ep_rew_mean_agent_{i}`` when agents have different environments).
     :param tensorboard_log: tensorboard log folder, or None.
     :param policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ``min_std``).
     :param verbose: 0 silent, 1 training information.
     :param seed: the seed of the policy's initialisation and of every job (seed, round, agent, index).
     :param device: torch device of the main policy (default ``"cpu"``; workers always use the CPU).
-    :raises ValueError: for a discrete action space, a non-Box observation space, or any argument outside its
-        accepted range; the message names the argument.
+    :raises ValueError: for a discrete action space, a non-Box observation space, agents' environments with
+        different spaces (naming the agents), a number of environments that is neither 1 nor n, or any argument
+        outside its accepted range; the message names the argument.
     """
+
+    #: Whether the aggregate weights agents by speed (fast agents count more). Such an algorithm optimises a
+    #: speed-weighted objective when agents have different environments, and warns.
+    speed_weighted = False
 
     policy_aliases = {"MlpPolicy": NIGTPolicy}
     policy: NIGTPolicy
@@ -99,7 +109,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         initial_batch_size: Optional[int] = None,
         horizon: Optional[int] = None,
         gamma: float = 0.99,
-        n_agents: int = 1,
+        n_agents: Optional[int] = None,
         compute_times: TimeSpec = "equal",
         communication_times: TimeSpec = 0.0,
         compute_time_unit: str = "gradient",
@@ -128,6 +138,9 @@ class NIGTAlgorithm(BaseAlgorithm):
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0 <= gamma <= 1):
             raise ValueError(f"gamma: γ must be in [0, 1], got {gamma!r}")
         self.gamma = float(gamma)
+        env, factories = resolve_env(env)
+        if n_agents is None:
+            n_agents = len(factories) if factories else 1
         self.n_agents = _check_int(n_agents, "n_agents", 1)
         if clock not in CLOCKS:
             raise ValueError(f"clock: must be one of {CLOCKS}, got {clock!r}")
@@ -154,10 +167,11 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.last_counts: Optional[np.ndarray] = None
         self._base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
         self._env_factories: Optional[list[Callable]] = None
+        # Agent i's last ``stats_window_size`` episodes ({"r", "l", "t", "agent"}), as SB3's ep_info_buffer.
+        self.agent_ep_info_buffer: Optional[list[deque]] = None
+        if factories is not None:
+            self._check_env_count(factories, env)
 
-        user_env = env
-        if callable(env) and not isinstance(env, (str, VecEnv)) and not hasattr(env, "step"):
-            env = DummyVecEnv([env])
         super().__init__(
             policy=policy,
             env=env,
@@ -172,7 +186,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         )
         if self.env is not None:
             self._check_spaces()
-            self._env_factories = env_factories(user_env)
+            self._env_factories = factories
             if self.horizon is None:
                 spec = self.env.get_attr("spec", indices=[0])[0]
                 steps = getattr(spec, "max_episode_steps", None)
@@ -214,25 +228,65 @@ class NIGTAlgorithm(BaseAlgorithm):
         return sum(p.numel() for p in self.policy.parameters())
 
     def _excluded_save_params(self) -> list[str]:
-        return super()._excluded_save_params() + ["timing", "_env_factories"]
+        return super()._excluded_save_params() + ["timing", "_env_factories", "agent_ep_info_buffer"]
 
-    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
-        """Set a new environment (same spaces); the workers will rebuild it from its id, spec or factory."""
-        factories = env_factories(env)
-        if callable(env) and not isinstance(env, VecEnv) and not hasattr(env, "step"):
-            env = DummyVecEnv([env])
+    def _check_env_count(self, factories: list[Callable], env: Any) -> None:
+        """One environment for all agents, or one per agent; warns if a speed-weighted rule gets different ones."""
+        if len(factories) not in (1, self.n_agents) and is_heterogeneous(factories):
+            if isinstance(env, VecEnv):
+                env.close()
+            raise ValueError(
+                f"env: {len(factories)} different environments were given for n_agents={self.n_agents}; "
+                "give one environment shared by all agents, or exactly one per agent"
+            )
+        if self.speed_weighted and len(factories) > 1 and is_heterogeneous(factories):
+            warnings.warn(
+                f"{type(self).__name__} with agents in different environments: its aggregate weights each agent by "
+                "its speed (fast agents contribute more gradients), so it optimises a speed-weighted objective, not "
+                "the equal-weighted J = (1/n) Σ_i J_i. Use MaleniaNIGT for an unbiased estimate.",
+                stacklevel=3,
+            )
+
+    def set_env(self, env: Any, force_reset: bool = True) -> None:
+        """Set new environments (same spaces, one shared or one per agent); workers rebuild them.
+
+        :param env: any form accepted by the constructor's ``env``.
+        :raises ValueError: as the constructor, for spaces or a number of environments that do not fit.
+        """
+        env, factories = resolve_env(env)
+        self._check_env_count(factories, env)
         super().set_env(env, force_reset)
         self._env_factories = factories
+
+    @classmethod
+    def load(cls, path: Any, env: Any = None, device: Union[th.device, str] = "auto", custom_objects: Optional[dict[str, Any]] = None,
+             print_system_info: bool = False, force_reset: bool = True, **kwargs: Any):
+        """Load a saved model (SB3's ``load``); ``env`` may also be a list of per-agent environments."""
+        env, _ = resolve_env(env)
+        return super().load(path, env=env, device=device, custom_objects=custom_objects, print_system_info=print_system_info,
+                            force_reset=force_reset, **kwargs)
 
     def _make_rule(self, batch_size: int) -> AggregationRule:
         """The aggregation rule of one round with batch parameter ``batch_size`` (M or M_init)."""
         raise NotImplementedError
 
     def _agent_env_index(self) -> list[int]:
-        """For each agent, the index of its environment factory (homogeneous: all use factory 0)."""
+        """For each agent, the index of its environment factory (one shared environment: all use factory 0)."""
+        factories = self._env_factories or []
+        if len(factories) > 1 and is_heterogeneous(factories):
+            if len(factories) != self.n_agents:
+                raise ValueError(
+                    f"env: {len(factories)} different environments for n_agents={self.n_agents}; give one per agent"
+                )
+            return list(range(self.n_agents))
         return [0] * self.n_agents
 
-    def _make_collector(self) -> Collector:
+    @property
+    def heterogeneous(self) -> bool:
+        """Whether the agents have different environments (one per agent)."""
+        return self._env_factories is not None and len(set(self._agent_env_index())) > 1
+
+    def _make_collector(self, seed: Optional[int] = None) -> Collector:
         if self._env_factories is None:
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
         worker_args = dict(
@@ -249,7 +303,8 @@ class NIGTAlgorithm(BaseAlgorithm):
                 n_workers = min(self.n_agents, 4 * cpus) if self.clock == "real" else min(self.n_agents, cpus)
             backend = SubprocessBackend(worker_args, n_workers, self.start_method)
         return Collector(
-            backend, self.timing, self.clock, self.horizon, self.gamma, self._base_seed, self._agent_env_index(), self.time_scale,
+            backend, self.timing, self.clock, self.horizon, self.gamma, self._base_seed if seed is None else int(seed),
+            self._agent_env_index(), self.time_scale,
         )
 
     # ------------------------------------------------------------------------------------------- parameters
@@ -261,6 +316,43 @@ class NIGTAlgorithm(BaseAlgorithm):
         """Load θ from a flat vector of shape ``(d,)``."""
         with th.no_grad():
             vector_to_parameters(th.as_tensor(np.asarray(params, dtype=np.float32), device=self.device), self.policy.parameters())
+
+    def estimate_gradient(
+        self, n_rounds: int = 1, batch_size: Optional[int] = None, params: Optional[np.ndarray] = None, seed: Optional[int] = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run ``n_rounds`` independent aggregation rounds at one θ and return their aggregates, without any update.
+
+        Each round is Aggregate(θ, M) of the algorithm's rule (paper, Algorithm 2 for Rennala, 3 for Malenia), on
+        the model's agents, times and clock, starting at simulated time 0. The model (θ, d_t, the clock, the
+        counters) is left unchanged. Useful to check unbiasedness or to measure the variance of the estimator.
+
+        :param n_rounds: rounds to run (>= 1); round r uses the job seeds of round index r.
+        :param batch_size: M (>= 1); default the model's ``batch_size``.
+        :param params: θ, float, shape ``(d,)``; default the current policy parameters θ_t.
+        :param seed: base seed of the jobs; default the model's seed.
+        :return: ``(gradients, counts)``: the aggregates g (float64, shape ``(n_rounds, d)``) and the counts M_i
+            (int64, shape ``(n_rounds, n)``).
+        :raises ValueError: for ``n_rounds`` or ``batch_size`` < 1, ``params`` of the wrong shape, no environment,
+            or a NaN reward.
+        """
+        n_rounds = _check_int(n_rounds, "n_rounds", 1)
+        batch_size = self.batch_size if batch_size is None else _check_int(batch_size, "batch_size", 1)
+        theta = self.get_flat_params() if params is None else np.asarray(params, dtype=np.float64).reshape(-1)
+        if theta.shape != (self.n_params,):
+            raise ValueError(f"params: expected shape ({self.n_params},), got {np.shape(params)}")
+        if self.env is None:
+            raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
+        gradients = np.zeros((n_rounds, self.n_params), dtype=np.float64)
+        counts = np.zeros((n_rounds, self.n_agents), dtype=np.int64)
+        collector = self._make_collector(seed)
+        try:
+            collector.start()
+            for r in range(n_rounds):
+                result = collector.collect(theta.astype(np.float32), self._make_rule(batch_size), r, 0.0, self._obs_norm())
+                gradients[r], counts[r] = result.aggregate, result.counts
+        finally:
+            collector.close()
+        return gradients, counts
 
     # --------------------------------------------------------------------------------------------- training
     def _obs_norm(self) -> Optional[tuple]:
@@ -297,10 +389,13 @@ class NIGTAlgorithm(BaseAlgorithm):
         # (``dones``/``infos``) set at each trajectory's first and last step only, to keep the per-step cost low.
         continue_training = True
         not_done, no_info = np.zeros(1, dtype=bool), [{}]
+        if self.agent_ep_info_buffer is None or len(self.agent_ep_info_buffer) != self.n_agents:
+            self.agent_ep_info_buffer = [deque(maxlen=self._stats_window_size) for _ in range(self.n_agents)]
         for arrival in result.arrivals:
             job = arrival.result
-            episode = {"r": job.episode_return, "l": job.episode_length, "t": arrival.time}
+            episode = {"r": job.episode_return, "l": job.episode_length, "t": arrival.time, "agent": arrival.agent}
             self.ep_info_buffer.extend([episode])
+            self.agent_ep_info_buffer[arrival.agent].append(episode)
             self._episode_num += 1
             for step in range(job.n_steps):
                 self.num_timesteps += 1
@@ -355,6 +450,8 @@ class NIGTAlgorithm(BaseAlgorithm):
         if self.env is None:
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
         total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar)
+        if reset_num_timesteps:
+            self.agent_ep_info_buffer = None
         callback.on_training_start(locals(), globals())
         assert self.ep_info_buffer is not None
         collector = self._make_collector()
@@ -389,6 +486,14 @@ class NIGTAlgorithm(BaseAlgorithm):
         if self.ep_info_buffer:
             self.logger.record("rollout/ep_rew_mean", safe_mean([ep["r"] for ep in self.ep_info_buffer]))
             self.logger.record("rollout/ep_len_mean", safe_mean([ep["l"] for ep in self.ep_info_buffer]))
+        if self.heterogeneous and self.agent_ep_info_buffer is not None:
+            # Each agent's return on its own environment, and their equal-weighted mean (the objective J).
+            means = [safe_mean([ep["r"] for ep in buffer]) for buffer in self.agent_ep_info_buffer]
+            for agent, mean in enumerate(means):
+                if self.agent_ep_info_buffer[agent]:
+                    self.logger.record(f"rollout/ep_rew_mean_agent_{agent}", mean)
+            if all(self.agent_ep_info_buffer):
+                self.logger.record("rollout/ep_rew_mean_equal_weight", float(np.mean(means)))
         self.logger.record("time/fps", fps)
         self.logger.record("time/time_elapsed", int(time_elapsed), exclude="tensorboard")
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")

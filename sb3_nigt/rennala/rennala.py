@@ -15,6 +15,9 @@ class RennalaNIGT(NIGTAlgorithm):
     round ends when M gradients have arrived in total (in-flight work is abandoned) and the aggregate is
     (Σ_i ḡ_i)/M. Fast agents contribute more (M_i grows with 1/h_i); stragglers never block a round.
 
+    Rennala assumes homogeneous agents (one shared environment). Given one environment per agent it still runs,
+    but warns: its aggregate then estimates a speed-weighted mean of the agents' gradients; use MaleniaNIGT.
+
     Every argument is documented in :class:`~sb3_nigt.common.nigt.NIGTAlgorithm`.
 
     Example::
@@ -25,6 +28,8 @@ class RennalaNIGT(NIGTAlgorithm):
         model.learn(20_000)
         print(model.simulated_time)
     """
+
+    speed_weighted = True
 
     def _make_rule(self, batch_size: int) -> AggregationRule:
         return RennalaAggregation(self.n_agents, batch_size)

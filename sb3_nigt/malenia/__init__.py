@@ -1,0 +1,3 @@
+from sb3_nigt.malenia.malenia import MaleniaNIGT
+
+__all__ = ["MaleniaNIGT"]
