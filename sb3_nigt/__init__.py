@@ -4,11 +4,13 @@ Implements Tyurin, Spiridonov, Rudenko, "Asynchronous Policy Gradient Aggregatio
 Reinforcement Learning", ICLR 2026 (arXiv 2509.24305).
 """
 
+from sb3_nigt.afedpg import AFedPG
 from sb3_nigt.common.timing import RandomTimes, TimingModel
 from sb3_nigt.policies import MlpPolicy, NIGTPolicy
 from sb3_nigt.malenia import MaleniaNIGT
 from sb3_nigt.rennala import RennalaNIGT
+from sb3_nigt.synchronized import SynchronizedNIGT
 
 __version__ = "0.1.0"
 
-__all__ = ["MaleniaNIGT", "MlpPolicy", "NIGTPolicy", "RandomTimes", "RennalaNIGT", "TimingModel", "__version__"]
+__all__ = ["AFedPG", "MaleniaNIGT", "MlpPolicy", "NIGTPolicy", "RandomTimes", "RennalaNIGT", "SynchronizedNIGT", "TimingModel", "__version__"]

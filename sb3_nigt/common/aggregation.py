@@ -103,3 +103,24 @@ class MaleniaAggregation(AggregationRule):
         for agent in range(self.n_agents):  # canonical order: agent index
             total += sums[agent] / int(self.counts[agent])
         return total / self.n_agents
+
+
+class SynchronizedAggregation(AggregationRule):
+    """The synchronized baseline (paper, Section 6 "Synchronized NIGT"): every agent computes exactly one gradient.
+
+    Each agent stops after its first gradient; the round waits for all n and returns (1/n) Σ_i g_i. A round
+    costs max_i (κ_i + h_i) plus the slowest upload: one straggler delays every round. ``batch_size`` is unused
+    (the batch is n).
+    """
+
+    def wants_more(self, agent: int) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return bool(np.all(self.counts >= 1))
+
+    def aggregate(self, sums: np.ndarray) -> np.ndarray:
+        total = np.zeros(sums.shape[1], dtype=np.float64)
+        for agent in range(self.n_agents):  # canonical order: agent index
+            total += sums[agent]
+        return total / self.n_agents

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -108,10 +108,10 @@ class Collector:
     def close(self) -> None:
         self.backend.close()
 
-    def _job(self, round_index: int, agent: int, index: int, delay: float = 0.0, min_duration: float = 0.0) -> Job:
+    def _job(self, round_index: int, agent: int, index: int, delay: float = 0.0, min_duration: float = 0.0, **extra: Any) -> Job:
         return Job(
             round_index, agent, index, job_seed(self.seed, round_index, agent, index), self.agent_env_index[agent],
-            self.horizon, self.gamma, delay, min_duration, self.timing.per_step,
+            self.horizon, self.gamma, delay, min_duration, self.timing.per_step, **extra,
         )
 
     def collect(self, params: np.ndarray, rule: AggregationRule, round_index: int, start_time: float, obs_norm: Optional[tuple] = None) -> RoundResult:
@@ -208,3 +208,87 @@ class Collector:
                 if not rule.done() and rule.wants_more(agent):
                     begin(agent, 0.0)
         return arrivals, now
+
+    # ------------------------------------------------------------------------------ asynchronous server (AFedPG)
+    def serve(
+        self,
+        params: np.ndarray,
+        obs_norm: Optional[tuple],
+        start_time: float,
+        first_index: list[int],
+        on_arrival: Callable[[Arrival], Optional[tuple[np.ndarray, Optional[tuple]]]],
+    ) -> None:
+        """A server that updates on every arrival (AFedPG; PAPER.md "Baselines"), on the simulated or real clock.
+
+        Agent i downloads θ (κ_i seconds), computes one gradient (h_i), uploads it (κ_i). At the server the
+        arrivals are handed to ``on_arrival`` one at a time, in time order (ties by increasing agent index) on the
+        simulated clock, in physical order on the real one. ``on_arrival`` returns the (θ, obs_norm) that the
+        server sends back to that agent for its next gradient, or None to stop; in-flight work is then abandoned.
+
+        :param params: θ that every agent downloads at ``start_time`` (float32, ``(d,)``).
+        :param obs_norm: the observation-normalization statistics that go with it, or None.
+        :param start_time: clock time at the start (seconds).
+        :param first_index: for each agent, the index of its next gradient (job seeds use (seed, 0, agent, index)).
+        :param on_arrival: the server's update, called with each :class:`Arrival`.
+        """
+        params = np.ascontiguousarray(params, dtype=np.float32)
+        self.backend.set_params(params, obs_norm)
+        if self.clock == "simulated":
+            self._serve_simulated(params, obs_norm, start_time, first_index, on_arrival)
+        else:
+            self._serve_real(params, obs_norm, start_time, first_index, on_arrival)
+        self.backend.cancel(1)
+
+    def _serve_simulated(self, params, obs_norm, start_time, first_index, on_arrival) -> None:
+        timing = self.timing
+        results: dict[tuple[int, int], JobResult] = {}
+        started: dict[tuple[int, int], float] = {}
+        events: list[tuple[float, int, int, bool]] = []  # (arrival time or its lower bound, agent, index, known)
+
+        def begin(agent: int, index: int, at: float, theta: np.ndarray, norm: Optional[tuple]) -> None:
+            started[(agent, index)] = at
+            self.backend.submit(self._job(0, agent, index, params=theta, obs_norm=norm))
+            unit = timing.compute_time(agent, 0, index)
+            upload = timing.communication_time(agent, index)
+            heapq.heappush(events, (at + unit + upload, agent, index, not timing.per_step))
+
+        def fetch(needed: tuple[int, int]) -> JobResult:
+            while needed not in results:
+                for result in self.backend.wait(needed):
+                    results[result.job.key] = result
+            return results.pop(needed)
+
+        for agent in range(self.n_agents):
+            begin(agent, first_index[agent], start_time + timing.communication_time(agent, first_index[agent]), params, obs_norm)
+        while True:
+            at, agent, index, known = heapq.heappop(events)
+            if not known:  # per-step times: the arrival time depends on the trajectory's length
+                result = fetch((agent, index))
+                results[(agent, index)] = result
+                finish = started[(agent, index)] + timing.gradient_time(agent, 0, index, result.n_steps)
+                heapq.heappush(events, (finish + timing.communication_time(agent, index), agent, index, True))
+                continue
+            reply = on_arrival(Arrival(at, agent, index, fetch((agent, index))))
+            if reply is None:
+                return
+            begin(agent, index + 1, at + timing.communication_time(agent, index + 1), *reply)
+
+    def _serve_real(self, params, obs_norm, start_time, first_index, on_arrival) -> None:
+        scale = self.time_scale or 0.0
+        wall_start = time.perf_counter()
+
+        def begin(agent: int, index: int, theta: np.ndarray, norm: Optional[tuple]) -> None:
+            kappa = self.timing.communication_time(agent, index) * scale
+            h = self.timing.compute_time(agent, 0, index) * scale
+            self.backend.submit(self._job(0, agent, index, kappa, h, upload_delay=kappa, params=theta, obs_norm=norm))
+
+        for agent in range(self.n_agents):
+            begin(agent, first_index[agent], params, obs_norm)
+        while True:
+            for result in self.backend.wait():
+                now = start_time + (time.perf_counter() - wall_start)
+                job = result.job
+                reply = on_arrival(Arrival(now, job.agent, job.index, result))
+                if reply is None:
+                    return
+                begin(job.agent, job.index + 1, *reply)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import gymnasium as gym
@@ -34,6 +34,10 @@ class Job:
     :param min_duration: the job takes at least this many seconds (real clock, emulated h_i), or this many
         seconds per environment step when ``per_step`` is true.
     :param per_step: whether ``min_duration`` is per environment step.
+    :param upload_delay: seconds to sleep after computing (real clock, emulated upload κ_i of AFedPG).
+    :param params: θ for this job only (float32, ``(d,)``), or None for the round's broadcast θ (AFedPG sends
+        each agent its own θ̃).
+    :param obs_norm: the observation-normalization statistics that go with ``params``.
     """
 
     round_index: int
@@ -46,6 +50,9 @@ class Job:
     delay: float = 0.0
     min_duration: float = 0.0
     per_step: bool = False
+    upload_delay: float = 0.0
+    params: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    obs_norm: Optional[tuple] = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -142,6 +149,8 @@ class GradientWorker:
         :raises JobCancelled: if ``cancelled()`` becomes true while the job runs.
         """
         start = time.perf_counter()
+        if job.params is not None:
+            self.set_params(job.params, job.obs_norm)
         if job.delay > 0:
             _sleep(job.delay, cancelled)
         env = self.env(job.env_index)
@@ -189,6 +198,8 @@ class GradientWorker:
         if job.min_duration > 0:
             emulated = job.min_duration * (n if job.per_step else 1)
             _sleep(emulated - (time.perf_counter() - start - job.delay), cancelled)
+        if job.upload_delay > 0:
+            _sleep(job.upload_delay, cancelled)
         return JobResult(job, grad, episode_return, n, n, moments, time.perf_counter() - start)
 
     def close(self) -> None:

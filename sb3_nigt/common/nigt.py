@@ -22,6 +22,7 @@ import warnings
 from collections import deque
 from typing import Any, Callable, Optional, TypeVar, Union
 
+import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
@@ -34,7 +35,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from sb3_nigt.common.aggregation import AggregationRule
 from sb3_nigt.common.backends import InlineBackend, SubprocessBackend
-from sb3_nigt.common.collector import Collector, RoundResult
+from sb3_nigt.common.collector import Arrival, Collector, RoundResult
 from sb3_nigt.common.envs import check_agent_spaces, is_heterogeneous, resolve_env
 from sb3_nigt.common.timing import TimeSpec, TimingModel
 from sb3_nigt.policies import NIGTPolicy
@@ -43,6 +44,9 @@ SelfNIGT = TypeVar("SelfNIGT", bound="NIGTAlgorithm")
 
 CLOCKS = ("simulated", "real")
 BACKENDS = ("inline", "subprocess")
+
+
+_NOT_DONE, _NO_INFO = np.zeros(1, dtype=bool), [{}]
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -163,6 +167,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.previous_params: Optional[np.ndarray] = None
         self.simulated_time = 0.0
         self.n_rounds = 0
+        self.n_communications = 0  # vectors sent between the server and the agents (broadcasts and uploads)
         self.round_stats: dict[str, float] = {}
         self.last_counts: Optional[np.ndarray] = None
         self._base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
@@ -261,8 +266,10 @@ class NIGTAlgorithm(BaseAlgorithm):
     @classmethod
     def load(cls, path: Any, env: Any = None, device: Union[th.device, str] = "auto", custom_objects: Optional[dict[str, Any]] = None,
              print_system_info: bool = False, force_reset: bool = True, **kwargs: Any):
-        """Load a saved model (SB3's ``load``); ``env`` may also be a list of per-agent environments."""
+        """Load a saved model (SB3's ``load``); ``env`` may also be an env id or a list of per-agent environments."""
         env, _ = resolve_env(env)
+        if isinstance(env, str):
+            env = gym.make(env)
         return super().load(path, env=env, device=device, custom_objects=custom_objects, print_system_info=print_system_info,
                             force_reset=force_reset, **kwargs)
 
@@ -379,41 +386,53 @@ class NIGTAlgorithm(BaseAlgorithm):
             for mean, var, count in result.obs_moments:
                 vec_normalize.obs_rms.update_from_moments(mean, var, count)
         self.last_counts = result.counts  # M_i of the round, int64, shape (n,)
+        # One broadcast to each agent, one upload per contributing agent.
+        self.n_communications += self.n_agents + int(np.count_nonzero(result.counts))
         self.round_stats = {
             "round_seconds": result.duration,
             "gradients_per_round": int(result.counts.sum()),
             "agents_contributing": int(np.count_nonzero(result.counts)),
             "steps_per_round": result.n_steps,
         }
-        # Replay the consumed steps for the callbacks: on_step once per environment step, with PPO-like locals
-        # (``dones``/``infos``) set at each trajectory's first and last step only, to keep the per-step cost low.
         continue_training = True
-        not_done, no_info = np.zeros(1, dtype=bool), [{}]
-        if self.agent_ep_info_buffer is None or len(self.agent_ep_info_buffer) != self.n_agents:
-            self.agent_ep_info_buffer = [deque(maxlen=self._stats_window_size) for _ in range(self.n_agents)]
         for arrival in result.arrivals:
-            job = arrival.result
-            episode = {"r": job.episode_return, "l": job.episode_length, "t": arrival.time, "agent": arrival.agent}
-            self.ep_info_buffer.extend([episode])
-            self.agent_ep_info_buffer[arrival.agent].append(episode)
-            self._episode_num += 1
-            for step in range(job.n_steps):
-                self.num_timesteps += 1
-                if step == 0:
-                    callback.update_locals({"dones": not_done, "infos": no_info, "agent": arrival.agent})
-                if step == job.n_steps - 1:
-                    callback.update_locals({"dones": np.ones(1, dtype=bool), "infos": [{"episode": episode}]})
-                if not callback.on_step():
-                    continue_training = False
-                    break
-            if not continue_training:
+            if not self._replay_arrival(arrival, callback):
+                continue_training = False
                 break
         callback.on_rollout_end()
         return result, continue_training
 
-    def _nigt_step(self, aggregate: np.ndarray) -> None:
+    def _replay_arrival(self, arrival: Arrival, callback: BaseCallback) -> bool:
+        """Count one used gradient's trajectory: the episode buffers, then ``on_step`` once per environment step.
+
+        PPO-like locals (``dones``/``infos``) are set at the trajectory's first and last step only, to keep the
+        per-step cost low. Returns False as soon as a callback asks to stop.
+        """
+        if self.agent_ep_info_buffer is None or len(self.agent_ep_info_buffer) != self.n_agents:
+            self.agent_ep_info_buffer = [deque(maxlen=self._stats_window_size) for _ in range(self.n_agents)]
+        job = arrival.result
+        episode = {"r": job.episode_return, "l": job.episode_length, "t": arrival.time, "agent": arrival.agent}
+        self.ep_info_buffer.extend([episode])
+        self.agent_ep_info_buffer[arrival.agent].append(episode)
+        self._episode_num += 1
+        for step in range(job.n_steps):
+            self.num_timesteps += 1
+            if step == 0:
+                callback.update_locals({"dones": _NOT_DONE, "infos": _NO_INFO, "agent": arrival.agent})
+            if step == job.n_steps - 1:
+                callback.update_locals({"dones": np.ones(1, dtype=bool), "infos": [{"episode": episode}]})
+            if not callback.on_step():
+                return False
+        return True
+
+    def _extrapolated_params(self) -> np.ndarray:
+        """θ̃_t = θ_t + ((1 − η)/η)(θ_t − θ_{t−1}) (Algorithm 1, implicit gradient transport), float64 ``(d,)``."""
+        theta = self.get_flat_params().astype(np.float64)
+        return theta + ((1.0 - self.momentum) / self.momentum) * (theta - self.previous_params)
+
+    def _nigt_step(self, aggregate: np.ndarray, eta: Optional[float] = None) -> None:
         """d_t = (1 − η) d_{t−1} + η g_t;  θ_{t+1} = θ_t + α d_t/‖d_t‖ (no step when ‖d_t‖ = 0)."""
-        eta = self.momentum
+        eta = self.momentum if eta is None else eta
         self.momentum_buffer = (1.0 - eta) * self.momentum_buffer + eta * aggregate
         theta = self.get_flat_params()
         self.previous_params = theta.copy()
@@ -464,9 +483,7 @@ class NIGTAlgorithm(BaseAlgorithm):
                 self.momentum_buffer = result.aggregate.astype(np.float64)
                 self.previous_params = theta.copy()
             while continue_training and self.num_timesteps < total_timesteps:
-                theta = self.get_flat_params().astype(np.float64)
-                extrapolated = theta + ((1.0 - self.momentum) / self.momentum) * (theta - self.previous_params)  # θ̃_t
-                result, continue_training = self._run_round(collector, extrapolated, self.batch_size, callback)
+                result, continue_training = self._run_round(collector, self._extrapolated_params(), self.batch_size, callback)
                 if not continue_training:
                     break
                 self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
@@ -498,6 +515,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.logger.record("time/time_elapsed", int(time_elapsed), exclude="tensorboard")
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.logger.record("time/simulated_time", self.simulated_time)
+        self.logger.record("time/communications", self.n_communications)
         for key, value in self.round_stats.items():
             self.logger.record(f"train/{key}", value)
         self.logger.dump(step=self.num_timesteps)

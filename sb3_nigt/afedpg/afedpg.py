@@ -1,0 +1,189 @@
+"""AFedPG (Lan et al., ICLR 2025, arXiv 2404.08003): the asynchronous baseline that updates on every arrival."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, TypeVar
+
+import numpy as np
+from stable_baselines3.common.type_aliases import MaybeCallback
+
+from sb3_nigt.common.aggregation import AggregationRule
+from sb3_nigt.common.collector import Arrival
+from sb3_nigt.common.nigt import NIGTAlgorithm
+
+SelfAFedPG = TypeVar("SelfAFedPG", bound="AFedPG")
+
+
+class AFedPG(NIGTAlgorithm):
+    """AFedPG: asynchronous federated policy gradient, with a server step on every arriving gradient.
+
+    Lan, Han, Rahman, Chen, Yang, Xu (ICLR 2025, arXiv 2404.08003), as read in PAPER.md ("Baselines used by the
+    paper's experiments", marked [inferred]) and used by Tyurin, Spiridonov, Rudenko (ICLR 2026) as the previous
+    state of the art. The server holds θ_k, θ_{k−1} and d:
+
+    - it sends (θ_k, θ_{k−1}) to agent i (κ_i seconds);
+    - agent i samples one trajectory at the lookahead point θ̃ = θ_k + ((1 − η)/η)(θ_k − θ_{k−1}), computes
+      g_H (h_i seconds) and uploads it (κ_i seconds);
+    - on each arrival the server does d ← (1 − η_k) d + η_k g and θ_{k+1} = θ_k + α d/‖d‖, and replies with
+      (θ_{k+1}, θ_k) to that agent only.
+
+    Gradients are stale: the **staleness** of a gradient is the number of server updates between the agent's
+    download and its upload. There is one upload and one download per gradient (Rennala: one per agent per
+    round). d starts as the first arriving gradient.
+
+    The shared parameters (``learning_rate`` α, ``momentum`` η, ``horizon``, ``gamma``, ``n_agents``,
+    ``compute_times``, ``communication_times``, ...) mean what they mean for the NIGT algorithms
+    (:class:`~sb3_nigt.common.nigt.NIGTAlgorithm`); ``batch_size`` and ``initial_batch_size`` are accepted and
+    ignored (a batch is one gradient). A "round" here is n consecutive server updates: the callbacks'
+    ``on_rollout_start``/``on_rollout_end`` and the ``log_interval`` count those.
+
+    :param momentum_schedule: the momentum hook: a callable ``(staleness, update_index) -> η`` giving the η_k of
+        each update from the arriving gradient's staleness (int, >= 0) and the server's update counter k (int);
+        None (default) keeps the constant ``momentum``. A delay-adaptive schedule plugs in here. The lookahead
+        point uses the constant ``momentum``.
+    :raises ValueError: as the NIGT algorithms; also when ``momentum_schedule`` is not callable or returns a value
+        outside (0, 1] (naming it), and for a NaN or infinite gradient (θ is left unchanged).
+
+    Logged: ``train/staleness_mean`` and ``train/staleness_max`` over the last round, ``train/updates``, and
+    ``time/communications``; ``model.staleness_histogram[s]`` counts the gradients of staleness s since the start
+    (int64).
+
+    Example::
+
+        from sb3_nigt import AFedPG
+
+        model = AFedPG("MlpPolicy", "Pendulum-v1", n_agents=10, compute_times="sqrt", seed=0)
+        model.learn(20_000)
+        print(model.staleness_histogram)
+    """
+
+    speed_weighted = True  # fast agents update the server more often
+
+    def __init__(self, *args: Any, momentum_schedule: Optional[Callable[[int, int], float]] = None, **kwargs: Any):
+        if momentum_schedule is not None and not callable(momentum_schedule):
+            raise ValueError(f"momentum_schedule: must be None or a callable (staleness, update_index) -> η, got {momentum_schedule!r}")
+        self.momentum_schedule = momentum_schedule
+        self.staleness_histogram = np.zeros(0, dtype=np.int64)
+        self.next_job_index: Optional[list[int]] = None  # per agent, the index of its next gradient (job seeds)
+        super().__init__(*args, **kwargs)
+
+    def _make_rule(self, batch_size: int) -> AggregationRule:
+        raise NotImplementedError("AFedPG updates on every arrival; it has no aggregation round")
+
+    def estimate_gradient(self, *args: Any, **kwargs: Any):
+        """Not available: AFedPG has no aggregation round (each gradient is a step).
+
+        :raises NotImplementedError: always.
+        """
+        raise NotImplementedError("AFedPG updates on every arrival; it has no aggregation round to estimate")
+
+    def _momentum(self, staleness: int) -> float:
+        """η_k of the next update (the hook): ``momentum_schedule(staleness, k)``, else the constant η."""
+        if self.momentum_schedule is None:
+            return self.momentum
+        eta = self.momentum_schedule(int(staleness), int(self._n_updates))
+        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating)) or not (0 < eta <= 1):
+            raise ValueError(f"momentum_schedule: returned η = {eta!r} for staleness {staleness}; η must be in (0, 1]")
+        return float(eta)
+
+    def learn(
+        self: SelfAFedPG,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfAFedPG:
+        """Train for at least ``total_timesteps`` environment steps (those of the gradients used).
+
+        Every arriving gradient fires ``on_step`` once per environment step of its trajectory (a False stops
+        training at once, before that gradient's update); every n updates fire ``on_rollout_end`` then
+        ``on_rollout_start``. Agents restart from the current θ at each ``learn`` call; worker processes are
+        closed on return, on exceptions and on Ctrl-C.
+
+        :param total_timesteps: environment steps to train for.
+        :param callback: SB3 callback(s).
+        :param log_interval: dump the logs every this many rounds of n updates.
+        :param tb_log_name: tensorboard run name (default: the class name).
+        :param reset_num_timesteps: whether to reset the step counter.
+        :param progress_bar: show a tqdm/rich progress bar.
+        :raises ValueError: on a NaN or infinite reward or gradient (θ is left unchanged).
+        """
+        if self.env is None:
+            raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
+        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar)
+        if reset_num_timesteps:
+            self.agent_ep_info_buffer = None
+        callback.on_training_start(locals(), globals())
+        if self.previous_params is None:
+            self.previous_params = self.get_flat_params()  # θ_{−1} = θ_0
+        if self.next_job_index is None or len(self.next_job_index) != self.n_agents:
+            self.next_job_index = [0] * self.n_agents
+        downloaded = [self._n_updates] * self.n_agents  # server version k each agent computes at
+        window: list[int] = []  # staleness of the current round's updates
+        state = {"continue": True, "in_round": 0}
+        vec_normalize = self._vec_normalize_env
+
+        def on_arrival(arrival: Arrival) -> Optional[tuple[np.ndarray, Optional[tuple]]]:
+            result = arrival.result
+            gradient = result.gradient.astype(np.float64)
+            if not np.all(np.isfinite(gradient)):
+                raise ValueError(
+                    f"gradient: agent {arrival.agent}'s gradient {arrival.index} has non-finite entries (NaN or inf); "
+                    "training stopped before the update, θ is unchanged"
+                )
+            self.simulated_time = float(arrival.time)
+            if not self._replay_arrival(arrival, callback):
+                state["continue"] = False
+                return None
+            staleness = self._n_updates - downloaded[arrival.agent]
+            self.next_job_index[arrival.agent] = arrival.index + 1
+            if vec_normalize is not None and vec_normalize.training and result.obs_moments is not None:
+                vec_normalize.obs_rms.update_from_moments(*result.obs_moments)
+            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+            eta = self._momentum(staleness)
+            if self.momentum_buffer is None:
+                self.momentum_buffer = gradient.copy()  # d starts as the first gradient, then takes the step
+                eta = 1.0
+            self._nigt_step(gradient, eta)
+            self.n_communications += 1  # the upload
+            if staleness >= len(self.staleness_histogram):
+                self.staleness_histogram = np.concatenate([self.staleness_histogram, np.zeros(staleness + 1 - len(self.staleness_histogram), np.int64)])
+            self.staleness_histogram[staleness] += 1
+            window.append(staleness)
+            state["in_round"] += 1
+            if state["in_round"] == self.n_agents:
+                self._end_round(window, callback, log_interval)
+                window.clear()
+                state["in_round"] = 0
+                callback.on_rollout_start()
+            if self.num_timesteps >= total_timesteps:
+                return None
+            downloaded[arrival.agent] = self._n_updates
+            self.n_communications += 1  # the reply
+            return self._extrapolated_params().astype(np.float32), self._obs_norm()
+
+        collector = self._make_collector()
+        try:
+            collector.start()
+            callback.on_rollout_start()
+            self.n_communications += self.n_agents  # every agent downloads θ at the start
+            collector.serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self.simulated_time, list(self.next_job_index), on_arrival)
+        finally:
+            collector.close()
+        if window:
+            self._end_round(window, callback, log_interval if state["continue"] else 0)
+        else:
+            callback.on_rollout_end()
+        callback.on_training_end()
+        return self
+
+    def _end_round(self, window: list[int], callback: Any, log_interval: int) -> None:
+        """Close a round of n updates: its statistics, ``on_rollout_end``, and the logs every ``log_interval``."""
+        self.n_rounds += 1
+        self.round_stats.update(staleness_mean=float(np.mean(window)), staleness_max=int(np.max(window)), updates=self._n_updates)
+        callback.on_rollout_end()
+        if log_interval and self.n_rounds % log_interval == 0:
+            self.dump_logs()

@@ -1,0 +1,247 @@
+"""Compare the algorithms on one environment, scenario and seed list (the paper's Section 6 plots).
+
+Every algorithm runs with the same agents, compute and communication times, hyperparameters and seeds; under a
+seed every algorithm starts from the same θ_0. The return is the mean undiscounted return of the last
+``--window`` training trajectories, recorded at the end of every round (for AFedPG: every n updates).
+
+Scenarios (n agents, d = number of policy parameters; PAPER.md "Time model"):
+
+    equal           h_i = 1,   κ_i = 0
+    heterogeneous   h_i = √i,  κ_i = 0
+    comm            h_i = √i,  κ_i = √i
+    expensive-comm  h_i = √i,  κ_i = √i · d^(1/4)
+
+Writes, in ``--out``:
+
+- ``results.csv``, tidy: algorithm, seed, simulated_seconds, env_steps, communications, mean_return (one row
+  per round);
+- ``summary.csv``: per algorithm and seed, the simulated seconds, environment steps and communications needed to
+  reach ``--threshold`` (empty if never), the final return and the wall time;
+- ``returns.png``: return against simulated time, the median over seeds and the 20–80% band per algorithm.
+
+It prints the simulated time each algorithm needed to reach the threshold (median over seeds) and its ratio to
+the first algorithm's.
+
+Usage::
+
+    python -m sb3_nigt.compare --env Pendulum-v1 --scenario heterogeneous --algorithms rennala afedpg sync \\
+        --seeds 0 1 2 --timesteps 200000 --threshold -600 --out runs/compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import safe_mean
+
+from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
+from sb3_nigt.envs import heterogeneous_envs
+
+ALGORITHMS = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT, "sync": SynchronizedNIGT, "afedpg": AFedPG}
+SCENARIOS = {
+    "equal": ("equal", 0.0),
+    "heterogeneous": ("sqrt", 0.0),
+    "comm": ("sqrt", "sqrt"),
+    "expensive-comm": ("sqrt", "expensive"),
+}
+LABELS = {"rennala": "Rennala NIGT", "malenia": "Malenia NIGT", "sync": "Synchronized NIGT", "afedpg": "AFedPG"}
+COLUMNS = ["algorithm", "seed", "simulated_seconds", "env_steps", "communications", "mean_return"]
+
+
+class Recorder(BaseCallback):
+    """At the end of every round: (simulated seconds, environment steps, communications, mean return).
+
+    With ``max_seconds`` it stops training once the simulated clock has passed that many seconds.
+    """
+
+    def __init__(self, window: int, max_seconds: Optional[float] = None) -> None:
+        super().__init__()
+        self.window = window
+        self.max_seconds = max_seconds
+        self.rows: list[tuple[float, int, int, float]] = []
+
+    def _on_step(self) -> bool:
+        return self.max_seconds is None or self.model.simulated_time < self.max_seconds
+
+    def _on_rollout_end(self) -> None:
+        episodes = list(self.model.ep_info_buffer)[-self.window:]
+        if episodes:
+            self.rows.append((float(self.model.simulated_time), int(self.model.num_timesteps), int(self.model.n_communications),
+                              float(safe_mean([ep["r"] for ep in episodes]))))
+
+
+def parse_value(text: str) -> Any:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``ALGO:KEY=VALUE`` items → {algo: {key: value}}."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        try:
+            algo, assignment = item.split(":", 1)
+            key, value = assignment.split("=", 1)
+        except ValueError:
+            raise ValueError(f"--set: expected ALGO:KEY=VALUE, got {item!r}") from None
+        if algo not in ALGORITHMS:
+            raise ValueError(f"--set: unknown algorithm {algo!r}; choose from {list(ALGORITHMS)}")
+        overrides.setdefault(algo, {})[key] = parse_value(value)
+    return overrides
+
+
+def first_reach(rows: list[tuple[float, int, int, float]], threshold: Optional[float]) -> tuple[float, float, float]:
+    """(simulated seconds, env steps, communications) of the first round whose return is >= threshold; NaN if never."""
+    if threshold is not None:
+        for seconds, steps, communications, value in rows:
+            if value >= threshold:
+                return seconds, float(steps), float(communications)
+    return math.nan, math.nan, math.nan
+
+
+def plot(curves: dict[str, list[list[tuple]]], path: Path, title: str, threshold: Optional[float]) -> None:
+    """Median and 20–80% band over seeds of the return against simulated time, one colour per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, runs in curves.items():
+        runs = [np.asarray(rows, dtype=np.float64) for rows in runs if rows]
+        if not runs:
+            continue
+        end = min(r[-1, 0] for r in runs)
+        grid = np.linspace(0.0, end, 300)
+        values = []
+        for r in runs:  # the last recorded return at each grid time (NaN before the first round)
+            idx = np.searchsorted(r[:, 0], grid, side="right") - 1
+            values.append(np.where(idx >= 0, r[np.clip(idx, 0, None), 3], np.nan))
+        values = np.asarray(values)
+        with warnings.catch_warnings():  # grid times before a seed's first round are NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nanmedian(values, axis=0)
+            low, high = np.nanpercentile(values, 20, axis=0), np.nanpercentile(values, 80, axis=0)
+        line, = ax.plot(grid, median, label=f"{LABELS[name]} ({len(runs)} seeds)")
+        ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2)
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("mean training return")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m sb3_nigt.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="Pendulum-v1", help="gymnasium env id")
+    parser.add_argument("--heterogeneous-envs", action="store_true",
+                        help="give agent i the App. H.3 environment [(−1)^i · obs, i] (sb3_nigt.envs.heterogeneous_envs)")
+    parser.add_argument("--scenario", default="heterogeneous", choices=list(SCENARIOS))
+    parser.add_argument("--algorithms", nargs="+", default=["rennala", "afedpg", "sync"], choices=list(ALGORITHMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--timesteps", type=int, default=200_000, help="environment steps per algorithm and seed (at most)")
+    parser.add_argument("--max-simulated-seconds", type=float, default=None,
+                        help="also stop each run once its simulated clock passes this many seconds (equal time budgets)")
+    parser.add_argument("--n-agents", type=int, default=10)
+    parser.add_argument("--learning-rate", type=float, default=2**-6, help="α, shared")
+    parser.add_argument("--momentum", type=float, default=0.1, help="η, shared")
+    parser.add_argument("--batch-size", type=int, default=20, help="M (Rennala), S (Malenia); unused by sync and AFedPG")
+    parser.add_argument("--horizon", type=int, default=None, help="H (default: the env's time limit)")
+    parser.add_argument("--gamma", type=float, default=0.99)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ALGO:KEY=VALUE",
+                        help="a per-algorithm override, e.g. --set afedpg:learning_rate=0.002 (repeatable)")
+    parser.add_argument("--threshold", type=float, default=None, help="return to reach; prints the simulated time to reach it")
+    parser.add_argument("--window", type=int, default=100, help="trajectories averaged for the return")
+    parser.add_argument("--backend", default="inline", choices=["inline", "subprocess"])
+    parser.add_argument("--n-workers", type=int, default=None)
+    parser.add_argument("--out", default="runs/compare")
+    parser.add_argument("--progress-bar", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = parse_overrides(args.overrides)
+
+    compute, communication = SCENARIOS[args.scenario]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env: Any = heterogeneous_envs(args.env, args.n_agents) if args.heterogeneous_envs else args.env
+    results, summary = [], []
+    curves: dict[str, list[list[tuple]]] = {name: [] for name in args.algorithms}
+    for seed in args.seeds:
+        initial = None
+        for name in args.algorithms:
+            kwargs = dict(
+                learning_rate=args.learning_rate, momentum=args.momentum, batch_size=args.batch_size, horizon=args.horizon,
+                gamma=args.gamma, n_agents=args.n_agents, compute_times=compute, communication_times=communication,
+                backend=args.backend, n_workers=args.n_workers, seed=seed,
+            )
+            kwargs.update(overrides.get(name, {}))
+            model = ALGORITHMS[name]("MlpPolicy", env, **kwargs)
+            theta0 = model.get_flat_params()
+            if initial is None:
+                initial = theta0
+            elif not np.array_equal(initial, theta0):
+                raise RuntimeError(f"{name}: seed {seed} gave a different initial θ than {args.algorithms[0]}")
+            recorder = Recorder(args.window, args.max_simulated_seconds)
+            start = time.perf_counter()
+            model.learn(args.timesteps, callback=recorder, progress_bar=args.progress_bar)
+            wall = time.perf_counter() - start
+            curves[name].append(recorder.rows)
+            results += [(name, seed, *row) for row in recorder.rows]
+            reach = first_reach(recorder.rows, args.threshold)
+            final = recorder.rows[-1][3] if recorder.rows else math.nan
+            summary.append((name, seed, *reach, final, model.simulated_time, model.num_timesteps, model.n_communications, wall))
+            print(f"{LABELS[name]:>18} seed {seed}: final return {final:9.1f}; {model.simulated_time:10.1f} simulated s, "
+                  f"{model.num_timesteps} env steps, {model.n_communications} communications; time to threshold "
+                  f"{reach[0]:.1f} s; {wall:.0f} wall s", flush=True)
+
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        writer.writerows(results)
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["algorithm", "seed", "seconds_to_threshold", "steps_to_threshold", "communications_to_threshold",
+                         "final_return", "simulated_seconds", "env_steps", "communications", "wall_seconds"])
+        writer.writerows(summary)
+    title = (f"{args.env}{' (App. H.3 agents)' if args.heterogeneous_envs else ''}, scenario {args.scenario}, "
+             f"n = {args.n_agents}, {len(args.seeds)} seeds")
+    plot(curves, out / "returns.png", title, args.threshold)
+
+    medians = {}
+    print(f"\ntime to reach return {args.threshold} (median over seeds; simulated seconds):" if args.threshold is not None
+          else "\nno --threshold given: final returns only")
+    for name in args.algorithms:
+        times = [row[2] for row in summary if row[0] == name]
+        reached = [t for t in times if not math.isnan(t)]
+        # A seed that never reached the threshold counts as infinitely slow.
+        medians[name] = float(np.median([t if not math.isnan(t) else math.inf for t in times]))
+        finals = [row[5] for row in summary if row[0] == name]
+        if args.threshold is not None:
+            base = medians[args.algorithms[0]]
+            ratio = medians[name] / base if 0 < base < math.inf else math.nan
+            print(f"  {LABELS[name]:>18}: {medians[name]:10.1f} s  ({len(reached)}/{len(times)} seeds reached; "
+                  f"{ratio:.2f}x {LABELS[args.algorithms[0]]}'s); median final return {np.median(finals):.1f}")
+        else:
+            print(f"  {LABELS[name]:>18}: median final return {np.median(finals):.1f}")
+    print(f"wrote {out}/: results.csv, summary.csv, returns.png")
+    return {"medians": medians, "summary": summary}
+
+
+if __name__ == "__main__":
+    main()
