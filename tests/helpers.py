@@ -108,6 +108,17 @@ class RandomLengthEnv(gym.Env):
 # --------------------------------------------------------------------------------------------------------------
 # Reference implementation of the documented round rule (collector.py docstring, PAPER.md "Time model").
 # --------------------------------------------------------------------------------------------------------------
+def _finishes(gradient_seconds: Callable[[int, int], float], communication: Sequence[float], start_time: float, per_agent: int):
+    """Every agent's first ``per_agent`` finish times (agent i starts at T0 + κ_i), sorted by time then agent."""
+    finishes = []
+    for agent in range(len(communication)):
+        t = start_time + communication[agent]
+        for k in range(per_agent):
+            t = t + gradient_seconds(agent, k)
+            finishes.append((t, agent, k))
+    return sorted(finishes, key=lambda x: (x[0], x[1]))
+
+
 def reference_round(
     gradient_seconds: Callable[[int, int], float],
     communication: Sequence[float],
@@ -122,13 +133,7 @@ def reference_round(
     :return: (counts, arrivals as [(time, agent, index)], stop time, end time).
     """
     n = len(communication)
-    finishes = []
-    for agent in range(n):
-        t = start_time + communication[agent]
-        for k in range(batch_size):  # no agent can contribute more than M gradients
-            t = t + gradient_seconds(agent, k)
-            finishes.append((t, agent, k))
-    finishes.sort(key=lambda x: (x[0], x[1]))
+    finishes = _finishes(gradient_seconds, communication, start_time, batch_size)  # no agent can exceed M
     counted = finishes[:batch_size]
     counts = np.zeros(n, dtype=np.int64)
     for _, agent, _ in counted:
@@ -156,13 +161,7 @@ def reference_malenia_round(
     from fractions import Fraction
 
     n = len(communication)
-    finishes = []
-    for agent in range(n):
-        t = start_time + communication[agent]
-        for k in range(max_per_agent):
-            t = t + gradient_seconds(agent, k)
-            finishes.append((t, agent, k))
-    finishes.sort(key=lambda x: (x[0], x[1]))
+    finishes = _finishes(gradient_seconds, communication, start_time, max_per_agent)
     counts = np.zeros(n, dtype=np.int64)
     counted = []
     for finish in finishes:

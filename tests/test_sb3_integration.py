@@ -293,3 +293,19 @@ def test_vec_normalize_norm_reward_warns(make_model):
     venv = VecNormalize(make_vec_env("Pendulum-v1", seed=0), norm_obs=True, norm_reward=True)
     with pytest.warns(UserWarning, match="norm_reward"):
         make_model(env=venv)
+
+
+def test_used_trajectories_are_written_to_the_main_envs_monitor(make_model, tmp_path):
+    # Workers step their own env copies; the algorithm writes each used trajectory to the main env's Monitor, so
+    # monitor.csv files (rl-zoo3's plot_train, SB3's load_results) fill up as with PPO.
+    from stable_baselines3.common.monitor import load_results
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    env = DummyVecEnv([lambda: Monitor(gym.make("Pendulum-v1"), str(tmp_path / "0"))])
+    model = make_model(env).learn(3 * STEPS_PER_ROUND)
+    env.close()
+    frame = load_results(str(tmp_path))
+    episodes = list(model.ep_info_buffer)
+    assert len(frame) == len(episodes) == model._episode_num
+    np.testing.assert_allclose(frame["r"].to_numpy(), [ep["r"] for ep in episodes], atol=1e-5)
+    assert frame["l"].tolist() == [ep["l"] for ep in episodes]

@@ -111,12 +111,7 @@ class AFedPG(NIGTAlgorithm):
         :param progress_bar: show a tqdm/rich progress bar.
         :raises ValueError: on a NaN or infinite reward or gradient (θ is left unchanged).
         """
-        if self.env is None:
-            raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
-        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar)
-        if reset_num_timesteps:
-            self.agent_ep_info_buffer = None
-        callback.on_training_start(locals(), globals())
+        total_timesteps, callback = self._begin_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
         if self.previous_params is None:
             self.previous_params = self.get_flat_params()  # θ_{−1} = θ_0
         if self.next_job_index is None or len(self.next_job_index) != self.n_agents:

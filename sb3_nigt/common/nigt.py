@@ -30,7 +30,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import safe_mean
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from sb3_nigt.common.aggregation import AggregationRule
@@ -174,6 +175,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self._env_factories: Optional[list[Callable]] = None
         # Agent i's last ``stats_window_size`` episodes ({"r", "l", "t", "agent"}), as SB3's ep_info_buffer.
         self.agent_ep_info_buffer: Optional[list[deque]] = None
+        self._agent_monitors: list[Optional[Monitor]] = []
         if factories is not None:
             self._check_env_count(factories, env)
 
@@ -233,7 +235,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         return sum(p.numel() for p in self.policy.parameters())
 
     def _excluded_save_params(self) -> list[str]:
-        return super()._excluded_save_params() + ["timing", "_env_factories", "agent_ep_info_buffer"]
+        return super()._excluded_save_params() + ["timing", "_env_factories", "agent_ep_info_buffer", "_agent_monitors"]
 
     def _check_env_count(self, factories: list[Callable], env: Any) -> None:
         """One environment for all agents, or one per agent; warns if a speed-weighted rule gets different ones."""
@@ -414,6 +416,15 @@ class NIGTAlgorithm(BaseAlgorithm):
         episode = {"r": job.episode_return, "l": job.episode_length, "t": arrival.time, "agent": arrival.agent}
         self.ep_info_buffer.extend([episode])
         self.agent_ep_info_buffer[arrival.agent].append(episode)
+        if self._agent_monitors:
+            monitor = self._agent_monitors[arrival.agent]
+            if monitor is not None:
+                elapsed = time.time() - monitor.t_start
+                monitor.episode_returns.append(job.episode_return)
+                monitor.episode_lengths.append(job.episode_length)
+                monitor.episode_times.append(elapsed)
+                if monitor.results_writer is not None:
+                    monitor.results_writer.write_row({"r": round(job.episode_return, 6), "l": job.episode_length, "t": round(elapsed, 6)})
         self._episode_num += 1
         for step in range(job.n_steps):
             self.num_timesteps += 1
@@ -443,6 +454,40 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.round_stats.update(d_norm=norm, learning_rate=alpha)
         self._n_updates += 1
 
+    def _begin_learn(self, total_timesteps: int, callback: MaybeCallback, reset_num_timesteps: bool, tb_log_name: str,
+                     progress_bar: bool) -> tuple[int, BaseCallback]:
+        """SB3's ``_setup_learn`` plus the per-agent buffers, then ``on_training_start``."""
+        if self.env is None:
+            raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
+        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar)
+        if reset_num_timesteps:
+            self.agent_ep_info_buffer = None
+        self._agent_monitors = self._find_agent_monitors()
+        callback.on_training_start(locals(), globals())
+        return total_timesteps, callback
+
+    def _find_agent_monitors(self) -> list[Optional[Monitor]]:
+        """For each agent, the SB3 ``Monitor`` of its environment in the main-process env, if there is one.
+
+        Workers step their own copies of the environment, so the main env's ``Monitor`` never sees an episode;
+        the algorithm writes each used trajectory to it instead, so that ``monitor.csv`` files (rl-zoo3's
+        ``plot_train``, ``load_results``) fill up as with PPO. Only in-process VecEnvs (DummyVecEnv) are reachable.
+        """
+        venv = self.env
+        while isinstance(venv, VecEnvWrapper):
+            venv = venv.venv
+        if not isinstance(venv, DummyVecEnv):
+            return []
+        monitors: list[Optional[Monitor]] = []
+        for env in venv.envs:
+            while not isinstance(env, Monitor) and isinstance(env, gym.Wrapper):
+                env = env.env
+            monitors.append(env if isinstance(env, Monitor) else None)
+        if not any(monitors):
+            return []
+        env_index = self._agent_env_index()
+        return [monitors[i] if i < len(monitors) else monitors[0] for i in env_index]
+
     def learn(
         self: SelfNIGT,
         total_timesteps: int,
@@ -466,13 +511,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         :param progress_bar: show a tqdm/rich progress bar.
         :raises ValueError: on a NaN or infinite reward or gradient (θ is left unchanged).
         """
-        if self.env is None:
-            raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
-        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar)
-        if reset_num_timesteps:
-            self.agent_ep_info_buffer = None
-        callback.on_training_start(locals(), globals())
-        assert self.ep_info_buffer is not None
+        total_timesteps, callback = self._begin_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
         collector = self._make_collector()
         try:
             collector.start()
