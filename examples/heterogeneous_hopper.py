@@ -67,12 +67,14 @@ def plot(curves: dict[tuple[str, int], list[tuple]], path: Path, env_id: str) ->
     import matplotlib.pyplot as plt
 
     colors = {"MaleniaNIGT": "tab:blue", "RennalaNIGT": "tab:orange"}
+    styles = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     titles = ["agent 0: observation ++ [0]  (fast, h = 1 s)", "agent 1: −observation ++ [1]  (slow, h = 10 s)"]
     for agent, ax in enumerate(axes):
         for (name, seed), rows in sorted(curves.items()):
             data = np.asarray(rows, dtype=np.float64)
-            ax.plot(data[:, 0], data[:, 2 + agent], color=colors[name], alpha=0.85, label=f"{name} seed {seed}")
+            ax.plot(data[:, 0], data[:, 2 + agent], color=colors[name], linestyle=styles[seed % len(styles)], alpha=0.85,
+                    label=f"{name} seed {seed}")
         ax.set_title(titles[agent], fontsize=10)
         ax.set_xlabel("simulated time (s)")
         ax.grid(alpha=0.3)
@@ -99,11 +101,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--out", default="runs/heterogeneous")
     parser.add_argument("--no-progress-bar", action="store_true")
+    parser.add_argument("--replot", action="store_true", help="only redraw returns.png from the curves.csv in --out")
     args = parser.parse_args(argv)
 
     env_id = args.env or hopper_id()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        curves = {}
+        with open(out / "curves.csv") as f:
+            for row in csv.DictReader(f):
+                curves.setdefault((row["algorithm"], int(row["seed"])), []).append(
+                    tuple(float(row[k]) for k in ("simulated_seconds", "env_steps", "train_return_agent_0", "train_return_agent_1")))
+        plot(curves, out / "returns.png", env_id)
+        return
     batch_sizes = {"MaleniaNIGT": args.malenia_batch_size, "RennalaNIGT": args.rennala_batch_size}
     results, curves = [], {}
     for seed in args.seeds:
