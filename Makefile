@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[plot,test]"
+	$(PY) -m pip install --quiet -e ".[plot,test,zoo]"
 	touch $(STAMP)
 
 install: $(STAMP)
