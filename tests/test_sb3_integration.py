@@ -309,3 +309,12 @@ def test_used_trajectories_are_written_to_the_main_envs_monitor(make_model, tmp_
     assert len(frame) == len(episodes) == model._episode_num
     np.testing.assert_allclose(frame["r"].to_numpy(), [ep["r"] for ep in episodes], atol=1e-5)
     assert frame["l"].tolist() == [ep["l"] for ep in episodes]
+
+
+@pytest.mark.parametrize("override, argument", [(dict(momentum=1.5), "momentum"), (dict(batch_size=0), "batch_size"),
+                                                (dict(learning_rate=-1.0), "learning_rate"), (dict(gamma=2.0), "gamma")])
+def test_load_checks_overridden_hyperparameters(trained, tmp_path, override, argument):
+    # SB3's load writes kwargs into the model directly (rl-zoo3's -i passes hyperparameters this way).
+    trained.save(tmp_path / "model.zip")
+    with pytest.raises(ValueError, match=argument):
+        RennalaNIGT.load(tmp_path / "model.zip", env=gym.make("Pendulum-v1"), **override)

@@ -56,6 +56,25 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _check_overrides(overrides: dict[str, Any]) -> None:
+    """Check the hyperparameters passed to ``load(..., **kwargs)``: SB3 writes them into the model directly,
+    bypassing the constructor's checks (rl-zoo3's ``-i`` passes them this way)."""
+    for name in ("batch_size", "initial_batch_size", "n_agents"):
+        if name in overrides:
+            _check_int(overrides[name], name, 1)
+    if overrides.get("horizon") is not None:
+        _check_int(overrides["horizon"], "horizon", 1)
+    momentum = overrides.get("momentum", 0.5)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (0 < momentum <= 1):
+        raise ValueError(f"momentum: η must be in (0, 1], got {momentum!r}")
+    gamma = overrides.get("gamma", 0.5)
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0 <= gamma <= 1):
+        raise ValueError(f"gamma: γ must be in [0, 1], got {gamma!r}")
+    rate = overrides.get("learning_rate", 1.0)
+    if not callable(rate) and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0)):
+        raise ValueError(f"learning_rate: α must be a finite float > 0 or a schedule, got {rate!r}")
+
+
 class NIGTAlgorithm(BaseAlgorithm):
     """Base class of the NIGT family: Algorithm 1 of the paper over a delay-aware asynchronous collector.
 
@@ -269,6 +288,7 @@ class NIGTAlgorithm(BaseAlgorithm):
     def load(cls, path: Any, env: Any = None, device: Union[th.device, str] = "auto", custom_objects: Optional[dict[str, Any]] = None,
              print_system_info: bool = False, force_reset: bool = True, **kwargs: Any):
         """Load a saved model (SB3's ``load``); ``env`` may also be an env id or a list of per-agent environments."""
+        _check_overrides(kwargs)
         env, _ = resolve_env(env)
         if isinstance(env, str):
             env = gym.make(env)
