@@ -40,9 +40,12 @@ from typing import Any, Optional
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import safe_mean
+from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
+from sb3_nigt.common.envs import AgentVecEnv
 from sb3_nigt.envs import heterogeneous_envs
 
 ALGORITHMS = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT, "sync": SynchronizedNIGT, "afedpg": AFedPG}
@@ -153,6 +156,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--env", default="Pendulum-v1", help="gymnasium env id")
     parser.add_argument("--heterogeneous-envs", action="store_true",
                         help="give agent i the App. H.3 environment [(−1)^i · obs, i] (sb3_nigt.envs.heterogeneous_envs)")
+    parser.add_argument("--normalize", action="store_true",
+                        help="wrap the env in VecNormalize(norm_obs=True, norm_reward=False), fresh statistics per run")
     parser.add_argument("--scenario", default="heterogeneous", choices=list(SCENARIOS))
     parser.add_argument("--algorithms", nargs="+", default=["rennala", "afedpg", "sync"], choices=list(ALGORITHMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -191,7 +196,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 backend=args.backend, n_workers=args.n_workers, seed=seed,
             )
             kwargs.update(overrides.get(name, {}))
-            model = ALGORITHMS[name]("MlpPolicy", env, **kwargs)
+            run_env = env
+            if args.normalize:
+                base = AgentVecEnv(env) if isinstance(env, list) else make_vec_env(env, n_envs=1, seed=seed)
+                run_env = VecNormalize(base, norm_obs=True, norm_reward=False)
+            model = ALGORITHMS[name]("MlpPolicy", run_env, **kwargs)
             theta0 = model.get_flat_params()
             if initial is None:
                 initial = theta0

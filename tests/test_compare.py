@@ -61,3 +61,13 @@ def test_unreached_threshold_is_reported_as_never(tmp_path):
 def test_bad_override_is_a_clear_error(item):
     with pytest.raises(ValueError, match="--set"):
         compare.parse_overrides([item])
+
+
+def test_normalize_and_heterogeneous_envs(tmp_path):
+    with pytest.warns(UserWarning, match="speed-weighted"):  # Rennala on different environments
+        out = compare.main([
+            "--env", "Pendulum-v1", "--normalize", "--heterogeneous-envs", "--algorithms", "malenia", "rennala",
+            "--seeds", "0", "--timesteps", "300", "--n-agents", "2", "--horizon", "10", "--out", str(tmp_path),
+        ])
+    assert {row[0] for row in out["summary"]} == {"malenia", "rennala"}
+    assert {r["algorithm"] for r in read(tmp_path / "results.csv")} == {"malenia", "rennala"}
