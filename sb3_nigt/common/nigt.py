@@ -37,7 +37,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from sb3_nigt.common.aggregation import AggregationRule
 from sb3_nigt.common.backends import InlineBackend, SubprocessBackend
 from sb3_nigt.common.collector import Arrival, Collector, RoundResult
-from sb3_nigt.common.envs import check_agent_spaces, is_heterogeneous, resolve_env
+from sb3_nigt.common.envs import is_heterogeneous, resolve_env
 from sb3_nigt.common.timing import TimeSpec, TimingModel
 from sb3_nigt.policies import NIGTPolicy
 
@@ -56,21 +56,24 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _check_overrides(overrides: dict[str, Any]) -> None:
-    """Check the hyperparameters passed to ``load(..., **kwargs)``: SB3 writes them into the model directly,
-    bypassing the constructor's checks (rl-zoo3's ``-i`` passes them this way)."""
-    for name in ("batch_size", "initial_batch_size", "n_agents"):
-        if name in overrides:
-            _check_int(overrides[name], name, 1)
-    if overrides.get("horizon") is not None:
-        _check_int(overrides["horizon"], "horizon", 1)
-    momentum = overrides.get("momentum", 0.5)
+def _check_hyperparameters(values: dict[str, Any]) -> None:
+    """Check the given hyperparameters (constructor arguments, or ``load(..., **kwargs)`` overrides, which SB3
+    writes into the model directly, as rl-zoo3's ``-i`` does). None means "default" for the optional integers.
+
+    :raises ValueError: naming the first argument outside its accepted range.
+    """
+    if "batch_size" in values:
+        _check_int(values["batch_size"], "batch_size", 1)
+    for name in ("initial_batch_size", "n_agents", "horizon"):
+        if values.get(name) is not None:
+            _check_int(values[name], name, 1)
+    momentum = values.get("momentum", 0.5)
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (0 < momentum <= 1):
         raise ValueError(f"momentum: η must be in (0, 1], got {momentum!r}")
-    gamma = overrides.get("gamma", 0.5)
+    gamma = values.get("gamma", 0.5)
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0 <= gamma <= 1):
         raise ValueError(f"gamma: γ must be in [0, 1], got {gamma!r}")
-    rate = overrides.get("learning_rate", 1.0)
+    rate = values.get("learning_rate", 1.0)
     if not callable(rate) and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0)):
         raise ValueError(f"learning_rate: α must be a finite float > 0 or a schedule, got {rate!r}")
 
@@ -150,17 +153,14 @@ class NIGTAlgorithm(BaseAlgorithm):
         device: Union[th.device, str] = "cpu",
         _init_setup_model: bool = True,
     ):
-        if not callable(learning_rate):
-            if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (math.isfinite(learning_rate) and learning_rate > 0):
-                raise ValueError(f"learning_rate: α must be a finite float > 0 or a schedule, got {learning_rate!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (0 < momentum <= 1):
-            raise ValueError(f"momentum: η must be in (0, 1], got {momentum!r}")
+        _check_hyperparameters(dict(
+            learning_rate=learning_rate, momentum=momentum, batch_size=batch_size, initial_batch_size=initial_batch_size,
+            horizon=horizon, gamma=gamma,
+        ))
         self.momentum = float(momentum)
-        self.batch_size = _check_int(batch_size, "batch_size", 1)
-        self.initial_batch_size = self.batch_size if initial_batch_size is None else _check_int(initial_batch_size, "initial_batch_size", 1)
-        self.horizon = None if horizon is None else _check_int(horizon, "horizon", 1)
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0 <= gamma <= 1):
-            raise ValueError(f"gamma: γ must be in [0, 1], got {gamma!r}")
+        self.batch_size = int(batch_size)
+        self.initial_batch_size = self.batch_size if initial_batch_size is None else int(initial_batch_size)
+        self.horizon = None if horizon is None else int(horizon)
         self.gamma = float(gamma)
         env, factories = resolve_env(env)
         if n_agents is None:
@@ -288,7 +288,7 @@ class NIGTAlgorithm(BaseAlgorithm):
     def load(cls, path: Any, env: Any = None, device: Union[th.device, str] = "auto", custom_objects: Optional[dict[str, Any]] = None,
              print_system_info: bool = False, force_reset: bool = True, **kwargs: Any):
         """Load a saved model (SB3's ``load``); ``env`` may also be an env id or a list of per-agent environments."""
-        _check_overrides(kwargs)
+        _check_hyperparameters(kwargs)
         env, _ = resolve_env(env)
         if isinstance(env, str):
             env = gym.make(env)
