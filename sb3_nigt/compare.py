@@ -1,8 +1,12 @@
 """Compare the algorithms on one environment, scenario and seed list (the paper's Section 6 plots).
 
 Every algorithm runs with the same agents, compute and communication times, hyperparameters and seeds; under a
-seed every algorithm starts from the same θ_0. The return is the mean undiscounted return of the last
-``--window`` training trajectories, recorded at the end of every round (for AFedPG: every n updates).
+seed every algorithm starts from the same θ_0. At the end of every round (for AFedPG: every n updates) the runner
+records the mean undiscounted return of the last ``--window`` training trajectories and, with
+``--eval-episodes N``, every ``--eval-every`` simulated seconds, the mean return of N deterministic episodes
+(tanh of the mean action; averaged over the agents' environments with ``--heterogeneous-envs``). ``--metric``
+chooses which one the threshold and the plot use (default: the evaluation when there is one). The training
+return includes the exploration noise, which some tasks penalise (Reacher's control cost).
 
 Scenarios (n agents, d = number of policy parameters; PAPER.md "Time model"):
 
@@ -13,8 +17,8 @@ Scenarios (n agents, d = number of policy parameters; PAPER.md "Time model"):
 
 Writes, in ``--out``:
 
-- ``results.csv``, tidy: algorithm, seed, simulated_seconds, env_steps, communications, mean_return (one row
-  per round);
+- ``results.csv``, tidy: algorithm, seed, simulated_seconds, env_steps, communications, mean_return (training),
+  eval_return (NaN between evaluations), one row per round;
 - ``summary.csv``: per algorithm and seed, the simulated seconds, environment steps and communications needed to
   reach ``--threshold`` (empty if never), the final return and the wall time;
 - ``returns.png``: return against simulated time, the median over seeds and the 20–80% band per algorithm.
@@ -42,7 +46,8 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import safe_mean
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
 
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.common.envs import AgentVecEnv
@@ -56,29 +61,62 @@ SCENARIOS = {
     "expensive-comm": ("sqrt", "expensive"),
 }
 LABELS = {"rennala": "Rennala NIGT", "malenia": "Malenia NIGT", "sync": "Synchronized NIGT", "afedpg": "AFedPG"}
-COLUMNS = ["algorithm", "seed", "simulated_seconds", "env_steps", "communications", "mean_return"]
+COLUMNS = ["algorithm", "seed", "simulated_seconds", "env_steps", "communications", "mean_return", "eval_return"]
 
 
 class Recorder(BaseCallback):
-    """At the end of every round: (simulated seconds, environment steps, communications, mean return).
+    """At the end of every round: (simulated seconds, environment steps, communications, mean training return,
+    deterministic evaluation return or NaN).
 
-    With ``max_seconds`` it stops training once the simulated clock has passed that many seconds.
+    :param window: training trajectories averaged for the training return.
+    :param max_seconds: stop training once the simulated clock has passed this many seconds (None: never).
+    :param eval_envs: environments for the deterministic evaluation (one per distinct agent environment; the
+        result is their mean, the equal-weighted J), or None for no evaluation.
+    :param eval_episodes: episodes per environment and evaluation.
+    :param eval_every: simulated seconds between evaluations (the first is at the first round's end).
     """
 
-    def __init__(self, window: int, max_seconds: Optional[float] = None) -> None:
+    def __init__(self, window: int, max_seconds: Optional[float] = None, eval_envs: Optional[list] = None,
+                 eval_episodes: int = 0, eval_every: float = 100.0) -> None:
         super().__init__()
         self.window = window
         self.max_seconds = max_seconds
-        self.rows: list[tuple[float, int, int, float]] = []
+        self.eval_envs = eval_envs or []
+        self.eval_episodes = eval_episodes
+        self.eval_every = eval_every
+        self.next_eval = 0.0
+        self.rows: list[tuple[float, int, int, float, float]] = []
 
     def _on_step(self) -> bool:
         return self.max_seconds is None or self.model.simulated_time < self.max_seconds
 
+    def _evaluate(self) -> float:
+        returns = []
+        for eval_env in self.eval_envs:
+            if isinstance(eval_env, VecNormalize):
+                sync_envs_normalization(self.model.get_env(), eval_env)
+            mean, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=self.eval_episodes, deterministic=True, warn=False)
+            returns.append(float(mean))
+        return float(np.mean(returns))
+
     def _on_rollout_end(self) -> None:
         episodes = list(self.model.ep_info_buffer)[-self.window:]
-        if episodes:
-            self.rows.append((float(self.model.simulated_time), int(self.model.num_timesteps), int(self.model.n_communications),
-                              float(safe_mean([ep["r"] for ep in episodes]))))
+        if not episodes:
+            return
+        now = float(self.model.simulated_time)
+        evaluation = math.nan
+        if self.eval_envs and self.eval_episodes > 0 and now >= self.next_eval:
+            evaluation = self._evaluate()
+            while self.next_eval <= now:
+                self.next_eval += self.eval_every
+        self.rows.append((now, int(self.model.num_timesteps), int(self.model.n_communications),
+                          float(safe_mean([ep["r"] for ep in episodes])), evaluation))
+
+
+def metric_rows(rows: list[tuple], metric: str) -> list[tuple[float, int, int, float]]:
+    """(simulated seconds, env steps, communications, value) of the rows where ``metric`` ("train" or "eval") exists."""
+    column = 3 if metric == "train" else 4
+    return [(r[0], r[1], r[2], r[column]) for r in rows if not math.isnan(r[column])]
 
 
 def parse_value(text: str) -> Any:
@@ -105,7 +143,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return overrides
 
 
-def first_reach(rows: list[tuple[float, int, int, float]], threshold: Optional[float]) -> tuple[float, float, float]:
+def first_reach(rows: list[tuple], threshold: Optional[float]) -> tuple[float, float, float]:
     """(simulated seconds, env steps, communications) of the first round whose return is >= threshold; NaN if never."""
     if threshold is not None:
         for seconds, steps, communications, value in rows:
@@ -114,7 +152,7 @@ def first_reach(rows: list[tuple[float, int, int, float]], threshold: Optional[f
     return math.nan, math.nan, math.nan
 
 
-def plot(curves: dict[str, list[list[tuple]]], path: Path, title: str, threshold: Optional[float]) -> None:
+def plot(curves: dict[str, list[list[tuple]]], path: Path, title: str, threshold: Optional[float], metric: str = "train") -> None:
     """Median and 20–80% band over seeds of the return against simulated time, one colour per algorithm."""
     import matplotlib
 
@@ -142,7 +180,7 @@ def plot(curves: dict[str, list[list[tuple]]], path: Path, title: str, threshold
     if threshold is not None:
         ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("mean training return")
+    ax.set_ylabel("mean training return" if metric == "train" else "deterministic evaluation return")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -173,13 +211,23 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ALGO:KEY=VALUE",
                         help="a per-algorithm override, e.g. --set afedpg:learning_rate=0.002 (repeatable)")
     parser.add_argument("--threshold", type=float, default=None, help="return to reach; prints the simulated time to reach it")
-    parser.add_argument("--window", type=int, default=100, help="trajectories averaged for the return")
+    parser.add_argument("--window", type=int, default=100, help="trajectories averaged for the training return")
+    parser.add_argument("--eval-episodes", type=int, default=0,
+                        help="deterministic evaluation episodes (per agent environment) every --eval-every simulated seconds; "
+                             "0 (default): no evaluation")
+    parser.add_argument("--eval-every", type=float, default=100.0, help="simulated seconds between evaluations")
+    parser.add_argument("--metric", choices=["train", "eval"], default=None,
+                        help="the return used for the threshold and the plot: the training return, or the deterministic "
+                             "evaluation (default: eval when --eval-episodes > 0, else train)")
     parser.add_argument("--backend", default="inline", choices=["inline", "subprocess"])
     parser.add_argument("--n-workers", type=int, default=None)
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--progress-bar", action="store_true")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.overrides)
+    metric = args.metric or ("eval" if args.eval_episodes > 0 else "train")
+    if metric == "eval" and args.eval_episodes <= 0:
+        raise ValueError("--metric eval needs --eval-episodes > 0")
 
     compute, communication = SCENARIOS[args.scenario]
     out = Path(args.out)
@@ -206,14 +254,23 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 initial = theta0
             elif not np.array_equal(initial, theta0):
                 raise RuntimeError(f"{name}: seed {seed} gave a different initial θ than {args.algorithms[0]}")
-            recorder = Recorder(args.window, args.max_simulated_seconds)
+            eval_envs = None
+            if args.eval_episodes > 0:
+                sources = (heterogeneous_envs(args.env, args.n_agents) if args.heterogeneous_envs else [args.env])
+                eval_envs = [make_vec_env(source, n_envs=1, seed=10_000 + seed) for source in sources]
+                if args.normalize:
+                    eval_envs = [VecNormalize(e, training=False, norm_obs=True, norm_reward=False) for e in eval_envs]
+            recorder = Recorder(args.window, args.max_simulated_seconds, eval_envs, args.eval_episodes, args.eval_every)
             start = time.perf_counter()
             model.learn(args.timesteps, callback=recorder, progress_bar=args.progress_bar)
             wall = time.perf_counter() - start
-            curves[name].append(recorder.rows)
+            for eval_env in eval_envs or []:
+                eval_env.close()
+            chosen = metric_rows(recorder.rows, metric)
+            curves[name].append(chosen)
             results += [(name, seed, *row) for row in recorder.rows]
-            reach = first_reach(recorder.rows, args.threshold)
-            final = recorder.rows[-1][3] if recorder.rows else math.nan
+            reach = first_reach(chosen, args.threshold)
+            final = chosen[-1][3] if chosen else math.nan
             summary.append((name, seed, *reach, final, model.simulated_time, model.num_timesteps, model.n_communications, wall))
             print(f"{LABELS[name]:>18} seed {seed}: final return {final:9.1f}; {model.simulated_time:10.1f} simulated s, "
                   f"{model.num_timesteps} env steps, {model.n_communications} communications; time to threshold "
@@ -230,7 +287,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         writer.writerows(summary)
     title = (f"{args.env}{' (App. H.3 agents)' if args.heterogeneous_envs else ''}, scenario {args.scenario}, "
              f"n = {args.n_agents}, {len(args.seeds)} seeds")
-    plot(curves, out / "returns.png", title, args.threshold)
+    plot(curves, out / "returns.png", title, args.threshold, metric)
 
     medians = {}
     print(f"\ntime to reach return {args.threshold} (median over seeds; simulated seconds):" if args.threshold is not None

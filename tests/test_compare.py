@@ -71,3 +71,22 @@ def test_normalize_and_heterogeneous_envs(tmp_path):
         ])
     assert {row[0] for row in out["summary"]} == {"malenia", "rennala"}
     assert {r["algorithm"] for r in read(tmp_path / "results.csv")} == {"malenia", "rennala"}
+
+
+def test_deterministic_evaluation_is_the_default_metric(tmp_path):
+    out = compare.main([
+        "--env", "Pendulum-v1", "--algorithms", "rennala", "--seeds", "0", "--timesteps", "1000", "--n-agents", "2",
+        "--horizon", "10", "--eval-episodes", "1", "--eval-every", "30", "--threshold=-1e9", "--out", str(tmp_path),
+    ])
+    rows = read(tmp_path / "results.csv")
+    evaluated = [r for r in rows if r["eval_return"] != "nan"]
+    assert 2 <= len(evaluated) < len(rows)  # every 30 simulated seconds (rounds take 12 s), not every round
+    assert float(evaluated[0]["eval_return"]) < -100  # Pendulum's full 200-step episodes, not 10-step trajectories
+    summary = read(tmp_path / "summary.csv")[0]
+    assert float(summary["final_return"]) == float(evaluated[-1]["eval_return"])
+    assert out["medians"]["rennala"] == float(evaluated[0]["simulated_seconds"])
+
+
+def test_eval_metric_needs_episodes(tmp_path):
+    with pytest.raises(ValueError, match="--eval-episodes"):
+        compare.main(["--env", "Pendulum-v1", "--metric", "eval", "--out", str(tmp_path)])
