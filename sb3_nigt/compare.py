@@ -19,12 +19,12 @@ Writes, in ``--out``:
 
 - ``results.csv``, tidy: algorithm, seed, simulated_seconds, env_steps, communications, mean_return (training),
   eval_return (NaN between evaluations), one row per round;
-- ``summary.csv``: per algorithm and seed, the simulated seconds, environment steps and communications needed to
-  reach ``--threshold`` (empty if never), the final return and the wall time;
+- ``summary.csv``: per algorithm, seed and threshold, the simulated seconds, environment steps and communications
+  needed to reach it (NaN if never), the final return and the wall time;
 - ``returns.png``: return against simulated time, the median over seeds and the 20–80% band per algorithm.
 
-It prints the simulated time each algorithm needed to reach the threshold (median over seeds) and its ratio to
-the first algorithm's.
+It prints, for each ``--threshold``, the simulated time each algorithm needed to reach it (median over seeds) and
+its ratio to the first algorithm's.
 
 Usage::
 
@@ -40,7 +40,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
@@ -62,6 +62,8 @@ SCENARIOS = {
 }
 LABELS = {"rennala": "Rennala NIGT", "malenia": "Malenia NIGT", "sync": "Synchronized NIGT", "afedpg": "AFedPG"}
 COLUMNS = ["algorithm", "seed", "simulated_seconds", "env_steps", "communications", "mean_return", "eval_return"]
+SUMMARY_COLUMNS = ["algorithm", "seed", "threshold", "seconds_to_threshold", "steps_to_threshold", "communications_to_threshold",
+                   "final_return", "simulated_seconds", "env_steps", "communications", "wall_seconds"]
 
 
 class Recorder(BaseCallback):
@@ -143,16 +145,17 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return overrides
 
 
-def first_reach(rows: list[tuple], threshold: Optional[float]) -> tuple[float, float, float]:
-    """(simulated seconds, env steps, communications) of the first round whose return is >= threshold; NaN if never."""
-    if threshold is not None:
+def first_reach(rows: list[tuple], threshold: float) -> tuple[float, float, float]:
+    """(simulated seconds, env steps, communications) of the first round whose return is >= threshold; NaN if never
+    (or if the threshold is NaN)."""
+    if not math.isnan(threshold):
         for seconds, steps, communications, value in rows:
             if value >= threshold:
                 return seconds, float(steps), float(communications)
     return math.nan, math.nan, math.nan
 
 
-def plot(curves: dict[str, list[list[tuple]]], path: Path, title: str, threshold: Optional[float], metric: str = "train") -> None:
+def plot(curves: dict[str, list[list[tuple]]], path: Path, title: str, thresholds: Sequence[float] = (), metric: str = "train") -> None:
     """Median and 20–80% band over seeds of the return against simulated time, one colour per algorithm."""
     import matplotlib
 
@@ -177,7 +180,7 @@ def plot(curves: dict[str, list[list[tuple]]], path: Path, title: str, threshold
             low, high = np.nanpercentile(values, 20, axis=0), np.nanpercentile(values, 80, axis=0)
         line, = ax.plot(grid, median, label=f"{LABELS[name]} ({len(runs)} seeds)")
         ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2)
-    if threshold is not None:
+    for threshold in thresholds:
         ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("mean training return" if metric == "train" else "deterministic evaluation return")
@@ -210,7 +213,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--gamma", type=float, default=0.99)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ALGO:KEY=VALUE",
                         help="a per-algorithm override, e.g. --set afedpg:learning_rate=0.002 (repeatable)")
-    parser.add_argument("--threshold", type=float, default=None, help="return to reach; prints the simulated time to reach it")
+    parser.add_argument("--threshold", type=float, nargs="+", default=None,
+                        help="return(s) to reach, e.g. --threshold -12 -10; prints the simulated time each algorithm needed "
+                             "(argparse reads -12 and -9.5 as numbers, but not -1e3: write --threshold=-1e3)")
     parser.add_argument("--window", type=int, default=100, help="trajectories averaged for the training return")
     parser.add_argument("--eval-episodes", type=int, default=0,
                         help="deterministic evaluation episodes (per agent environment) every --eval-every simulated seconds; "
@@ -225,6 +230,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--progress-bar", action="store_true")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.overrides)
+    thresholds = list(args.threshold or [])
     metric = args.metric or ("eval" if args.eval_episodes > 0 else "train")
     if metric == "eval" and args.eval_episodes <= 0:
         raise ValueError("--metric eval needs --eval-episodes > 0")
@@ -269,12 +275,15 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             chosen = metric_rows(recorder.rows, metric)
             curves[name].append(chosen)
             results += [(name, seed, *row) for row in recorder.rows]
-            reach = first_reach(chosen, args.threshold)
             final = chosen[-1][3] if chosen else math.nan
-            summary.append((name, seed, *reach, final, model.simulated_time, model.num_timesteps, model.n_communications, wall))
+            reaches = {threshold: first_reach(chosen, threshold) for threshold in (thresholds or [math.nan])}
+            for threshold, reach in reaches.items():
+                summary.append((name, seed, threshold, *reach, final, model.simulated_time, model.num_timesteps,
+                                model.n_communications, wall))
+            reached = ", ".join(f"{t:g}: {r[0]:.1f} s" for t, r in reaches.items() if thresholds)
             print(f"{LABELS[name]:>18} seed {seed}: final return {final:9.1f}; {model.simulated_time:10.1f} simulated s, "
-                  f"{model.num_timesteps} env steps, {model.n_communications} communications; time to threshold "
-                  f"{reach[0]:.1f} s; {wall:.0f} wall s", flush=True)
+                  f"{model.num_timesteps} env steps, {model.n_communications} communications; "
+                  f"{'time to threshold ' + reached + '; ' if reached else ''}{wall:.0f} wall s", flush=True)
 
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -282,31 +291,34 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         writer.writerows(results)
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["algorithm", "seed", "seconds_to_threshold", "steps_to_threshold", "communications_to_threshold",
-                         "final_return", "simulated_seconds", "env_steps", "communications", "wall_seconds"])
+        writer.writerow(SUMMARY_COLUMNS)
         writer.writerows(summary)
     title = (f"{args.env}{' (App. H.3 agents)' if args.heterogeneous_envs else ''}, scenario {args.scenario}, "
              f"n = {args.n_agents}, {len(args.seeds)} seeds")
-    plot(curves, out / "returns.png", title, args.threshold, metric)
+    plot(curves, out / "returns.png", title, thresholds, metric)
 
-    medians = {}
-    print(f"\ntime to reach return {args.threshold} (median over seeds; simulated seconds):" if args.threshold is not None
-          else "\nno --threshold given: final returns only")
+    reference = args.algorithms[0]
+    medians: dict[float, dict[str, float]] = {}
+    for threshold in thresholds:
+        print(f"\ntime to reach return {threshold:g} (median over seeds; simulated seconds):")
+        medians[threshold] = {}
+        for name in args.algorithms:
+            times = [row[3] for row in summary if row[0] == name and row[2] == threshold]
+            reached = [t for t in times if not math.isnan(t)]
+            # A seed that never reached the threshold counts as infinitely slow.
+            medians[threshold][name] = float(np.median([t if not math.isnan(t) else math.inf for t in times]))
+        base = medians[threshold][reference]
+        for name in args.algorithms:
+            ratio = medians[threshold][name] / base if 0 < base < math.inf else math.nan
+            n_reached = sum(1 for row in summary if row[0] == name and row[2] == threshold and not math.isnan(row[3]))
+            print(f"  {LABELS[name]:>18}: {medians[threshold][name]:10.1f} s  ({n_reached}/{len(args.seeds)} seeds reached; "
+                  f"{ratio:.2f}x {LABELS[reference]}'s)")
+    print("\nmedian final return:")
     for name in args.algorithms:
-        times = [row[2] for row in summary if row[0] == name]
-        reached = [t for t in times if not math.isnan(t)]
-        # A seed that never reached the threshold counts as infinitely slow.
-        medians[name] = float(np.median([t if not math.isnan(t) else math.inf for t in times]))
-        finals = [row[5] for row in summary if row[0] == name]
-        if args.threshold is not None:
-            base = medians[args.algorithms[0]]
-            ratio = medians[name] / base if 0 < base < math.inf else math.nan
-            print(f"  {LABELS[name]:>18}: {medians[name]:10.1f} s  ({len(reached)}/{len(times)} seeds reached; "
-                  f"{ratio:.2f}x {LABELS[args.algorithms[0]]}'s); median final return {np.median(finals):.1f}")
-        else:
-            print(f"  {LABELS[name]:>18}: median final return {np.median(finals):.1f}")
+        finals = [row[6] for row in summary if row[0] == name and (not thresholds or row[2] == thresholds[0])]
+        print(f"  {LABELS[name]:>18}: {np.median(finals):.1f}")
     print(f"wrote {out}/: results.csv, summary.csv, returns.png")
-    return {"medians": medians, "summary": summary}
+    return {"medians": medians[thresholds[0]] if thresholds else {}, "medians_by_threshold": medians, "summary": summary}
 
 
 if __name__ == "__main__":

@@ -90,3 +90,14 @@ def test_deterministic_evaluation_is_the_default_metric(tmp_path):
 def test_eval_metric_needs_episodes(tmp_path):
     with pytest.raises(ValueError, match="--eval-episodes"):
         compare.main(["--env", "Pendulum-v1", "--metric", "eval", "--out", str(tmp_path)])
+
+
+def test_several_thresholds(tmp_path):
+    out = compare.main([
+        "--env", "Pendulum-v1", "--algorithms", "rennala", "sync", "--seeds", "0", "--timesteps", "300", "--n-agents", "2",
+        "--horizon", "10", "--threshold", "-100000", "100000", "--out", str(tmp_path),
+    ])
+    assert set(out["medians_by_threshold"]) == {-100000.0, 100000.0}
+    assert all(m == float("inf") for m in out["medians_by_threshold"][100000.0].values())
+    summary = read(tmp_path / "summary.csv")
+    assert len(summary) == 4 and {r["threshold"] for r in summary} == {"-100000.0", "100000.0"}
