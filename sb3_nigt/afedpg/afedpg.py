@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional
 
 import numpy as np
-from stable_baselines3.common.type_aliases import MaybeCallback
+from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_nigt.common.aggregation import AggregationRule
-from sb3_nigt.common.collector import Arrival
+from sb3_nigt.common.collector import Arrival, Collector
 from sb3_nigt.common.nigt import NIGTAlgorithm
-
-SelfAFedPG = TypeVar("SelfAFedPG", bound="AFedPG")
 
 
 class AFedPG(NIGTAlgorithm):
@@ -87,31 +84,9 @@ class AFedPG(NIGTAlgorithm):
             raise ValueError(f"momentum_schedule: returned η = {eta!r} for staleness {staleness}; η must be in (0, 1]")
         return float(eta)
 
-    def learn(
-        self: SelfAFedPG,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfAFedPG:
-        """Train for at least ``total_timesteps`` environment steps (those of the gradients used).
-
-        Every arriving gradient fires ``on_step`` once per environment step of its trajectory (a False stops
-        training at once, before that gradient's update); every n updates fire ``on_rollout_end`` then
-        ``on_rollout_start``. Agents restart from the current θ at each ``learn`` call; worker processes are
-        closed on return, on exceptions and on Ctrl-C.
-
-        :param total_timesteps: environment steps to train for.
-        :param callback: SB3 callback(s).
-        :param log_interval: dump the logs every this many rounds of n updates.
-        :param tb_log_name: tensorboard run name (default: the class name).
-        :param reset_num_timesteps: whether to reset the step counter.
-        :param progress_bar: show a tqdm/rich progress bar.
-        :raises ValueError: on a NaN or infinite reward or gradient (θ is left unchanged).
-        """
-        total_timesteps, callback = self._begin_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+    def _train(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: int) -> None:
+        """AFedPG's server on a started collector: one update per arriving gradient; agents restart from the current
+        θ at each ``learn`` call. A callback's False stops before that gradient's update."""
         if self.previous_params is None:
             self.previous_params = self.get_flat_params()  # θ_{−1} = θ_0
         if self.next_job_index is None or len(self.next_job_index) != self.n_agents:
@@ -144,8 +119,8 @@ class AFedPG(NIGTAlgorithm):
                 eta = 1.0
             self._nigt_step(gradient, eta)
             self.n_communications += 1  # the upload
-            if staleness >= len(self.staleness_histogram):
-                self.staleness_histogram = np.concatenate([self.staleness_histogram, np.zeros(staleness + 1 - len(self.staleness_histogram), np.int64)])
+            if staleness >= len(self.staleness_histogram):  # grow the histogram to index ``staleness``
+                self.staleness_histogram = np.pad(self.staleness_histogram, (0, staleness + 1 - len(self.staleness_histogram)))
             self.staleness_histogram[staleness] += 1
             window.append(staleness)
             state["in_round"] += 1
@@ -160,20 +135,13 @@ class AFedPG(NIGTAlgorithm):
             self.n_communications += 1  # the reply
             return self._extrapolated_params().astype(np.float32), self._obs_norm()
 
-        collector = self._make_collector()
-        try:
-            collector.start()
-            callback.on_rollout_start()
-            self.n_communications += self.n_agents  # every agent downloads θ at the start
-            collector.serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self.simulated_time, list(self.next_job_index), on_arrival)
-        finally:
-            collector.close()
+        callback.on_rollout_start()
+        self.n_communications += self.n_agents  # every agent downloads θ at the start
+        collector.serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self.simulated_time, list(self.next_job_index), on_arrival)
         if window:
             self._end_round(window, callback, log_interval if state["continue"] else 0)
         else:
             callback.on_rollout_end()
-        callback.on_training_end()
-        return self
 
     def _end_round(self, window: list[int], callback: Any, log_interval: int) -> None:
         """Close a round of n updates: its statistics, ``on_rollout_end``, and the logs every ``log_interval``."""

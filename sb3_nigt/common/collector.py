@@ -231,8 +231,7 @@ class Collector:
         :param first_index: for each agent, the index of its next gradient (job seeds use (seed, 0, agent, index)).
         :param on_arrival: the server's update, called with each :class:`Arrival`.
         """
-        params = np.ascontiguousarray(params, dtype=np.float32)
-        self.backend.set_params(params, obs_norm)
+        params = np.ascontiguousarray(params, dtype=np.float32)  # every job carries its own θ: no broadcast
         if self.clock == "simulated":
             self._serve_simulated(params, obs_norm, start_time, first_index, on_arrival)
         else:

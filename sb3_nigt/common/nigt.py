@@ -474,18 +474,6 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.round_stats.update(d_norm=norm, learning_rate=alpha)
         self._n_updates += 1
 
-    def _begin_learn(self, total_timesteps: int, callback: MaybeCallback, reset_num_timesteps: bool, tb_log_name: str,
-                     progress_bar: bool) -> tuple[int, BaseCallback]:
-        """SB3's ``_setup_learn`` plus the per-agent buffers, then ``on_training_start``."""
-        if self.env is None:
-            raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
-        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar)
-        if reset_num_timesteps:
-            self.agent_ep_info_buffer = None
-        self._agent_monitors = self._find_agent_monitors()
-        callback.on_training_start(locals(), globals())
-        return total_timesteps, callback
-
     def _find_agent_monitors(self) -> list[Optional[Monitor]]:
         """For each agent, the SB3 ``Monitor`` of its environment in the main-process env, if there is one.
 
@@ -520,39 +508,50 @@ class NIGTAlgorithm(BaseAlgorithm):
         """Train for at least ``total_timesteps`` environment steps (those of the gradients used).
 
         Every round fires ``on_rollout_start``, then ``on_step`` once per environment step it consumed (a False
-        stops training at once, before the round's update), then ``on_rollout_end``. Worker processes are
-        closed on return, on exceptions and on Ctrl-C.
+        stops training at once, before the round's update), then ``on_rollout_end`` (AFedPG: a round is n server
+        updates, and a False stops before that gradient's update). Worker processes are closed on return, on
+        exceptions and on Ctrl-C.
 
         :param total_timesteps: environment steps to train for.
         :param callback: SB3 callback(s).
-        :param log_interval: dump the logs every this many rounds.
+        :param log_interval: dump the logs every this many rounds (AFedPG: rounds of n updates).
         :param tb_log_name: tensorboard run name (default: the class name).
         :param reset_num_timesteps: whether to reset the step counter.
         :param progress_bar: show a tqdm/rich progress bar.
         :raises ValueError: on a NaN or infinite reward or gradient (θ is left unchanged).
         """
-        total_timesteps, callback = self._begin_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        if self.env is None:
+            raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
+        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar)
+        if reset_num_timesteps:
+            self.agent_ep_info_buffer = None
+        self._agent_monitors = self._find_agent_monitors()
+        callback.on_training_start(locals(), globals())
         collector = self._make_collector()
         try:
             collector.start()
-            continue_training = True
-            if self.momentum_buffer is None:  # d_{−1} = Aggregate(θ_0, M_init);  θ_{−1} = θ_0
-                theta = self.get_flat_params()
-                result, continue_training = self._run_round(collector, theta, self.initial_batch_size, callback)
-                self.momentum_buffer = result.aggregate.astype(np.float64)
-                self.previous_params = theta.copy()
-            while continue_training and self.num_timesteps < total_timesteps:
-                result, continue_training = self._run_round(collector, self._extrapolated_params(), self.batch_size, callback)
-                if not continue_training:
-                    break
-                self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
-                self._nigt_step(result.aggregate)
-                if log_interval is not None and log_interval > 0 and self._n_updates % log_interval == 0:
-                    self.dump_logs()
+            self._train(collector, total_timesteps, callback, log_interval)
         finally:
             collector.close()
         callback.on_training_end()
         return self
+
+    def _train(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: int) -> None:
+        """The training loop of :meth:`learn` on a started collector: Algorithm 1, one aggregation round per update."""
+        continue_training = True
+        if self.momentum_buffer is None:  # d_{−1} = Aggregate(θ_0, M_init);  θ_{−1} = θ_0
+            theta = self.get_flat_params()
+            result, continue_training = self._run_round(collector, theta, self.initial_batch_size, callback)
+            self.momentum_buffer = result.aggregate.astype(np.float64)
+            self.previous_params = theta.copy()
+        while continue_training and self.num_timesteps < total_timesteps:
+            result, continue_training = self._run_round(collector, self._extrapolated_params(), self.batch_size, callback)
+            if not continue_training:
+                break
+            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+            self._nigt_step(result.aggregate)
+            if log_interval is not None and log_interval > 0 and self._n_updates % log_interval == 0:
+                self.dump_logs()
 
     def dump_logs(self) -> None:
         """Write ``rollout/ep_rew_mean``, ``rollout/ep_len_mean``, the clock, the round statistics and fps."""
