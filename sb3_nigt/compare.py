@@ -8,12 +8,30 @@ records the mean undiscounted return of the last ``--window`` training trajector
 chooses which one the threshold and the plot use (default: the evaluation when there is one). The training
 return includes the exploration noise, which some tasks penalise (Reacher's control cost).
 
-Scenarios (n agents, d = number of policy parameters; PAPER.md "Time model"):
+Scenarios (n agents, agent i = 1..n, i.e. agent ``i − 1`` in code; d = number of policy parameters; PAPER.md
+"Time model"):
 
-    equal           h_i = 1,   κ_i = 0
-    heterogeneous   h_i = √i,  κ_i = 0
-    comm            h_i = √i,  κ_i = √i
-    expensive-comm  h_i = √i,  κ_i = √i · d^(1/4)
+    scenario / setting                                        h_i (compute)   κ_i (communication)
+    --scenario equal                                          1               0
+    --scenario heterogeneous (default)                        √i              0
+    --scenario comm                                           √i              √i
+    --scenario expensive-comm                                 √i              √i · d^(1/4)
+    --scenario decreasing (paper Fig. 8)                      √(n + 1 − i)    0
+    App. H.3: --heterogeneous-envs --n-agents 2
+              --compute-times 1 10                            (1, 10)         0
+
+``decreasing`` gives compute times that decrease with the agent index (agent 0 is the slowest, √n), passed to
+the algorithms as an explicit list of n floats. With identical environments it is a permutation of
+``heterogeneous``'s √i, so its results equal those of ``heterogeneous`` up to the relabelling of the agents
+(which agent draws which trajectories). The paper's Fig. 8 caption ("computation times decrease") is ambiguous:
+it may instead mean times that decrease over time, which this scenario does not model. With
+``--heterogeneous-envs`` the relabelling matters, since agent i's environment depends on i.
+
+``--compute-times`` and ``--communication-times`` override the scenario's h_i and κ_i: one preset name
+(compute: ``equal``, ``sqrt``; communication: ``zero``, ``equal``, ``sqrt``, ``expensive``), one float (the
+same for every agent) or exactly n floats, one per agent. ``--set ALGO:KEY=VALUE`` overrides any constructor
+argument of one algorithm (lists as ``1,10`` or ``[1, 10]``, ``true``/``false``, ``None``, numbers, strings).
+All options are checked before the first run.
 
 Writes, in ``--out``:
 
@@ -21,26 +39,35 @@ Writes, in ``--out``:
   eval_return (NaN between evaluations), one row per round;
 - ``summary.csv``: per algorithm, seed and threshold, the simulated seconds, environment steps and communications
   needed to reach it (NaN if never), the final return and the wall time;
-- ``returns.png``: return against simulated time, the median over seeds and the 20–80% band per algorithm.
+- ``returns.png``: return against simulated time, the median over seeds and the 20–80% band per algorithm;
+- with ``--timeline N``: ``timeline.csv`` and ``timeline.png``, the clock's event trace (broadcasts, gradients,
+  uploads of every agent) of the first N rounds of each algorithm's first seed (:mod:`sb3_nigt.timeline`).
 
-It prints, for each ``--threshold``, the simulated time each algorithm needed to reach it (median over seeds) and
-its ratio to the first algorithm's.
+It prints, for each ``--threshold``, the simulated time each algorithm needed to reach it (median over seeds;
+"never" when the median seed did not reach it) and its ratio to the first algorithm's.
 
 Usage::
 
     python -m sb3_nigt.compare --env Pendulum-v1 --scenario heterogeneous --algorithms rennala afedpg sync \\
         --seeds 0 1 2 --timesteps 200000 --threshold -600 --out runs/compare
+
+    # App. H.3: two agents on different environments, h = (1, 10)
+    python -m sb3_nigt.compare --env Hopper-v4 --heterogeneous-envs --n-agents 2 --compute-times 1 10 \\
+        --algorithms malenia rennala sync --out runs/compare_h3
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
+import importlib
+import inspect
 import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
@@ -54,16 +81,31 @@ from sb3_nigt.common.envs import AgentVecEnv
 from sb3_nigt.envs import heterogeneous_envs
 
 ALGORITHMS = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT, "sync": SynchronizedNIGT, "afedpg": AFedPG}
+
+
+def decreasing_compute_times(n_agents: int) -> list[float]:
+    """h_i = √(n + 1 − i), i = 1..n: agent 0 is the slowest (√n), the last agent the fastest (1 s)."""
+    return [math.sqrt(n_agents + 1 - i) for i in range(1, n_agents + 1)]
+
+
+#: scenario → (compute times, communication times): a preset name, a float, or a function of n giving n floats.
 SCENARIOS = {
     "equal": ("equal", 0.0),
     "heterogeneous": ("sqrt", 0.0),
     "comm": ("sqrt", "sqrt"),
     "expensive-comm": ("sqrt", "expensive"),
+    "decreasing": (decreasing_compute_times, 0.0),
 }
+COMPUTE_PRESETS = ("equal", "sqrt")
+COMMUNICATION_PRESETS = ("zero", "equal", "sqrt", "expensive")
 LABELS = {"rennala": "Rennala NIGT", "malenia": "Malenia NIGT", "sync": "Synchronized NIGT", "afedpg": "AFedPG"}
 COLUMNS = ["algorithm", "seed", "simulated_seconds", "env_steps", "communications", "mean_return", "eval_return"]
 SUMMARY_COLUMNS = ["algorithm", "seed", "threshold", "seconds_to_threshold", "steps_to_threshold", "communications_to_threshold",
                    "final_return", "simulated_seconds", "env_steps", "communications", "wall_seconds"]
+#: constructor arguments the runner passes positionally; ``--set`` may not override them.
+RESERVED_KEYS = ("policy", "env")
+
+TimeSpec = Union[str, float, list]
 
 
 class Recorder(BaseCallback):
@@ -90,7 +132,7 @@ class Recorder(BaseCallback):
         self.rows: list[tuple[float, int, int, float, float]] = []
 
     def _on_step(self) -> bool:
-        return self.max_seconds is None or self.model.simulated_time < self.max_seconds
+        return self.max_seconds is None or float(self.model.simulated_time) < self.max_seconds
 
     def _evaluate(self) -> float:
         returns = []
@@ -121,17 +163,93 @@ def metric_rows(rows: list[tuple], metric: str) -> list[tuple[float, int, int, f
     return [(r[0], r[1], r[2], r[column]) for r in rows if not math.isnan(r[column])]
 
 
-def parse_value(text: str) -> Any:
-    for convert in (int, float):
+# ---------------------------------------------------------------------------------------------- parsing
+def scenario_times(scenario: str, n_agents: int) -> tuple[TimeSpec, TimeSpec]:
+    """The (compute times, communication times) of a named scenario for n agents, as the algorithms take them."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"--scenario: unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+    return tuple(spec(n_agents) if callable(spec) else spec for spec in SCENARIOS[scenario])  # type: ignore[return-value]
+
+
+def parse_times(tokens: Sequence[str], option: str, presets: Sequence[str], n_agents: int, positive: bool) -> TimeSpec:
+    """``--compute-times``/``--communication-times`` tokens → a preset name or a list of n floats.
+
+    One token may be a preset name; otherwise every token must be a number, and there must be 1 (the same time
+    for every agent) or n of them. Times must be finite and >= 0 (> 0 when ``positive``).
+
+    :raises ValueError: naming ``option``, for an unknown preset, a wrong count, or a bad value.
+    """
+    tokens = list(tokens)
+    if len(tokens) == 1 and tokens[0] in presets:
+        return tokens[0]
+    values = []
+    for token in tokens:
         try:
-            return convert(text)
+            values.append(float(token))
         except ValueError:
-            pass
-    return text
+            raise ValueError(f"{option}: {token!r} is neither a preset ({', '.join(presets)}) nor a number") from None
+    if len(values) not in (1, n_agents):
+        raise ValueError(f"{option}: expected one preset, one float or n = {n_agents} floats (one per agent), "
+                         f"got {len(values)} values")
+    for value in values:
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise ValueError(f"{option}: every time must be finite and {'> 0' if positive else '>= 0'} seconds, got {value:g}")
+    return values * n_agents if len(values) == 1 else values
 
 
-def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``ALGO:KEY=VALUE`` items → {algo: {key: value}}."""
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: ``true``/``false`` (any case), ``None``/``null``, an int, a float (``inf`` and ``nan``
+    too), a list of numbers (``1,10`` or ``[1, 10]``, always floats), any other Python literal (a dict, a quoted
+    string) through :func:`ast.literal_eval`, or else the text itself as a string."""
+    stripped = text.strip()
+    if stripped.lower() in _WORDS:
+        return _WORDS[stripped.lower()]
+    try:
+        value = ast.literal_eval(stripped)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        if "," in stripped:  # a bare list with non-literal items, e.g. 1,inf
+            value = [parse_value(part) for part in stripped.split(",")]
+        else:
+            try:
+                return float(stripped)  # inf, nan
+            except ValueError:
+                return text
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+        if items and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            return [float(v) for v in items]
+        return items
+    return value
+
+
+def accepted_keys(algorithm: Any) -> Optional[set[str]]:
+    """The keyword arguments the constructor of ``algorithm`` (a class) accepts, following ``**kwargs`` up the
+    class hierarchy; None if that cannot be told (not a class, or ``**kwargs`` all the way up)."""
+    if not inspect.isclass(algorithm):
+        return None
+    keys: set[str] = set()
+    for klass in algorithm.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        if klass is object:
+            return None
+        parameters = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        keys.update(p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return keys
+    return None
+
+
+def parse_overrides(items: list[str], algorithms: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
+    """``ALGO:KEY=VALUE`` items → {algo: {key: value}} (values through :func:`parse_value`).
+
+    :param algorithms: the algorithms that will run; an override for another one is an error (None: any).
+    :raises ValueError: naming ``--set``, for a malformed item, an unknown algorithm or one not in
+        ``algorithms``, or a key its constructor does not take.
+    """
     overrides: dict[str, dict[str, Any]] = {}
     for item in items:
         try:
@@ -139,8 +257,18 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
             key, value = assignment.split("=", 1)
         except ValueError:
             raise ValueError(f"--set: expected ALGO:KEY=VALUE, got {item!r}") from None
+        algo, key = algo.strip(), key.strip()
         if algo not in ALGORITHMS:
-            raise ValueError(f"--set: unknown algorithm {algo!r}; choose from {list(ALGORITHMS)}")
+            raise ValueError(f"--set: unknown algorithm {algo!r} in {item!r}; choose from {list(ALGORITHMS)}")
+        if algorithms is not None and algo not in algorithms:
+            raise ValueError(f"--set: {algo!r} in {item!r} is not among --algorithms {list(algorithms)}")
+        if not key.isidentifier():
+            raise ValueError(f"--set: expected ALGO:KEY=VALUE with KEY a parameter name, got {item!r}")
+        if key in RESERVED_KEYS:
+            raise ValueError(f"--set: {key!r} is set by the runner (--env and the MlpPolicy), not by {item!r}")
+        keys = accepted_keys(ALGORITHMS[algo])
+        if keys is not None and key not in keys:
+            raise ValueError(f"--set: {ALGORITHMS[algo].__name__} has no parameter {key!r} ({item!r})")
         overrides.setdefault(algo, {})[key] = parse_value(value)
     return overrides
 
@@ -153,6 +281,29 @@ def first_reach(rows: list[tuple], threshold: float) -> tuple[float, float, floa
             if value >= threshold:
                 return seconds, float(steps), float(communications)
     return math.nan, math.nan, math.nan
+
+
+def format_seconds(seconds: float) -> str:
+    """``12.3 s``, or ``never`` for a NaN or infinite time (a threshold not reached)."""
+    return f"{seconds:.1f} s" if math.isfinite(seconds) else "never"
+
+
+def format_ratio(seconds: float, reference_seconds: float, reference: str) -> str:
+    """The ratio of two times to a threshold, as printed; ``never`` when either was never reached."""
+    if math.isfinite(seconds) and math.isfinite(reference_seconds) and reference_seconds > 0:
+        return f"{seconds / reference_seconds:.2f}x {reference}'s"
+    if not math.isfinite(seconds):
+        return "ratio never"
+    return f"ratio never: {reference} never reached it"
+
+
+def describe_times(spec: TimeSpec) -> str:
+    """A short description of a time specification for the plot's title."""
+    if isinstance(spec, (list, tuple)):
+        if len(set(spec)) == 1:
+            return f"{spec[0]:g}"
+        return "(" + ", ".join(f"{v:.3g}" for v in spec) + ")" if len(spec) <= 4 else f"{len(spec)} values"
+    return str(spec)
 
 
 def plot(curves: dict[str, list[list[tuple]]], path: Path, title: str, thresholds: Sequence[float] = (), metric: str = "train") -> None:
@@ -192,14 +343,22 @@ def plot(curves: dict[str, list[list[tuple]]], path: Path, title: str, threshold
     plt.close(fig)
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m sb3_nigt.compare`` (checks beyond types: :func:`parse_args`)."""
     parser = argparse.ArgumentParser(prog="python -m sb3_nigt.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Pendulum-v1", help="gymnasium env id")
     parser.add_argument("--heterogeneous-envs", action="store_true",
                         help="give agent i the App. H.3 environment [(−1)^i · obs, i] (sb3_nigt.envs.heterogeneous_envs)")
     parser.add_argument("--normalize", action="store_true",
                         help="wrap the env in VecNormalize(norm_obs=True, norm_reward=False), fresh statistics per run")
-    parser.add_argument("--scenario", default="heterogeneous", choices=list(SCENARIOS))
+    parser.add_argument("--scenario", default="heterogeneous", choices=list(SCENARIOS),
+                        help="the (h_i, κ_i) of the table above (default: heterogeneous)")
+    parser.add_argument("--compute-times", nargs="+", default=None, metavar="H",
+                        help=f"h_i, overriding the scenario's: a preset ({', '.join(COMPUTE_PRESETS)}), one float for every "
+                             "agent, or n floats, e.g. --compute-times 1 10 --n-agents 2; > 0 seconds")
+    parser.add_argument("--communication-times", nargs="+", default=None, metavar="KAPPA",
+                        help=f"κ_i, overriding the scenario's: a preset ({', '.join(COMMUNICATION_PRESETS)}), one float for "
+                             "every agent, or n floats; >= 0 seconds")
     parser.add_argument("--algorithms", nargs="+", default=["rennala", "afedpg", "sync"], choices=list(ALGORITHMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--timesteps", type=int, default=200_000, help="environment steps per algorithm and seed (at most)")
@@ -212,7 +371,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--horizon", type=int, default=None, help="H (default: the env's time limit)")
     parser.add_argument("--gamma", type=float, default=0.99)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ALGO:KEY=VALUE",
-                        help="a per-algorithm override, e.g. --set afedpg:learning_rate=0.002 (repeatable)")
+                        help="a per-algorithm constructor override (repeatable), e.g. --set afedpg:learning_rate=0.002, "
+                             "--set rennala:compute_times=1,10 (a list of floats; also [1, 10]), true/false, None, "
+                             "numbers, strings")
     parser.add_argument("--threshold", type=float, nargs="+", default=None,
                         help="return(s) to reach, e.g. --threshold -12 -10; prints the simulated time each algorithm needed "
                              "(argparse reads -12 and -9.5 as numbers, but not -1e3: write --threshold=-1e3)")
@@ -224,31 +385,77 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--metric", choices=["train", "eval"], default=None,
                         help="the return used for the threshold and the plot: the training return, or the deterministic "
                              "evaluation (default: eval when --eval-episodes > 0, else train)")
+    parser.add_argument("--timeline", type=int, default=None, metavar="N",
+                        help="also record the clock's event trace of each algorithm's first seed and write timeline.csv "
+                             "and timeline.png of its first N rounds")
     parser.add_argument("--backend", default="inline", choices=["inline", "subprocess"])
     parser.add_argument("--n-workers", type=int, default=None)
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--progress-bar", action="store_true")
+    return parser
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """Parse and check the whole command line before any run starts (argparse errors, i.e. ``SystemExit``).
+
+    Adds ``compute`` and ``communication`` (the times the algorithms get: the scenario's, or the
+    ``--compute-times``/``--communication-times`` override) and ``override_map`` ({algo: {key: value}}).
+    """
+    parser = build_parser()
     args = parser.parse_args(argv)
-    overrides = parse_overrides(args.overrides)
+    if args.n_agents < 1:
+        parser.error(f"--n-agents: must be >= 1, got {args.n_agents}")
+    try:
+        compute, communication = scenario_times(args.scenario, args.n_agents)
+        if args.compute_times is not None:
+            compute = parse_times(args.compute_times, "--compute-times", COMPUTE_PRESETS, args.n_agents, positive=True)
+        if args.communication_times is not None:
+            communication = parse_times(args.communication_times, "--communication-times", COMMUNICATION_PRESETS,
+                                        args.n_agents, positive=False)
+        args.override_map = parse_overrides(args.overrides, args.algorithms)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.compute, args.communication = compute, communication
+    if args.timeline is not None:
+        if args.timeline < 1:
+            parser.error(f"--timeline: must be >= 1 rounds, got {args.timeline}")
+        try:
+            importlib.import_module("sb3_nigt.timeline")
+        except ImportError as exc:
+            parser.error(f"--timeline: sb3_nigt.timeline is not available ({exc})")
+        for name in args.algorithms:
+            keys = accepted_keys(ALGORITHMS[name])
+            if keys is not None and "record_trace" not in keys:
+                parser.error(f"--timeline: {ALGORITHMS[name].__name__} cannot record an event trace (no record_trace)")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    overrides = args.override_map
     thresholds = list(args.threshold or [])
     metric = args.metric or ("eval" if args.eval_episodes > 0 else "train")
     if metric == "eval" and args.eval_episodes <= 0:
         raise ValueError("--metric eval needs --eval-episodes > 0")
 
-    compute, communication = SCENARIOS[args.scenario]
+    compute, communication = args.compute, args.communication
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env: Any = heterogeneous_envs(args.env, args.n_agents) if args.heterogeneous_envs else args.env
     results, summary = [], []
     curves: dict[str, list[list[tuple]]] = {name: [] for name in args.algorithms}
-    for seed in args.seeds:
+    traces: dict[str, list] = {}
+    for seed_index, seed in enumerate(args.seeds):
         initial = None
+        trace = args.timeline is not None and seed_index == 0
         for name in args.algorithms:
             kwargs = dict(
                 learning_rate=args.learning_rate, momentum=args.momentum, batch_size=args.batch_size, horizon=args.horizon,
                 gamma=args.gamma, n_agents=args.n_agents, compute_times=compute, communication_times=communication,
                 backend=args.backend, n_workers=args.n_workers, seed=seed,
             )
+            if trace:
+                kwargs["record_trace"] = True
             kwargs.update(overrides.get(name, {}))
             run_env = env
             if args.normalize:
@@ -272,16 +479,19 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             wall = time.perf_counter() - start
             for eval_env in eval_envs or []:
                 eval_env.close()
+            if trace:
+                traces[name] = [event for event in (getattr(model, "trace", None) or []) if event.round < args.timeline]
+            simulated = float(model.simulated_time)
             chosen = metric_rows(recorder.rows, metric)
             curves[name].append(chosen)
             results += [(name, seed, *row) for row in recorder.rows]
             final = chosen[-1][3] if chosen else math.nan
             reaches = {threshold: first_reach(chosen, threshold) for threshold in (thresholds or [math.nan])}
             for threshold, reach in reaches.items():
-                summary.append((name, seed, threshold, *reach, final, model.simulated_time, model.num_timesteps,
+                summary.append((name, seed, threshold, *reach, final, simulated, model.num_timesteps,
                                 model.n_communications, wall))
-            reached = ", ".join(f"{t:g}: {r[0]:.1f} s" for t, r in reaches.items() if thresholds)
-            print(f"{LABELS[name]:>18} seed {seed}: final return {final:9.1f}; {model.simulated_time:10.1f} simulated s, "
+            reached = ", ".join(f"{t:g}: {format_seconds(r[0])}" for t, r in reaches.items() if thresholds)
+            print(f"{LABELS[name]:>18} seed {seed}: final return {final:9.1f}; {simulated:10.1f} simulated s, "
                   f"{model.num_timesteps} env steps, {model.n_communications} communications; "
                   f"{'time to threshold ' + reached + '; ' if reached else ''}{wall:.0f} wall s", flush=True)
 
@@ -293,9 +503,26 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         writer = csv.writer(f)
         writer.writerow(SUMMARY_COLUMNS)
         writer.writerows(summary)
-    title = (f"{args.env}{' (App. H.3 agents)' if args.heterogeneous_envs else ''}, scenario {args.scenario}, "
+    times = "".join([
+        f", h = {describe_times(compute)}" if args.compute_times is not None else "",
+        f", κ = {describe_times(communication)}" if args.communication_times is not None else "",
+    ])
+    title = (f"{args.env}{' (App. H.3 agents)' if args.heterogeneous_envs else ''}, scenario {args.scenario}{times}, "
              f"n = {args.n_agents}, {len(args.seeds)} seeds")
     plot(curves, out / "returns.png", title, thresholds, metric)
+    written = ["results.csv", "summary.csv", "returns.png"]
+    if args.timeline is not None:
+        from sb3_nigt.timeline import plot_timelines, write_trace_csv
+
+        # The CSV's algorithm column uses the runner's short names (as results.csv); the plot the full labels.
+        write_trace_csv(traces, out / "timeline.csv")
+        written.append("timeline.csv")
+        drawn = {LABELS[name]: events for name, events in traces.items() if events}
+        if drawn:
+            plot_timelines(drawn, out / "timeline.png", rounds=(0, args.timeline - 1))
+            written.append("timeline.png")
+        else:
+            warnings.warn("--timeline: no algorithm recorded any event in its first rounds; timeline.png not drawn")
 
     reference = args.algorithms[0]
     medians: dict[float, dict[str, float]] = {}
@@ -303,21 +530,19 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         print(f"\ntime to reach return {threshold:g} (median over seeds; simulated seconds):")
         medians[threshold] = {}
         for name in args.algorithms:
-            times = [row[3] for row in summary if row[0] == name and row[2] == threshold]
-            reached = [t for t in times if not math.isnan(t)]
+            times_ = [row[3] for row in summary if row[0] == name and row[2] == threshold]
             # A seed that never reached the threshold counts as infinitely slow.
-            medians[threshold][name] = float(np.median([t if not math.isnan(t) else math.inf for t in times]))
+            medians[threshold][name] = float(np.median([t if not math.isnan(t) else math.inf for t in times_]))
         base = medians[threshold][reference]
         for name in args.algorithms:
-            ratio = medians[threshold][name] / base if 0 < base < math.inf else math.nan
             n_reached = sum(1 for row in summary if row[0] == name and row[2] == threshold and not math.isnan(row[3]))
-            print(f"  {LABELS[name]:>18}: {medians[threshold][name]:10.1f} s  ({n_reached}/{len(args.seeds)} seeds reached; "
-                  f"{ratio:.2f}x {LABELS[reference]}'s)")
+            print(f"  {LABELS[name]:>18}: {format_seconds(medians[threshold][name]):>12}  ({n_reached}/{len(args.seeds)} "
+                  f"seeds reached; {format_ratio(medians[threshold][name], base, LABELS[reference])})")
     print("\nmedian final return:")
     for name in args.algorithms:
         finals = [row[6] for row in summary if row[0] == name and (not thresholds or row[2] == thresholds[0])]
         print(f"  {LABELS[name]:>18}: {np.median(finals):.1f}")
-    print(f"wrote {out}/: results.csv, summary.csv, returns.png")
+    print(f"wrote {out}/: {', '.join(written)}")
     return {"medians": medians[thresholds[0]] if thresholds else {}, "medians_by_threshold": medians, "summary": summary}
 
 

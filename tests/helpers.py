@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import multiprocessing as mp
+from fractions import Fraction
 from typing import Callable, Optional, Sequence
 
 import gymnasium as gym
@@ -106,15 +107,23 @@ class RandomLengthEnv(gym.Env):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Reference implementation of the documented round rule (collector.py docstring, PAPER.md "Time model").
+# Reference implementation of the documented round rule (docs/time.md), in exact rational arithmetic: it shares
+# no code with the clock. Floats are read as the decimals they print as (0.1 is 1/10), as the library documents.
 # --------------------------------------------------------------------------------------------------------------
-def _finishes(gradient_seconds: Callable[[int, int], float], communication: Sequence[float], start_time: float, per_agent: int):
+def exact(value) -> Fraction:
+    """An int, a Fraction, or a float read as its decimal (``repr``)."""
+    if isinstance(value, (int, Fraction)):
+        return Fraction(value)
+    return Fraction(repr(float(value)))
+
+
+def _finishes(gradient_seconds: Callable[[int, int], float], communication: Sequence[float], start_time, per_agent: int):
     """Every agent's first ``per_agent`` finish times (agent i starts at T0 + κ_i), sorted by time then agent."""
     finishes = []
     for agent in range(len(communication)):
-        t = start_time + communication[agent]
+        t = exact(start_time) + exact(communication[agent])
         for k in range(per_agent):
-            t = t + gradient_seconds(agent, k)
+            t = t + exact(gradient_seconds(agent, k))
             finishes.append((t, agent, k))
     return sorted(finishes, key=lambda x: (x[0], x[1]))
 
@@ -123,43 +132,55 @@ def reference_round(
     gradient_seconds: Callable[[int, int], float],
     communication: Sequence[float],
     batch_size: int,
-    start_time: float = 0.0,
+    start_time=0,
+    upload: Optional[Sequence[float]] = None,
 ):
     """Brute-force Rennala round: agent i starts at T0 + κ_i, its k-th gradient takes ``gradient_seconds(i, k)``.
 
-    The first ``batch_size`` finishes (sorted by time, ties by agent index) are counted; the round ends at
-    t_stop + max over contributing agents of κ_i.
+    The first ``batch_size`` finishes (sorted by time, ties by agent index) are counted; every agent stops at
+    t_stop, and the round ends at max over contributing agents of (t_stop + κ_i) (``upload`` gives the upload
+    times if they differ from the broadcast's).
 
-    :return: (counts, arrivals as [(time, agent, index)], stop time, end time).
+    :return: (counts, arrivals as [(time, agent, index)], stop time, end time), times as Fractions.
     """
     n = len(communication)
+    upload = communication if upload is None else upload
     finishes = _finishes(gradient_seconds, communication, start_time, batch_size)  # no agent can exceed M
     counted = finishes[:batch_size]
     counts = np.zeros(n, dtype=np.int64)
     for _, agent, _ in counted:
         counts[agent] += 1
     stop = counted[-1][0]
-    end = stop + max(communication[i] for i in range(n) if counts[i] > 0)
+    end = max(stop + exact(upload[i]) for i in range(n) if counts[i] > 0)
     return counts, counted, stop, end
+
+
+def reference_sync_round(compute: Sequence[float], communication: Sequence[float], start_time=0):
+    """Brute-force Synchronized NIGT round: agent i computes one gradient from T0 + κ_i, stops at
+    stop_i = T0 + κ_i + h_i and its vector arrives κ_i later; the round ends at max_i (stop_i + κ_i).
+
+    :return: (arrivals as [(time, agent, 0)] sorted by time then agent, end time), as Fractions.
+    """
+    stops = [(exact(start_time) + exact(k) + exact(h), i, 0) for i, (h, k) in enumerate(zip(compute, communication))]
+    end = max(t + exact(communication[i]) for t, i, _ in stops)
+    return sorted(stops), end
 
 
 def reference_malenia_round(
     gradient_seconds: Callable[[int, int], float],
     communication: Sequence[float],
     batch_size: int,
-    start_time: float = 0.0,
+    start_time=0,
     max_per_agent: int = 2000,
 ):
     """Brute-force Malenia round (paper, Algorithm 3), in exact rational arithmetic.
 
     Agent i starts at T0 + κ_i and its k-th gradient takes ``gradient_seconds(i, k)``; finishes are processed in
-    time order, ties by agent index, until all M_i >= 1 and ((1/n) Σ 1/M_i)^(−1) >= S/n. The round ends at
-    t_stop + max over contributing agents of κ_i.
+    time order, ties by agent index, until all M_i >= 1 and ((1/n) Σ 1/M_i)^(−1) >= S/n. Every agent stops at
+    t_stop; the round ends at max over contributing agents of (t_stop + κ_i).
 
     :return: (counts, arrivals as [(time, agent, index)], stop time, end time).
     """
-    from fractions import Fraction
-
     n = len(communication)
     finishes = _finishes(gradient_seconds, communication, start_time, max_per_agent)
     counts = np.zeros(n, dtype=np.int64)
@@ -172,7 +193,7 @@ def reference_malenia_round(
     else:
         raise AssertionError("max_per_agent too small for this case")
     stop = counted[-1][0]
-    end = stop + max(communication[i] for i in range(n) if counts[i] > 0)
+    end = max(stop + exact(communication[i]) for i in range(n) if counts[i] > 0)
     return counts, counted, stop, end
 
 

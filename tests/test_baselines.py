@@ -47,7 +47,7 @@ def test_synchronized_round_waits_for_the_slowest_agent():
 
 
 def test_synchronized_round_with_communication():
-    # Round = max_i (κ_i + h_i) + max_i κ_i = max(1.5, 2, 5) + 1 = 6 seconds.
+    # Agent i uploads as soon as its one gradient is done: round = max_i (2κ_i + h_i) = max(2, 2, 6) = 6 seconds.
     model = SynchronizedNIGT("MlpPolicy", "Pendulum-v1", n_agents=3, compute_times=[1, 2, 4], communication_times=[0.5, 0.0, 1.0], **SMALL)
     recorder = RoundRecorder()
     model.learn(2 * 3 * HORIZON, callback=recorder)

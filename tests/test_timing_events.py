@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from decimal import Decimal, getcontext
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from helpers import RandomLengthEnv, reference_round
 from sb3_nigt import NIGTPolicy, RandomTimes, TimingModel
 from sb3_nigt.common.aggregation import RennalaAggregation
 from sb3_nigt.common.estimator import GradientWorker, Job, job_seed
+from sb3_nigt.common.exact import ExactTime
 
 
 class RoundRecorder(BaseCallback):
@@ -47,9 +49,10 @@ def assert_matches_reference(result, reference) -> None:
     counts, counted, stop, end = reference
     np.testing.assert_array_equal(result.counts, counts)
     assert arrival_keys(result) == [(agent, index) for _, agent, index in counted]
-    assert [a.time for a in result.arrivals] == pytest.approx([t for t, _, _ in counted])
-    assert result.stop_time == pytest.approx(stop)
-    assert result.end_time == pytest.approx(end)
+    # Exact: the clock's times equal the rational reference, not just approximately.
+    assert [a.time for a in result.arrivals] == [t for t, _, _ in counted]
+    assert result.stop_time == stop
+    assert result.end_time == end
 
 
 # ----------------------------------------------------------------------------- the paper's worked example
@@ -147,7 +150,7 @@ def test_communication_through_the_model(make_model):
     recorder = RoundRecorder()
     model.learn(m * 10 * 3, callback=recorder)
     assert len(recorder.times) == 3
-    assert round_durations(recorder.times) == pytest.approx([end] * 3)
+    assert [model.simulated_time_exact == 3 * end, round_durations(recorder.times)[0]] == [True, pytest.approx(float(end))]
 
 
 @pytest.mark.parametrize("case", range(8))
@@ -169,27 +172,37 @@ def test_presets():
     equal = TimingModel(n, "equal", "zero")
     sqrt = TimingModel(n, "sqrt", "sqrt")
     for agent in range(n):
-        assert equal.compute_time(agent, 0, 0) == 1.0
-        assert equal.communication_time(agent, 0) == 0.0
-        assert sqrt.compute_time(agent, 2, 3) == pytest.approx(math.sqrt(i[agent]))
-        assert sqrt.communication_time(agent, 2) == pytest.approx(math.sqrt(i[agent]))
+        assert equal.compute_time(agent, 0, 0) == 1
+        assert equal.communication_time(agent, 0) == 0
+        assert float(sqrt.compute_time(agent, 2, 3)) == pytest.approx(math.sqrt(i[agent]))
+        assert sqrt.communication_time(agent, 2) == ExactTime.sqrt(int(i[agent]))  # exactly √i
     d = 4242
     expensive = TimingModel(n, "sqrt", "expensive", n_params=d)
-    assert [expensive.communication_time(a, 0) for a in range(n)] == pytest.approx(np.sqrt(i) * d**0.25)
+    assert [float(expensive.communication_time(a, 0)) for a in range(n)] == pytest.approx(np.sqrt(i) * d**0.25)
 
 
 def test_expensive_communication_uses_the_number_of_policy_parameters(make_model):
     model = make_model(n_agents=3, communication_times="expensive", policy_kwargs=dict(net_arch=[8]))
     d = sum(p.numel() for p in model.policy.parameters())
     assert model.n_params == d
-    assert [model.timing.communication_time(a, 0) for a in range(3)] == pytest.approx(np.sqrt([1, 2, 3]) * d**0.25)
+    assert [float(model.timing.communication_time(a, 0)) for a in range(3)] == pytest.approx(np.sqrt([1, 2, 3]) * d**0.25)
 
 
 def test_expensive_communication_round(make_collector):
     collector, params = make_collector("equal", "expensive", n_agents=3)
     d = params.shape[0]
-    kappa = (np.sqrt([1, 2, 3]) * d**0.25).tolist()
-    assert_matches_reference(collect(collector, params, 3), reference_round(lambda i, k: 1.0, kappa, 3))
+    kappa = [float(collector.timing.communication_time(a)) for a in range(3)]
+    assert kappa == pytest.approx((np.sqrt([1, 2, 3]) * d**0.25).tolist())
+    result = collect(collector, params, 3)
+    # Reference at 60 significant digits: κ_i = √i · D with D = d^(1/4) as the decimal of its float.
+    getcontext().prec = 60
+    factor = Decimal(repr(d**0.25))
+    kappa_exact = [Decimal(i).sqrt() * factor for i in (1, 2, 3)]
+    finishes = sorted((kappa_exact[i] + k + 1, i, k) for i in range(3) for k in range(3))[:3]
+    assert arrival_keys(result) == [(i, k) for _, i, k in finishes]
+    stop = finishes[-1][0]
+    end = max(stop + kappa_exact[i] for i in {i for _, i, _ in finishes})
+    assert abs(Decimal(repr(float(result.end_time))) - end) < Decimal("1e-12") * end
 
 
 def test_expensive_is_not_a_compute_preset():
@@ -200,11 +213,11 @@ def test_expensive_is_not_a_compute_preset():
 def test_random_times_are_deterministic_in_the_seed():
     spec = RandomTimes("exponential", mean=[1.0, 2.0, 3.0])
     a, b, c = TimingModel(3, spec, seed=5), TimingModel(3, spec, seed=5), TimingModel(3, spec, seed=6)
-    keys = [(agent, r, k) for agent in range(3) for r in range(3) for k in range(4)]
+    keys = [(agent, 0.0, k) for agent in range(3) for k in range(12)]  # (agent, start, counter)
     draws_a = [a.compute_time(*key) for key in keys]
     assert draws_a == [b.compute_time(*key) for key in keys]
     assert draws_a != [c.compute_time(*key) for key in keys]
-    assert len(set(draws_a)) == len(keys)  # every (agent, round, index) has its own draw
+    assert len(set(draws_a)) == len(keys)  # every (agent, counter) has its own draw
     assert all(x > 0 for x in draws_a)
     # The dict form is the same specification.
     d = TimingModel(3, {"distribution": "exponential", "mean": [1.0, 2.0, 3.0]}, seed=5)
@@ -215,9 +228,9 @@ def test_random_times_are_deterministic_in_the_seed():
 def test_random_times_have_the_requested_means(spec):
     timing = TimingModel(3, spec, spec, seed=1)
     for agent in range(3):
-        draws = np.array([timing.compute_time(agent, r, k) for r in range(100) for k in range(20)])
+        draws = np.array([float(timing.compute_time(agent, 0.0, k)) for k in range(2000)])
         assert abs(draws.mean() - math.sqrt(agent + 1)) < 5 * draws.std() / math.sqrt(len(draws))
-        comm = np.array([timing.communication_time(agent, r) for r in range(2000)])
+        comm = np.array([float(timing.communication_time(agent, 0.0, k)) for k in range(2000)])
         assert abs(comm.mean() - math.sqrt(agent + 1)) < 5 * comm.std() / math.sqrt(len(comm))
 
 
@@ -240,25 +253,27 @@ def test_random_times_reject_a_bad_distribution():
 
 # ---------------------------------------------------------------------------------------- callable form
 def test_callable_times(make_collector):
-    def compute(agent, round_index, index):
-        return 1.0 + agent + 0.25 * index + 0.5 * round_index
+    # The contract: f(agent, start seconds, counter). In a first round the compute counter of agent i's k-th
+    # gradient is k; the broadcast is transfer 0 and the upload transfer 1 of each agent.
+    def compute(agent, start, counter):
+        return 1.0 + agent + 0.25 * counter
 
-    def communication(agent, round_index, index):
-        return 0.1 * agent + round_index
+    def communication(agent, start, counter):
+        return 0.1 * agent + (0.5 if counter == 1 else 0.0)
 
     collector, params = make_collector(compute, communication, n_agents=3)
-    for round_index in (0, 1):
-        reference = reference_round(
-            lambda i, k: compute(i, round_index, k), [communication(i, round_index, 0) for i in range(3)], 6, 7.0
-        )
-        assert_matches_reference(collect(collector, params, 6, round_index, 7.0), reference)
+    reference = reference_round(
+        lambda i, k: compute(i, 0, k), [communication(i, 0, 0) for i in range(3)], 6, 7.0,
+        upload=[communication(i, 0, 1) for i in range(3)],
+    )
+    assert_matches_reference(collect(collector, params, 6, 0, 7.0), reference)
 
 
 def test_callable_returning_an_invalid_time_raises(make_collector):
-    collector, params = make_collector(lambda agent, r, k: 0.0, n_agents=2)
+    collector, params = make_collector(lambda agent, start, counter: 0.0, n_agents=2)
     with pytest.raises(ValueError, match="compute_times"):
         collect(collector, params, 2)
-    collector, params = make_collector("equal", lambda agent, r, k: -1.0, n_agents=2)
+    collector, params = make_collector("equal", lambda agent, start, counter: -1.0, n_agents=2)
     with pytest.raises(ValueError, match="communication_times"):
         collect(collector, params, 2)
 

@@ -38,7 +38,9 @@ class AFedPG(NIGTAlgorithm):
     :param momentum_schedule: the momentum hook: a callable ``(staleness, update_index) -> η`` giving the η_k of
         each update from the arriving gradient's staleness (int, >= 0) and the server's update counter k (int);
         None (default) keeps the constant ``momentum``. A delay-adaptive schedule plugs in here. The lookahead
-        point uses the constant ``momentum``.
+        point θ̃ = θ_k + ((1 − η)/η)(θ_k − θ_{k−1}) uses the constant ``momentum`` η, not η_k: θ̃ is formed when
+        the server replies to the agent, and the η_k of the update that the agent's gradient will feed depends on
+        that gradient's staleness, which is only known when it arrives (docs/algorithms.md, "AFedPG").
     :raises ValueError: as the NIGT algorithms; also when ``momentum_schedule`` is not callable or returns a value
         outside (0, 1] (naming it), and for a NaN or infinite gradient (θ is left unchanged).
 
@@ -104,7 +106,7 @@ class AFedPG(NIGTAlgorithm):
                     f"gradient: agent {arrival.agent}'s gradient {arrival.index} has non-finite entries (NaN or inf); "
                     "training stopped before the update, θ is unchanged"
                 )
-            self.simulated_time = float(arrival.time)
+            self._clock = arrival.time
             if not self._replay_arrival(arrival, callback):
                 state["continue"] = False
                 return None
@@ -135,9 +137,19 @@ class AFedPG(NIGTAlgorithm):
             self.n_communications += 1  # the reply
             return self._extrapolated_params().astype(np.float32), self._obs_norm()
 
+        if self.momentum_buffer is None and self._needs_observation_warmup():
+            state["continue"] = self._warm_up_observation_statistics(collector, callback)
+            collector.backend.cancel(0)  # the warm-up round used round index 0 too: make round 0 live again
+            # The warm-up used job indices 0..M_i (the last one possibly in flight): start past them.
+            assert self.last_counts is not None
+            self.next_job_index = [i + int(c) + 1 for i, c in zip(self.next_job_index, self.last_counts)]
+            self.round_stats = {}  # AFedPG's statistics are its own (staleness, updates)
+            if not state["continue"]:
+                return
         callback.on_rollout_start()
         self.n_communications += self.n_agents  # every agent downloads θ at the start
-        collector.serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self.simulated_time, list(self.next_job_index), on_arrival)
+        collector.serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self._clock, list(self.next_job_index),
+                        on_arrival, first_version=self._n_updates, trace=self.trace if self.record_trace else None)
         if window:
             self._end_round(window, callback, log_interval if state["continue"] else 0)
         else:

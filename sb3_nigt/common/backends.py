@@ -151,13 +151,17 @@ class SubprocessBackend:
     :param n_workers: number of processes (>= 1).
     :param start_method: ``"forkserver"``, ``"spawn"`` or ``"fork"``; default: forkserver where available.
     :param prefetch: jobs queued per worker.
+    :param pin_agents: run agent i's jobs on worker ``i % n_workers`` only (the real clock's emulated times: a
+        sleeping agent must never hold up another agent's work).
     """
 
-    def __init__(self, worker_args: dict[str, Any], n_workers: int, start_method: Optional[str] = None, prefetch: int = 2):
+    def __init__(self, worker_args: dict[str, Any], n_workers: int, start_method: Optional[str] = None, prefetch: int = 2,
+                 pin_agents: bool = False):
         self.worker_args = worker_args
         self.n_workers = int(n_workers)
         self.start_method = start_method or default_start_method()
         self.prefetch = prefetch
+        self.pin_agents = pin_agents
         self.processes: list[Any] = []
         self.remotes: list[Connection] = []
         self.in_flight: list[int] = []
@@ -198,6 +202,17 @@ class SubprocessBackend:
         return len(self.queue) + sum(self.in_flight)
 
     def _dispatch(self) -> None:
+        if self.pin_agents:
+            waiting: deque[Job] = deque()
+            for job in self.queue:
+                worker = job.agent % self.n_workers
+                if self.in_flight[worker] < self.prefetch:
+                    self.remotes[worker].send(("job", job))
+                    self.in_flight[worker] += 1
+                else:
+                    waiting.append(job)
+            self.queue = waiting
+            return
         while self.queue:
             worker = int(np.argmin(self.in_flight))
             if self.in_flight[worker] >= self.prefetch:

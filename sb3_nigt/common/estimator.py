@@ -121,7 +121,10 @@ class GradientWorker:
     def __init__(self, env_factories: list[Callable[[], gym.Env]], policy_class: type, observation_space, action_space, policy_kwargs: dict[str, Any]):
         self.env_factories = env_factories
         self.envs: dict[int, gym.Env] = {}
-        self.policy: NIGTPolicy = policy_class(observation_space, action_space, None, **policy_kwargs)
+        # A policy copy whose weights are overwritten by θ: build it without advancing the global torch RNG, so
+        # that the inline and subprocess backends leave the user's random state alike.
+        with th.random.fork_rng(devices=[]):
+            self.policy: NIGTPolicy = policy_class(observation_space, action_space, None, **policy_kwargs)
         self.policy.set_training_mode(False)
         self.forward = self.policy.numpy_forward()
         self.obs_norm: Optional[tuple[np.ndarray, np.ndarray, float, float]] = None

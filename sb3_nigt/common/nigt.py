@@ -31,14 +31,17 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from sb3_nigt.common.aggregation import AggregationRule
+from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
 from sb3_nigt.common.backends import InlineBackend, SubprocessBackend
 from sb3_nigt.common.collector import Arrival, Collector, RoundResult
 from sb3_nigt.common.envs import is_heterogeneous, resolve_env
-from sb3_nigt.common.timing import TimeSpec, TimingModel
+from sb3_nigt.common.exact import ZERO, ExactTime
+from sb3_nigt.common.timing import TimeCounters, TimeSpec, TimingModel
+from sb3_nigt.common.trace import TraceEvent
 from sb3_nigt.policies import NIGTPolicy
 
 SelfNIGT = TypeVar("SelfNIGT", bound="NIGTAlgorithm")
@@ -98,20 +101,25 @@ class NIGTAlgorithm(BaseAlgorithm):
         single environment).
     :param compute_times: h_i in seconds per gradient (or per step); see :class:`~sb3_nigt.common.timing.TimingModel`.
     :param communication_times: κ_i in seconds per vector; see :class:`~sb3_nigt.common.timing.TimingModel`.
-    :param compute_time_unit: ``"gradient"`` (h_i per gradient, the paper's experiments) or ``"step"``.
+    :param compute_time_unit: ``"gradient"`` (h_i per gradient, the paper's experiments), ``"step"`` (h_i per
+        environment step of the sampled trajectory; biases the first-M rule towards short trajectories, see
+        docs/time.md) or ``"horizon"`` (h_i per step times H whatever the length: the paper's theory, ḣ_i·H).
     :param clock: ``"simulated"`` (deterministic discrete-event clock) or ``"real"`` (physical arrival order).
     :param backend: ``"inline"`` (main process, the default: no start-up cost, works anywhere, as SB3's
         DummyVecEnv) or ``"subprocess"`` (local worker processes, faster on several cores).
     :param n_workers: processes of the subprocess backend; default min(n, CPU count) on the simulated clock and
         min(n, 4 × CPU count) on the real clock.
     :param time_scale: real clock only: sleep h_i · time_scale and κ_i · time_scale seconds to emulate the
-        timing model; None (default) injects no sleep.
+        timing model; None (default) injects no sleep. Needs ``backend="subprocess"`` with one worker per agent
+        (the default ``n_workers`` then), so that a sleeping agent never holds up another one.
     :param start_method: multiprocessing start method of the subprocess backend; default forkserver, else spawn.
     :param stats_window_size: episodes averaged for ``rollout/ep_rew_mean`` (and per agent, in
         ``agent_ep_info_buffer[i]``, for ``rollout/ep_rew_mean_agent_{i}`` when agents have different environments).
     :param tensorboard_log: tensorboard log folder, or None.
     :param policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ``min_std``).
     :param verbose: 0 silent, 1 training information.
+    :param record_trace: record the clock's events (broadcasts, gradients, uploads) in ``model.trace``, a list of
+        :class:`~sb3_nigt.common.trace.TraceEvent` (not saved); see :mod:`sb3_nigt.timeline`.
     :param seed: the seed of the policy's initialisation and of every job (seed, round, agent, index).
     :param device: torch device of the main policy (default ``"cpu"``; workers always use the CPU).
     :raises ValueError: for a discrete action space, a non-Box observation space, agents' environments with
@@ -145,6 +153,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         n_workers: Optional[int] = None,
         time_scale: Optional[float] = None,
         start_method: Optional[str] = None,
+        record_trace: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -175,17 +184,33 @@ class NIGTAlgorithm(BaseAlgorithm):
         if time_scale is not None and not (math.isfinite(time_scale) and time_scale >= 0):
             raise ValueError(f"time_scale: must be None or a finite float >= 0, got {time_scale!r}")
         self.time_scale = time_scale
+        if clock == "real" and time_scale:
+            if backend == "inline":
+                raise ValueError(
+                    "time_scale: the inline backend runs the agents' work one job after another, so it cannot emulate "
+                    "agents that compute at the same time; use backend='subprocess' (one worker process per agent)"
+                )
+            if self.n_workers is not None and self.n_workers < self.n_agents:
+                raise ValueError(
+                    f"n_workers: emulating times on the real clock (time_scale) needs one worker per agent, "
+                    f"n_workers >= n_agents = {self.n_agents}, got {self.n_workers}; leave n_workers=None for that default"
+                )
+        elif clock == "simulated" and time_scale is not None:
+            warnings.warn("time_scale only applies to clock='real'; the simulated clock ignores it", stacklevel=2)
+        self.record_trace = bool(record_trace)
         self.start_method = start_method
         self.compute_times = compute_times
         self.communication_times = communication_times
         self.compute_time_unit = compute_time_unit
         # Validate the time specifications now, before any environment is built.
-        TimingModel(self.n_agents, compute_times, communication_times, compute_time_unit)
+        TimingModel(self.n_agents, compute_times, communication_times, compute_time_unit, horizon=self.horizon)
 
         # NIGT state (saved): d_t, θ_{t−1}, the clock, and the round counter used in the job seeds.
         self.momentum_buffer: Optional[np.ndarray] = None
         self.previous_params: Optional[np.ndarray] = None
-        self.simulated_time = 0.0
+        self._clock: ExactTime = ZERO  # the simulated clock, exact (docs/time.md, "Exact time")
+        self.time_counters = TimeCounters.zeros(self.n_agents)  # the ``counter`` of time specifications
+        self.trace: list[TraceEvent] = []
         self.n_rounds = 0
         self.n_communications = 0  # vectors sent between the server and the agents (broadcasts and uploads)
         self.round_stats: dict[str, float] = {}
@@ -245,8 +270,23 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.policy.set_training_mode(False)
         self.timing = TimingModel(
             self.n_agents, self.compute_times, self.communication_times, self.compute_time_unit,
-            n_params=self.n_params, seed=self._base_seed,
+            n_params=self.n_params, seed=self._base_seed, horizon=self.horizon,
         )
+
+    @property
+    def simulated_time(self) -> float:
+        """Seconds on the clock since the model was created (float; the exact value is ``simulated_time_exact``)."""
+        return float(self._clock)
+
+    @property
+    def simulated_time_exact(self) -> ExactTime:
+        """The simulated clock as an exact number (:class:`~sb3_nigt.common.exact.ExactTime`), in seconds."""
+        return self._clock
+
+    def _update_current_progress_remaining(self, num_timesteps: int, total_timesteps: int) -> None:
+        """SB3's remaining progress 1 − steps/total, clamped at 0: the last round overshoots the budget, and a
+        schedule evaluated at a negative progress could give α < 0, a full normalized step against d_t."""
+        self._current_progress_remaining = max(0.0, 1.0 - float(num_timesteps) / float(total_timesteps))
 
     @property
     def n_params(self) -> int:
@@ -254,7 +294,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         return sum(p.numel() for p in self.policy.parameters())
 
     def _excluded_save_params(self) -> list[str]:
-        return super()._excluded_save_params() + ["timing", "_env_factories", "agent_ep_info_buffer", "_agent_monitors"]
+        return super()._excluded_save_params() + ["timing", "_env_factories", "agent_ep_info_buffer", "_agent_monitors", "trace"]
 
     def _check_env_count(self, factories: list[Callable], env: Any) -> None:
         """One environment for all agents, or one per agent; warns if a speed-weighted rule gets different ones."""
@@ -315,7 +355,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         """Whether the agents have different environments (one per agent)."""
         return self._env_factories is not None and len(set(self._agent_env_index())) > 1
 
-    def _make_collector(self, seed: Optional[int] = None) -> Collector:
+    def _make_collector(self, seed: Optional[int] = None, counters: Optional[TimeCounters] = None) -> Collector:
         if self._env_factories is None:
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
         worker_args = dict(
@@ -328,12 +368,20 @@ class NIGTAlgorithm(BaseAlgorithm):
             n_workers = self.n_workers
             if n_workers is None:
                 cpus = os.cpu_count() or 1
-                # Real clock: one process per agent (up to 4 per core) so agents compute concurrently.
-                n_workers = min(self.n_agents, 4 * cpus) if self.clock == "real" else min(self.n_agents, cpus)
-            backend = SubprocessBackend(worker_args, n_workers, self.start_method)
+                if self.clock == "real" and self.time_scale:
+                    n_workers = self.n_agents  # emulated times: every agent sleeps in a process of its own
+                else:
+                    # Real clock: one process per agent (up to 4 per core) so agents compute concurrently.
+                    n_workers = min(self.n_agents, 4 * cpus) if self.clock == "real" else min(self.n_agents, cpus)
+            pin = self.clock == "real" and bool(self.time_scale)
+            backend = SubprocessBackend(worker_args, n_workers, self.start_method, pin_agents=pin)
+        if counters is None:
+            if len(self.time_counters.compute) != self.n_agents:
+                self.time_counters = TimeCounters.zeros(self.n_agents)
+            counters = self.time_counters
         return Collector(
             backend, self.timing, self.clock, self.horizon, self.gamma, self._base_seed if seed is None else int(seed),
-            self._agent_env_index(), self.time_scale,
+            self._agent_env_index(), self.time_scale, counters, self.record_trace,
         )
 
     # ------------------------------------------------------------------------------------------- parameters
@@ -373,11 +421,12 @@ class NIGTAlgorithm(BaseAlgorithm):
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
         gradients = np.zeros((n_rounds, self.n_params), dtype=np.float64)
         counts = np.zeros((n_rounds, self.n_agents), dtype=np.int64)
-        collector = self._make_collector(seed)
+        collector = self._make_collector(seed, TimeCounters.zeros(self.n_agents))
         try:
             collector.start()
             for r in range(n_rounds):
-                result = collector.collect(theta.astype(np.float32), self._make_rule(batch_size), r, 0.0, self._obs_norm())
+                collector.counters = TimeCounters.zeros(self.n_agents)  # every round starts a fresh clock at 0
+                result = collector.collect(theta.astype(np.float32), self._make_rule(batch_size), r, ZERO, self._obs_norm())
                 gradients[r], counts[r] = result.aggregate, result.counts
         finally:
             collector.close()
@@ -391,18 +440,22 @@ class NIGTAlgorithm(BaseAlgorithm):
         rms = vec_normalize.obs_rms
         return (np.asarray(rms.mean, dtype=np.float64), np.asarray(rms.var, dtype=np.float64), float(vec_normalize.clip_obs), float(vec_normalize.epsilon))
 
-    def _run_round(self, collector: Collector, params: np.ndarray, batch_size: int, callback: BaseCallback) -> tuple[RoundResult, bool]:
-        """One aggregation round at ``params``; fires the callbacks for every environment step it consumed."""
+    def _run_round(self, collector: Collector, params: np.ndarray, batch_size: int, callback: BaseCallback,
+                   rule: Optional[AggregationRule] = None, warmup: bool = False) -> tuple[RoundResult, bool]:
+        """One aggregation round at ``params`` (the algorithm's rule unless ``rule`` is given); fires the callbacks
+        for every environment step it consumed. ``warmup`` marks the observation warm-up round in the statistics."""
         callback.on_rollout_start()
-        rule = self._make_rule(batch_size)
-        result = collector.collect(params.astype(np.float32), rule, self.n_rounds, self.simulated_time, self._obs_norm())
+        rule = self._make_rule(batch_size) if rule is None else rule
+        result = collector.collect(params.astype(np.float32), rule, self.n_rounds, self._clock, self._obs_norm())
         if not np.all(np.isfinite(result.aggregate)):
             raise ValueError(
                 f"gradient: the aggregate of round {self.n_rounds} has non-finite entries (NaN or inf); "
                 "training stopped before the update, θ is unchanged"
             )
         self.n_rounds += 1
-        self.simulated_time = result.end_time
+        self._clock = result.end_time
+        if self.record_trace:
+            self.trace.extend(result.trace)
         vec_normalize = self._vec_normalize_env
         if vec_normalize is not None and vec_normalize.training:
             for mean, var, count in result.obs_moments:
@@ -416,6 +469,8 @@ class NIGTAlgorithm(BaseAlgorithm):
             "agents_contributing": int(np.count_nonzero(result.counts)),
             "steps_per_round": result.n_steps,
         }
+        if warmup:
+            self.round_stats["observation_warmup"] = 1
         continue_training = True
         for arrival in result.arrivals:
             if not self._replay_arrival(arrival, callback):
@@ -536,10 +591,39 @@ class NIGTAlgorithm(BaseAlgorithm):
         callback.on_training_end()
         return self
 
+    def _needs_observation_warmup(self) -> bool:
+        """Whether VecNormalize's observation statistics are still fresh: built from at most a few reset
+        observations (a variance near 1e-4 would scale the inputs ~100× and clip them)."""
+        vec_normalize = self._vec_normalize_env
+        if vec_normalize is None or not vec_normalize.norm_obs or not vec_normalize.training:
+            return False
+        return float(vec_normalize.obs_rms.count) < 1 + 16 * vec_normalize.num_envs
+
+    def _warm_up_observation_statistics(self, collector: Collector, callback: BaseCallback) -> bool:
+        """Warm up fresh VecNormalize statistics before the first gradient is used (docs/time.md, "Observation
+        normalization"; the paper has no normalization).
+
+        The reset observations are forgotten, one round of M_init trajectories is sampled at θ_0 with the identity
+        normalization (only clipped), and its raw-observation moments become the statistics. The round's gradient
+        is discarded; its environment steps and simulated time are charged as usual. Returns False if a callback
+        stopped training.
+        """
+        if not self._needs_observation_warmup():
+            return True
+        vec_normalize = self._vec_normalize_env
+        assert vec_normalize is not None
+        vec_normalize.obs_rms = RunningMeanStd(shape=vec_normalize.obs_rms.mean.shape)
+        rule = RennalaAggregation(self.n_agents, self.initial_batch_size)
+        _, continue_training = self._run_round(collector, self.get_flat_params(), self.initial_batch_size, callback, rule, warmup=True)
+        return continue_training
+
     def _train(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: int) -> None:
         """The training loop of :meth:`learn` on a started collector: Algorithm 1, one aggregation round per update."""
         continue_training = True
         if self.momentum_buffer is None:  # d_{−1} = Aggregate(θ_0, M_init);  θ_{−1} = θ_0
+            continue_training = self._warm_up_observation_statistics(collector, callback)
+            if not continue_training:
+                return
             theta = self.get_flat_params()
             result, continue_training = self._run_round(collector, theta, self.initial_batch_size, callback)
             self.momentum_buffer = result.aggregate.astype(np.float64)

@@ -2,35 +2,53 @@
 
 Agent i needs h_i seconds per stochastic gradient (``compute_times``) and κ_i seconds to send one vector to or
 from the server (``communication_times``). Agents are indexed from 0 in code; the paper's i = 1..n is
-``agent + 1``.
+``agent + 1``. Every time is an exact number (:class:`~sb3_nigt.common.exact.ExactTime`): a float is read as the
+decimal it prints as, ``"sqrt"`` gives the exact √i, so the simulated clock compares times exactly
+(docs/time.md, "Exact time").
+
+**One contract for time-varying specifications**, in every algorithm: a time is a function of (agent, the
+simulated time in seconds at which the work starts, the agent's counter of that kind of work). The compute
+counter counts the gradients the agent has started since the model was created (abandoned ones included); the
+communication counter counts its transfers (each broadcast θ received and each vector uploaded), so a broadcast
+and the upload that follows get independent draws.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-#: The accepted forms of a time specification (see :class:`TimingModel`).
-TimeSpec = Union[str, float, int, Sequence[float], np.ndarray, "RandomTimes", dict, Callable[[int, int, int], float]]
+from sb3_nigt.common.exact import ExactTime, decimal_fraction
 
-PRESETS = ("equal", "sqrt", "zero")
-COMMUNICATION_PRESETS = PRESETS + ("expensive",)
+#: The accepted forms of a time specification (see :class:`TimingModel`).
+TimeSpec = Union[str, float, int, Sequence[float], np.ndarray, "RandomTimes", dict, Callable[[int, float, int], float]]
+
+COMPUTE_PRESETS = ("equal", "sqrt")
+COMMUNICATION_PRESETS = ("zero", "equal", "sqrt", "expensive")
+#: ``compute_time_unit`` values: h_i per gradient (the paper's experiments), per environment step of the real
+#: trajectory (realistic; biases the first-M rule towards short trajectories), or per step times the horizon H
+#: (the paper's theory: a gradient costs ḣ_i·H whatever its length).
+UNITS = ("gradient", "step", "horizon")
+
+_COMPUTE, _COMMUNICATION = 0, 1  # random streams
 
 
 @dataclass(frozen=True)
 class RandomTimes:
-    """Random per-gradient (or per-round, for communication) times drawn around given means.
+    """Random times drawn around given means, a fresh draw per gradient (compute) or per transfer (communication).
 
     :param distribution: ``"exponential"`` (mean ``mean_i``) or ``"lognormal"`` (mean ``mean_i``, log-space
         standard deviation ``sigma``).
-    :param mean: the means in seconds, in any deterministic form of :class:`TimingModel` (``"equal"``,
-        ``"sqrt"``, a float or a list of n floats).
+    :param mean: the means in seconds, in any deterministic form of :class:`TimingModel` (a preset, a float or a
+        list of n floats).
     :param sigma: log-space standard deviation of the lognormal draw.
 
-    Draws are seeded from (seed, round, agent, index), so the simulated clock stays deterministic.
+    Draw k of agent i is seeded from (seed, compute or communication, i, k), so the simulated clock stays
+    deterministic and the draws are the same in every algorithm.
     """
 
     distribution: str = "exponential"
@@ -44,58 +62,103 @@ class RandomTimes:
             raise ValueError(f"sigma: must be a finite float >= 0, got {self.sigma}")
 
 
-def _preset(name: str, n_agents: int, n_params: Optional[int], arg: str) -> np.ndarray:
-    i = np.arange(1, n_agents + 1, dtype=np.float64)
+def expensive_factor(n_params: int) -> Fraction:
+    """D = d^(1/4) of the paper's expensive-communication preset κ_i = √i · d^(1/4), as the rational that the
+    float ``d ** 0.25`` prints as (exact when d is a fourth power; otherwise within 1e-16 relative of the root)."""
+    root = math.isqrt(math.isqrt(n_params))
+    if root**4 == n_params:
+        return Fraction(root)
+    return decimal_fraction(n_params**0.25)
+
+
+def _preset(name: str, n_agents: int, n_params: Optional[int], arg: str) -> list[ExactTime]:
+    allowed = COMMUNICATION_PRESETS if arg == "communication_times" else COMPUTE_PRESETS
+    if name not in allowed:
+        raise ValueError(f"{arg}: unknown preset {name!r}; accepted presets are {', '.join(allowed)}")
     if name == "equal":
-        return np.ones(n_agents)
+        return [ExactTime.of(1)] * n_agents
     if name == "zero":
-        return np.zeros(n_agents)
+        return [ExactTime.of(0)] * n_agents
     if name == "sqrt":
-        return np.sqrt(i)
-    if name == "expensive" and arg == "communication_times":
-        # The paper's expensive-communication preset: κ_i = √i · d^(1/4), d = number of policy parameters.
-        d = 1 if n_params is None else n_params
-        return np.sqrt(i) * d**0.25
-    allowed = COMMUNICATION_PRESETS if arg == "communication_times" else PRESETS
-    raise ValueError(f"{arg}: unknown preset {name!r}; accepted presets are {', '.join(allowed)}")
+        return [ExactTime.sqrt(i) for i in range(1, n_agents + 1)]
+    # expensive: κ_i = √i · d^(1/4), d = number of policy parameters
+    factor = expensive_factor(1 if n_params is None else int(n_params))
+    return [ExactTime.sqrt(i, factor) for i in range(1, n_agents + 1)]
 
 
-def _check_values(values: np.ndarray, arg: str, n_agents: int, strictly_positive: bool) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim == 0:
-        values = np.full(n_agents, float(values))
-    if values.shape != (n_agents,):
-        raise ValueError(f"{arg}: expected {n_agents} values (one per agent, n_agents={n_agents}), got shape {values.shape}")
-    bound = "> 0" if strictly_positive else ">= 0"
-    bad = ~np.isfinite(values) | ((values <= 0) if strictly_positive else (values < 0))
+def _bound(strictly_positive: bool) -> str:
+    return "> 0" if strictly_positive else ">= 0"
+
+
+def _check_float(value: Any, arg: str, strictly_positive: bool, where: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{arg}: {where} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(value) or value < 0 or (strictly_positive and value == 0) or value > 1e15:
+        raise ValueError(f"{arg}: {where} must be finite, {_bound(strictly_positive)} and at most 1e15 seconds, got {value}")
+    return value
+
+
+def _check_values(values: Any, arg: str, n_agents: int, strictly_positive: bool) -> list[ExactTime]:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim == 0:
+        array = np.full(n_agents, float(array))
+    if array.shape != (n_agents,):
+        raise ValueError(f"{arg}: expected {n_agents} values (one per agent, n_agents={n_agents}), got shape {array.shape}")
+    bad = ~np.isfinite(array) | ((array <= 0) if strictly_positive else (array < 0)) | (array > 1e15)
     if bad.any():
-        raise ValueError(f"{arg}: every time must be finite and {bound} seconds, got {values.tolist()}")
-    return values
+        raise ValueError(f"{arg}: every time must be finite, {_bound(strictly_positive)} and at most 1e15 seconds, got {array.tolist()}")
+    return [ExactTime.of(float(v)) for v in array]
+
+
+@dataclass
+class TimeCounters:
+    """Per-agent counters of started gradients and of transfers, the ``counter`` argument of a time specification.
+
+    Part of the model's saved state, so a resumed run draws the same times.
+
+    :param compute: gradients each agent has started (int, one per agent).
+    :param communication: transfers (broadcasts received and uploads sent) of each agent.
+    """
+
+    compute: list[int] = field(default_factory=list)
+    communication: list[int] = field(default_factory=list)
+
+    @classmethod
+    def zeros(cls, n_agents: int) -> "TimeCounters":
+        return cls([0] * n_agents, [0] * n_agents)
+
+    def copy(self) -> "TimeCounters":
+        return TimeCounters(list(self.compute), list(self.communication))
 
 
 class TimingModel:
-    """Compute times h_i and communication times κ_i of n agents, in seconds.
+    """Compute times h_i and communication times κ_i of n agents, in seconds, as exact numbers.
 
     Each specification accepts:
 
-    - a list (or array) of n floats, one per agent, or a single float for all agents;
-    - ``"equal"`` (all 1 s), ``"sqrt"`` (h_i = √i, i = 1..n) or ``"zero"`` (all 0 s);
-    - for ``communication_times`` only, ``"expensive"``: the paper's κ_i = √i · d^(1/4), d = number of policy
-      parameters;
-    - a :class:`RandomTimes` (or a dict of its fields): a random draw per gradient around given means;
-    - a callable ``f(agent, round, index) -> float`` (agent from 0, index = the agent's gradient number in the
-      round; for communication times ``index`` is 0).
+    - a list (or array) of n floats, one per agent, or a single float for all agents; each float is read as the
+      decimal it prints as (``0.1`` is exactly 1/10);
+    - compute presets ``"equal"`` (all 1 s) and ``"sqrt"`` (h_i = √i, i = 1..n, exact);
+    - communication presets ``"zero"``, ``"equal"``, ``"sqrt"`` and ``"expensive"``: the paper's
+      κ_i = √i · d^(1/4), d = number of policy parameters (d^(1/4) taken as the decimal of its float,
+      :func:`expensive_factor`);
+    - a :class:`RandomTimes` (or a dict of its fields): a random draw per gradient or per transfer;
+    - a callable ``f(agent, start_seconds, counter) -> seconds``: agent from 0, the simulated time (float seconds)
+      at which the work starts, and the agent's counter of that kind of work (:class:`TimeCounters`).
 
     :param n_agents: n, the number of agents (>= 1).
-    :param compute_times: h_i, seconds per gradient (or per environment step if ``compute_time_unit="step"``).
-        Must be > 0.
-    :param communication_times: κ_i, seconds per vector exchanged between agent i and the server. Must be >= 0.
-    :param compute_time_unit: ``"gradient"`` (the paper's experiments: h_i per gradient) or ``"step"`` (the
-        paper's theory: h_i per environment step, so a trajectory of T steps costs T·h_i).
+    :param compute_times: h_i, seconds per gradient (or per environment step, see ``compute_time_unit``). > 0.
+    :param communication_times: κ_i, seconds per vector exchanged between agent i and the server. >= 0.
+    :param compute_time_unit: ``"gradient"`` (h_i per gradient, the paper's experiments), ``"step"`` (h_i per
+        environment step of the sampled trajectory: T steps cost T·h_i) or ``"horizon"`` (h_i per step times the
+        horizon H, whatever the trajectory's length: the paper's theory, ḣ_i·H).
     :param n_params: d, the number of policy parameters (used by ``"expensive"``).
+    :param horizon: H (used by ``"horizon"``).
     :param seed: seed of the random draws.
-    :raises ValueError: for a wrong length, a negative, zero (compute only), NaN or infinite time, an unknown
-        preset or unit.
+    :raises ValueError: for a wrong length, a negative, zero (compute only), NaN, infinite or > 1e15 time, an
+        unknown preset or unit; the message names the argument.
     """
 
     def __init__(
@@ -106,59 +169,73 @@ class TimingModel:
         compute_time_unit: str = "gradient",
         n_params: Optional[int] = None,
         seed: int = 0,
+        horizon: Optional[int] = None,
     ):
-        if compute_time_unit not in ("gradient", "step"):
-            raise ValueError(f"compute_time_unit: must be 'gradient' or 'step', got {compute_time_unit!r}")
+        if compute_time_unit not in UNITS:
+            raise ValueError(f"compute_time_unit: must be one of {', '.join(map(repr, UNITS))}, got {compute_time_unit!r}")
         self.n_agents = n_agents
+        self.unit = compute_time_unit
         self.per_step = compute_time_unit == "step"
+        self.horizon = 1 if horizon is None else int(horizon)
         self.seed = int(seed)
         self._compute = self._parse(compute_times, "compute_times", n_params, strictly_positive=True)
         self._communication = self._parse(communication_times, "communication_times", n_params, strictly_positive=False)
+
+    @property
+    def known_in_advance(self) -> bool:
+        """Whether a gradient's duration is known before its trajectory is sampled (not with ``"step"``)."""
+        return not self.per_step
 
     def _parse(self, spec: TimeSpec, arg: str, n_params: Optional[int], strictly_positive: bool):
         if isinstance(spec, dict):
             spec = RandomTimes(**spec)
         if isinstance(spec, RandomTimes):
             means = self._parse(spec.mean, arg, n_params, strictly_positive)
-            return (spec, means)
+            if not isinstance(means, list):
+                raise ValueError(f"{arg}: RandomTimes.mean must be a preset, a float or a list of {self.n_agents} floats")
+            return (spec, [float(m) for m in means])
         if callable(spec):
             return spec
         if isinstance(spec, str):
-            return _check_values(_preset(spec, self.n_agents, n_params, arg), arg, self.n_agents, strictly_positive)
+            return _preset(spec, self.n_agents, n_params, arg)
         try:
-            values = np.asarray(spec, dtype=np.float64)
+            np.asarray(spec, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{arg}: expected a list of {self.n_agents} floats, a preset name, RandomTimes or a callable, got {spec!r}") from exc
-        return _check_values(values, arg, self.n_agents, strictly_positive)
+        return _check_values(spec, arg, self.n_agents, strictly_positive)
 
-    def _value(self, parsed, arg: str, agent: int, round_index: int, index: int, stream: int, strictly_positive: bool) -> float:
-        if isinstance(parsed, np.ndarray):
-            return float(parsed[agent])
+    def _value(self, parsed, arg: str, agent: int, start: float, counter: int, stream: int, strictly_positive: bool) -> ExactTime:
+        if isinstance(parsed, list):
+            return parsed[agent]
         if isinstance(parsed, tuple):
             spec, means = parsed
-            rng = np.random.default_rng([self.seed, stream, round_index, agent, index])
-            mean = float(means[agent])
+            mean = means[agent]
+            if mean <= 0:
+                return ExactTime.of(0)
+            rng = np.random.default_rng([self.seed, stream, agent, counter])
             if spec.distribution == "exponential":
-                value = rng.exponential(mean) if mean > 0 else 0.0
+                value = float(rng.exponential(mean))
             else:
-                value = mean * math.exp(spec.sigma * rng.standard_normal() - 0.5 * spec.sigma**2) if mean > 0 else 0.0
+                value = mean * math.exp(spec.sigma * float(rng.standard_normal()) - 0.5 * spec.sigma**2)
             if strictly_positive:
                 value = max(value, 1e-12)
-            return value
-        value = float(parsed(agent, round_index, index))
-        if not math.isfinite(value) or value < 0 or (strictly_positive and value == 0):
-            raise ValueError(f"{arg}: the callable returned {value} for agent {agent}; times must be finite and {'> 0' if strictly_positive else '>= 0'} seconds")
-        return value
+            return ExactTime.of(value)
+        value = parsed(agent, float(start), int(counter))
+        where = f"the callable's value for agent {agent} (start {float(start)} s, counter {counter})"
+        return ExactTime.of(_check_float(value, arg, strictly_positive, where))
 
-    def compute_time(self, agent: int, round_index: int, index: int) -> float:
-        """h_i for gradient ``index`` of ``agent`` in round ``round_index``: seconds per gradient, or per step."""
-        return self._value(self._compute, "compute_times", agent, round_index, index, 0, True)
+    def compute_time(self, agent: int, start: Union[ExactTime, float] = 0.0, counter: int = 0) -> ExactTime:
+        """h_i for a gradient of ``agent`` starting at ``start`` seconds, the agent's ``counter``-th: seconds per
+        gradient, or per environment step (``"step"``, ``"horizon"``)."""
+        return self._value(self._compute, "compute_times", agent, start, counter, _COMPUTE, True)
 
-    def communication_time(self, agent: int, round_index: int) -> float:
-        """κ_i of ``agent`` in round ``round_index``, in seconds (one vector, one direction)."""
-        return self._value(self._communication, "communication_times", agent, round_index, 0, 1, False)
+    def communication_time(self, agent: int, start: Union[ExactTime, float] = 0.0, counter: int = 0) -> ExactTime:
+        """κ_i of a transfer (one vector, one direction) of ``agent`` starting at ``start``, its ``counter``-th."""
+        return self._value(self._communication, "communication_times", agent, start, counter, _COMMUNICATION, False)
 
-    def gradient_time(self, agent: int, round_index: int, index: int, n_steps: int) -> float:
-        """Seconds the gradient takes: h_i, or h_i · ``n_steps`` when h_i is per environment step."""
-        unit = self.compute_time(agent, round_index, index)
-        return unit * n_steps if self.per_step else unit
+    def duration(self, unit: ExactTime, n_steps: int = 1) -> ExactTime:
+        """Seconds a gradient takes from its h_i: h_i (``"gradient"``), h_i·T (``"step"``, T = ``n_steps``) or
+        h_i·H (``"horizon"``)."""
+        if self.unit == "gradient":
+            return unit
+        return unit * int(n_steps if self.per_step else self.horizon)
