@@ -8,8 +8,8 @@ records the mean undiscounted return of the last ``--window`` training trajector
 chooses which one the threshold and the plot use (default: the evaluation when there is one). The training
 return includes the exploration noise, which some tasks penalise (Reacher's control cost).
 
-Scenarios (n agents, agent i = 1..n, i.e. agent ``i − 1`` in code; d = number of policy parameters; PAPER.md
-"Time model"):
+Scenarios (n agents, agent i = 1..n, i.e. agent ``i − 1`` in code; d = number of policy parameters;
+docs/algorithms.md, "The time model in brief"):
 
     scenario / setting                                        h_i (compute)   κ_i (communication)
     --scenario equal                                          1               0
@@ -24,7 +24,8 @@ Scenarios (n agents, agent i = 1..n, i.e. agent ``i − 1`` in code; d = number 
 the algorithms as an explicit list of n floats. With identical environments it is a permutation of
 ``heterogeneous``'s √i, so its results equal those of ``heterogeneous`` up to the relabelling of the agents
 (which agent draws which trajectories). The paper's Fig. 8 caption ("computation times decrease") is ambiguous:
-it may instead mean times that decrease over time, which this scenario does not model. With
+it may instead mean times that decrease over time, which this scenario does not model (our reading:
+docs/algorithms.md, "Where this library departs from the paper, or reads it"). With
 ``--heterogeneous-envs`` the relabelling matters, since agent i's environment depends on i.
 
 ``--compute-times`` and ``--communication-times`` override the scenario's h_i and κ_i: one preset name

@@ -1,7 +1,8 @@
 """The main job (``make train``): RennalaNIGT on Hopper with ten heterogeneous agents on the simulated clock.
 
 n = 10 agents, h_i = √i and κ_i = √i seconds (the paper's "compute = communication" scenario), observations
-normalized by VecNormalize. Writes, in the output folder: the trained model (``model_seed{seed}.zip``) and its
+normalized by VecNormalize (our addition, not the paper's: docs/algorithms.md, "Where this library departs from
+the paper, or reads it"). Writes, in the output folder: the trained model (``model_seed{seed}.zip``) and its
 VecNormalize statistics, a CSV of (simulated seconds, environment steps, mean training return) per round, a
 summary CSV with the deterministic evaluation before and after training, and a PNG of the return against
 simulated time.

@@ -114,7 +114,7 @@ def test_afedpg_logs_staleness_mean_and_max():
 
 
 def reference_afedpg(model_kwargs: dict, schedule: list[tuple[int, int]], alpha: float, eta: float) -> np.ndarray:
-    """θ after replaying the server's updates by hand with a GradientWorker (PAPER.md's reading of AFedPG)."""
+    """θ after replaying the server's updates by hand with a GradientWorker (our reading of AFedPG, docs/algorithms.md)."""
     model = AFedPG("MlpPolicy", "Pendulum-v1", **model_kwargs)
     policy = model.policy
     worker = GradientWorker([EnvFactory("Pendulum-v1")], type(policy), model.observation_space, model.action_space, model.policy_kwargs)

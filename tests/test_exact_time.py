@@ -391,3 +391,32 @@ def test_exact_clock_survives_save_and_load(tmp_path):
     loaded.learn(40, reset_num_timesteps=False)
     assert loaded.simulated_time_exact == model.simulated_time_exact
     assert math.isfinite(loaded.simulated_time)
+
+
+# --------------------------------------------------------------------------------------------- the number type
+def test_exact_time_arithmetic_against_decimal_at_high_precision():
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 80
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        terms = [(int(rng.integers(1, 40)), Fraction(int(rng.integers(-50, 50)), int(rng.integers(1, 20)))) for _ in range(4)]
+        value = ExactTime.of(0)
+        reference = Decimal(0)
+        for r, q in terms:
+            value = value + ExactTime.sqrt(r, q)
+            reference += Decimal(q.numerator) / Decimal(q.denominator) * Decimal(r).sqrt()
+        expected = 0 if abs(reference) < Decimal("1e-60") else (1 if reference > 0 else -1)
+        assert value.sign() == expected
+        assert (value > 0) == (expected > 0) and (value == 0) == (expected == 0)
+
+
+def test_exact_time_recognises_equal_surds_and_decimals():
+    assert ExactTime.sqrt(8) + ExactTime.sqrt(2) == ExactTime.sqrt(18)
+    assert ExactTime.sqrt(4) == 2 and ExactTime.sqrt(12) == 2 * ExactTime.sqrt(3)
+    assert ExactTime.of(0.1) * 3 == ExactTime.of(0.3)
+    assert ExactTime.of(0.1) + ExactTime.of(0.2) == 0.3
+    # √10001 − 100 = 0.00499987…, just under 1/200.
+    assert ExactTime.sqrt(10001) - 100 < ExactTime.of(Fraction(1, 200))
+    assert ExactTime.sqrt(10001) - 100 > ExactTime.of(Fraction(1, 200) - Fraction(1, 10**6))  # 0.00499987… > 0.004999
+    assert hash(ExactTime.sqrt(8)) == hash(2 * ExactTime.sqrt(2))

@@ -37,7 +37,7 @@ def make_malenia(env="Pendulum-v1", **kwargs) -> MaleniaNIGT:
 # -------------------------------------------------------------------------------------- the stopping rule
 @pytest.mark.parametrize(
     "h, expected_counts",
-    [((1.0, 10.0), (20, 2)), ((1.5, 10.0), (13, 2))],  # PAPER.md, "Time model": both rounds stop at t = 20
+    [((1.0, 10.0), (20, 2)), ((1.5, 10.0), (13, 2))],  # docs/algorithms.md: both rounds stop at t = 20
 )
 def test_paper_examples_through_the_model(h, expected_counts):
     model = make_malenia(n_agents=2, compute_times=list(h), batch_size=4)

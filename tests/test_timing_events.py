@@ -57,7 +57,7 @@ def assert_matches_reference(result, reference) -> None:
 
 # ----------------------------------------------------------------------------- the paper's worked example
 def test_paper_example_counts_and_arrival_order(make_collector):
-    # PAPER.md: h = (1, 2, 4), κ = 0, M = 7. Agent 1 finishes at 1, 2, 3, 4; agent 2 at 2, 4; agent 3 at 4.
+    # docs/time.md: h = (1, 2, 4), κ = 0, M = 7. Agent 1 finishes at 1, 2, 3, 4; agent 2 at 2, 4; agent 3 at 4.
     collector, params = make_collector([1, 2, 4])
     result = collect(collector, params, 7)
     np.testing.assert_array_equal(result.counts, [4, 2, 1])

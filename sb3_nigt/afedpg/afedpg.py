@@ -15,9 +15,9 @@ from sb3_nigt.common.nigt import NIGTAlgorithm
 class AFedPG(NIGTAlgorithm):
     """AFedPG: asynchronous federated policy gradient, with a server step on every arriving gradient.
 
-    Lan, Han, Rahman, Chen, Yang, Xu (ICLR 2025, arXiv 2404.08003), as read in PAPER.md ("Baselines used by the
-    paper's experiments", marked [inferred]) and used by Tyurin, Spiridonov, Rudenko (ICLR 2026) as the previous
-    state of the art. The server holds θ_k, θ_{k−1} and d:
+    Lan, Han, Rahman, Chen, Yang, Xu (ICLR 2025, arXiv 2404.08003), used by Tyurin, Spiridonov, Rudenko (ICLR
+    2026) as the previous state of the art. Our sources give no pseudo-code for it: what follows is **our
+    inferred reading** (docs/algorithms.md, "AFedPG (our inferred reading)"). The server holds θ_k, θ_{k−1} and d:
 
     - it sends (θ_k, θ_{k−1}) to agent i (κ_i seconds);
     - agent i samples one trajectory at the lookahead point θ̃ = θ_k + ((1 − η)/η)(θ_k − θ_{k−1}), computes
@@ -31,8 +31,9 @@ class AFedPG(NIGTAlgorithm):
 
     The shared parameters (``learning_rate`` α, ``momentum`` η, ``horizon``, ``gamma``, ``n_agents``,
     ``compute_times``, ``communication_times``, ...) mean what they mean for the NIGT algorithms
-    (:class:`~sb3_nigt.common.nigt.NIGTAlgorithm`); ``batch_size`` and ``initial_batch_size`` are accepted and
-    ignored (a batch is one gradient). A "round" here is n consecutive server updates: the callbacks'
+    (:class:`~sb3_nigt.common.nigt.NIGTAlgorithm`); ``batch_size`` is accepted and ignored (a batch is one
+    gradient), and ``initial_batch_size`` only sizes the observation warm-up round that fresh VecNormalize
+    statistics trigger (docs/algorithms.md, "Where this library departs from the paper, or reads it"). A "round" here is n consecutive server updates: the callbacks'
     ``on_rollout_start``/``on_rollout_end`` and the ``log_interval`` count those.
 
     :param momentum_schedule: the momentum hook: a callable ``(staleness, update_index) -> η`` giving the η_k of
@@ -40,7 +41,8 @@ class AFedPG(NIGTAlgorithm):
         None (default) keeps the constant ``momentum``. A delay-adaptive schedule plugs in here. The lookahead
         point θ̃ = θ_k + ((1 − η)/η)(θ_k − θ_{k−1}) uses the constant ``momentum`` η, not η_k: θ̃ is formed when
         the server replies to the agent, and the η_k of the update that the agent's gradient will feed depends on
-        that gradient's staleness, which is only known when it arrives (docs/algorithms.md, "AFedPG").
+        that gradient's staleness, which is only known when it arrives (docs/algorithms.md, "AFedPG (our inferred
+        reading)").
     :raises ValueError: as the NIGT algorithms; also when ``momentum_schedule`` is not callable or returns a value
         outside (0, 1] (naming it), and for a NaN or infinite gradient (θ is left unchanged).
 

@@ -1,4 +1,4 @@
-"""Aggregation rules: pure logic with no processes and no clock (DESIGN.md, layer 2).
+"""Aggregation rules: pure logic with no processes and no clock (docs/algorithms.md).
 
 A rule is told "agent j finished a gradient", decides whether the round goes on and whether agent j restarts,
 and forms the aggregate from the per-agent sums ḡ_i and counts M_i.
@@ -108,8 +108,8 @@ class MaleniaAggregation(AggregationRule):
 class SynchronizedAggregation(AggregationRule):
     """The synchronized baseline (paper, Section 6 "Synchronized NIGT"): every agent computes exactly one gradient.
 
-    Each agent stops after its first gradient; the round waits for all n and returns (1/n) Σ_i g_i. A round
-    costs max_i (κ_i + h_i) plus the slowest upload: one straggler delays every round. ``batch_size`` is unused
+    Each agent stops after its first gradient and uploads it at once; the round waits for all n and returns
+    (1/n) Σ_i g_i. A round costs max_i (2κ_i + h_i): one straggler delays every round. ``batch_size`` is unused
     (the batch is n).
     """
 

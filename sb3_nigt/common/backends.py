@@ -1,4 +1,4 @@
-"""Backends that physically compute gradients (DESIGN.md, layer 3): in the main process or in worker processes.
+"""Backends that physically compute gradients: in the main process or in worker processes.
 
 One interface: ``set_params`` broadcasts θ, ``submit`` queues a :class:`~sb3_nigt.common.estimator.Job`,
 ``wait`` returns at least one finished :class:`~sb3_nigt.common.estimator.JobResult`, ``cancel`` abandons the

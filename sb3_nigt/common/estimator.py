@@ -1,4 +1,4 @@
-"""Agent work (DESIGN.md, layer 4): one trajectory → one truncated policy gradient g_H.
+"""Agent work (docs/algorithms.md, "The policy gradient"): one trajectory → one truncated policy gradient g_H.
 
 g_H(τ, θ) = Σ_{t<H} (Σ_{h=t}^{H−1} γ^h r_h) ∇θ log π_θ(u_t | s_t)   (paper, Section 2; discounting from t = 0)
 """

@@ -95,11 +95,9 @@ class ExactTime:
 
     # ----------------------------------------------------------------------------------------------- algebra
     def __add__(self, other: object) -> "ExactTime":
-        if not isinstance(other, ExactTime):
-            if isinstance(other, (int, Fraction, float)) and not isinstance(other, bool):
-                other = ExactTime.of(other)
-            else:
-                return NotImplemented
+        other = _coerce(other)
+        if other is None:
+            return NotImplemented
         terms = dict(self.terms)
         for r, q in other.terms:
             terms[r] = terms.get(r, Fraction(0)) + q
@@ -111,11 +109,9 @@ class ExactTime:
         return ExactTime({r: -q for r, q in self.terms})
 
     def __sub__(self, other: object) -> "ExactTime":
-        if not isinstance(other, ExactTime):
-            if isinstance(other, (int, Fraction, float)) and not isinstance(other, bool):
-                other = ExactTime.of(other)
-            else:
-                return NotImplemented
+        other = _coerce(other)
+        if other is None:
+            return NotImplemented
         return self + (-other)
 
     def __mul__(self, factor: object) -> "ExactTime":
@@ -149,11 +145,9 @@ class ExactTime:
             bits *= 2
 
     def _compare(self, other: object) -> int:
-        if not isinstance(other, ExactTime):
-            if isinstance(other, (int, Fraction, float)) and not isinstance(other, bool):
-                other = ExactTime.of(other)
-            else:
-                raise TypeError(f"cannot compare ExactTime with {type(other).__name__}")
+        other = _coerce(other)
+        if other is None:
+            raise TypeError("ExactTime compares only with ExactTime, int, Fraction or float")
         difference = self.approx - other.approx
         if abs(difference) > _NEAR * (self.magnitude + other.magnitude):
             return 1 if difference > 0 else -1
@@ -198,6 +192,15 @@ class ExactTime:
         for r, q in self.terms:
             parts.append(str(q) if r == 1 else (f"√{r}" if q == 1 else f"{q}·√{r}"))
         return " + ".join(parts)
+
+
+def _coerce(value: object) -> "ExactTime | None":
+    """``value`` as an ExactTime (ints and Fractions as they are, floats as their decimals), or None."""
+    if isinstance(value, ExactTime):
+        return value
+    if isinstance(value, (int, Fraction, float)) and not isinstance(value, bool):
+        return ExactTime.of(value)
+    return None
 
 
 ZERO = ExactTime({})

@@ -12,10 +12,11 @@ class SynchronizedNIGT(NIGTAlgorithm):
 
     The baseline of Tyurin, Spiridonov, Rudenko, "Asynchronous Policy Gradient Aggregation for Efficient
     Distributed Reinforcement Learning", ICLR 2026 (arXiv 2509.24305), Section 6: the NIGT outer loop
-    (Algorithm 1) with Aggregate(θ̃_t) = (1/n) Σ_i g_H(τ_i, θ̃_t). A round costs max_i (κ_i + h_i) plus the slowest
-    upload, so the slowest agent sets the pace (h = (1, 2, 4), κ = 0: 4 simulated seconds per round). The batch
-    size is n: ``batch_size`` and ``initial_batch_size`` are ignored. Each environment weighs 1/n, so it is
-    unbiased with heterogeneous environments too.
+    (Algorithm 1) with Aggregate(θ̃_t) = (1/n) Σ_i g_H(τ_i, θ̃_t). Each agent uploads as soon as its one gradient is
+    done, so a round costs max_i (2κ_i + h_i) and the slowest agent sets the pace (h = (1, 2, 4), κ = 0: 4 simulated
+    seconds per round; h = (1, 10), κ = (5, 0): 11 s; docs/time.md). The batch size is n: ``batch_size`` is
+    ignored, and ``initial_batch_size`` only sizes the observation warm-up round (fresh VecNormalize statistics,
+    docs/time.md). Each environment weighs 1/n, so it is unbiased with heterogeneous environments too.
 
     Every argument is documented in :class:`~sb3_nigt.common.nigt.NIGTAlgorithm`.
 
