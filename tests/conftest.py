@@ -12,7 +12,7 @@ import torch as th
 from torch.nn.utils import parameters_to_vector
 
 from sb3_nigt import NIGTPolicy, RennalaNIGT
-from sb3_nigt.common.backends import InlineBackend, SubprocessBackend
+from sb3_nigt.common.backends import BackendOptions, InlineBackend, SubprocessBackend
 from sb3_nigt.common.collector import Collector
 from sb3_nigt.common.envs import EnvFactory
 from sb3_nigt.common.timing import TimingModel
@@ -70,7 +70,9 @@ def make_collector() -> Callable[..., tuple[Collector, np.ndarray]]:
         probe.close()
         timing = TimingModel(n_agents, compute_times, communication_times, compute_time_unit,
                              n_params=sum(p.numel() for p in policy.parameters()), seed=seed)
-        collector = Collector(InlineBackend(worker_args), timing, "simulated", horizon, gamma, seed, [0] * n_agents)
+        backend = InlineBackend()
+        backend.bind(worker_args, BackendOptions())
+        collector = Collector(backend, timing, "simulated", horizon, gamma, seed, [0] * n_agents)
         collector.start()
         collectors.append(collector)
         params = parameters_to_vector(policy.parameters()).detach().numpy().astype(np.float32)
@@ -91,7 +93,7 @@ def worker_spy(monkeypatch) -> list:
         try:
             original(self)
         finally:
-            started.extend(self.processes)
+            started.extend(worker.process for worker in self.workers)
 
     monkeypatch.setattr(SubprocessBackend, "start", start)
     return started

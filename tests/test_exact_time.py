@@ -175,7 +175,7 @@ class VarianceAtRoundStart(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         norm = self.model._obs_norm()
-        self.variances.append(float(np.min(norm[1])))
+        self.variances.append(float(np.min(norm.var)))
 
     def _on_rollout_end(self) -> None:
         self.warmup.append(bool(self.model.round_stats.get("observation_warmup")))

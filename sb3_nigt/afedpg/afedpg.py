@@ -60,6 +60,7 @@ class AFedPG(NIGTAlgorithm):
     """
 
     speed_weighted = True  # fast agents update the server more often
+    per_agent_params = True  # each agent computes at its own θ̃ (published to its own slot)
 
     def __init__(self, *args: Any, momentum_schedule: Optional[Callable[[int, int], float]] = None, **kwargs: Any):
         if momentum_schedule is not None and not callable(momentum_schedule):
@@ -102,7 +103,8 @@ class AFedPG(NIGTAlgorithm):
 
         def on_arrival(arrival: Arrival) -> Optional[tuple[np.ndarray, Optional[tuple]]]:
             result = arrival.result
-            gradient = result.gradient.astype(np.float64)
+            assert arrival.gradient is not None
+            gradient = arrival.gradient.astype(np.float64)
             if not np.all(np.isfinite(gradient)):
                 raise ValueError(
                     f"gradient: agent {arrival.agent}'s gradient {arrival.index} has non-finite entries (NaN or inf); "
@@ -115,7 +117,8 @@ class AFedPG(NIGTAlgorithm):
             staleness = self._n_updates - downloaded[arrival.agent]
             self.next_job_index[arrival.agent] = arrival.index + 1
             if vec_normalize is not None and vec_normalize.training and result.obs_moments is not None:
-                vec_normalize.obs_rms.update_from_moments(*result.obs_moments)
+                moments = result.obs_moments
+                vec_normalize.obs_rms.update_from_moments(moments.mean, moments.var, moments.count)
             self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
             eta = self._momentum(staleness)
             if self.momentum_buffer is None:
@@ -123,6 +126,7 @@ class AFedPG(NIGTAlgorithm):
                 eta = 1.0
             self._nigt_step(gradient, eta)
             self.n_communications += 1  # the upload
+            self.bytes_sent += 8 * self.n_params
             if staleness >= len(self.staleness_histogram):  # grow the histogram to index ``staleness``
                 self.staleness_histogram = np.pad(self.staleness_histogram, (0, staleness + 1 - len(self.staleness_histogram)))
             self.staleness_histogram[staleness] += 1
@@ -137,6 +141,7 @@ class AFedPG(NIGTAlgorithm):
                 return None
             downloaded[arrival.agent] = self._n_updates
             self.n_communications += 1  # the reply
+            self.bytes_sent += 4 * self.n_params
             return self._extrapolated_params().astype(np.float32), self._obs_norm()
 
         if self.momentum_buffer is None and self._needs_observation_warmup():
@@ -150,6 +155,7 @@ class AFedPG(NIGTAlgorithm):
                 return
         callback.on_rollout_start()
         self.n_communications += self.n_agents  # every agent downloads θ at the start
+        self.bytes_sent += self.n_agents * 4 * self.n_params
         collector.serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self._clock, list(self.next_job_index),
                         on_arrival, first_version=self._n_updates, trace=self.trace if self.record_trace else None)
         if window:

@@ -7,8 +7,16 @@ and forms the aggregate from the per-agent sums ḡ_i and counts M_i.
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Mapping, Union
 
 import numpy as np
+
+#: Per-agent sums ḡ_i: an (n, d) array, or a mapping agent → (d,) holding the contributing agents only.
+Sums = Union[np.ndarray, Mapping[int, np.ndarray]]
+
+
+def _rows(sums: Sums, agents) -> list[np.ndarray]:
+    return [sums[int(agent)] for agent in agents]
 
 
 class AggregationRule:
@@ -18,6 +26,9 @@ class AggregationRule:
     :param batch_size: M (or S), the rule's batch parameter (>= 1).
     :raises ValueError: if ``n_agents`` or ``batch_size`` is < 1.
     """
+
+    #: The most gradients an agent computes in a round (None: as many as the rule wants).
+    max_per_agent: "int | None" = None
 
     def __init__(self, n_agents: int, batch_size: int):
         if n_agents < 1:
@@ -32,6 +43,11 @@ class AggregationRule:
         """Count one finished gradient of ``agent`` (M_agent += 1)."""
         self.counts[agent] += 1
 
+    def forget(self, agent: int) -> None:
+        """Uncount all of ``agent``'s gradients (M_agent = 0): they were lost with the agent before reaching the
+        server (docs/backends.md, "Failures")."""
+        self.counts[agent] = 0
+
     def wants_more(self, agent: int) -> bool:
         """Whether ``agent`` immediately starts another trajectory at the same θ."""
         return True
@@ -40,8 +56,9 @@ class AggregationRule:
         """Whether the round has collected enough gradients."""
         raise NotImplementedError
 
-    def aggregate(self, sums: np.ndarray) -> np.ndarray:
-        """The round's aggregate from the per-agent sums ḡ_i (float64, shape ``(n, d)``); returns shape ``(d,)``."""
+    def aggregate(self, sums: Sums) -> np.ndarray:
+        """The round's aggregate from the per-agent sums ḡ_i (float64 ``(d,)`` each, for every agent with M_i >= 1,
+        as an ``(n, d)`` array or a mapping agent → sum); returns float64 ``(d,)``, agents added in index order."""
         raise NotImplementedError
 
 
@@ -55,10 +72,11 @@ class RennalaAggregation(AggregationRule):
     def done(self) -> bool:
         return int(self.counts.sum()) >= self.batch_size
 
-    def aggregate(self, sums: np.ndarray) -> np.ndarray:
-        total = np.zeros(sums.shape[1], dtype=np.float64)
-        for agent in range(self.n_agents):  # canonical order: agent index
-            total += sums[agent]
+    def aggregate(self, sums: Sums) -> np.ndarray:
+        rows = _rows(sums, np.flatnonzero(self.counts))  # canonical order: agent index
+        total = np.zeros(rows[0].shape[0], dtype=np.float64)
+        for row in rows:
+            total += row
         return total / int(self.counts.sum())
 
 
@@ -89,6 +107,11 @@ class MaleniaAggregation(AggregationRule):
             self._inverse_sum += 1.0 / (count + 1) - 1.0 / count
         super().add(agent)
 
+    def forget(self, agent: int) -> None:
+        super().forget(agent)
+        self._missing = int(np.count_nonzero(self.counts == 0))
+        self._inverse_sum = float(sum(1.0 / int(c) for c in self.counts if c > 0))
+
     def done(self) -> bool:
         if self._missing:
             return False
@@ -98,10 +121,12 @@ class MaleniaAggregation(AggregationRule):
         exact = sum(Fraction(1, int(c)) for c in self.counts)
         return n2 >= self.batch_size * exact
 
-    def aggregate(self, sums: np.ndarray) -> np.ndarray:
-        total = np.zeros(sums.shape[1], dtype=np.float64)
-        for agent in range(self.n_agents):  # canonical order: agent index
-            total += sums[agent] / int(self.counts[agent])
+    def aggregate(self, sums: Sums) -> np.ndarray:
+        agents = range(self.n_agents)  # canonical order: agent index; every agent contributes
+        rows = _rows(sums, agents)
+        total = np.zeros(rows[0].shape[0], dtype=np.float64)
+        for agent, row in zip(agents, rows):
+            total += row / int(self.counts[agent])
         return total / self.n_agents
 
 
@@ -113,14 +138,17 @@ class SynchronizedAggregation(AggregationRule):
     (the batch is n).
     """
 
+    max_per_agent = 1
+
     def wants_more(self, agent: int) -> bool:
         return False
 
     def done(self) -> bool:
         return bool(np.all(self.counts >= 1))
 
-    def aggregate(self, sums: np.ndarray) -> np.ndarray:
-        total = np.zeros(sums.shape[1], dtype=np.float64)
-        for agent in range(self.n_agents):  # canonical order: agent index
-            total += sums[agent]
+    def aggregate(self, sums: Sums) -> np.ndarray:
+        rows = _rows(sums, range(self.n_agents))  # canonical order: agent index; every agent contributes
+        total = np.zeros(rows[0].shape[0], dtype=np.float64)
+        for row in rows:
+            total += row
         return total / self.n_agents

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import heapq
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from sb3_nigt.common.aggregation import AggregationRule
-from sb3_nigt.common.estimator import Job, JobResult, job_seed
+from sb3_nigt.common.backends import AgentReport, AgentRun, Backend, WorkerLost
+from sb3_nigt.common.estimator import CHUNK_SIZE, ObsMoments, ObsNorm, TrajectoryStats, UnitResult, WorkUnit
 from sb3_nigt.common.exact import ZERO, ExactTime
 from sb3_nigt.common.timing import TimeCounters, TimingModel
 from sb3_nigt.common.trace import TraceEvent
@@ -36,12 +38,15 @@ _START, _BOUND, _FINISH = 0, 1, 2
 
 @dataclass
 class Arrival:
-    """One counted gradient: ``agent``'s gradient ``index``, arriving at ``time`` seconds on the clock (exact)."""
+    """One counted gradient: ``agent``'s gradient ``index``, arriving at ``time`` seconds on the clock (exact on the
+    simulated clock). ``result`` holds its trajectory's statistics; ``gradient`` its vector where one travels alone
+    (AFedPG), else None."""
 
     time: ExactTime
     agent: int
     index: int
-    result: JobResult
+    result: TrajectoryStats
+    gradient: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -54,8 +59,11 @@ class RoundResult:
     :param start_time: clock time at the round's start (seconds, exact).
     :param stop_time: when the rule was satisfied (seconds, exact).
     :param end_time: when the last contributing upload arrived (seconds, exact).
-    :param obs_moments: per-gradient raw observation moments for VecNormalize, in canonical order.
+    :param obs_moments: raw observation moments of the counted trajectories for VecNormalize, in canonical order.
     :param trace: the round's events (broadcasts, gradients, uploads), filled when tracing is on.
+    :param vectors: gradient vectors that physically reached the main process this round.
+    :param lost: agents whose worker was lost during the round (their unsent gradients were recomputed or
+        uncounted).
     """
 
     aggregate: np.ndarray
@@ -64,8 +72,10 @@ class RoundResult:
     start_time: ExactTime
     stop_time: ExactTime
     end_time: ExactTime
-    obs_moments: list[tuple] = field(default_factory=list)
+    obs_moments: list[ObsMoments] = field(default_factory=list)
     trace: list[TraceEvent] = field(default_factory=list)
+    vectors: int = 0
+    lost: list[int] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -81,7 +91,12 @@ class RoundResult:
 class Collector:
     """Turns an aggregation rule plus θ into an aggregate, on the simulated or the real clock.
 
-    :param backend: an :class:`~sb3_nigt.common.backends.InlineBackend` or ``SubprocessBackend``.
+    One event loop per clock: the simulated clock plays the round in exact time (:meth:`_plan`), then has the
+    counted work computed as units of at most ``CHUNK_SIZE`` gradients; with per-step times it computes each
+    started trajectory speculatively instead. The real clock starts one run per agent and counts small reports as
+    they arrive; each contributing agent then sends one vector.
+
+    :param backend: a started-on-demand :class:`~sb3_nigt.common.backends.Backend`.
     :param timing: the agents' compute and communication times.
     :param clock: ``"simulated"`` (discrete-event, exact, deterministic) or ``"real"`` (physical arrival order).
     :param horizon: H, environment steps per trajectory at most.
@@ -96,7 +111,7 @@ class Collector:
 
     def __init__(
         self,
-        backend: Any,
+        backend: Backend,
         timing: TimingModel,
         clock: str,
         horizon: int,
@@ -118,9 +133,12 @@ class Collector:
         self.n_agents = len(agent_env_index)
         self.counters = counters if counters is not None else TimeCounters.zeros(self.n_agents)
         self.record_trace = record_trace
+        self.epoch = 0
+        self.lost_agents: list[int] = []
 
     def start(self) -> None:
         self.backend.start()
+        self.epoch = 0
 
     def close(self) -> None:
         self.backend.close()
@@ -138,38 +156,48 @@ class Collector:
         self.counters.communication[agent] += 1
         return self.timing.communication_time(agent, start, counter)
 
-    def _job(self, round_index: int, agent: int, index: int, delay: float = 0.0, unit: Optional[ExactTime] = None, **extra: Any) -> Job:
-        """The job of ``agent``'s gradient ``index``; on the real clock ``unit`` (h_i) sets the emulated duration."""
-        min_duration, per_step = 0.0, False
-        if unit is not None and self.time_scale:
-            per_step = self.timing.per_step
-            min_duration = float(unit if per_step else self.timing.duration(unit)) * self.time_scale
-        return Job(
-            round_index, agent, index, job_seed(self.seed, round_index, agent, index), self.agent_env_index[agent],
-            self.horizon, self.gamma, delay, min_duration, per_step, **extra,
-        )
+    def _unit(self, round_index: int, agent: int, first: int, count: int, **extra: Any) -> WorkUnit:
+        return WorkUnit(round_index, agent, first, count, self.seed, self.agent_env_index[agent], self.horizon, self.gamma,
+                        self.epoch, **extra)
+
+    def _next_epoch(self) -> int:
+        """A new cancellation epoch: all earlier work is abandoned."""
+        self.epoch += 1
+        self.backend.cancel(self.epoch)
+        return self.epoch
+
+    def _lost(self, event: WorkerLost) -> None:
+        warnings.warn(f"worker {event.worker} lost ({event.reason}); its work is resubmitted", RuntimeWarning, stacklevel=4)
+        self.lost_agents.extend(sorted({u.agent for u in event.units} | {r.agent for r in event.runs}))
 
     # ------------------------------------------------------------------------------------------------ rounds
     def collect(
-        self, params: np.ndarray, rule: AggregationRule, round_index: int, start_time: Any = ZERO, obs_norm: Optional[tuple] = None,
+        self, params: np.ndarray, rule: AggregationRule, round_index: int, start_time: Any = ZERO, obs_norm: Optional[ObsNorm] = None,
     ) -> RoundResult:
-        """Run one aggregation round at θ = ``params`` (float32, ``(d,)``) starting at ``start_time`` seconds."""
+        """Run one aggregation round at θ = ``params`` (float32, ``(d,)``) starting at ``start_time`` seconds.
+
+        :raises WorkerError: when workers fail more than ``max_failures`` times in a row (nothing was changed).
+        """
         start = ExactTime.of(start_time)
-        self.backend.set_params(params, obs_norm)
+        self._next_epoch()
+        self.backend.publish(params, obs_norm)
+        self.lost_agents = []
         trace: list[TraceEvent] = []
-        if self.clock == "simulated":
-            arrivals, stop, end = self._simulated(rule, round_index, start, trace)
+        if self.clock == "simulated" and self.timing.known_in_advance:
+            counted, stops, stop = self._plan(rule, round_index, start, trace)
+            sums, stats, vectors = self._compute_planned(rule, round_index)
+            arrivals = [Arrival(at, agent, index, stats[(agent, index)]) for at, agent, index in counted]
+            end = self._uploads(rule, stops, stop, round_index, trace)
+        elif self.clock == "simulated":
+            arrivals, sums, stops, stop, vectors = self._speculative(rule, round_index, start, trace)
+            end = self._uploads(rule, stops, stop, round_index, trace)
         else:
-            arrivals, stop, end = self._real(rule, round_index, start, trace)
-        self.backend.cancel(round_index + 1)
-        # Canonical order: per agent, gradients by index; then agents by index (the rule's aggregate).
+            arrivals, sums, stop, end, vectors = self._real(rule, round_index, start, trace)
+        self._next_epoch()
         ordered = sorted(arrivals, key=lambda a: (a.agent, a.index))
-        sums = np.zeros((self.n_agents, ordered[0].result.gradient.shape[0]), dtype=np.float64)
-        for arrival in ordered:
-            sums[arrival.agent] += arrival.result.gradient
         moments = [a.result.obs_moments for a in ordered if a.result.obs_moments is not None]
-        return RoundResult(rule.aggregate(sums), rule.counts.copy(), arrivals, start, stop, end, moments,
-                           trace if self.record_trace else [])
+        return RoundResult(rule.aggregate(sums), rule.counts.copy(), arrivals, start, ExactTime.of(stop), ExactTime.of(end),
+                           moments, trace if self.record_trace else [], vectors, sorted(set(self.lost_agents)))
 
     def _uploads(self, rule: AggregationRule, stops: dict[int, Any], stop: Any, round_index: int, trace: list[TraceEvent],
                  scale: Optional[float] = None) -> Any:
@@ -186,30 +214,16 @@ class Collector:
             end = arrive if end is None or arrive > end else end
         return end
 
-    def _simulated(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
-        """Discrete-event simulation in exact time. With durations known in advance only counted gradients are
-        computed; with per-step times each agent's current trajectory is computed speculatively."""
+    def _plan(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
+        """Play the round's events in exact time, computing nothing (durations known in advance): which gradients
+        count, when, and when each agent stops."""
         timing = self.timing
-        known = timing.known_in_advance
-        results: dict[tuple[int, int], JobResult] = {}
-        started: dict[tuple[int, int], tuple[ExactTime, ExactTime]] = {}  # (agent, index) → (start, h_i)
+        started: dict[tuple[int, int], ExactTime] = {}
         events: list[tuple[ExactTime, int, int, int]] = []  # (time, order, agent, index)
 
         def schedule(agent: int, index: int, at: ExactTime) -> None:
-            unit = self._compute_unit(agent, at)
-            started[(agent, index)] = (at, unit)
-            if known:
-                heapq.heappush(events, (at + timing.duration(unit), _FINISH, agent, index))
-            else:  # the duration depends on the trajectory's length: compute now; one step is a lower bound
-                self.backend.submit(self._job(round_index, agent, index))
-                heapq.heappush(events, (at + timing.duration(unit, 1), _BOUND, agent, index))
-
-        def fetch(key: tuple[int, int]) -> JobResult:
-            while key not in results:
-                for result in self.backend.wait(key):
-                    if result.job.round_index == round_index:
-                        results[result.job.key] = result
-            return results[key]
+            started[(agent, index)] = at
+            heapq.heappush(events, (at + timing.duration(self._compute_unit(agent, at)), _FINISH, agent, index))
 
         for agent in range(self.n_agents):
             arrive = start + self._transfer(agent, start)
@@ -225,17 +239,107 @@ class Collector:
             if order == _START:
                 schedule(agent, index, at)
                 continue
+            rule.add(agent)
+            counted.append((at, agent, index))
+            stop = at
+            trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)], at, "counted"))
+            if not rule.wants_more(agent):
+                stops[agent] = at
+            elif not rule.done():
+                schedule(agent, index + 1, at)
+        for at, order, agent, index in sorted(events):
+            if order != _START and started[(agent, index)] < stop:
+                trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)], stop, "abandoned"))
+        return counted, stops, stop
+
+    def _compute_planned(self, rule: AggregationRule, round_index: int):
+        """Compute the planned counts: each agent's M_i gradients as units of at most ``CHUNK_SIZE``; each agent's
+        units are added in index order (float64), whoever computed them and whenever they arrived."""
+        units = [self._unit(round_index, int(agent), first, min(CHUNK_SIZE, int(count) - first))
+                 for agent, count in enumerate(rule.counts) for first in range(0, int(count), CHUNK_SIZE)]
+        for unit in units:
+            self.backend.submit(unit)
+        wanted = {(u.agent, u.first): u for u in units}
+        sums: dict[int, np.ndarray] = {}
+        next_first = {int(agent): 0 for agent in np.flatnonzero(rule.counts)}
+        waiting: dict[tuple[int, int], UnitResult] = {}
+        stats: dict[tuple[int, int], TrajectoryStats] = {}
+        vectors = 0
+        while wanted:
+            for event in self.backend.wait():
+                if isinstance(event, WorkerLost):
+                    self._lost(event)
+                    for unit in event.units:
+                        if (unit.agent, unit.first) in wanted and unit.epoch == self.epoch:
+                            self.backend.submit(unit)
+                    continue
+                if not isinstance(event, UnitResult) or event.unit.epoch != self.epoch:
+                    continue
+                key = (event.unit.agent, event.unit.first)
+                if wanted.pop(key, None) is None:
+                    continue
+                vectors += 1
+                waiting[key] = event
+                agent = event.unit.agent
+                while (agent, next_first[agent]) in waiting:  # canonical order within the agent
+                    result = waiting.pop((agent, next_first[agent]))
+                    sums[agent] = result.gradient.copy() if agent not in sums else sums[agent] + result.gradient
+                    for trajectory in result.trajectories:
+                        stats[(agent, trajectory.index)] = trajectory
+                    next_first[agent] += result.unit.count
+        return sums, stats, vectors
+
+    def _speculative(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
+        """Per-step times: each started trajectory is computed at once (its length sets its finish time), and the
+        events are played in exact time as results come in."""
+        timing = self.timing
+        results: dict[tuple[int, int], UnitResult] = {}
+        started: dict[tuple[int, int], tuple[ExactTime, ExactTime]] = {}
+        events: list[tuple[ExactTime, int, int, int]] = []
+        submitted: dict[tuple[int, int], WorkUnit] = {}
+
+        def schedule(agent: int, index: int, at: ExactTime) -> None:
+            unit = self._compute_unit(agent, at)
+            started[(agent, index)] = (at, unit)
+            work = self._unit(round_index, agent, index, 1)
+            submitted[(agent, index)] = work
+            self.backend.submit(work)
+            heapq.heappush(events, (at + timing.duration(unit, 1), _BOUND, agent, index))
+
+        def fetch(key: tuple[int, int]) -> UnitResult:
+            while key not in results:
+                for event in self.backend.wait():
+                    if isinstance(event, WorkerLost):
+                        self._lost(event)
+                        for unit in event.units:
+                            if unit.epoch == self.epoch and (unit.agent, unit.first) not in results:
+                                self.backend.submit(unit)
+                    elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch:
+                        results[(event.unit.agent, event.unit.first)] = event
+            return results[key]
+
+        for agent in range(self.n_agents):
+            arrive = start + self._transfer(agent, start)
+            trace.append(TraceEvent(round_index, agent, "broadcast", -1, start, arrive, "sent"))
+            heapq.heappush(events, (arrive, _START, agent, 0))
+        counted: list[tuple[ExactTime, int, int]] = []
+        stops: dict[int, ExactTime] = {}
+        stop = start
+        while not rule.done():
+            if not events:
+                raise RuntimeError("the aggregation rule can never be satisfied: no agent is computing")
+            at, order, agent, index = heapq.heappop(events)
+            if order == _START:
+                schedule(agent, index, at)
+                continue
             if order == _BOUND:
                 begun, unit = started[(agent, index)]
-                finish = begun + timing.duration(unit, fetch((agent, index)).n_steps)
-                heapq.heappush(events, (finish, _FINISH, agent, index))
+                heapq.heappush(events, (begun + timing.duration(unit, fetch((agent, index)).n_steps), _FINISH, agent, index))
                 continue
             rule.add(agent)
             counted.append((at, agent, index))
             stop = at
             trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)][0], at, "counted"))
-            if known:
-                self.backend.submit(self._job(round_index, agent, index))
             if not rule.wants_more(agent):
                 stops[agent] = at
             elif not rule.done():
@@ -243,13 +347,23 @@ class Collector:
         for at, order, agent, index in sorted(events):
             if order != _START and started[(agent, index)][0] < stop:
                 trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)][0], stop, "abandoned"))
-        arrivals = [Arrival(at, agent, index, fetch((agent, index))) for at, agent, index in counted]
-        end = self._uploads(rule, stops, stop, round_index, trace)
-        return arrivals, stop, end
+        sums: dict[int, np.ndarray] = {}
+        arrivals = []
+        for at, agent, index in counted:
+            result = fetch((agent, index))
+            arrivals.append(Arrival(at, agent, index, result.trajectories[0]))
+        for _, agent, index in sorted(counted, key=lambda c: (c[1], c[2])):  # canonical order
+            gradient = results[(agent, index)].gradient
+            sums[agent] = gradient.copy() if agent not in sums else sums[agent] + gradient
+        return arrivals, sums, stops, stop, len(counted)
 
     def _real(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
-        """True asynchrony: gradients count in the physical order in which they arrive; ``time_scale`` emulates
-        h_i and κ_i with sleeps (each agent then has a worker process of its own)."""
+        """True asynchrony: each agent runs until told to stop and reports every finished trajectory with a small
+        message; gradients count in the order the reports arrive; each contributing agent then sends one vector,
+        the sum of its counted trajectories. ``time_scale`` emulates h_i and κ_i with sleeps.
+
+        A lost worker's agents lose their counted but unsent gradients: they are uncounted and the agents start
+        again, so no gradient is counted twice or counted without being summed."""
         scale = self.time_scale or 0.0
         wall_start = time.perf_counter()
         base = float(start)
@@ -257,89 +371,149 @@ class Collector:
         def now() -> float:
             return base + (time.perf_counter() - wall_start)
 
-        next_index = [0] * self.n_agents
+        first = [0] * self.n_agents  # each restart of an agent starts past its earlier trajectories
+        arrivals: dict[int, list[Arrival]] = {agent: [] for agent in range(self.n_agents)}
+        sums: dict[int, np.ndarray] = {}
+        stops: dict[int, float] = {}
+        uploaded: dict[int, float] = {}
+        limit = rule.max_per_agent
+        vectors = 0
 
-        def begin(agent: int, delay: float) -> None:
-            unit = self._compute_unit(agent, now() + delay)
-            self.backend.submit(self._job(round_index, agent, next_index[agent], delay, unit))
-            next_index[agent] += 1
+        def launch(agent: int, at: float, broadcast: bool) -> None:
+            delay = float(self._transfer(agent, at)) * scale if broadcast else 0.0
+            if broadcast:
+                trace.append(TraceEvent(round_index, agent, "broadcast", -1, at, at + delay, "sent"))
+            durations: tuple[float, ...] = ()
+            if scale > 0:  # drawn ahead: the agent emulates them itself
+                count = 2 * rule.batch_size + 8
+                units = [self._compute_unit(agent, at + delay) for _ in range(count)]
+                durations = tuple(float(u if self.timing.per_step else self.timing.duration(u)) * scale for u in units)
+            upload = float(self._transfer(agent, at)) * scale if limit is not None else 0.0
+            self.backend.start_run(AgentRun(self.epoch, round_index, agent, first[agent], self.seed, self.agent_env_index[agent],
+                                            self.horizon, self.gamma, delay, durations, self.timing.per_step, limit, upload))
 
         for agent in range(self.n_agents):
-            kappa = float(self._transfer(agent, base)) * scale
-            trace.append(TraceEvent(round_index, agent, "broadcast", -1, base, base + kappa, "sent"))
-            begin(agent, kappa)
-        arrivals: list[Arrival] = []
-        stops: dict[int, float] = {}
-        stop = base
-        while not rule.done():
-            for result in self.backend.wait():
-                if result.job.round_index != round_index or rule.done():
-                    continue
-                agent = result.job.agent
-                stop = now()
-                rule.add(agent)
-                arrivals.append(Arrival(ExactTime.of(stop), agent, result.job.index, result))
-                computed = max(0.0, result.seconds - result.job.delay)
-                trace.append(TraceEvent(round_index, agent, "compute", result.job.index, stop - computed, stop, "counted"))
-                if not rule.wants_more(agent):
-                    stops[agent] = stop
-                elif not rule.done():
-                    begin(agent, 0.0)
-        last_upload = self._uploads(rule, stops, stop, round_index, trace, scale)
-        if scale > 0:
-            left = last_upload - now()
-            if left > 0:
-                time.sleep(left)
-        end = max(now(), last_upload)
-        return arrivals, ExactTime.of(stop), ExactTime.of(end)
+            launch(agent, base, True)
+        running = set(range(self.n_agents))
+        while True:
+            while not rule.done():
+                for event in self.backend.wait(timeout=1.0):
+                    if isinstance(event, WorkerLost):
+                        self._lost(event)
+                        for run in event.runs:
+                            if run.epoch != self.epoch:
+                                continue
+                            agent = run.agent  # its counted gradients never reached the server
+                            rule.forget(agent)
+                            first[agent] += len(arrivals[agent]) + 1000
+                            arrivals[agent] = []
+                            sums.pop(agent, None)
+                            launch(agent, now(), True)
+                    elif isinstance(event, AgentReport):
+                        stats = event.stats
+                        if event.epoch != self.epoch or rule.done() or stats.agent not in running:
+                            continue
+                        at = now()
+                        rule.add(stats.agent)
+                        arrivals[stats.agent].append(Arrival(ExactTime.of(at), stats.agent, stats.index, stats))
+                        trace.append(TraceEvent(round_index, stats.agent, "compute", stats.index, at, at, "counted"))
+                        if not rule.wants_more(stats.agent):
+                            stops[stats.agent] = at
+                            running.discard(stats.agent)
+                    elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch:  # an early upload (Sync)
+                        sums[event.unit.agent] = event.gradient
+                        uploaded[event.unit.agent] = now()
+                        vectors += 1
+            stop = now()
+            counts = {int(a): int(c) for a, c in enumerate(rule.counts)}
+            for agent in sorted(running):
+                upload = float(self._transfer(agent, stop)) * scale if counts[agent] else 0.0
+                self.backend.flush(self.epoch, agent, counts[agent], upload)
+            running.clear()
+            missing = {a for a, c in counts.items() if c and a not in sums}
+            restarted = False
+            while missing:
+                for event in self.backend.wait(timeout=1.0):
+                    if isinstance(event, WorkerLost):
+                        self._lost(event)
+                        for run in event.runs:
+                            if run.epoch == self.epoch and run.agent in missing:  # lost before its vector arrived
+                                rule.forget(run.agent)
+                                missing.discard(run.agent)
+                                first[run.agent] += len(arrivals[run.agent]) + 1000
+                                arrivals[run.agent] = []
+                                launch(run.agent, now(), True)
+                                running.add(run.agent)
+                                restarted = True
+                    elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch and event.unit.agent in missing:
+                        sums[event.unit.agent] = event.gradient
+                        uploaded[event.unit.agent] = now()
+                        missing.discard(event.unit.agent)
+                        vectors += 1
+            if not restarted:
+                break
+        end = max([stop] + list(uploaded.values()))
+        for agent in sorted(uploaded):
+            begin = stops.get(agent, stop)
+            trace.append(TraceEvent(round_index, agent, "upload", -1, begin, max(begin, uploaded[agent]), "sent"))
+        if scale == 0:  # no draws were taken: count the counted gradients plus the one in flight
+            for agent in range(self.n_agents):
+                self.counters.compute[agent] += len(arrivals[agent]) + 1
+        ordered = sorted((a for agent in arrivals.values() for a in agent), key=lambda a: float(a.time))
+        return ordered, {a: sums[a] for a in sorted(sums) if rule.counts[a] > 0}, stop, end, vectors
 
     # ------------------------------------------------------------------------------ asynchronous server (AFedPG)
     def serve(
         self,
         params: np.ndarray,
-        obs_norm: Optional[tuple],
+        obs_norm: Optional[ObsNorm],
         start_time: Any,
         first_index: list[int],
-        on_arrival: Callable[[Arrival], Optional[tuple[np.ndarray, Optional[tuple]]]],
+        on_arrival: Callable[[Arrival], Optional[tuple[np.ndarray, Optional[ObsNorm]]]],
         first_version: int = 0,
         trace: Optional[list[TraceEvent]] = None,
     ) -> None:
         """A server that updates on every arrival (AFedPG; docs/algorithms.md), on the simulated or real clock.
 
         Agent i downloads θ (κ_i seconds), computes one gradient (h_i), uploads it (κ_i), each transfer with its
-        own draw. At the server the arrivals are handed to ``on_arrival`` one at a time, in time order (ties by
-        increasing agent index) on the simulated clock, in physical order on the real one. ``on_arrival`` returns
-        the (θ, obs_norm) that the server sends back to that agent for its next gradient, or None to stop;
-        in-flight work is then abandoned.
+        own draw. Its θ travels through the backend's agent slot i (never in a message). At the server the
+        arrivals are handed to ``on_arrival`` one at a time, in time order (ties by increasing agent index) on the
+        simulated clock, in physical order on the real one. ``on_arrival`` returns the (θ, obs_norm) that the
+        server sends back to that agent for its next gradient, or None to stop; in-flight work is then abandoned.
 
         :param params: θ that every agent downloads at ``start_time`` (float32, ``(d,)``).
         :param obs_norm: the observation-normalization statistics that go with it, or None.
         :param start_time: clock time at the start (seconds).
         :param first_index: for each agent, the index of its next gradient (job seeds use (seed, 0, agent, index)).
-        :param on_arrival: the server's update, called with each :class:`Arrival`.
+        :param on_arrival: the server's update, called with each :class:`Arrival` (its ``gradient`` set).
         :param first_version: the server's update counter k at the start (the trace's ``round``: the θ_k version
             an agent downloaded).
         :param trace: a list to append the events to, or None.
         """
-        params = np.ascontiguousarray(params, dtype=np.float32)  # every job carries its own θ: no broadcast
+        self._next_epoch()
         events = trace if trace is not None else []
         if self.clock == "simulated":
             self._serve_simulated(params, obs_norm, ExactTime.of(start_time), first_index, on_arrival, first_version, events)
         else:
             self._serve_real(params, obs_norm, float(start_time), first_index, on_arrival, first_version, events)
-        self.backend.cancel(1)
+        self._next_epoch()
+
+    def _send_job(self, agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], **emulation: Any) -> None:
+        """Publish θ to agent ``agent``'s slot and submit its gradient ``index`` (a unit of one, round index 0)."""
+        self.backend.publish(theta, norm, slot=agent)
+        self.backend.submit(self._unit(0, agent, index, 1, slot=agent, **emulation))
 
     def _serve_simulated(self, params, obs_norm, start: ExactTime, first_index, on_arrival, version: int, trace) -> None:
         timing = self.timing
         known = timing.known_in_advance
-        results: dict[tuple[int, int], JobResult] = {}
+        results: dict[tuple[int, int], UnitResult] = {}
         jobs: dict[tuple[int, int], list] = {}  # (agent, index) → [download start, compute start, h_i, version, finish]
         events: list[tuple[ExactTime, int, int, int]] = []  # (arrival time or its lower bound, order, agent, index)
 
-        def begin(agent: int, index: int, at: ExactTime, theta: np.ndarray, norm: Optional[tuple], k: int) -> None:
+        def begin(agent: int, index: int, at: ExactTime, theta: np.ndarray, norm: Optional[ObsNorm], k: int) -> None:
             computing = at + self._transfer(agent, at)
             unit = self._compute_unit(agent, computing)
-            self.backend.submit(self._job(0, agent, index, params=theta, obs_norm=norm))
+            self._send_job(agent, index, theta, norm)
             jobs[(agent, index)] = [at, computing, unit, k, None]
             if known:
                 arrive(agent, index, computing + timing.duration(unit))
@@ -350,10 +524,16 @@ class Collector:
             jobs[(agent, index)][4] = finish
             heapq.heappush(events, (finish + self._transfer(agent, finish), _FINISH, agent, index))
 
-        def fetch(key: tuple[int, int]) -> JobResult:
+        def fetch(key: tuple[int, int]) -> UnitResult:
             while key not in results:
-                for result in self.backend.wait(key):
-                    results[result.job.key] = result
+                for event in self.backend.wait():
+                    if isinstance(event, WorkerLost):
+                        self._lost(event)
+                        for unit in event.units:  # the agent's slot still holds its θ: resubmit as is
+                            if unit.epoch == self.epoch:
+                                self.backend.submit(unit)
+                    elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch:
+                        results[(event.unit.agent, event.unit.first)] = event
             return results[key]
 
         for agent in range(self.n_agents):
@@ -368,8 +548,9 @@ class Collector:
             trace.append(TraceEvent(k, agent, "broadcast", -1, download, computing, "sent"))
             trace.append(TraceEvent(k, agent, "compute", index, computing, finish, "counted"))
             trace.append(TraceEvent(k, agent, "upload", -1, finish, at, "sent"))
-            reply = on_arrival(Arrival(at, agent, index, fetch((agent, index))))
-            results.pop((agent, index), None)
+            result = fetch((agent, index))
+            del results[(agent, index)]
+            reply = on_arrival(Arrival(at, agent, index, result.trajectories[0], result.gradient))
             if reply is None:
                 for (other, other_index), (download, computing, _, k, _) in sorted(jobs.items()):
                     trace.append(TraceEvent(k, other, "broadcast", -1, download, min(computing, at), "sent"))
@@ -382,34 +563,45 @@ class Collector:
     def _serve_real(self, params, obs_norm, base: float, first_index, on_arrival, version: int, trace) -> None:
         scale = self.time_scale or 0.0
         wall_start = time.perf_counter()
-        downloaded: dict[tuple[int, int], tuple[float, int]] = {}
+        downloaded: dict[tuple[int, int], tuple[float, int, WorkUnit]] = {}
 
         def now() -> float:
             return base + (time.perf_counter() - wall_start)
 
-        def begin(agent: int, index: int, theta: np.ndarray, norm: Optional[tuple], k: int) -> None:
+        def begin(agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], k: int) -> None:
             at = now()
             kappa = float(self._transfer(agent, at)) * scale
             unit = self._compute_unit(agent, at + kappa)
+            minimum = float(unit if self.timing.per_step else self.timing.duration(unit)) * scale
             upload = float(self._transfer(agent, at + kappa)) * scale  # drawn ahead: the worker sleeps it
-            downloaded[(agent, index)] = (at, k)
-            self.backend.submit(self._job(0, agent, index, kappa, unit, upload_delay=upload, params=theta, obs_norm=norm))
+            self._send_job(agent, index, theta, norm, delay=kappa, min_duration=minimum, per_step=self.timing.per_step,
+                           upload_delay=upload)
+            downloaded[(agent, index)] = (at, k, self._unit(0, agent, index, 1, slot=agent))
 
         for agent in range(self.n_agents):
             begin(agent, first_index[agent], params, obs_norm, version)
         while True:
-            for result in self.backend.wait():
-                at = now()
-                job = result.job
-                if job.key not in downloaded:  # a stale result from before the server started
+            for event in self.backend.wait(timeout=1.0):
+                if isinstance(event, WorkerLost):
+                    self._lost(event)
+                    for unit in event.units:
+                        if unit.epoch == self.epoch:
+                            self.backend.submit(unit)
                     continue
-                download, k = downloaded.pop(job.key)
-                computed = max(0.0, result.seconds - job.delay - job.upload_delay)
-                trace.append(TraceEvent(k, job.agent, "broadcast", -1, download, download + job.delay, "sent"))
-                trace.append(TraceEvent(k, job.agent, "compute", job.index, at - job.upload_delay - computed, at - job.upload_delay, "counted"))
-                trace.append(TraceEvent(k, job.agent, "upload", -1, at - job.upload_delay, at, "sent"))
-                reply = on_arrival(Arrival(ExactTime.of(at), job.agent, job.index, result))
+                if not isinstance(event, UnitResult) or event.unit.epoch != self.epoch:
+                    continue
+                at = now()
+                unit = event.unit
+                key = (unit.agent, unit.first)
+                if key not in downloaded:  # a stale result
+                    continue
+                download, k, _ = downloaded.pop(key)
+                computed = max(0.0, event.seconds - unit.delay - unit.upload_delay)
+                trace.append(TraceEvent(k, unit.agent, "broadcast", -1, download, download + unit.delay, "sent"))
+                trace.append(TraceEvent(k, unit.agent, "compute", unit.first, at - unit.upload_delay - computed, at - unit.upload_delay, "counted"))
+                trace.append(TraceEvent(k, unit.agent, "upload", -1, at - unit.upload_delay, at, "sent"))
+                reply = on_arrival(Arrival(ExactTime.of(at), unit.agent, unit.first, event.trajectories[0], event.gradient))
                 if reply is None:
                     return
                 version += 1
-                begin(job.agent, job.index + 1, *reply, version)
+                begin(unit.agent, unit.first + 1, *reply, version)

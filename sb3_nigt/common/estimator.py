@@ -108,8 +108,161 @@ def policy_gradient(policy: NIGTPolicy, observations: np.ndarray, pre_squash_act
     return th.cat([(g if g is not None else th.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]).numpy()
 
 
+def batched_policy_gradient(policy: NIGTPolicy, observations: np.ndarray, pre_squash_actions: np.ndarray, returns: np.ndarray) -> np.ndarray:
+    """Σ_t R_t ∇θ log π(u_t | s_t) over the steps of several trajectories, with one forward and one backward pass.
+
+    :param observations: float32 ``(ΣT, ds)``, the trajectories one after another.
+    :param pre_squash_actions: float32 ``(ΣT, da)``.
+    :param returns: R_t of each step within its own trajectory (discounting from each trajectory's t = 0), ``(ΣT,)``.
+    :return: the sum of the trajectories' g_H, float64 ``(d,)``.
+    """
+    log_prob = policy.log_prob(th.as_tensor(observations), th.as_tensor(pre_squash_actions))
+    params = list(policy.parameters())
+    grads = th.autograd.grad(th.dot(th.as_tensor(returns, dtype=th.float32), log_prob), params, allow_unused=True)
+    return th.cat([(g if g is not None else th.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]).numpy().astype(np.float64)
+
+
+#: Trajectories per batched forward/backward. A unit of work is split into chunks of this size whatever the number
+#: of workers, and chunk sums are added in canonical order, so the bits never depend on who computed what.
+CHUNK_SIZE = 8
+
+
+@dataclass
+class ObsMoments:
+    """Raw-observation moments of some trajectories, merged into VecNormalize's ``RunningMeanStd`` by the main process.
+
+    :param mean: float64 ``(ds,)``.
+    :param var: float64 ``(ds,)``.
+    :param count: number of observations.
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    count: int
+
+
+@dataclass
+class ObsNorm:
+    """VecNormalize's observation statistics, frozen for a round: x = clip((o − mean) / √(var + ε), ±clip).
+
+    :param mean: float64 ``(ds,)``.
+    :param var: float64 ``(ds,)``.
+    :param clip: the clipping bound.
+    :param epsilon: ε.
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    clip: float
+    epsilon: float
+
+
+@dataclass
+class Trajectory:
+    """One sampled trajectory, kept until its gradient is taken (a few kB: its length, not the horizon, sets it).
+
+    :param observations: s_t as the policy saw them, float32 ``(T, ds)``.
+    :param actions: u_t (pre-tanh), float32 ``(T, da)``.
+    :param rewards: r_t, float64 ``(T,)``.
+    :param stats: the trajectory's statistics.
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    stats: "TrajectoryStats"
+
+
+@dataclass
+class TrajectoryStats:
+    """What the main process needs of one trajectory: no vector.
+
+    :param agent: the agent.
+    :param index: the agent's gradient index in the round.
+    :param episode_return: undiscounted return (float).
+    :param episode_length: steps (int, <= H).
+    :param n_steps: environment steps consumed (= ``episode_length``).
+    :param obs_moments: raw-observation moments, when VecNormalize is on, else None.
+    """
+
+    agent: int
+    index: int
+    episode_return: float
+    episode_length: int
+    n_steps: int
+    obs_moments: Optional[ObsMoments] = None
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """A share of an agent's work in a round: its gradients ``first`` .. ``first + count − 1``, summed.
+
+    Gradient k is sampled with the seed (seed, round, agent, k); the sum is taken with one batched backward per
+    :data:`CHUNK_SIZE` trajectories and added in order, in float64.
+
+    :param round_index: the round (AFedPG: 0).
+    :param agent: the agent.
+    :param first: the first gradient index.
+    :param count: how many gradients (>= 1).
+    :param seed: the base seed of the job seeds.
+    :param env_index: the agent's environment factory.
+    :param horizon: H.
+    :param gamma: γ.
+    :param epoch: the collector's cancellation epoch: the unit is abandoned once the backend's live epoch is higher.
+    :param slot: which published θ to use: -1 for the round's broadcast, or agent i's own slot (AFedPG).
+    :param delay: real clock: seconds to sleep before computing (emulated κ_i).
+    :param min_duration: real clock: the unit takes at least this many seconds (per step if ``per_step``).
+    :param per_step: whether ``min_duration`` is per environment step.
+    :param upload_delay: real clock: seconds to sleep after computing (emulated upload κ_i).
+    """
+
+    round_index: int
+    agent: int
+    first: int
+    count: int
+    seed: int
+    env_index: int
+    horizon: int
+    gamma: float
+    epoch: int = 0
+    slot: int = -1
+    delay: float = 0.0
+    min_duration: float = 0.0
+    per_step: bool = False
+    upload_delay: float = 0.0
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.epoch, self.agent, self.first)
+
+    @property
+    def indices(self) -> range:
+        return range(self.first, self.first + self.count)
+
+
+@dataclass
+class UnitResult:
+    """The outcome of a :class:`WorkUnit`: one float64 sum and per-trajectory statistics.
+
+    :param unit: the unit.
+    :param gradient: Σ_k g_H(τ_k), float64 ``(d,)`` in ``parameters_to_vector`` order.
+    :param trajectories: the statistics of each trajectory, in index order.
+    :param seconds: wall-clock seconds the unit took.
+    """
+
+    unit: WorkUnit
+    gradient: np.ndarray
+    trajectories: list[TrajectoryStats]
+    seconds: float
+
+    @property
+    def n_steps(self) -> int:
+        return sum(t.n_steps for t in self.trajectories)
+
+
 class GradientWorker:
-    """Holds the environments and a policy copy, and computes g_H for jobs. Used in-process and in workers.
+    """Holds the environments and a policy copy; samples trajectories and takes their gradients. Used in-process
+    and in worker processes.
 
     :param env_factories: callables that build each environment (never a live env).
     :param policy_class: the policy class.
@@ -127,16 +280,17 @@ class GradientWorker:
             self.policy: NIGTPolicy = policy_class(observation_space, action_space, None, **policy_kwargs)
         self.policy.set_training_mode(False)
         self.forward = self.policy.numpy_forward()
-        self.obs_norm: Optional[tuple[np.ndarray, np.ndarray, float, float]] = None
+        self.obs_norm: Optional[tuple[np.ndarray, np.ndarray, np.float32]] = None
 
-    def set_params(self, params: np.ndarray, obs_norm: Optional[tuple] = None) -> None:
+    def set_params(self, params: np.ndarray, obs_norm: Optional[ObsNorm] = None) -> None:
         """Load θ (float32, ``(d,)``) and the frozen observation-normalization statistics of the round."""
         with th.no_grad():
-            vector_to_parameters(th.as_tensor(params, dtype=th.float32), self.policy.parameters())
+            vector_to_parameters(th.as_tensor(np.asarray(params), dtype=th.float32), self.policy.parameters())
         self.forward = self.policy.numpy_forward()
         if obs_norm is not None:
-            mean, var, clip, eps = obs_norm
-            self.obs_norm = (mean.reshape(-1).astype(np.float32), np.sqrt(var + eps).reshape(-1).astype(np.float32), np.float32(clip), eps)
+            mean, var = np.asarray(obs_norm.mean), np.asarray(obs_norm.var)
+            self.obs_norm = (mean.reshape(-1).astype(np.float32), np.sqrt(var + obs_norm.epsilon).reshape(-1).astype(np.float32),
+                             np.float32(obs_norm.clip))
         else:
             self.obs_norm = None
 
@@ -145,40 +299,38 @@ class GradientWorker:
             self.envs[index] = self.env_factories[index]()
         return self.envs[index]
 
-    def run(self, job: Job, cancelled: Callable[[], bool] = lambda: False) -> JobResult:
-        """Sample one trajectory of at most H steps at the current θ and return g_H.
+    def sample(self, agent: int, index: int, seed: int, env_index: int, horizon: int,
+               cancelled: Callable[[], bool] = lambda: False, round_index: int = 0) -> Trajectory:
+        """Sample one trajectory of at most H steps at the current θ.
 
         :raises ValueError: if the environment returns a NaN or infinite reward.
-        :raises JobCancelled: if ``cancelled()`` becomes true while the job runs.
+        :raises JobCancelled: if ``cancelled()`` becomes true while it runs.
         """
-        start = time.perf_counter()
-        if job.params is not None:
-            self.set_params(job.params, job.obs_norm)
-        if job.delay > 0:
-            _sleep(job.delay, cancelled)
-        env = self.env(job.env_index)
-        rng = np.random.default_rng(job.seed)
+        env = self.env(env_index)
+        rng = np.random.default_rng(seed)
         reset_seed = int(rng.integers(0, 2**31 - 1))
         obs, _ = env.reset(seed=reset_seed)
         action_space = env.action_space
         low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
         da = low.shape[0]
-        noise = rng.standard_normal((job.horizon, da), dtype=np.float32)
         observations, raw_observations, actions, rewards = [], [], [], []
         norm = self.obs_norm
         forward = self.forward
         episode_return = 0.0
-        for t in range(job.horizon):
+        noise = np.empty((0, da), dtype=np.float32)
+        for t in range(horizon):
+            if t % 64 == 0:  # noise in blocks of 64 steps: the same stream as one (H, da) draw, memory ∝ length
+                noise = rng.standard_normal((min(64, horizon - t), da), dtype=np.float32)
             raw = np.asarray(obs, dtype=np.float32).reshape(-1)
             x = np.clip((raw - norm[0]) / norm[1], -norm[2], norm[2]) if norm is not None else raw
             mean, std = forward(x)
-            u = mean + std * noise[t]
+            u = mean + std * noise[t % 64]
             action = low + (0.5 * (np.tanh(u) + 1.0)) * (high - low)
             obs, reward, terminated, truncated, _ = env.step(action)
             reward = float(reward)
             if not math.isfinite(reward):
                 raise ValueError(
-                    f"reward: the environment returned a non-finite reward {reward} (agent {job.agent}, round {job.round_index}, step {t}); "
+                    f"reward: the environment returned a non-finite reward {reward} (agent {agent}, round {round_index}, step {t}); "
                     "training stopped before the update so θ is unchanged"
                 )
             observations.append(x)
@@ -191,19 +343,72 @@ class GradientWorker:
                 break
             if (t & 63) == 63 and cancelled():
                 raise JobCancelled()
-        obs_t = np.asarray(observations, dtype=np.float32)
-        grad = policy_gradient(self.policy, obs_t, np.asarray(actions, dtype=np.float32), np.asarray(rewards), job.gamma)
         moments = None
         if norm is not None:
             raw_t = np.asarray(raw_observations, dtype=np.float64)
-            moments = (raw_t.mean(axis=0), raw_t.var(axis=0), len(raw_t))
+            moments = ObsMoments(raw_t.mean(axis=0), raw_t.var(axis=0), len(raw_t))
         n = len(rewards)
+        stats = TrajectoryStats(agent, index, episode_return, n, n, moments)
+        return Trajectory(np.asarray(observations, dtype=np.float32), np.asarray(actions, dtype=np.float32),
+                          np.asarray(rewards, dtype=np.float64), stats)
+
+    def gradient_sum(self, trajectories: list[Trajectory], gamma: float) -> np.ndarray:
+        """Σ_k g_H(τ_k) at the current θ, float64 ``(d,)``: one batched forward/backward per :data:`CHUNK_SIZE`
+        trajectories, chunk sums added in order."""
+        total = np.zeros(sum(p.numel() for p in self.policy.parameters()), dtype=np.float64)
+        for begin in range(0, len(trajectories), CHUNK_SIZE):
+            chunk = trajectories[begin:begin + CHUNK_SIZE]
+            observations = np.concatenate([t.observations for t in chunk])
+            actions = np.concatenate([t.actions for t in chunk])
+            returns = np.concatenate([discounted_returns_to_go(t.rewards, gamma) for t in chunk])
+            total += batched_policy_gradient(self.policy, observations, actions, returns)
+        return total
+
+    def run_unit(self, unit: WorkUnit, cancelled: Callable[[], bool] = lambda: False) -> UnitResult:
+        """Sample the unit's trajectories at the current θ and return their summed gradient.
+
+        :raises ValueError: on a NaN or infinite reward.
+        :raises JobCancelled: if ``cancelled()`` becomes true while it runs.
+        """
+        start = time.perf_counter()
+        if unit.delay > 0:
+            _sleep(unit.delay, cancelled)
+        computing = time.perf_counter()
+        trajectories = [
+            self.sample(unit.agent, k, job_seed(unit.seed, unit.round_index, unit.agent, k), unit.env_index, unit.horizon,
+                        cancelled, unit.round_index)
+            for k in unit.indices
+        ]
+        gradient = self.gradient_sum(trajectories, unit.gamma)
+        if unit.min_duration > 0:
+            n_steps = sum(t.stats.n_steps for t in trajectories)
+            _sleep(unit.min_duration * (n_steps if unit.per_step else unit.count) - (time.perf_counter() - computing), cancelled)
+        if unit.upload_delay > 0:
+            _sleep(unit.upload_delay, cancelled)
+        return UnitResult(unit, gradient, [t.stats for t in trajectories], time.perf_counter() - start)
+
+    def run(self, job: Job, cancelled: Callable[[], bool] = lambda: False) -> JobResult:
+        """Sample one trajectory of at most H steps at the current θ and return g_H (a single job).
+
+        :raises ValueError: if the environment returns a NaN or infinite reward.
+        :raises JobCancelled: if ``cancelled()`` becomes true while the job runs.
+        """
+        start = time.perf_counter()
+        if job.params is not None:
+            self.set_params(job.params, job.obs_norm)
+        if job.delay > 0:
+            _sleep(job.delay, cancelled)
+        trajectory = self.sample(job.agent, job.index, job.seed, job.env_index, job.horizon, cancelled, job.round_index)
+        grad = policy_gradient(self.policy, trajectory.observations, trajectory.actions, trajectory.rewards, job.gamma)
+        n = trajectory.stats.n_steps
         if job.min_duration > 0:
             emulated = job.min_duration * (n if job.per_step else 1)
             _sleep(emulated - (time.perf_counter() - start - job.delay), cancelled)
         if job.upload_delay > 0:
             _sleep(job.upload_delay, cancelled)
-        return JobResult(job, grad, episode_return, n, n, moments, time.perf_counter() - start)
+        moments = trajectory.stats.obs_moments
+        return JobResult(job, grad, trajectory.stats.episode_return, n, n,
+                         None if moments is None else (moments.mean, moments.var, moments.count), time.perf_counter() - start)
 
     def close(self) -> None:
         for env in self.envs.values():

@@ -36,7 +36,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
-from sb3_nigt.common.backends import InlineBackend, SubprocessBackend
+from sb3_nigt.common.backends import BACKENDS, Backend, BackendOptions, InlineBackend, make_backend
+from sb3_nigt.common.estimator import ObsNorm
 from sb3_nigt.common.collector import Arrival, Collector, RoundResult
 from sb3_nigt.common.envs import is_heterogeneous, resolve_env
 from sb3_nigt.common.exact import ZERO, ExactTime
@@ -47,7 +48,6 @@ from sb3_nigt.policies import NIGTPolicy
 SelfNIGT = TypeVar("SelfNIGT", bound="NIGTAlgorithm")
 
 CLOCKS = ("simulated", "real")
-BACKENDS = ("inline", "subprocess")
 
 
 _NOT_DONE, _NO_INFO = np.zeros(1, dtype=bool), [{}]
@@ -109,6 +109,10 @@ class NIGTAlgorithm(BaseAlgorithm):
         DummyVecEnv) or ``"subprocess"`` (local worker processes, faster on several cores).
     :param n_workers: processes of the subprocess backend; default min(n, CPU count) on the simulated clock and
         min(n, 4 × CPU count) on the real clock.
+    :param worker_timeout: seconds a busy worker may stay silent before it is declared hung, killed and replaced
+        (its work is resubmitted); None: never. The inline backend cannot detect a hang.
+    :param max_failures: worker losses in a row after which ``learn`` raises ``WorkerError`` (θ, d_t and the
+        clock stay at their last good values; the model can be saved and resumed).
     :param time_scale: real clock only: sleep h_i · time_scale and κ_i · time_scale seconds to emulate the
         timing model; None (default) injects no sleep. Needs ``backend="subprocess"`` with one worker per agent
         (the default ``n_workers`` then), so that a sleeping agent never holds up another one.
@@ -130,6 +134,8 @@ class NIGTAlgorithm(BaseAlgorithm):
     #: Whether the aggregate weights agents by speed (fast agents count more). Such an algorithm optimises a
     #: speed-weighted objective when agents have different environments, and warns.
     speed_weighted = False
+    #: Whether every agent gets its own θ (AFedPG) rather than one broadcast per round.
+    per_agent_params = False
 
     policy_aliases = {"MlpPolicy": NIGTPolicy}
     policy: NIGTPolicy
@@ -149,8 +155,10 @@ class NIGTAlgorithm(BaseAlgorithm):
         communication_times: TimeSpec = 0.0,
         compute_time_unit: str = "gradient",
         clock: str = "simulated",
-        backend: str = "inline",
+        backend: Union[str, Backend] = "inline",
         n_workers: Optional[int] = None,
+        worker_timeout: Optional[float] = 300.0,
+        max_failures: int = 3,
         time_scale: Optional[float] = None,
         start_method: Optional[str] = None,
         record_trace: bool = False,
@@ -177,15 +185,21 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.n_agents = _check_int(n_agents, "n_agents", 1)
         if clock not in CLOCKS:
             raise ValueError(f"clock: must be one of {CLOCKS}, got {clock!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: must be one of {BACKENDS}, got {backend!r}")
+        if isinstance(backend, str) and backend not in BACKENDS:
+            raise ValueError(f"backend: must be one of {sorted(BACKENDS)} or a Backend instance, got {backend!r}")
+        if not isinstance(backend, (str, Backend)):
+            raise ValueError(f"backend: must be one of {sorted(BACKENDS)} or a Backend instance, got {backend!r}")
+        if worker_timeout is not None and not (isinstance(worker_timeout, (int, float)) and math.isfinite(worker_timeout) and worker_timeout > 0):
+            raise ValueError(f"worker_timeout: must be None or a finite number of seconds > 0, got {worker_timeout!r}")
+        self.worker_timeout = None if worker_timeout is None else float(worker_timeout)
+        self.max_failures = _check_int(max_failures, "max_failures", 0)
         self.clock, self.backend = clock, backend
         self.n_workers = None if n_workers is None else _check_int(n_workers, "n_workers", 1)
         if time_scale is not None and not (math.isfinite(time_scale) and time_scale >= 0):
             raise ValueError(f"time_scale: must be None or a finite float >= 0, got {time_scale!r}")
         self.time_scale = time_scale
         if clock == "real" and time_scale:
-            if backend == "inline":
+            if backend == "inline" or isinstance(backend, InlineBackend):
                 raise ValueError(
                     "time_scale: the inline backend runs the agents' work one job after another, so it cannot emulate "
                     "agents that compute at the same time; use backend='subprocess' (one worker process per agent)"
@@ -213,6 +227,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.trace: list[TraceEvent] = []
         self.n_rounds = 0
         self.n_communications = 0  # vectors sent between the server and the agents (broadcasts and uploads)
+        self.bytes_sent = 0  # their bytes: θ as float32 to each agent, uploads as float64
         self.round_stats: dict[str, float] = {}
         self.last_counts: Optional[np.ndarray] = None
         self._base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
@@ -362,10 +377,8 @@ class NIGTAlgorithm(BaseAlgorithm):
             env_factories=self._env_factories, policy_class=self.policy_class, observation_space=self.observation_space,
             action_space=self.action_space, policy_kwargs=self.policy_kwargs,
         )
-        if self.backend == "inline":
-            backend: Any = InlineBackend(worker_args)
-        else:
-            n_workers = self.n_workers
+        n_workers = self.n_workers
+        if self.backend != "inline":
             if n_workers is None:
                 cpus = os.cpu_count() or 1
                 if self.clock == "real" and self.time_scale:
@@ -373,8 +386,12 @@ class NIGTAlgorithm(BaseAlgorithm):
                 else:
                     # Real clock: one process per agent (up to 4 per core) so agents compute concurrently.
                     n_workers = min(self.n_agents, 4 * cpus) if self.clock == "real" else min(self.n_agents, cpus)
-            pin = self.clock == "real" and bool(self.time_scale)
-            backend = SubprocessBackend(worker_args, n_workers, self.start_method, pin_agents=pin)
+        options = BackendOptions(
+            n_workers=n_workers, start_method=self.start_method, pin_agents=self.clock == "real" and bool(self.time_scale),
+            agent_slots=self.n_agents if self.per_agent_params else 0, worker_timeout=self.worker_timeout,
+            max_failures=self.max_failures,
+        )
+        backend = make_backend(self.backend, worker_args, options)
         if counters is None:
             if len(self.time_counters.compute) != self.n_agents:
                 self.time_counters = TimeCounters.zeros(self.n_agents)
@@ -433,12 +450,13 @@ class NIGTAlgorithm(BaseAlgorithm):
         return gradients, counts
 
     # --------------------------------------------------------------------------------------------- training
-    def _obs_norm(self) -> Optional[tuple]:
+    def _obs_norm(self) -> Optional[ObsNorm]:
         vec_normalize = self._vec_normalize_env
         if vec_normalize is None or not vec_normalize.norm_obs:
             return None
         rms = vec_normalize.obs_rms
-        return (np.asarray(rms.mean, dtype=np.float64), np.asarray(rms.var, dtype=np.float64), float(vec_normalize.clip_obs), float(vec_normalize.epsilon))
+        return ObsNorm(np.array(rms.mean, dtype=np.float64), np.array(rms.var, dtype=np.float64), float(vec_normalize.clip_obs),
+                       float(vec_normalize.epsilon))
 
     def _run_round(self, collector: Collector, params: np.ndarray, batch_size: int, callback: BaseCallback,
                    rule: Optional[AggregationRule] = None, warmup: bool = False) -> tuple[RoundResult, bool]:
@@ -458,11 +476,13 @@ class NIGTAlgorithm(BaseAlgorithm):
             self.trace.extend(result.trace)
         vec_normalize = self._vec_normalize_env
         if vec_normalize is not None and vec_normalize.training:
-            for mean, var, count in result.obs_moments:
-                vec_normalize.obs_rms.update_from_moments(mean, var, count)
+            for moments in result.obs_moments:
+                vec_normalize.obs_rms.update_from_moments(moments.mean, moments.var, moments.count)
         self.last_counts = result.counts  # M_i of the round, int64, shape (n,)
-        # One broadcast to each agent, one upload per contributing agent.
-        self.n_communications += self.n_agents + int(np.count_nonzero(result.counts))
+        # What physically travels: θ to each agent, and each vector that reached the server (one per contributing
+        # agent, or one per chunk of CHUNK_SIZE gradients when an agent's share was split across workers).
+        self.n_communications += self.n_agents + result.vectors
+        self.bytes_sent += self.n_agents * 4 * self.n_params + result.vectors * 8 * self.n_params
         self.round_stats = {
             "round_seconds": result.duration,
             "gradients_per_round": int(result.counts.sum()),
@@ -658,6 +678,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.logger.record("time/simulated_time", self.simulated_time)
         self.logger.record("time/communications", self.n_communications)
+        self.logger.record("time/bytes_sent", self.bytes_sent)
         for key, value in self.round_stats.items():
             self.logger.record(f"train/{key}", value)
         self.logger.dump(step=self.num_timesteps)
