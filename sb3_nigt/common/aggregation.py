@@ -29,6 +29,8 @@ class AggregationRule:
 
     #: The most gradients an agent computes in a round (None: as many as the rule wants).
     max_per_agent: "int | None" = None
+    #: Whether the round cannot end without a gradient from every agent (Malenia, Synchronized NIGT).
+    needs_every_agent = False
 
     def __init__(self, n_agents: int, batch_size: int):
         if n_agents < 1:
@@ -93,6 +95,8 @@ class MaleniaAggregation(AggregationRule):
     The condition is decided exactly (rational arithmetic near the boundary), so it never depends on rounding.
     """
 
+    needs_every_agent = True
+
     def __init__(self, n_agents: int, batch_size: int):
         super().__init__(n_agents, batch_size)
         self._missing = self.n_agents  # agents with M_i = 0
@@ -139,6 +143,7 @@ class SynchronizedAggregation(AggregationRule):
     """
 
     max_per_agent = 1
+    needs_every_agent = True
 
     def wants_more(self, agent: int) -> bool:
         return False

@@ -17,6 +17,7 @@ are processed in increasing agent index.
 from __future__ import annotations
 
 import heapq
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from sb3_nigt.common.trace import TraceEvent
 
 # Event order at equal times on the simulated clock: an agent's start first, then finishes whose duration is
 # still a lower bound (per-step times: the trajectory must be sampled to know it), then known finishes.
-_START, _BOUND, _FINISH = 0, 1, 2
+_DOWN, _START, _BOUND, _FINISH = -1, 0, 1, 2  # an outage that starts at t is felt before anything else at t
 
 
 @dataclass
@@ -185,9 +186,12 @@ class Collector:
         trace: list[TraceEvent] = []
         if self.clock == "simulated" and self.timing.known_in_advance:
             counted, stops, stop = self._plan(rule, round_index, start, trace)
-            sums, stats, vectors = self._compute_planned(rule, round_index)
+            sums, stats, vectors = self._compute_planned(rule, round_index, counted)
             arrivals = [Arrival(at, agent, index, stats[(agent, index)]) for at, agent, index in counted]
             end = self._uploads(rule, stops, stop, round_index, trace)
+            for agent, down, up in self._downs:
+                until = end if up == math.inf or up > end else up
+                trace.append(TraceEvent(round_index, agent, "compute", -1, down, max(down, until), "down"))
         elif self.clock == "simulated":
             arrivals, sums, stops, stop, vectors = self._speculative(rule, round_index, start, trace)
             end = self._uploads(rule, stops, stop, round_index, trace)
@@ -216,52 +220,117 @@ class Collector:
 
     def _plan(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
         """Play the round's events in exact time, computing nothing (durations known in advance): which gradients
-        count, when, and when each agent stops."""
+        count, when, and when each agent stops.
+
+        Outages (docs/time.md, "Outages"): a down agent neither computes nor communicates; the gradient it was
+        computing is lost, and so are the gradients it had counted but not yet uploaded (they were held locally):
+        they are uncounted and the round goes on. When it comes back it receives θ again (κ_i) and starts afresh.
+        """
         timing = self.timing
         started: dict[tuple[int, int], ExactTime] = {}
         events: list[tuple[ExactTime, int, int, int]] = []  # (time, order, agent, index)
+        next_index = [0] * self.n_agents
+        gone: set[int] = set()
+        downs: list[tuple[int, ExactTime, Any]] = []  # (agent, from, until)
 
-        def schedule(agent: int, index: int, at: ExactTime) -> None:
+        def lose_for_good(agent: int) -> None:
+            gone.add(agent)
+            if rule.needs_every_agent and not rule.counts[agent]:
+                raise RuntimeError(
+                    f"the aggregation rule can never be satisfied: agents {sorted(gone)} are down for good (outages) "
+                    f"and {type(rule).__name__} needs a gradient from every agent"
+                )
+
+        def deliver(agent: int, at: ExactTime) -> None:
+            """Broadcast θ to ``agent`` from ``at`` on (later if it is down); it then starts computing."""
+            up = timing.down_until(agent, at)
+            if up is not None:
+                if up == math.inf:
+                    lose_for_good(agent)
+                    return
+                at = up
+            arrive = at + self._transfer(agent, at)
+            cut = timing.next_outage(agent, at, arrive)
+            if cut is not None:  # the broadcast is cut by an outage: θ is sent again when the agent is back
+                trace.append(TraceEvent(round_index, agent, "broadcast", -1, at, cut, "abandoned"))
+                heapq.heappush(events, (cut, _DOWN, agent, -1))
+                return
+            trace.append(TraceEvent(round_index, agent, "broadcast", -1, at, arrive, "sent"))
+            heapq.heappush(events, (arrive, _START, agent, -1))
+
+        def schedule(agent: int, at: ExactTime) -> None:
+            index = next_index[agent]
+            next_index[agent] += 1
             started[(agent, index)] = at
-            heapq.heappush(events, (at + timing.duration(self._compute_unit(agent, at)), _FINISH, agent, index))
+            finish = at + timing.duration(self._compute_unit(agent, at))
+            cut = timing.next_outage(agent, at, finish) if timing.outages else None
+            if cut is not None:
+                heapq.heappush(events, (cut, _DOWN, agent, index))
+            else:
+                heapq.heappush(events, (finish, _FINISH, agent, index))
 
         for agent in range(self.n_agents):
-            arrive = start + self._transfer(agent, start)
-            trace.append(TraceEvent(round_index, agent, "broadcast", -1, start, arrive, "sent"))
-            heapq.heappush(events, (arrive, _START, agent, 0))
+            deliver(agent, start)
         counted: list[tuple[ExactTime, int, int]] = []
-        stops: dict[int, ExactTime] = {}  # agents that stopped before the rule was met (Synchronized NIGT)
+        stops: dict[int, ExactTime] = {}  # agents that stopped and uploaded before the rule was met (Synchronized NIGT)
         stop = start
         while not rule.done():
             if not events:
-                raise RuntimeError("the aggregation rule can never be satisfied: no agent is computing")
+                missing = sorted(gone) if gone else []
+                raise RuntimeError(
+                    "the aggregation rule can never be satisfied: no agent is computing"
+                    + (f" (agents {missing} are down for good; {type(rule).__name__} needs them)" if missing else "")
+                )
             at, order, agent, index = heapq.heappop(events)
             if order == _START:
-                schedule(agent, index, at)
+                schedule(agent, at)
+                continue
+            if order == _DOWN:
+                if index >= 0:
+                    trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)], at, "abandoned"))
+                if rule.counts[agent] and agent not in stops:  # held, unsent: lost with the agent
+                    rule.forget(agent)
+                    for entry in [c for c in counted if c[1] == agent]:
+                        counted.remove(entry)
+                        trace.append(TraceEvent(round_index, agent, "compute", entry[2], started[(agent, entry[2])], entry[0], "abandoned"))
+                up = timing.down_until(agent, at)
+                downs.append((agent, at, up))
+                if up == math.inf:
+                    lose_for_good(agent)
+                else:
+                    deliver(agent, up)
                 continue
             rule.add(agent)
             counted.append((at, agent, index))
             stop = at
-            trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)], at, "counted"))
             if not rule.wants_more(agent):
                 stops[agent] = at
             elif not rule.done():
-                schedule(agent, index + 1, at)
+                schedule(agent, at)
+        stop = max((c[0] for c in counted), default=stop)
+        for at, agent, index in counted:
+            trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)], at, "counted"))
         for at, order, agent, index in sorted(events):
-            if order != _START and started[(agent, index)] < stop:
+            if order == _FINISH and started[(agent, index)] < stop:
                 trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)], stop, "abandoned"))
+        self._downs = downs
         return counted, stops, stop
 
-    def _compute_planned(self, rule: AggregationRule, round_index: int):
-        """Compute the planned counts: each agent's M_i gradients as units of at most ``CHUNK_SIZE``; each agent's
-        units are added in index order (float64), whoever computed them and whenever they arrived."""
-        units = [self._unit(round_index, int(agent), first, min(CHUNK_SIZE, int(count) - first))
-                 for agent, count in enumerate(rule.counts) for first in range(0, int(count), CHUNK_SIZE)]
+    def _compute_planned(self, rule: AggregationRule, round_index: int, counted: list[tuple[ExactTime, int, int]]):
+        """Compute the planned counts: each agent's M_i gradients (consecutive indices) as units of at most
+        ``CHUNK_SIZE``; each agent's units are added in index order (float64), whoever computed them and whenever
+        they arrived."""
+        shares: dict[int, tuple[int, int]] = {}
+        for _, agent, index in counted:
+            begin, count = shares.get(agent, (index, 0))
+            shares[agent] = (min(begin, index), count + 1)
+        units = [self._unit(round_index, agent, begin + first, min(CHUNK_SIZE, count - first))
+                 for agent, (begin, count) in sorted(shares.items()) for first in range(0, count, CHUNK_SIZE)]
         for unit in units:
             self.backend.submit(unit)
         wanted = {(u.agent, u.first): u for u in units}
         sums: dict[int, np.ndarray] = {}
-        next_first = {int(agent): 0 for agent in np.flatnonzero(rule.counts)}
+        next_first = {agent: begin for agent, (begin, _) in shares.items()}
         waiting: dict[tuple[int, int], UnitResult] = {}
         stats: dict[tuple[int, int], TrajectoryStats] = {}
         vectors = 0

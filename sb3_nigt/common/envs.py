@@ -171,7 +171,7 @@ def resolve_env(env: Any) -> tuple[Any, Optional[list[Callable[[], gym.Env]]]]:
     """Split what a user passed as ``env`` into what SB3's ``BaseAlgorithm`` gets and the workers' factories.
 
     A list becomes an :class:`AgentVecEnv` (sub-env i = agent i's environment); a bare callable becomes a
-    one-env DummyVecEnv; anything else is passed through. The agents' spaces are checked.
+    one-env AgentVecEnv; anything else is passed through. The agents' spaces are checked.
 
     :return: ``(env for BaseAlgorithm, factories)``; ``(None, None)`` for ``env=None``.
     :raises ValueError: if an environment cannot be rebuilt, or agents' spaces differ (naming the agents).
@@ -196,7 +196,7 @@ def resolve_env(env: Any) -> tuple[Any, Optional[list[Callable[[], gym.Env]]]]:
             env.close()
             raise
     if callable(env) and not isinstance(env, (str, VecEnv)) and not hasattr(env, "step"):
-        return DummyVecEnv([env]), factories
+        return AgentVecEnv(factories), factories  # keeps the factory, so set_env/load can rebuild it
     return env, factories
 
 

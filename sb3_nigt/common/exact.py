@@ -145,6 +145,8 @@ class ExactTime:
             bits *= 2
 
     def _compare(self, other: object) -> int:
+        if isinstance(other, float) and math.isinf(other):  # every exact time is finite
+            return -1 if other > 0 else 1
         other = _coerce(other)
         if other is None:
             raise TypeError("ExactTime compares only with ExactTime, int, Fraction or float")

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from collections import deque
-from typing import Any, Callable, Optional, TypeVar, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, TypeVar, Union
 
 import gymnasium as gym
 import numpy as np
@@ -47,10 +51,49 @@ from sb3_nigt.policies import NIGTPolicy
 
 SelfNIGT = TypeVar("SelfNIGT", bound="NIGTAlgorithm")
 
+
+@dataclass
+class PendingRound:
+    """A collected round whose callbacks have not all fired, or whose update is not yet applied (saved with the
+    model, so a checkpoint written mid-round resumes exactly).
+
+    :param kind: ``"update"``, ``"initial"`` or ``"warmup"``.
+    :param aggregate: the round's aggregate, float64 ``(d,)``.
+    :param params: θ_0 for the initial round (θ_{−1} = θ_0), else None.
+    :param arrivals: the counted gradients' statistics, in arrival order.
+    :param arrival: the next arrival whose callbacks fire.
+    :param step: the next step of that arrival.
+    """
+
+    kind: str
+    aggregate: np.ndarray
+    params: Optional[np.ndarray]
+    arrivals: list[Arrival]
+    arrival: int = 0
+    step: int = 0
+
 CLOCKS = ("simulated", "real")
 
 
 _NOT_DONE, _NO_INFO = np.zeros(1, dtype=bool), [{}]
+
+
+@contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    """Within ``learn``, SIGTERM raises ``SystemExit`` in the main thread, so the worker processes are closed as on
+    Ctrl-C instead of being left behind (only from the main thread; elsewhere the handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -104,6 +147,9 @@ class NIGTAlgorithm(BaseAlgorithm):
     :param compute_time_unit: ``"gradient"`` (h_i per gradient, the paper's experiments), ``"step"`` (h_i per
         environment step of the sampled trajectory; biases the first-M rule towards short trajectories, see
         docs/time.md) or ``"horizon"`` (h_i per step times H whatever the length: the paper's theory, ḣ_i·H).
+    :param outages: simulated clock only: agents taken away, ``{agent: T}`` (gone from T seconds on) or
+        ``{agent: [(start, end), ...]}`` (``end`` may be ``math.inf``); see docs/time.md, "Outages". Rennala goes
+        on without a down agent; Malenia and Synchronized NIGT wait for it to come back.
     :param clock: ``"simulated"`` (deterministic discrete-event clock) or ``"real"`` (physical arrival order).
     :param backend: ``"inline"`` (main process, the default: no start-up cost, works anywhere, as SB3's
         DummyVecEnv) or ``"subprocess"`` (local worker processes, faster on several cores).
@@ -154,6 +200,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         compute_times: TimeSpec = "equal",
         communication_times: TimeSpec = 0.0,
         compute_time_unit: str = "gradient",
+        outages: Optional[dict] = None,
         clock: str = "simulated",
         backend: Union[str, Backend] = "inline",
         n_workers: Optional[int] = None,
@@ -217,7 +264,15 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.communication_times = communication_times
         self.compute_time_unit = compute_time_unit
         # Validate the time specifications now, before any environment is built.
-        TimingModel(self.n_agents, compute_times, communication_times, compute_time_unit, horizon=self.horizon)
+        TimingModel(self.n_agents, compute_times, communication_times, compute_time_unit, horizon=self.horizon, outages=outages)
+        if outages:
+            if clock != "simulated":
+                raise ValueError("outages: only the simulated clock models outages; on the real clock a lost worker is the outage")
+            if compute_time_unit == "step":
+                raise ValueError("outages: need durations known in advance, compute_time_unit 'gradient' or 'horizon', not 'step'")
+            if self.per_agent_params:
+                raise ValueError(f"outages: not modelled for {type(self).__name__}'s per-arrival server")
+        self.outages = outages
 
         # NIGT state (saved): d_t, θ_{t−1}, the clock, and the round counter used in the job seeds.
         self.momentum_buffer: Optional[np.ndarray] = None
@@ -225,6 +280,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self._clock: ExactTime = ZERO  # the simulated clock, exact (docs/time.md, "Exact time")
         self.time_counters = TimeCounters.zeros(self.n_agents)  # the ``counter`` of time specifications
         self.trace: list[TraceEvent] = []
+        self._pending: Optional[PendingRound] = None  # a collected round not yet used (see PendingRound)
         self.n_rounds = 0
         self.n_communications = 0  # vectors sent between the server and the agents (broadcasts and uploads)
         self.bytes_sent = 0  # their bytes: θ as float32 to each agent, uploads as float64
@@ -285,7 +341,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.policy.set_training_mode(False)
         self.timing = TimingModel(
             self.n_agents, self.compute_times, self.communication_times, self.compute_time_unit,
-            n_params=self.n_params, seed=self._base_seed, horizon=self.horizon,
+            n_params=self.n_params, seed=self._base_seed, horizon=self.horizon, outages=getattr(self, "outages", None),
         )
 
     @property
@@ -459,9 +515,16 @@ class NIGTAlgorithm(BaseAlgorithm):
                        float(vec_normalize.epsilon))
 
     def _run_round(self, collector: Collector, params: np.ndarray, batch_size: int, callback: BaseCallback,
-                   rule: Optional[AggregationRule] = None, warmup: bool = False) -> tuple[RoundResult, bool]:
-        """One aggregation round at ``params`` (the algorithm's rule unless ``rule`` is given); fires the callbacks
-        for every environment step it consumed. ``warmup`` marks the observation warm-up round in the statistics."""
+                   rule: Optional[AggregationRule] = None, kind: str = "update") -> bool:
+        """One aggregation round at ``params`` (the algorithm's rule unless ``rule`` is given), then the callbacks
+        for every environment step it consumed. Returns False if a callback asked to stop.
+
+        The round's outcome waits in ``self._pending`` (saved with the model) until :meth:`_apply_pending` uses it,
+        so a checkpoint written by a callback mid-round resumes exactly where it was written.
+
+        :param kind: ``"update"`` (g_t of Algorithm 1), ``"initial"`` (d_{−1}) or ``"warmup"`` (the observation
+            warm-up round, whose gradient is discarded).
+        """
         callback.on_rollout_start()
         rule = self._make_rule(batch_size) if rule is None else rule
         result = collector.collect(params.astype(np.float32), rule, self.n_rounds, self._clock, self._obs_norm())
@@ -487,20 +550,40 @@ class NIGTAlgorithm(BaseAlgorithm):
             "round_seconds": result.duration,
             "gradients_per_round": int(result.counts.sum()),
             "agents_contributing": int(np.count_nonzero(result.counts)),
+            "contributors": " ".join(str(int(a)) for a in np.flatnonzero(result.counts)),
             "steps_per_round": result.n_steps,
         }
-        if warmup:
+        if kind == "warmup":
             self.round_stats["observation_warmup"] = 1
-        continue_training = True
-        for arrival in result.arrivals:
-            if not self._replay_arrival(arrival, callback):
-                continue_training = False
-                break
-        callback.on_rollout_end()
-        return result, continue_training
+        self._pending = PendingRound(kind, result.aggregate, params.copy() if kind == "initial" else None, result.arrivals)
+        return self._replay_pending(callback)
 
-    def _replay_arrival(self, arrival: Arrival, callback: BaseCallback) -> bool:
-        """Count one used gradient's trajectory: the episode buffers, then ``on_step`` once per environment step.
+    def _replay_pending(self, callback: BaseCallback) -> bool:
+        """Fire the pending round's callbacks from where they stopped; False if a callback asked to stop."""
+        pending = self._pending
+        assert pending is not None
+        while pending.arrival < len(pending.arrivals):
+            if not self._replay_arrival(pending.arrivals[pending.arrival], callback, pending):
+                return False
+            pending.arrival, pending.step = pending.arrival + 1, 0
+        callback.on_rollout_end()
+        return True
+
+    def _apply_pending(self, total_timesteps: int) -> None:
+        """Use the pending round: d_{−1} (initial), the NIGT step (update), or nothing (warm-up)."""
+        pending = self._pending
+        assert pending is not None
+        self._pending = None
+        if pending.kind == "initial":
+            self.momentum_buffer = pending.aggregate.astype(np.float64)
+            self.previous_params = pending.params
+        elif pending.kind == "update":
+            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+            self._nigt_step(pending.aggregate)
+
+    def _replay_arrival(self, arrival: Arrival, callback: BaseCallback, pending: Optional["PendingRound"] = None) -> bool:
+        """Count one used gradient's trajectory: the episode buffers, then ``on_step`` once per environment step,
+        from ``pending.step`` on when resuming.
 
         PPO-like locals (``dones``/``infos``) are set at the trajectory's first and last step only, to keep the
         per-step cost low. Returns False as soon as a callback asks to stop.
@@ -508,7 +591,26 @@ class NIGTAlgorithm(BaseAlgorithm):
         if self.agent_ep_info_buffer is None or len(self.agent_ep_info_buffer) != self.n_agents:
             self.agent_ep_info_buffer = [deque(maxlen=self._stats_window_size) for _ in range(self.n_agents)]
         job = arrival.result
-        episode = {"r": job.episode_return, "l": job.episode_length, "t": arrival.time, "agent": arrival.agent}
+        episode = {"r": job.episode_return, "l": job.episode_length, "t": float(arrival.time), "agent": arrival.agent}
+        first_step = 0 if pending is None else pending.step
+        if first_step == 0:
+            self._record_episode(arrival, episode)
+        for step in range(first_step, job.n_steps):
+            self.num_timesteps += 1
+            if pending is not None:
+                pending.step = step + 1  # a checkpoint written by this on_step resumes after it
+            if step == 0:
+                callback.update_locals({"dones": _NOT_DONE, "infos": _NO_INFO, "agent": arrival.agent})
+            if step == job.n_steps - 1:
+                callback.update_locals({"dones": np.ones(1, dtype=bool), "infos": [{"episode": episode}]})
+            if not callback.on_step():
+                return False
+        return True
+
+    def _record_episode(self, arrival: Arrival, episode: dict) -> None:
+        """The episode buffers and the main env's Monitor, for one used trajectory."""
+        assert self.agent_ep_info_buffer is not None
+        job = arrival.result
         self.ep_info_buffer.extend([episode])
         self.agent_ep_info_buffer[arrival.agent].append(episode)
         if self._agent_monitors:
@@ -521,15 +623,6 @@ class NIGTAlgorithm(BaseAlgorithm):
                 if monitor.results_writer is not None:
                     monitor.results_writer.write_row({"r": round(job.episode_return, 6), "l": job.episode_length, "t": round(elapsed, 6)})
         self._episode_num += 1
-        for step in range(job.n_steps):
-            self.num_timesteps += 1
-            if step == 0:
-                callback.update_locals({"dones": _NOT_DONE, "infos": _NO_INFO, "agent": arrival.agent})
-            if step == job.n_steps - 1:
-                callback.update_locals({"dones": np.ones(1, dtype=bool), "infos": [{"episode": episode}]})
-            if not callback.on_step():
-                return False
-        return True
 
     def _extrapolated_params(self) -> np.ndarray:
         """θ̃_t = θ_t + ((1 − η)/η)(θ_t − θ_{t−1}) (Algorithm 1, implicit gradient transport), float64 ``(d,)``."""
@@ -603,11 +696,12 @@ class NIGTAlgorithm(BaseAlgorithm):
         self._agent_monitors = self._find_agent_monitors()
         callback.on_training_start(locals(), globals())
         collector = self._make_collector()
-        try:
-            collector.start()
-            self._train(collector, total_timesteps, callback, log_interval)
-        finally:
-            collector.close()
+        with _terminate_like_interrupt():
+            try:
+                collector.start()
+                self._train(collector, total_timesteps, callback, log_interval)
+            finally:
+                collector.close()
         callback.on_training_end()
         return self
 
@@ -634,28 +728,36 @@ class NIGTAlgorithm(BaseAlgorithm):
         assert vec_normalize is not None
         vec_normalize.obs_rms = RunningMeanStd(shape=vec_normalize.obs_rms.mean.shape)
         rule = RennalaAggregation(self.n_agents, self.initial_batch_size)
-        _, continue_training = self._run_round(collector, self.get_flat_params(), self.initial_batch_size, callback, rule, warmup=True)
-        return continue_training
+        if not self._run_round(collector, self.get_flat_params(), self.initial_batch_size, callback, rule, kind="warmup"):
+            return False
+        self._apply_pending(0)
+        return True
 
     def _train(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: int) -> None:
         """The training loop of :meth:`learn` on a started collector: Algorithm 1, one aggregation round per update."""
-        continue_training = True
+        if self._pending is not None:  # a round whose callbacks were interrupted (a checkpoint, or a callback's False)
+            if not self._replay_pending(callback):
+                return
+            kind = self._pending.kind
+            self._apply_pending(total_timesteps)
+            if kind == "update":
+                self._maybe_dump_logs(log_interval)
         if self.momentum_buffer is None:  # d_{−1} = Aggregate(θ_0, M_init);  θ_{−1} = θ_0
-            continue_training = self._warm_up_observation_statistics(collector, callback)
-            if not continue_training:
+            if not self._warm_up_observation_statistics(collector, callback):
                 return
             theta = self.get_flat_params()
-            result, continue_training = self._run_round(collector, theta, self.initial_batch_size, callback)
-            self.momentum_buffer = result.aggregate.astype(np.float64)
-            self.previous_params = theta.copy()
-        while continue_training and self.num_timesteps < total_timesteps:
-            result, continue_training = self._run_round(collector, self._extrapolated_params(), self.batch_size, callback)
-            if not continue_training:
-                break
-            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
-            self._nigt_step(result.aggregate)
-            if log_interval is not None and log_interval > 0 and self._n_updates % log_interval == 0:
-                self.dump_logs()
+            if not self._run_round(collector, theta, self.initial_batch_size, callback, kind="initial"):
+                return
+            self._apply_pending(total_timesteps)
+        while self.num_timesteps < total_timesteps:
+            if not self._run_round(collector, self._extrapolated_params(), self.batch_size, callback):
+                return
+            self._apply_pending(total_timesteps)
+            self._maybe_dump_logs(log_interval)
+
+    def _maybe_dump_logs(self, log_interval: Optional[int]) -> None:
+        if log_interval is not None and log_interval > 0 and self._n_updates % log_interval == 0:
+            self.dump_logs()
 
     def dump_logs(self) -> None:
         """Write ``rollout/ep_rew_mean``, ``rollout/ep_len_mean``, the clock, the round statistics and fps."""
@@ -680,5 +782,5 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.logger.record("time/communications", self.n_communications)
         self.logger.record("time/bytes_sent", self.bytes_sent)
         for key, value in self.round_stats.items():
-            self.logger.record(f"train/{key}", value)
+            self.logger.record(f"train/{key}", value, exclude="tensorboard" if isinstance(value, str) else None)
         self.logger.dump(step=self.num_timesteps)

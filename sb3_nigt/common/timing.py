@@ -24,6 +24,10 @@ import numpy as np
 
 from sb3_nigt.common.exact import ExactTime, decimal_fraction
 
+#: Outages: agent → the simulated time T from which it is gone for good, or a list of (start, end) intervals in
+#: seconds (``end`` may be ``math.inf``).
+OutageSpec = dict[int, Union[float, Sequence[tuple[float, float]]]]
+
 #: The accepted forms of a time specification (see :class:`TimingModel`).
 TimeSpec = Union[str, float, int, Sequence[float], np.ndarray, "RandomTimes", dict, Callable[[int, float, int], float]]
 
@@ -157,8 +161,11 @@ class TimingModel:
     :param n_params: d, the number of policy parameters (used by ``"expensive"``).
     :param horizon: H (used by ``"horizon"``).
     :param seed: seed of the random draws.
+    :param outages: agents taken away on the simulated clock: ``{agent: T}`` (gone from T seconds on) or
+        ``{agent: [(start, end), ...]}`` (down during each interval; ``end`` may be ``math.inf``). While down an
+        agent neither computes nor communicates and loses what it held (docs/time.md, "Outages").
     :raises ValueError: for a wrong length, a negative, zero (compute only), NaN, infinite or > 1e15 time, an
-        unknown preset or unit; the message names the argument.
+        unknown preset or unit, or a bad outage; the message names the argument.
     """
 
     def __init__(
@@ -170,6 +177,7 @@ class TimingModel:
         n_params: Optional[int] = None,
         seed: int = 0,
         horizon: Optional[int] = None,
+        outages: Optional[OutageSpec] = None,
     ):
         if compute_time_unit not in UNITS:
             raise ValueError(f"compute_time_unit: must be one of {', '.join(map(repr, UNITS))}, got {compute_time_unit!r}")
@@ -180,6 +188,7 @@ class TimingModel:
         self.seed = int(seed)
         self._compute = self._parse(compute_times, "compute_times", n_params, strictly_positive=True)
         self._communication = self._parse(communication_times, "communication_times", n_params, strictly_positive=False)
+        self.outages = parse_outages(outages, n_agents)
 
     @property
     def known_in_advance(self) -> bool:
@@ -233,9 +242,48 @@ class TimingModel:
         """κ_i of a transfer (one vector, one direction) of ``agent`` starting at ``start``, its ``counter``-th."""
         return self._value(self._communication, "communication_times", agent, start, counter, _COMMUNICATION, False)
 
+    def down_until(self, agent: int, at: ExactTime) -> Optional[Union[ExactTime, float]]:
+        """If ``agent`` is down at time ``at``, when it comes back (``math.inf``: never); else None."""
+        for start, end in self.outages.get(agent, ()):
+            if start <= at and (end == math.inf or at < end):
+                return end
+        return None
+
+    def next_outage(self, agent: int, begin: ExactTime, end: ExactTime) -> Optional[ExactTime]:
+        """The first time in [``begin``, ``end``) at which an outage of ``agent`` starts, or None."""
+        starts = [start for start, _ in self.outages.get(agent, ()) if begin <= start < end]
+        return min(starts) if starts else None
+
     def duration(self, unit: ExactTime, n_steps: int = 1) -> ExactTime:
         """Seconds a gradient takes from its h_i: h_i (``"gradient"``), h_i·T (``"step"``, T = ``n_steps``) or
         h_i·H (``"horizon"``)."""
         if self.unit == "gradient":
             return unit
         return unit * int(n_steps if self.per_step else self.horizon)
+
+
+def parse_outages(outages: Optional[OutageSpec], n_agents: int) -> dict[int, list[tuple[ExactTime, Union[ExactTime, float]]]]:
+    """Outages as sorted exact intervals per agent; ``math.inf`` stays a float.
+
+    :raises ValueError: naming ``outages``, for an unknown agent, a negative or NaN time, or start >= end.
+    """
+    parsed: dict[int, list[tuple[ExactTime, Union[ExactTime, float]]]] = {}
+    if outages is None:
+        return parsed
+    if not isinstance(outages, dict):
+        raise ValueError(f"outages: expected a dict agent → T or agent → [(start, end), ...], got {outages!r}")
+    for agent, spec in outages.items():
+        if isinstance(agent, bool) or not isinstance(agent, (int, np.integer)) or not 0 <= int(agent) < n_agents:
+            raise ValueError(f"outages: agents are 0..{n_agents - 1}, got {agent!r}")
+        intervals = [(spec, math.inf)] if isinstance(spec, (int, float, np.floating, np.integer)) else list(spec)
+        cleaned = []
+        for interval in intervals:
+            try:
+                start, end = (float(x) for x in interval)
+            except (TypeError, ValueError):
+                raise ValueError(f"outages: agent {agent}: expected (start, end) pairs of seconds, got {interval!r}") from None
+            if not (math.isfinite(start) and start >= 0 and (end == math.inf or (math.isfinite(end) and end > start))):
+                raise ValueError(f"outages: agent {agent}: need 0 <= start < end (end may be math.inf), got ({start}, {end})")
+            cleaned.append((ExactTime.of(start), math.inf if end == math.inf else ExactTime.of(end)))
+        parsed[int(agent)] = sorted(cleaned, key=lambda pair: pair[0])
+    return parsed
