@@ -301,3 +301,23 @@ def test_bad_outages_are_refused():
         RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, outages={0: 1.0}, clock="real")
     with pytest.raises(ValueError, match="outages"):
         AFedPG("MlpPolicy", "Pendulum-v1", n_agents=2, outages={0: 1.0})
+
+
+# ------------------------------------------------------------------------------------------------------- scale
+def test_the_vectorized_planner_equals_the_event_loop():
+    # With record_trace the clock plays every event; without it, a Rennala round with constant times is planned
+    # with NumPy. Both must give the same bits, the same exact clock and the same work counters.
+    rng = np.random.default_rng(3)
+    for case in range(6):
+        n, m = int(rng.integers(64, 200)), int(rng.integers(1, 90))
+        h = rng.choice([0.5, 1.0, 1.5, 0.1, 0.3], n).tolist() if case % 2 else "sqrt"
+        kappa = rng.choice([0.0, 0.2, 0.5], n).tolist() if case % 3 else "sqrt"
+        runs = []
+        for trace in (False, True):
+            model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=n, compute_times=h, communication_times=kappa, batch_size=m,
+                                horizon=2, seed=0, record_trace=trace, policy_kwargs=dict(net_arch=[4]))
+            model.learn(2 * m * 2)
+            runs.append((model.get_flat_params(), model.simulated_time_exact, model.time_counters))
+        np.testing.assert_array_equal(runs[0][0], runs[1][0])
+        assert runs[0][1] == runs[1][1]
+        assert runs[0][2] == runs[1][2]

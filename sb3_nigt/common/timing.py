@@ -242,6 +242,14 @@ class TimingModel:
         """κ_i of a transfer (one vector, one direction) of ``agent`` starting at ``start``, its ``counter``-th."""
         return self._value(self._communication, "communication_times", agent, start, counter, _COMMUNICATION, False)
 
+    def constant_times(self) -> Optional[tuple[list[ExactTime], list[ExactTime]]]:
+        """(per-gradient durations, communication times) of every agent when both are constant (lists or presets)
+        and durations do not depend on the trajectory; else None. Lets the clock plan a round with vectorized
+        arithmetic."""
+        if not (isinstance(self._compute, list) and isinstance(self._communication, list)) or self.per_step:
+            return None
+        return [self.duration(h) for h in self._compute], list(self._communication)
+
     def down_until(self, agent: int, at: ExactTime) -> Optional[Union[ExactTime, float]]:
         """If ``agent`` is down at time ``at``, when it comes back (``math.inf``: never); else None."""
         for start, end in self.outages.get(agent, ()):
