@@ -93,8 +93,9 @@ def test_afedpg_update_order_and_staleness(kappa, expected_arrivals, expected_st
     assert recorder.arrivals == [(float(t), a) for t, a in expected_arrivals]
     assert model._n_updates == len(expected_arrivals)
     np.testing.assert_array_equal(model.staleness_histogram, np.bincount(expected_staleness))
-    # n initial downloads, then one upload and one reply per update, except after the last one.
-    assert model.n_communications == 2 + 2 * len(expected_arrivals) - 1
+    # n initial downloads, then one upload and one reply per update (the last reply starts work that the next
+    # learn() carries on).
+    assert model.n_communications == 2 + 2 * len(expected_arrivals)
 
 
 def test_afedpg_logs_staleness_mean_and_max():

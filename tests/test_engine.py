@@ -60,7 +60,7 @@ def faulty(mode: str = "none", marker=None, **kwargs):
 
 # ------------------------------------------------------------------------------------------ a worker that dies
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("algorithm", [RennalaNIGT, MaleniaNIGT])
+@pytest.mark.parametrize("algorithm", [RennalaNIGT, MaleniaNIGT, AFedPG])
 def test_killed_worker_on_the_simulated_clock_changes_no_bit(algorithm, tmp_path):
     kwargs = dict(n_agents=3, compute_times=[1, 2, 3], batch_size=6, **SMALL)
     reference = algorithm("MlpPolicy", faulty(), **kwargs).learn(400)
@@ -183,7 +183,7 @@ class SaveAndStop(BaseCallback):
         return True
 
 
-@pytest.mark.parametrize("algorithm", NIGT)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("at", [3, 20, 41, 57])  # in the initial round, at a round boundary, mid-round, ...
 def test_checkpoint_written_mid_round_resumes_bit_identically(algorithm, at, tmp_path):
     kwargs = dict(n_agents=3, compute_times=[1, 2, 3], communication_times=[0.5, 0, 0.25], batch_size=4, **SMALL)

@@ -8,8 +8,8 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_nigt.common.aggregation import AggregationRule
-from sb3_nigt.common.collector import Arrival, Collector
-from sb3_nigt.common.nigt import NIGTAlgorithm
+from sb3_nigt.common.collector import Arrival, Collector, new_job
+from sb3_nigt.common.nigt import NIGTAlgorithm, PendingRound
 
 
 class AFedPG(NIGTAlgorithm):
@@ -68,6 +68,9 @@ class AFedPG(NIGTAlgorithm):
         self.momentum_schedule = momentum_schedule
         self.staleness_histogram = np.zeros(0, dtype=np.int64)
         self.next_job_index: Optional[list[int]] = None  # per agent, the index of its next gradient (job seeds)
+        self._server_jobs: Optional[dict[int, dict]] = None  # simulated clock: each agent's work in flight
+        self._window: list[int] = []  # staleness of the current round's updates
+        self._in_round = 0  # updates in the current round of n
         super().__init__(*args, **kwargs)
 
     def _make_rule(self, batch_size: int) -> AggregationRule:
@@ -90,78 +93,94 @@ class AFedPG(NIGTAlgorithm):
         return float(eta)
 
     def _train(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: int) -> None:
-        """AFedPG's server on a started collector: one update per arriving gradient; agents restart from the current
-        θ at each ``learn`` call. A callback's False stops before that gradient's update."""
+        """AFedPG's server on a started collector: one update per arriving gradient. On the simulated clock the
+        agents' work in flight (``_server_jobs``) and an arrival whose callbacks were interrupted (``_pending``)
+        are kept between ``learn`` calls and saved, so a checkpoint written by any callback resumes exactly. A
+        callback's False stops before that gradient's update, which is applied by the next ``learn``."""
         if self.previous_params is None:
             self.previous_params = self.get_flat_params()  # θ_{−1} = θ_0
         if self.next_job_index is None or len(self.next_job_index) != self.n_agents:
             self.next_job_index = [0] * self.n_agents
-        downloaded = [self._n_updates] * self.n_agents  # server version k each agent computes at
-        window: list[int] = []  # staleness of the current round's updates
-        state = {"continue": True, "in_round": 0}
-        vec_normalize = self._vec_normalize_env
+        if self.clock != "simulated" or self._server_jobs is None:
+            self._server_jobs = {}  # the real clock does not carry work over
 
-        def on_arrival(arrival: Arrival) -> Optional[tuple[np.ndarray, Optional[tuple]]]:
-            result = arrival.result
+        def on_arrival(arrival: Arrival) -> tuple[Optional[tuple], bool]:
             assert arrival.gradient is not None
-            gradient = arrival.gradient.astype(np.float64)
-            if not np.all(np.isfinite(gradient)):
+            if not np.all(np.isfinite(arrival.gradient)):
                 raise ValueError(
                     f"gradient: agent {arrival.agent}'s gradient {arrival.index} has non-finite entries (NaN or inf); "
                     "training stopped before the update, θ is unchanged"
                 )
             self._clock = arrival.time
-            if not self._replay_arrival(arrival, callback):
-                state["continue"] = False
-                return None
-            staleness = self._n_updates - downloaded[arrival.agent]
-            self.next_job_index[arrival.agent] = arrival.index + 1
-            if vec_normalize is not None and vec_normalize.training and result.obs_moments is not None:
-                moments = result.obs_moments
-                vec_normalize.obs_rms.update_from_moments(moments.mean, moments.var, moments.count)
-            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
-            eta = self._momentum(staleness)
-            if self.momentum_buffer is None:
-                self.momentum_buffer = gradient.copy()  # d starts as the first gradient, then takes the step
-                eta = 1.0
-            self._nigt_step(gradient, eta)
-            self.n_communications += 1  # the upload
-            self.bytes_sent += 8 * self.n_params
-            if staleness >= len(self.staleness_histogram):  # grow the histogram to index ``staleness``
-                self.staleness_histogram = np.pad(self.staleness_histogram, (0, staleness + 1 - len(self.staleness_histogram)))
-            self.staleness_histogram[staleness] += 1
-            window.append(staleness)
-            state["in_round"] += 1
-            if state["in_round"] == self.n_agents:
-                self._end_round(window, callback, log_interval)
-                window.clear()
-                state["in_round"] = 0
-                callback.on_rollout_start()
-            if self.num_timesteps >= total_timesteps:
-                return None
-            downloaded[arrival.agent] = self._n_updates
-            self.n_communications += 1  # the reply
-            self.bytes_sent += 4 * self.n_params
-            return self._extrapolated_params().astype(np.float32), self._obs_norm()
+            self._pending = PendingRound("arrival", arrival.gradient.astype(np.float64), None, [arrival])
+            if not self._replay_pending_arrival(callback):
+                return None, True
+            return self._finish_arrival(total_timesteps, callback, log_interval)
 
-        if self.momentum_buffer is None and self._needs_observation_warmup():
-            state["continue"] = self._warm_up_observation_statistics(collector, callback)
+        if self._pending is not None:  # an arrival whose callbacks were interrupted (a checkpoint or a False)
+            arrival = self._pending.arrivals[0]
+            if not self._replay_pending_arrival(callback):
+                return
+            reply, stop = self._finish_arrival(total_timesteps, callback, log_interval)
+            if self.clock == "simulated":
+                self._server_jobs[arrival.agent] = new_job(arrival.agent, arrival.index + 1, arrival.time, *reply)
+            if stop:
+                return
+        if self.momentum_buffer is None and not self._server_jobs and self._needs_observation_warmup():
+            warmed = self._warm_up_observation_statistics(collector, callback)
             collector.backend.cancel(0)  # the warm-up round used round index 0 too: make round 0 live again
             # The warm-up used job indices 0..M_i (the last one possibly in flight): start past them.
             assert self.last_counts is not None
             self.next_job_index = [i + int(c) + 1 for i, c in zip(self.next_job_index, self.last_counts)]
             self.round_stats = {}  # AFedPG's statistics are its own (staleness, updates)
-            if not state["continue"]:
+            if not warmed:
                 return
-        callback.on_rollout_start()
-        self.n_communications += self.n_agents  # every agent downloads θ at the start
-        self.bytes_sent += self.n_agents * 4 * self.n_params
+        if self._in_round == 0:
+            callback.on_rollout_start()
+        fresh = self.n_agents - len(self._server_jobs)  # agents that download θ now
+        self.n_communications += fresh
+        self.bytes_sent += fresh * 4 * self.n_params
         collector.serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self._clock, list(self.next_job_index),
-                        on_arrival, first_version=self._n_updates, trace=self.trace if self.record_trace else None)
-        if window:
-            self._end_round(window, callback, log_interval if state["continue"] else 0)
-        else:
-            callback.on_rollout_end()
+                        on_arrival, first_version=self._n_updates, trace=self.trace if self.record_trace else None,
+                        jobs=self._server_jobs)
+
+    def _replay_pending_arrival(self, callback: BaseCallback) -> bool:
+        """The callbacks of the pending arrival, from where they stopped."""
+        assert self._pending is not None
+        return self._replay_arrival(self._pending.arrivals[0], callback, self._pending)
+
+    def _finish_arrival(self, total_timesteps: int, callback: BaseCallback, log_interval: int) -> tuple[tuple, bool]:
+        """The server's update for the pending arrival; returns the reply (θ̃, obs_norm, version) and whether the
+        budget is spent."""
+        assert self._pending is not None
+        arrival, gradient = self._pending.arrivals[0], self._pending.aggregate
+        self._pending = None
+        staleness = self._n_updates - arrival.version
+        self.next_job_index[arrival.agent] = arrival.index + 1
+        vec_normalize = self._vec_normalize_env
+        moments = arrival.result.obs_moments
+        if vec_normalize is not None and vec_normalize.training and moments is not None:
+            vec_normalize.obs_rms.update_from_moments(moments.mean, moments.var, moments.count)
+        self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+        eta = self._momentum(staleness)
+        if self.momentum_buffer is None:
+            self.momentum_buffer = gradient.copy()  # d starts as the first gradient, then takes the step
+            eta = 1.0
+        self._nigt_step(gradient, eta)
+        self.n_communications += 2  # the upload and the reply
+        self.bytes_sent += 8 * self.n_params + 4 * self.n_params
+        if staleness >= len(self.staleness_histogram):  # grow the histogram to index ``staleness``
+            self.staleness_histogram = np.pad(self.staleness_histogram, (0, staleness + 1 - len(self.staleness_histogram)))
+        self.staleness_histogram[staleness] += 1
+        self._window.append(staleness)
+        self._in_round += 1
+        if self._in_round == self.n_agents:
+            self._end_round(self._window, callback, log_interval)
+            self._window = []
+            self._in_round = 0
+            callback.on_rollout_start()
+        reply = (self._extrapolated_params().astype(np.float32), self._obs_norm(), self._n_updates)
+        return reply, self.num_timesteps >= total_timesteps
 
     def _end_round(self, window: list[int], callback: Any, log_interval: int) -> None:
         """Close a round of n updates: its statistics, ``on_rollout_end``, and the logs every ``log_interval``."""

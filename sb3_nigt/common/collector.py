@@ -48,6 +48,7 @@ class Arrival:
     index: int
     result: TrajectoryStats
     gradient: Optional[np.ndarray] = None
+    version: int = 0  # AFedPG: the server version θ_k the gradient was computed at
 
 
 @dataclass
@@ -587,31 +588,36 @@ class Collector:
         obs_norm: Optional[ObsNorm],
         start_time: Any,
         first_index: list[int],
-        on_arrival: Callable[[Arrival], Optional[tuple[np.ndarray, Optional[ObsNorm]]]],
+        on_arrival: Callable[[Arrival], tuple[Optional[tuple], bool]],
         first_version: int = 0,
         trace: Optional[list[TraceEvent]] = None,
+        jobs: Optional[dict[int, dict]] = None,
     ) -> None:
         """A server that updates on every arrival (AFedPG; docs/algorithms.md), on the simulated or real clock.
 
         Agent i downloads θ (κ_i seconds), computes one gradient (h_i), uploads it (κ_i), each transfer with its
         own draw. Its θ travels through the backend's agent slot i (never in a message). At the server the
         arrivals are handed to ``on_arrival`` one at a time, in time order (ties by increasing agent index) on the
-        simulated clock, in physical order on the real one. ``on_arrival`` returns the (θ, obs_norm) that the
-        server sends back to that agent for its next gradient, or None to stop; in-flight work is then abandoned.
+        simulated clock, in physical order on the real one. ``on_arrival`` returns ``(reply, stop)``: ``reply`` is
+        the ``(θ, obs_norm, version)`` the server sends back to that agent for its next gradient (None if the
+        update did not happen), and ``stop`` ends serving.
 
-        :param params: θ that every agent downloads at ``start_time`` (float32, ``(d,)``).
+        :param params: θ that agents without work in flight download at ``start_time`` (float32, ``(d,)``).
         :param obs_norm: the observation-normalization statistics that go with it, or None.
         :param start_time: clock time at the start (seconds).
         :param first_index: for each agent, the index of its next gradient (job seeds use (seed, 0, agent, index)).
-        :param on_arrival: the server's update, called with each :class:`Arrival` (its ``gradient`` set).
-        :param first_version: the server's update counter k at the start (the trace's ``round``: the θ_k version
-            an agent downloaded).
+        :param on_arrival: the server's update, called with each :class:`Arrival` (its ``gradient`` and ``version``
+            set).
+        :param first_version: the server's update counter k at the start (θ_k, the trace's ``round``).
         :param trace: a list to append the events to, or None.
+        :param jobs: simulated clock: each agent's work in flight, kept between calls (and saved with the model),
+            so that serving resumes exactly where it stopped; updated in place.
         """
         self._next_epoch()
         events = trace if trace is not None else []
         if self.clock == "simulated":
-            self._serve_simulated(params, obs_norm, ExactTime.of(start_time), first_index, on_arrival, first_version, events)
+            self._serve_simulated(params, obs_norm, ExactTime.of(start_time), first_index, on_arrival, first_version, events,
+                                  {} if jobs is None else jobs)
         else:
             self._serve_real(params, obs_norm, float(start_time), first_index, on_arrival, first_version, events)
         self._next_epoch()
@@ -621,26 +627,30 @@ class Collector:
         self.backend.publish(theta, norm, slot=agent)
         self.backend.submit(self._unit(0, agent, index, 1, slot=agent, **emulation))
 
-    def _serve_simulated(self, params, obs_norm, start: ExactTime, first_index, on_arrival, version: int, trace) -> None:
+    def _serve_simulated(self, params, obs_norm, start: ExactTime, first_index, on_arrival, version: int, trace, jobs) -> None:
         timing = self.timing
         known = timing.known_in_advance
         results: dict[tuple[int, int], UnitResult] = {}
-        jobs: dict[tuple[int, int], list] = {}  # (agent, index) → [download start, compute start, h_i, version, finish]
         events: list[tuple[ExactTime, int, int, int]] = []  # (arrival time or its lower bound, order, agent, index)
 
-        def begin(agent: int, index: int, at: ExactTime, theta: np.ndarray, norm: Optional[ObsNorm], k: int) -> None:
-            computing = at + self._transfer(agent, at)
-            unit = self._compute_unit(agent, computing)
-            self._send_job(agent, index, theta, norm)
-            jobs[(agent, index)] = [at, computing, unit, k, None]
-            if known:
-                arrive(agent, index, computing + timing.duration(unit))
-            else:
-                heapq.heappush(events, (computing + timing.duration(unit, 1), _BOUND, agent, index))
+        def upload(job: dict, finish: ExactTime) -> None:
+            job["finish"] = finish
+            job["arrival"] = finish + self._transfer(job["agent"], finish)
+            heapq.heappush(events, (job["arrival"], _FINISH, job["agent"], job["index"]))
 
-        def arrive(agent: int, index: int, finish: ExactTime) -> None:
-            jobs[(agent, index)][4] = finish
-            heapq.heappush(events, (finish + self._transfer(agent, finish), _FINISH, agent, index))
+        def launch(job: dict) -> None:
+            """Start (or, after a pause, restart computing) an agent's job; times already drawn are kept."""
+            agent = job["agent"]
+            if job["computing"] is None:
+                job["computing"] = job["download"] + self._transfer(agent, job["download"])
+                job["unit"] = self._compute_unit(agent, job["computing"])
+            self._send_job(agent, job["index"], job["params"], job["obs_norm"])
+            if job["arrival"] is not None:
+                heapq.heappush(events, (job["arrival"], _FINISH, agent, job["index"]))
+            elif known:
+                upload(job, job["computing"] + timing.duration(job["unit"]))
+            else:
+                heapq.heappush(events, (job["computing"] + timing.duration(job["unit"], 1), _BOUND, agent, job["index"]))
 
         def fetch(key: tuple[int, int]) -> UnitResult:
             while key not in results:
@@ -655,33 +665,36 @@ class Collector:
             return results[key]
 
         for agent in range(self.n_agents):
-            begin(agent, first_index[agent], start, params, obs_norm, version)
+            if agent not in jobs:
+                jobs[agent] = new_job(agent, first_index[agent], start, params, obs_norm, version)
+        for agent in sorted(jobs):
+            launch(jobs[agent])
         while True:
             at, order, agent, index = heapq.heappop(events)
+            job = jobs[agent]
             if order == _BOUND:  # per-step times: the finish depends on the trajectory's length
-                computing, unit = jobs[(agent, index)][1:3]
-                arrive(agent, index, computing + timing.duration(unit, fetch((agent, index)).n_steps))
+                upload(job, job["computing"] + timing.duration(job["unit"], fetch((agent, index)).n_steps))
                 continue
-            download, computing, _, k, finish = jobs.pop((agent, index))
-            trace.append(TraceEvent(k, agent, "broadcast", -1, download, computing, "sent"))
-            trace.append(TraceEvent(k, agent, "compute", index, computing, finish, "counted"))
-            trace.append(TraceEvent(k, agent, "upload", -1, finish, at, "sent"))
+            del jobs[agent]
+            k = job["version"]
+            trace.append(TraceEvent(k, agent, "broadcast", -1, job["download"], job["computing"], "sent"))
+            trace.append(TraceEvent(k, agent, "compute", index, job["computing"], job["finish"], "counted"))
+            trace.append(TraceEvent(k, agent, "upload", -1, job["finish"], at, "sent"))
             result = fetch((agent, index))
             del results[(agent, index)]
-            reply = on_arrival(Arrival(at, agent, index, result.trajectories[0], result.gradient))
-            if reply is None:
-                for (other, other_index), (download, computing, _, k, _) in sorted(jobs.items()):
-                    trace.append(TraceEvent(k, other, "broadcast", -1, download, min(computing, at), "sent"))
-                    if computing < at:
-                        trace.append(TraceEvent(k, other, "compute", other_index, computing, at, "abandoned"))
+            reply, stop = on_arrival(Arrival(at, agent, index, result.trajectories[0], result.gradient, k))
+            if reply is not None:
+                theta, norm, new_version = reply
+                jobs[agent] = new_job(agent, index + 1, at, theta, norm, new_version)
+                if not stop:
+                    launch(jobs[agent])
+            if stop or reply is None:
                 return
-            version += 1
-            begin(agent, index + 1, at, *reply, version)
 
     def _serve_real(self, params, obs_norm, base: float, first_index, on_arrival, version: int, trace) -> None:
         scale = self.time_scale or 0.0
         wall_start = time.perf_counter()
-        downloaded: dict[tuple[int, int], tuple[float, int, WorkUnit]] = {}
+        downloaded: dict[tuple[int, int], tuple[float, int]] = {}
 
         def now() -> float:
             return base + (time.perf_counter() - wall_start)
@@ -694,7 +707,7 @@ class Collector:
             upload = float(self._transfer(agent, at + kappa)) * scale  # drawn ahead: the worker sleeps it
             self._send_job(agent, index, theta, norm, delay=kappa, min_duration=minimum, per_step=self.timing.per_step,
                            upload_delay=upload)
-            downloaded[(agent, index)] = (at, k, self._unit(0, agent, index, 1, slot=agent))
+            downloaded[(agent, index)] = (at, k)
 
         for agent in range(self.n_agents):
             begin(agent, first_index[agent], params, obs_norm, version)
@@ -713,13 +726,20 @@ class Collector:
                 key = (unit.agent, unit.first)
                 if key not in downloaded:  # a stale result
                     continue
-                download, k, _ = downloaded.pop(key)
+                download, k = downloaded.pop(key)
                 computed = max(0.0, event.seconds - unit.delay - unit.upload_delay)
                 trace.append(TraceEvent(k, unit.agent, "broadcast", -1, download, download + unit.delay, "sent"))
                 trace.append(TraceEvent(k, unit.agent, "compute", unit.first, at - unit.upload_delay - computed, at - unit.upload_delay, "counted"))
                 trace.append(TraceEvent(k, unit.agent, "upload", -1, at - unit.upload_delay, at, "sent"))
-                reply = on_arrival(Arrival(ExactTime.of(at), unit.agent, unit.first, event.trajectories[0], event.gradient))
-                if reply is None:
+                reply, stop = on_arrival(Arrival(ExactTime.of(at), unit.agent, unit.first, event.trajectories[0], event.gradient, k))
+                if stop or reply is None:
                     return
-                version += 1
-                begin(unit.agent, unit.first + 1, *reply, version)
+                theta, norm, new_version = reply
+                begin(unit.agent, unit.first + 1, theta, norm, new_version)
+
+
+def new_job(agent: int, index: int, download: ExactTime, params: np.ndarray, obs_norm: Optional[ObsNorm], version: int) -> dict:
+    """An AFedPG agent's job: it downloads θ_version at ``download`` and computes gradient ``index`` (times drawn when
+    it is launched, kept when serving pauses)."""
+    return {"agent": agent, "index": index, "download": download, "params": np.asarray(params, dtype=np.float32),
+            "obs_norm": obs_norm, "version": version, "computing": None, "unit": None, "finish": None, "arrival": None}
