@@ -8,7 +8,8 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_nigt.common.aggregation import AggregationRule
-from sb3_nigt.common.collector import Arrival, Collector, new_job
+from sb3_nigt.afedpg.server import AsyncServer, new_job
+from sb3_nigt.common.collector import Arrival, Collector
 from sb3_nigt.common.nigt import NIGTAlgorithm, PendingRound
 
 
@@ -140,7 +141,7 @@ class AFedPG(NIGTAlgorithm):
         fresh = self.n_agents - len(self._server_jobs)  # agents that download θ now
         self.n_communications += fresh
         self.bytes_sent += fresh * 4 * self.n_params
-        collector.serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self._clock, list(self.next_job_index),
+        AsyncServer(collector).serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self._clock, list(self.next_job_index),
                         on_arrival, first_version=self._n_updates, trace=self.trace if self.record_trace else None,
                         jobs=self._server_jobs)
 

@@ -21,7 +21,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -187,18 +187,20 @@ class Collector:
         self.backend.publish(params, obs_norm)
         self.lost_agents = []
         trace: list[TraceEvent] = []
-        if self.clock == "simulated" and self.timing.known_in_advance:
-            planned = self._plan_vectorized(rule, start)
-            counted, stops, stop = planned if planned is not None else self._plan(rule, round_index, start, trace)
-            sums, stats, vectors = self._compute_planned(rule, round_index, counted)
+        if self.clock == "simulated":
+            speculative = not self.timing.known_in_advance
+            planned = None if speculative else self._plan_vectorized(rule, start)
+            results: dict[tuple[int, int], UnitResult] = {}
+            counted, stops, stop = planned if planned is not None else self._plan(rule, round_index, start, trace, results if speculative else None)
+            if speculative:
+                sums, stats, vectors = self._speculative_sums(counted, results)
+            else:
+                sums, stats, vectors = self._compute_planned(rule, round_index, counted)
             arrivals = [Arrival(at, agent, index, stats[(agent, index)]) for at, agent, index in counted]
             end = self._uploads(rule, stops, stop, round_index, trace)
             for agent, down, up in self._downs:
                 until = end if up == math.inf or up > end else up
                 trace.append(TraceEvent(round_index, agent, "compute", -1, down, max(down, until), "down"))
-        elif self.clock == "simulated":
-            arrivals, sums, stops, stop, vectors = self._speculative(rule, round_index, start, trace)
-            end = self._uploads(rule, stops, stop, round_index, trace)
         else:
             arrivals, sums, stop, end, vectors = self._real(rule, round_index, start, trace)
         self._next_epoch()
@@ -222,9 +224,14 @@ class Collector:
             end = arrive if end is None or arrive > end else end
         return end
 
-    def _plan(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
-        """Play the round's events in exact time, computing nothing (durations known in advance): which gradients
-        count, when, and when each agent stops.
+    def _plan(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent],
+              results: Optional[dict[tuple[int, int], UnitResult]] = None):
+        """The simulated clock's event loop: play the round's events in exact time, and say which gradients count,
+        when, and when each agent stops.
+
+        With durations known in advance (``results`` None) nothing is computed here. With per-step times
+        (``results`` a dict) each gradient is computed as soon as it starts, speculatively, because its length
+        sets its finish: its finish event waits, as a lower bound, until the result is in ``results``.
 
         Outages (docs/time.md, "Outages"): a down agent neither computes nor communicates; the gradient it was
         computing is lost, and so are the gradients it had counted but not yet uploaded (they were held locally):
@@ -262,11 +269,19 @@ class Collector:
             trace.append(TraceEvent(round_index, agent, "broadcast", -1, at, arrive, "sent"))
             heapq.heappush(events, (arrive, _START, agent, -1))
 
+        units: dict[tuple[int, int], ExactTime] = {}  # speculative: (agent, index) → h_i
+
         def schedule(agent: int, at: ExactTime) -> None:
             index = next_index[agent]
             next_index[agent] += 1
             started[(agent, index)] = at
-            finish = at + timing.duration(self._compute_unit(agent, at))
+            unit = self._compute_unit(agent, at)
+            if results is not None:  # the length sets the finish: compute now, one step is a lower bound
+                units[(agent, index)] = unit
+                self.backend.submit(self._unit(round_index, agent, index, 1))
+                heapq.heappush(events, (at + timing.duration(unit, 1), _BOUND, agent, index))
+                return
+            finish = at + timing.duration(unit)
             cut = timing.next_outage(agent, at, finish) if timing.outages else None
             if cut is not None:
                 heapq.heappush(events, (cut, _DOWN, agent, index))
@@ -288,6 +303,11 @@ class Collector:
             at, order, agent, index = heapq.heappop(events)
             if order == _START:
                 schedule(agent, at)
+                continue
+            if order == _BOUND:
+                assert results is not None
+                n_steps = self._fetch((agent, index), results).n_steps
+                heapq.heappush(events, (started[(agent, index)] + timing.duration(units[(agent, index)], n_steps), _FINISH, agent, index))
                 continue
             if order == _DOWN:
                 if index >= 0:
@@ -408,73 +428,28 @@ class Collector:
                     next_first[agent] += result.unit.count
         return sums, stats, vectors
 
-    def _speculative(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
-        """Per-step times: each started trajectory is computed at once (its length sets its finish time), and the
-        events are played in exact time as results come in."""
-        timing = self.timing
-        results: dict[tuple[int, int], UnitResult] = {}
-        started: dict[tuple[int, int], tuple[ExactTime, ExactTime]] = {}
-        events: list[tuple[ExactTime, int, int, int]] = []
-        submitted: dict[tuple[int, int], WorkUnit] = {}
+    def _fetch(self, key: tuple[int, int], results: dict[tuple[int, int], UnitResult]) -> UnitResult:
+        """Wait for the speculative unit ``key`` (agent, index) of this epoch; resubmit the units of a lost worker."""
+        while key not in results:
+            for event in self.backend.wait():
+                if isinstance(event, WorkerLost):
+                    self._lost(event)
+                    for unit in event.units:
+                        if unit.epoch == self.epoch and (unit.agent, unit.first) not in results:
+                            self.backend.submit(unit)
+                elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch:
+                    results[(event.unit.agent, event.unit.first)] = event
+        return results[key]
 
-        def schedule(agent: int, index: int, at: ExactTime) -> None:
-            unit = self._compute_unit(agent, at)
-            started[(agent, index)] = (at, unit)
-            work = self._unit(round_index, agent, index, 1)
-            submitted[(agent, index)] = work
-            self.backend.submit(work)
-            heapq.heappush(events, (at + timing.duration(unit, 1), _BOUND, agent, index))
-
-        def fetch(key: tuple[int, int]) -> UnitResult:
-            while key not in results:
-                for event in self.backend.wait():
-                    if isinstance(event, WorkerLost):
-                        self._lost(event)
-                        for unit in event.units:
-                            if unit.epoch == self.epoch and (unit.agent, unit.first) not in results:
-                                self.backend.submit(unit)
-                    elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch:
-                        results[(event.unit.agent, event.unit.first)] = event
-            return results[key]
-
-        for agent in range(self.n_agents):
-            arrive = start + self._transfer(agent, start)
-            trace.append(TraceEvent(round_index, agent, "broadcast", -1, start, arrive, "sent"))
-            heapq.heappush(events, (arrive, _START, agent, 0))
-        counted: list[tuple[ExactTime, int, int]] = []
-        stops: dict[int, ExactTime] = {}
-        stop = start
-        while not rule.done():
-            if not events:
-                raise RuntimeError("the aggregation rule can never be satisfied: no agent is computing")
-            at, order, agent, index = heapq.heappop(events)
-            if order == _START:
-                schedule(agent, index, at)
-                continue
-            if order == _BOUND:
-                begun, unit = started[(agent, index)]
-                heapq.heappush(events, (begun + timing.duration(unit, fetch((agent, index)).n_steps), _FINISH, agent, index))
-                continue
-            rule.add(agent)
-            counted.append((at, agent, index))
-            stop = at
-            trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)][0], at, "counted"))
-            if not rule.wants_more(agent):
-                stops[agent] = at
-            elif not rule.done():
-                schedule(agent, index + 1, at)
-        for at, order, agent, index in sorted(events):
-            if order != _START and started[(agent, index)][0] < stop:
-                trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)][0], stop, "abandoned"))
+    def _speculative_sums(self, counted: list[tuple[ExactTime, int, int]], results: dict[tuple[int, int], UnitResult]):
+        """The counted speculative gradients: each agent's added in index order (float64), and their statistics."""
         sums: dict[int, np.ndarray] = {}
-        arrivals = []
-        for at, agent, index in counted:
-            result = fetch((agent, index))
-            arrivals.append(Arrival(at, agent, index, result.trajectories[0]))
+        stats: dict[tuple[int, int], TrajectoryStats] = {}
         for _, agent, index in sorted(counted, key=lambda c: (c[1], c[2])):  # canonical order
-            gradient = results[(agent, index)].gradient
-            sums[agent] = gradient.copy() if agent not in sums else sums[agent] + gradient
-        return arrivals, sums, stops, stop, len(counted)
+            result = self._fetch((agent, index), results)
+            sums[agent] = result.gradient.copy() if agent not in sums else sums[agent] + result.gradient
+            stats[(agent, index)] = result.trajectories[0]
+        return sums, stats, len(counted)
 
     def _real(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
         """True asynchrony: each agent runs until told to stop and reports every finished trajectory with a small
@@ -580,166 +555,3 @@ class Collector:
                 self.counters.compute[agent] += len(arrivals[agent]) + 1
         ordered = sorted((a for agent in arrivals.values() for a in agent), key=lambda a: float(a.time))
         return ordered, {a: sums[a] for a in sorted(sums) if rule.counts[a] > 0}, stop, end, vectors
-
-    # ------------------------------------------------------------------------------ asynchronous server (AFedPG)
-    def serve(
-        self,
-        params: np.ndarray,
-        obs_norm: Optional[ObsNorm],
-        start_time: Any,
-        first_index: list[int],
-        on_arrival: Callable[[Arrival], tuple[Optional[tuple], bool]],
-        first_version: int = 0,
-        trace: Optional[list[TraceEvent]] = None,
-        jobs: Optional[dict[int, dict]] = None,
-    ) -> None:
-        """A server that updates on every arrival (AFedPG; docs/algorithms.md), on the simulated or real clock.
-
-        Agent i downloads θ (κ_i seconds), computes one gradient (h_i), uploads it (κ_i), each transfer with its
-        own draw. Its θ travels through the backend's agent slot i (never in a message). At the server the
-        arrivals are handed to ``on_arrival`` one at a time, in time order (ties by increasing agent index) on the
-        simulated clock, in physical order on the real one. ``on_arrival`` returns ``(reply, stop)``: ``reply`` is
-        the ``(θ, obs_norm, version)`` the server sends back to that agent for its next gradient (None if the
-        update did not happen), and ``stop`` ends serving.
-
-        :param params: θ that agents without work in flight download at ``start_time`` (float32, ``(d,)``).
-        :param obs_norm: the observation-normalization statistics that go with it, or None.
-        :param start_time: clock time at the start (seconds).
-        :param first_index: for each agent, the index of its next gradient (job seeds use (seed, 0, agent, index)).
-        :param on_arrival: the server's update, called with each :class:`Arrival` (its ``gradient`` and ``version``
-            set).
-        :param first_version: the server's update counter k at the start (θ_k, the trace's ``round``).
-        :param trace: a list to append the events to, or None.
-        :param jobs: simulated clock: each agent's work in flight, kept between calls (and saved with the model),
-            so that serving resumes exactly where it stopped; updated in place.
-        """
-        self._next_epoch()
-        events = trace if trace is not None else []
-        if self.clock == "simulated":
-            self._serve_simulated(params, obs_norm, ExactTime.of(start_time), first_index, on_arrival, first_version, events,
-                                  {} if jobs is None else jobs)
-        else:
-            self._serve_real(params, obs_norm, float(start_time), first_index, on_arrival, first_version, events)
-        self._next_epoch()
-
-    def _send_job(self, agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], **emulation: Any) -> None:
-        """Publish θ to agent ``agent``'s slot and submit its gradient ``index`` (a unit of one, round index 0)."""
-        self.backend.publish(theta, norm, slot=agent)
-        self.backend.submit(self._unit(0, agent, index, 1, slot=agent, **emulation))
-
-    def _serve_simulated(self, params, obs_norm, start: ExactTime, first_index, on_arrival, version: int, trace, jobs) -> None:
-        timing = self.timing
-        known = timing.known_in_advance
-        results: dict[tuple[int, int], UnitResult] = {}
-        events: list[tuple[ExactTime, int, int, int]] = []  # (arrival time or its lower bound, order, agent, index)
-
-        def upload(job: dict, finish: ExactTime) -> None:
-            job["finish"] = finish
-            job["arrival"] = finish + self._transfer(job["agent"], finish)
-            heapq.heappush(events, (job["arrival"], _FINISH, job["agent"], job["index"]))
-
-        def launch(job: dict) -> None:
-            """Start (or, after a pause, restart computing) an agent's job; times already drawn are kept."""
-            agent = job["agent"]
-            if job["computing"] is None:
-                job["computing"] = job["download"] + self._transfer(agent, job["download"])
-                job["unit"] = self._compute_unit(agent, job["computing"])
-            self._send_job(agent, job["index"], job["params"], job["obs_norm"])
-            if job["arrival"] is not None:
-                heapq.heappush(events, (job["arrival"], _FINISH, agent, job["index"]))
-            elif known:
-                upload(job, job["computing"] + timing.duration(job["unit"]))
-            else:
-                heapq.heappush(events, (job["computing"] + timing.duration(job["unit"], 1), _BOUND, agent, job["index"]))
-
-        def fetch(key: tuple[int, int]) -> UnitResult:
-            while key not in results:
-                for event in self.backend.wait():
-                    if isinstance(event, WorkerLost):
-                        self._lost(event)
-                        for unit in event.units:  # the agent's slot still holds its θ: resubmit as is
-                            if unit.epoch == self.epoch:
-                                self.backend.submit(unit)
-                    elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch:
-                        results[(event.unit.agent, event.unit.first)] = event
-            return results[key]
-
-        for agent in range(self.n_agents):
-            if agent not in jobs:
-                jobs[agent] = new_job(agent, first_index[agent], start, params, obs_norm, version)
-        for agent in sorted(jobs):
-            launch(jobs[agent])
-        while True:
-            at, order, agent, index = heapq.heappop(events)
-            job = jobs[agent]
-            if order == _BOUND:  # per-step times: the finish depends on the trajectory's length
-                upload(job, job["computing"] + timing.duration(job["unit"], fetch((agent, index)).n_steps))
-                continue
-            del jobs[agent]
-            k = job["version"]
-            trace.append(TraceEvent(k, agent, "broadcast", -1, job["download"], job["computing"], "sent"))
-            trace.append(TraceEvent(k, agent, "compute", index, job["computing"], job["finish"], "counted"))
-            trace.append(TraceEvent(k, agent, "upload", -1, job["finish"], at, "sent"))
-            result = fetch((agent, index))
-            del results[(agent, index)]
-            reply, stop = on_arrival(Arrival(at, agent, index, result.trajectories[0], result.gradient, k))
-            if reply is not None:
-                theta, norm, new_version = reply
-                jobs[agent] = new_job(agent, index + 1, at, theta, norm, new_version)
-                if not stop:
-                    launch(jobs[agent])
-            if stop or reply is None:
-                return
-
-    def _serve_real(self, params, obs_norm, base: float, first_index, on_arrival, version: int, trace) -> None:
-        scale = self.time_scale or 0.0
-        wall_start = time.perf_counter()
-        downloaded: dict[tuple[int, int], tuple[float, int]] = {}
-
-        def now() -> float:
-            return base + (time.perf_counter() - wall_start)
-
-        def begin(agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], k: int) -> None:
-            at = now()
-            kappa = float(self._transfer(agent, at)) * scale
-            unit = self._compute_unit(agent, at + kappa)
-            minimum = float(unit if self.timing.per_step else self.timing.duration(unit)) * scale
-            upload = float(self._transfer(agent, at + kappa)) * scale  # drawn ahead: the worker sleeps it
-            self._send_job(agent, index, theta, norm, delay=kappa, min_duration=minimum, per_step=self.timing.per_step,
-                           upload_delay=upload)
-            downloaded[(agent, index)] = (at, k)
-
-        for agent in range(self.n_agents):
-            begin(agent, first_index[agent], params, obs_norm, version)
-        while True:
-            for event in self.backend.wait(timeout=1.0):
-                if isinstance(event, WorkerLost):
-                    self._lost(event)
-                    for unit in event.units:
-                        if unit.epoch == self.epoch:
-                            self.backend.submit(unit)
-                    continue
-                if not isinstance(event, UnitResult) or event.unit.epoch != self.epoch:
-                    continue
-                at = now()
-                unit = event.unit
-                key = (unit.agent, unit.first)
-                if key not in downloaded:  # a stale result
-                    continue
-                download, k = downloaded.pop(key)
-                computed = max(0.0, event.seconds - unit.delay - unit.upload_delay)
-                trace.append(TraceEvent(k, unit.agent, "broadcast", -1, download, download + unit.delay, "sent"))
-                trace.append(TraceEvent(k, unit.agent, "compute", unit.first, at - unit.upload_delay - computed, at - unit.upload_delay, "counted"))
-                trace.append(TraceEvent(k, unit.agent, "upload", -1, at - unit.upload_delay, at, "sent"))
-                reply, stop = on_arrival(Arrival(ExactTime.of(at), unit.agent, unit.first, event.trajectories[0], event.gradient, k))
-                if stop or reply is None:
-                    return
-                theta, norm, new_version = reply
-                begin(unit.agent, unit.first + 1, theta, norm, new_version)
-
-
-def new_job(agent: int, index: int, download: ExactTime, params: np.ndarray, obs_norm: Optional[ObsNorm], version: int) -> dict:
-    """An AFedPG agent's job: it downloads θ_version at ``download`` and computes gradient ``index`` (times drawn when
-    it is launched, kept when serving pauses)."""
-    return {"agent": agent, "index": index, "download": download, "params": np.asarray(params, dtype=np.float32),
-            "obs_norm": obs_norm, "version": version, "computing": None, "unit": None, "finish": None, "arrival": None}

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import gymnasium as gym
 import numpy as np
 import torch as th
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import vector_to_parameters
 
 from sb3_nigt.policies import NIGTPolicy
 

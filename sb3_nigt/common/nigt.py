@@ -42,7 +42,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
 from sb3_nigt.common.backends import BACKENDS, Backend, BackendOptions, InlineBackend, make_backend
 from sb3_nigt.common.estimator import ObsNorm
-from sb3_nigt.common.collector import Arrival, Collector, RoundResult
+from sb3_nigt.common.collector import Arrival, Collector
 from sb3_nigt.common.envs import is_heterogeneous, resolve_env
 from sb3_nigt.common.exact import ZERO, ExactTime
 from sb3_nigt.common.timing import TimeCounters, TimeSpec, TimingModel
@@ -551,6 +551,7 @@ class NIGTAlgorithm(BaseAlgorithm):
             "gradients_per_round": int(result.counts.sum()),
             "agents_contributing": int(np.count_nonzero(result.counts)),
             "contributors": " ".join(str(int(a)) for a in np.flatnonzero(result.counts)),
+            "agents_lost": len(result.lost),  # agents whose worker died this round (their work was redone)
             "steps_per_round": result.n_steps,
         }
         if kind == "warmup":

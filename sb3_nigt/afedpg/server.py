@@ -1,0 +1,194 @@
+"""AFedPG's asynchronous server (docs/algorithms.md, "AFedPG (our inferred reading)"): one update per arriving
+gradient, on the simulated or the real clock. A small unit of its own on top of the collector's clock helpers."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from sb3_nigt.common.backends import WorkerLost
+from sb3_nigt.common.collector import _BOUND, _FINISH, Arrival, Collector
+from sb3_nigt.common.estimator import ObsNorm, UnitResult
+from sb3_nigt.common.exact import ExactTime
+from sb3_nigt.common.trace import TraceEvent
+
+
+class AsyncServer:
+    """Serves agents one gradient at a time, each at its own θ, through a started :class:`Collector`'s backend,
+    timing model and work counters (its attributes are read through).
+
+    :param collector: the collector whose backend, clock and counters are used.
+    """
+
+    def __init__(self, collector: Collector):
+        self.collector = collector
+
+    def __getattr__(self, name: str) -> Any:  # the collector's backend, timing, counters and clock helpers
+        return getattr(self.collector, name)
+
+    def serve(
+        self,
+        params: np.ndarray,
+        obs_norm: Optional[ObsNorm],
+        start_time: Any,
+        first_index: list[int],
+        on_arrival: Callable[[Arrival], tuple[Optional[tuple], bool]],
+        first_version: int = 0,
+        trace: Optional[list[TraceEvent]] = None,
+        jobs: Optional[dict[int, dict]] = None,
+    ) -> None:
+        """A server that updates on every arrival (AFedPG; docs/algorithms.md), on the simulated or real clock.
+
+        Agent i downloads θ (κ_i seconds), computes one gradient (h_i), uploads it (κ_i), each transfer with its
+        own draw. Its θ travels through the backend's agent slot i (never in a message). At the server the
+        arrivals are handed to ``on_arrival`` one at a time, in time order (ties by increasing agent index) on the
+        simulated clock, in physical order on the real one. ``on_arrival`` returns ``(reply, stop)``: ``reply`` is
+        the ``(θ, obs_norm, version)`` the server sends back to that agent for its next gradient (None if the
+        update did not happen), and ``stop`` ends serving.
+
+        :param params: θ that agents without work in flight download at ``start_time`` (float32, ``(d,)``).
+        :param obs_norm: the observation-normalization statistics that go with it, or None.
+        :param start_time: clock time at the start (seconds).
+        :param first_index: for each agent, the index of its next gradient (job seeds use (seed, 0, agent, index)).
+        :param on_arrival: the server's update, called with each :class:`Arrival` (its ``gradient`` and ``version``
+            set).
+        :param first_version: the server's update counter k at the start (θ_k, the trace's ``round``).
+        :param trace: a list to append the events to, or None.
+        :param jobs: simulated clock: each agent's work in flight, kept between calls (and saved with the model),
+            so that serving resumes exactly where it stopped; updated in place.
+        """
+        self._next_epoch()
+        events = trace if trace is not None else []
+        if self.clock == "simulated":
+            self._serve_simulated(params, obs_norm, ExactTime.of(start_time), first_index, on_arrival, first_version, events,
+                                  {} if jobs is None else jobs)
+        else:
+            self._serve_real(params, obs_norm, float(start_time), first_index, on_arrival, first_version, events)
+        self._next_epoch()
+
+    def _send_job(self, agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], **emulation: Any) -> None:
+        """Publish θ to agent ``agent``'s slot and submit its gradient ``index`` (a unit of one, round index 0)."""
+        self.backend.publish(theta, norm, slot=agent)
+        self.backend.submit(self._unit(0, agent, index, 1, slot=agent, **emulation))
+
+    def _serve_simulated(self, params, obs_norm, start: ExactTime, first_index, on_arrival, version: int, trace, jobs) -> None:
+        timing = self.timing
+        known = timing.known_in_advance
+        results: dict[tuple[int, int], UnitResult] = {}
+        events: list[tuple[ExactTime, int, int, int]] = []  # (arrival time or its lower bound, order, agent, index)
+
+        def upload(job: dict, finish: ExactTime) -> None:
+            job["finish"] = finish
+            job["arrival"] = finish + self._transfer(job["agent"], finish)
+            heapq.heappush(events, (job["arrival"], _FINISH, job["agent"], job["index"]))
+
+        def launch(job: dict) -> None:
+            """Start (or, after a pause, restart computing) an agent's job; times already drawn are kept."""
+            agent = job["agent"]
+            if job["computing"] is None:
+                job["computing"] = job["download"] + self._transfer(agent, job["download"])
+                job["unit"] = self._compute_unit(agent, job["computing"])
+            self._send_job(agent, job["index"], job["params"], job["obs_norm"])
+            if job["arrival"] is not None:
+                heapq.heappush(events, (job["arrival"], _FINISH, agent, job["index"]))
+            elif known:
+                upload(job, job["computing"] + timing.duration(job["unit"]))
+            else:
+                heapq.heappush(events, (job["computing"] + timing.duration(job["unit"], 1), _BOUND, agent, job["index"]))
+
+        def fetch(key: tuple[int, int]) -> UnitResult:
+            while key not in results:
+                for event in self.backend.wait():
+                    if isinstance(event, WorkerLost):
+                        self._lost(event)
+                        for unit in event.units:  # the agent's slot still holds its θ: resubmit as is
+                            if unit.epoch == self.epoch:
+                                self.backend.submit(unit)
+                    elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch:
+                        results[(event.unit.agent, event.unit.first)] = event
+            return results[key]
+
+        for agent in range(self.n_agents):
+            if agent not in jobs:
+                jobs[agent] = new_job(agent, first_index[agent], start, params, obs_norm, version)
+        for agent in sorted(jobs):
+            launch(jobs[agent])
+        while True:
+            at, order, agent, index = heapq.heappop(events)
+            job = jobs[agent]
+            if order == _BOUND:  # per-step times: the finish depends on the trajectory's length
+                upload(job, job["computing"] + timing.duration(job["unit"], fetch((agent, index)).n_steps))
+                continue
+            del jobs[agent]
+            k = job["version"]
+            trace.append(TraceEvent(k, agent, "broadcast", -1, job["download"], job["computing"], "sent"))
+            trace.append(TraceEvent(k, agent, "compute", index, job["computing"], job["finish"], "counted"))
+            trace.append(TraceEvent(k, agent, "upload", -1, job["finish"], at, "sent"))
+            result = fetch((agent, index))
+            del results[(agent, index)]
+            reply, stop = on_arrival(Arrival(at, agent, index, result.trajectories[0], result.gradient, k))
+            if reply is not None:
+                theta, norm, new_version = reply
+                jobs[agent] = new_job(agent, index + 1, at, theta, norm, new_version)
+                if not stop:
+                    launch(jobs[agent])
+            if stop or reply is None:
+                return
+
+    def _serve_real(self, params, obs_norm, base: float, first_index, on_arrival, version: int, trace) -> None:
+        scale = self.time_scale or 0.0
+        wall_start = time.perf_counter()
+        downloaded: dict[tuple[int, int], tuple[float, int]] = {}
+
+        def now() -> float:
+            return base + (time.perf_counter() - wall_start)
+
+        def begin(agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], k: int) -> None:
+            at = now()
+            kappa = float(self._transfer(agent, at)) * scale
+            unit = self._compute_unit(agent, at + kappa)
+            minimum = float(unit if self.timing.per_step else self.timing.duration(unit)) * scale
+            upload = float(self._transfer(agent, at + kappa)) * scale  # drawn ahead: the worker sleeps it
+            self._send_job(agent, index, theta, norm, delay=kappa, min_duration=minimum, per_step=self.timing.per_step,
+                           upload_delay=upload)
+            downloaded[(agent, index)] = (at, k)
+
+        for agent in range(self.n_agents):
+            begin(agent, first_index[agent], params, obs_norm, version)
+        while True:
+            for event in self.backend.wait(timeout=1.0):
+                if isinstance(event, WorkerLost):
+                    self._lost(event)
+                    for unit in event.units:
+                        if unit.epoch == self.epoch:
+                            self.backend.submit(unit)
+                    continue
+                if not isinstance(event, UnitResult) or event.unit.epoch != self.epoch:
+                    continue
+                at = now()
+                unit = event.unit
+                key = (unit.agent, unit.first)
+                if key not in downloaded:  # a stale result
+                    continue
+                download, k = downloaded.pop(key)
+                computed = max(0.0, event.seconds - unit.delay - unit.upload_delay)
+                trace.append(TraceEvent(k, unit.agent, "broadcast", -1, download, download + unit.delay, "sent"))
+                trace.append(TraceEvent(k, unit.agent, "compute", unit.first, at - unit.upload_delay - computed, at - unit.upload_delay, "counted"))
+                trace.append(TraceEvent(k, unit.agent, "upload", -1, at - unit.upload_delay, at, "sent"))
+                reply, stop = on_arrival(Arrival(ExactTime.of(at), unit.agent, unit.first, event.trajectories[0], event.gradient, k))
+                if stop or reply is None:
+                    return
+                theta, norm, new_version = reply
+                begin(unit.agent, unit.first + 1, theta, norm, new_version)
+
+
+
+
+def new_job(agent: int, index: int, download: ExactTime, params: np.ndarray, obs_norm: Optional[ObsNorm], version: int) -> dict:
+    """An AFedPG agent's job: it downloads θ_version at ``download`` and computes gradient ``index`` (times drawn when
+    it is launched, kept when serving pauses)."""
+    return {"agent": agent, "index": index, "download": download, "params": np.asarray(params, dtype=np.float32),
+            "obs_norm": obs_norm, "version": version, "computing": None, "unit": None, "finish": None, "arrival": None}
