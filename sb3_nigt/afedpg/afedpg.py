@@ -129,7 +129,6 @@ class AFedPG(NIGTAlgorithm):
                 return
         if self.momentum_buffer is None and not self._server_jobs and self._needs_observation_warmup():
             warmed = self._warm_up_observation_statistics(collector, callback)
-            collector.backend.cancel(0)  # the warm-up round used round index 0 too: make round 0 live again
             # The warm-up used job indices 0..M_i (the last one possibly in flight): start past them.
             assert self.last_counts is not None
             self.next_job_index = [i + int(c) + 1 for i, c in zip(self.next_job_index, self.last_counts)]

@@ -14,6 +14,9 @@ main process on a busy worker.
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -38,7 +41,6 @@ from sb3_nigt.common.estimator import (
     TrajectoryStats,
     UnitResult,
     WorkUnit,
-    _sleep,
     job_seed,
 )
 
@@ -53,6 +55,10 @@ class AgentRun:
     """Real clock: agent ``agent`` samples trajectories ``first``, ``first + 1``, ... at the published θ until it is
     flushed or cancelled (paper, Algorithms 2 and 3: "agent j immediately starts another trajectory").
 
+    Emulated times: trajectory 0 starts ``delay`` seconds after the agent receives the run; trajectory k takes
+    ``max(durations[k] (× its steps if per_step), its compute time)`` seconds and is reported when it ends; the
+    next one starts then.
+
     :param epoch: the collector's cancellation epoch.
     :param round_index: the round (job seeds (seed, round, agent, k)).
     :param agent: the agent.
@@ -61,13 +67,13 @@ class AgentRun:
     :param env_index: the agent's environment factory.
     :param horizon: H.
     :param gamma: γ.
-    :param delay: seconds to sleep before the first trajectory (emulated broadcast κ_i).
+    :param delay: seconds to wait before the first trajectory (emulated broadcast κ_i).
     :param durations: emulated seconds of its successive gradients (per step if ``per_step``); the last one
         repeats. Empty: no emulation.
     :param per_step: whether ``durations`` are per environment step.
     :param max_gradients: stop after this many and send their sum at once (Synchronized NIGT: 1); None: until
         flushed.
-    :param upload_delay: seconds to sleep before that early upload (emulated κ_i).
+    :param upload_delay: seconds to wait before that early upload (emulated κ_i).
     """
 
     epoch: int
@@ -99,8 +105,9 @@ class WorkerLost:
 
     :param worker: the worker's number.
     :param reason: what happened.
-    :param units: the units it held, to resubmit.
-    :param runs: the agent runs it held; their counted but unsent gradients are lost.
+    :param units: the units of live epochs it held, unanswered, in the order they were submitted: resubmit them.
+    :param runs: the agent runs of live epochs it held (running, or flushed with their sum not yet received);
+        their counted but unsent gradients are lost.
     """
 
     worker: int
@@ -120,8 +127,11 @@ class BackendOptions:
     :param start_method: multiprocessing start method.
     :param pin_agents: run agent i only on worker ``i % n_workers`` (emulated times on the real clock).
     :param agent_slots: how many per-agent θ slots to publish to (AFedPG: n), besides the round's broadcast.
-    :param worker_timeout: seconds without a word from a busy worker before it is declared hung; None: never.
-    :param max_failures: consecutive worker losses after which :class:`WorkerError` is raised.
+    :param worker_timeout: seconds without a sign of progress from a busy worker before it is declared hung;
+        None: never. Workers send a heartbeat while they sleep and every 64 environment steps, so only a
+        worker stuck inside one stretch of 64 steps (or one batched backward pass) that long is declared hung.
+    :param max_failures: a loss that makes more than this many worker losses in a row (no result or report in
+        between) raises :class:`WorkerError` instead of replacing the worker.
     """
 
     n_workers: Optional[int] = None
@@ -136,19 +146,32 @@ class BackendOptions:
 @runtime_checkable
 class Backend(Protocol):
     """The contract every backend implements (inline, local processes; next Ray actors and torch.distributed).
+    ``tests/test_backend_contract.py`` checks it; a new backend joins by adding its name there.
 
     Life cycle: :meth:`bind` (once, before the first start), then :meth:`start` … :meth:`close` for each
-    ``learn``; a closed backend can be started again.
+    ``learn``; a closed backend can be started again (everything published or queued before is gone).
 
-    Ordering guarantees: the results of one worker arrive in the order it finished them; nothing else is
-    ordered. Callers must add results in their own canonical order.
+    Bits: a unit's gradient is bit-identical to :meth:`GradientWorker.run_unit` at the published θ run with one
+    torch thread, and a flushed run's to :meth:`GradientWorker.gradient_sum` of its first ``count``
+    trajectories, whoever computes them: workers use one torch thread and job seeds are (seed, round, agent,
+    index).
 
-    Cancellation: :meth:`cancel` raises the live epoch; work of a lower epoch is dropped if queued and abandoned
-    if running (within 64 environment steps), and produces no event.
+    Ordering: a run's reports arrive in index order, before its sum; nothing else is ordered (the results of
+    different units can arrive in any order). Callers add results in their own canonical order.
+
+    Cancellation: :meth:`cancel` raises the live epoch. Once it returns, :meth:`wait` returns no
+    :class:`UnitResult` or :class:`AgentReport` of a lower epoch, even one that was already computed or in
+    transit (the backend drops it on receipt; callers may still check the epoch), and :class:`WorkerLost` lists
+    no such work. Work of lower epochs is dropped if queued and abandoned if running (within 64 environment
+    steps or 10 ms of an emulated wait); it may use a worker briefly but never counts as pending.
+
+    Flush: after :meth:`flush` returns, no further report of that run is returned (a report already sent is
+    dropped); its sum is the only event still to come, and only if ``count`` > 0.
 
     Errors: :meth:`wait` re-raises an exception raised by the user's code in a worker (e.g. ``ValueError`` for a
     NaN reward) as is; a worker that dies or hangs past ``worker_timeout`` is replaced and reported as a
-    :class:`WorkerLost` event; after ``max_failures`` losses in a row :class:`WorkerError` is raised.
+    :class:`WorkerLost` event; after ``max_failures`` losses in a row :class:`WorkerError` is raised (then and
+    by every later :meth:`wait`, until :meth:`close`). :meth:`wait` never blocks forever on a dead worker.
     """
 
     n_workers: int
@@ -157,28 +180,45 @@ class Backend(Protocol):
         """Receive what workers are built from (:class:`GradientWorker` arguments) and the options."""
 
     def start(self) -> None:
-        """Start the workers; the published θ starts empty."""
+        """Start the workers; the published θ starts empty. Starting a started backend restarts it."""
 
     def publish(self, params: np.ndarray, obs_norm: Optional[ObsNorm], slot: int = -1) -> None:
-        """Make θ (float32 ``(d,)``) and its observation statistics the parameters of later work of ``slot``
-        (-1: the round's broadcast; ``i``: agent i's own slot). Never blocks on a worker."""
+        """Make θ (float32 ``(d,)``) and its observation statistics the parameters of work of ``slot`` (-1: the
+        round's broadcast; ``i`` in ``0 .. agent_slots − 1``: agent i's own slot) submitted from now on. Never
+        blocks on a worker. Work of that slot submitted earlier and still pending may run at either θ: cancel it
+        first, or wait for its result (the collector does).
+
+        :raises ValueError: for a slot out of range or a vector of the wrong size.
+        """
 
     def submit(self, unit: WorkUnit) -> None:
-        """Queue a unit; its :class:`UnitResult` comes back from :meth:`wait`."""
+        """Queue a unit; its :class:`UnitResult` comes back from :meth:`wait`, once.
+
+        :raises ValueError: when θ was never published to the unit's slot.
+        """
 
     def start_run(self, run: AgentRun) -> None:
-        """Start an agent run; each finished trajectory comes back as an :class:`AgentReport`."""
+        """Start an agent run at the broadcast θ (it replaces a run of the same agent); each finished trajectory
+        comes back as an :class:`AgentReport`.
+
+        :raises ValueError: when no broadcast θ was published.
+        """
 
     def flush(self, epoch: int, agent: int, count: int, upload_delay: float = 0.0) -> None:
-        """End agent ``agent``'s run of ``epoch``: it sends the sum of its first ``count`` trajectories (after
-        sleeping ``upload_delay``) as a :class:`UnitResult` and drops the rest; with ``count`` 0 it sends
-        nothing. Every run must be flushed once (or lost with its worker)."""
+        """End agent ``agent``'s run of ``epoch``: it sends the sum of its first ``count`` trajectories (at most
+        the number reported), ``upload_delay`` seconds later, as a :class:`UnitResult` (whose unit has ``first``
+        and ``count``), and drops the rest; with ``count`` 0 it sends nothing and the run is released at once.
+        Ignored for a run that is not live (cancelled, lost, ended by ``max_gradients``, already flushed)."""
 
     def wait(self, timeout: Optional[float] = None) -> list[Event]:
-        """Block until at least one event, or ``timeout`` seconds (then possibly none)."""
+        """Block until at least one event, or ``timeout`` seconds (then possibly none). A backend that computes
+        in the caller's thread may overrun ``timeout`` by one piece of work, never by an emulated wait.
+
+        :raises RuntimeError: when no work of a live epoch is pending (nothing submitted, or all returned).
+        """
 
     def cancel(self, epoch: int) -> None:
-        """Abandon all work of epochs below ``epoch``."""
+        """Abandon all work of epochs below ``epoch`` (the live epoch never decreases)."""
 
     def close(self) -> None:
         """Stop every worker and release every resource; safe to call twice and after a failure."""
@@ -226,143 +266,251 @@ def single_threaded_torch() -> Iterator[None]:
         th.set_num_threads(previous)
 
 
+def _check_slot(slot: int, agent_slots: int) -> None:
+    if not -1 <= slot < agent_slots:
+        raise ValueError(f"slot: must be -1 (the broadcast) or an agent slot in 0..{agent_slots - 1} "
+                         f"(BackendOptions.agent_slots={agent_slots}), got {slot}")
+
+
 # --------------------------------------------------------------------------------------------- agent runs
 class _RunState:
-    """An agent run inside a worker: its trajectories so far, kept until the flush (memory ∝ their lengths)."""
+    """An agent run where it is computed: its trajectories so far, kept until the flush (memory ∝ their lengths),
+    when its next trajectory may start, and the trajectory sampled but not yet finished in emulated time."""
 
-    def __init__(self, run: AgentRun):
+    def __init__(self, run: AgentRun, received: float):
         self.run = run
         self.trajectories: list[Trajectory] = []
-        self.active = True
-        self.started: Optional[float] = None
+        self.next_at = received + run.delay
+        self.pending: Optional[tuple[Trajectory, float]] = None
 
-    def duration(self, k: int) -> float:
+    def emulated(self, trajectory: Trajectory) -> float:
+        """Emulated seconds of the next trajectory (0 without emulation)."""
         durations = self.run.durations
-        return durations[min(k, len(durations) - 1)] if durations else 0.0
+        if not durations:
+            return 0.0
+        seconds = durations[min(len(self.trajectories), len(durations) - 1)]
+        return seconds * (trajectory.stats.n_steps if self.run.per_step else 1)
+
+    def sample(self, worker: GradientWorker, cancelled: Callable[[], bool]) -> tuple[Trajectory, float]:
+        """Sample the next trajectory at the loaded θ; return it with the time its emulated duration ends."""
+        run = self.run
+        index = run.first + len(self.trajectories)
+        trajectory = worker.sample(run.agent, index, job_seed(run.seed, run.round_index, run.agent, index),
+                                   run.env_index, run.horizon, cancelled, run.round_index)
+        return trajectory, max(self.next_at + self.emulated(trajectory), time.monotonic())
+
+    def finish(self) -> TrajectoryStats:
+        """The pending trajectory ends: keep it; the next one starts now (emulated)."""
+        assert self.pending is not None
+        trajectory, finish = self.pending
+        self.trajectories.append(trajectory)
+        self.next_at, self.pending = finish, None
+        return trajectory.stats
+
+    @property
+    def limit_reached(self) -> bool:
+        return self.run.max_gradients is not None and len(self.trajectories) >= self.run.max_gradients
 
 
-def _run_one(worker: GradientWorker, state: _RunState, cancelled: Callable[[], bool]) -> Trajectory:
-    """Sample the run's next trajectory, emulating its broadcast and compute times."""
+def _flush_result(worker: GradientWorker, state: _RunState, count: int) -> UnitResult:
+    """The sum of the run's first ``count`` trajectories, as one vector, at the loaded θ."""
     run = state.run
-    k = len(state.trajectories)
-    if k == 0 and run.delay > 0:
-        _sleep(run.delay, cancelled)
-    begin = time.perf_counter()
-    index = run.first + k
-    trajectory = worker.sample(run.agent, index, job_seed(run.seed, run.round_index, run.agent, index), run.env_index,
-                               run.horizon, cancelled, run.round_index)
-    emulated = state.duration(k) * (trajectory.stats.n_steps if run.per_step else 1)
-    if emulated > 0:
-        _sleep(emulated - (time.perf_counter() - begin), cancelled)
-    state.trajectories.append(trajectory)
-    return trajectory
-
-
-def _flush_result(worker: GradientWorker, state: _RunState, count: int, cancelled: Callable[[], bool], upload_delay: float) -> UnitResult:
-    """The sum of the run's first ``count`` trajectories, as one vector (after the emulated upload)."""
-    run = state.run
+    if count > len(state.trajectories):
+        raise ValueError(f"flush: count {count} exceeds the {len(state.trajectories)} trajectories agent {run.agent} "
+                         f"finished in epoch {run.epoch}")
     kept = state.trajectories[:count]
     begin = time.perf_counter()
     gradient = worker.gradient_sum(kept, run.gamma)
-    if upload_delay > 0:
-        _sleep(upload_delay, lambda: False)
     unit = WorkUnit(run.round_index, run.agent, run.first, count, run.seed, run.env_index, run.horizon, run.gamma, run.epoch)
     return UnitResult(unit, gradient, [t.stats for t in kept], time.perf_counter() - begin)
+
+
+def _event_epoch(event: Event) -> int:
+    return event.unit.epoch if isinstance(event, UnitResult) else event.epoch  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------------------------------- inline
 class InlineBackend:
     """Computes everything in the main process, one piece at a time (``backend="inline"``), like SB3's
-    DummyVecEnv. Agent runs take turns, one trajectory each. A hung environment cannot be detected here."""
+    DummyVecEnv: a unit, or one trajectory of an agent run (runs take turns). Emulated times are kept, not
+    slept: a piece computed early is held until its emulated end, so :meth:`wait` honours its timeout and the
+    agents' emulated waits overlap. A hung environment cannot be detected here."""
 
     n_workers = 1
 
     def __init__(self) -> None:
         self.worker_args: dict[str, Any] = {}
+        self.options = BackendOptions()
         self.worker: Optional[GradientWorker] = None
+        self.n_params = 0
         self.units: deque[WorkUnit] = deque()
         self.runs: dict[int, _RunState] = {}
         self.turn: deque[int] = deque()
-        self.events: list[Event] = []
+        self.held: list[tuple[float, int, Event, Optional[_RunState]]] = []  # (due, order, event, its run)
+        self.order = itertools.count()
         self.published: dict[int, tuple[np.ndarray, Optional[ObsNorm]]] = {}
         self.loaded: Optional[tuple[int, int]] = None
         self.versions: dict[int, int] = {}
         self.live = 0
 
+    #: What a pickled backend (a model saved with ``backend=`` an instance) leaves out: what ``bind`` and
+    #: ``start`` set up again.
+    _RUNTIME = ("worker_args", "worker", "n_params", "units", "runs", "turn", "held", "order", "published", "loaded",
+                "versions", "live")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key not in self._RUNTIME}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        InlineBackend.__init__(self)
+        self.__dict__.update(state)
+
     def bind(self, worker_args: dict[str, Any], options: BackendOptions) -> None:
         self.worker_args = worker_args
+        self.options = options
 
     def start(self) -> None:
+        self.close()
         self.worker = GradientWorker(**self.worker_args)
+        self.n_params = sum(p.numel() for p in self.worker.policy.parameters())
         self.live, self.loaded = 0, None
+        self.published, self.versions = {}, {}
+
+    def _started(self) -> GradientWorker:
+        if self.worker is None:
+            raise RuntimeError("the backend is not started: call start() first")
+        return self.worker
 
     def publish(self, params: np.ndarray, obs_norm: Optional[ObsNorm], slot: int = -1) -> None:
-        self.published[slot] = (np.array(params, dtype=np.float32), obs_norm)
+        self._started()
+        _check_slot(slot, self.options.agent_slots)
+        params = np.array(params, dtype=np.float32)
+        if params.shape != (self.n_params,):
+            raise ValueError(f"params: expected shape ({self.n_params},), got {params.shape}")
+        self.published[slot] = (params, obs_norm)
         self.versions[slot] = self.versions.get(slot, 0) + 1
 
     def _load(self, slot: int) -> None:
-        assert self.worker is not None
+        worker = self._started()
         if self.loaded != (slot, self.versions[slot]):
-            self.worker.set_params(*self.published[slot])
+            worker.set_params(*self.published[slot])
             self.loaded = (slot, self.versions[slot])
 
     def submit(self, unit: WorkUnit) -> None:
-        self.units.append(unit)
+        self._started()
+        if unit.slot not in self.published:
+            raise ValueError(f"submit: θ was never published to slot {unit.slot}")
+        if unit.epoch >= self.live:
+            self.units.append(unit)
 
     def start_run(self, run: AgentRun) -> None:
-        self.runs[run.agent] = _RunState(run)
+        self._started()
+        if -1 not in self.published:
+            raise ValueError("start_run: no broadcast θ was published")
+        self._end_run(run.agent)
+        if run.epoch < self.live:
+            return
+        self.runs[run.agent] = _RunState(run, time.monotonic())
         if run.agent not in self.turn:
             self.turn.append(run.agent)
 
+    def _end_run(self, agent: int) -> Optional[_RunState]:
+        """Forget the agent's run and its held (unreported) trajectory."""
+        state = self.runs.pop(agent, None)
+        if state is not None:
+            self._drop(lambda event, run: run is state)
+        return state
+
+    def _drop(self, doomed: Callable[[Event, Optional[_RunState]], bool]) -> None:
+        self.held = [entry for entry in self.held if not doomed(entry[2], entry[3])]
+        heapq.heapify(self.held)
+
+    def _hold(self, due: float, event: Event, state: Optional[_RunState] = None) -> None:
+        heapq.heappush(self.held, (due, next(self.order), event, state))
+
     def flush(self, epoch: int, agent: int, count: int, upload_delay: float = 0.0) -> None:
         state = self.runs.get(agent)
-        if state is None or state.run.epoch != epoch:
+        if state is None or state.run.epoch != epoch or epoch < self.live:
             return
-        del self.runs[agent]
+        self._end_run(agent)
         if count == 0:
             return
-        assert self.worker is not None
         self._load(-1)
         with single_threaded_torch():
-            self.events.append(_flush_result(self.worker, state, count, lambda: False, 0.0))
+            result = _flush_result(self._started(), state, count)
+        result.seconds += upload_delay
+        self._hold(time.monotonic() + upload_delay, result)
 
-    def wait(self, timeout: Optional[float] = None) -> list[Event]:
-        assert self.worker is not None
-        if self.events:
-            events, self.events = self.events, []
-            return events
-        while self.units:
+    def _pending(self) -> bool:
+        return bool(self.units or self.held or self.runs)
+
+    def _compute_next(self) -> bool:
+        """Compute one piece of work (a unit, or one trajectory of the next run whose turn it is); False if none."""
+        worker = self._started()
+        if self.units:
             unit = self.units.popleft()
-            if unit.epoch < self.live:
-                continue
             self._load(unit.slot)
-            with single_threaded_torch():
-                return [self.worker.run_unit(unit)]
-        while self.turn:
-            agent = self.turn.popleft()
+            begin = time.monotonic()
+            with single_threaded_torch():  # emulated times are held, not slept
+                result = worker.run_unit(dataclasses.replace(unit, delay=0.0, min_duration=0.0, upload_delay=0.0))
+            computed = time.monotonic() - begin
+            minimum = unit.min_duration * (result.n_steps if unit.per_step else unit.count)
+            seconds = unit.delay + max(computed, minimum) + unit.upload_delay
+            self._hold(begin + seconds, UnitResult(unit, result.gradient, result.trajectories, seconds))
+            return True
+        for _ in range(len(self.turn)):
+            agent = self.turn[0]
+            self.turn.rotate(-1)
             state = self.runs.get(agent)
-            if state is None or not state.active or state.run.epoch < self.live:
+            if state is None or state.pending is not None:
                 continue
             self._load(-1)
             with single_threaded_torch():
-                trajectory = _run_one(self.worker, state, lambda: False)
-            self.turn.append(agent)
-            events: list[Event] = [AgentReport(state.run.epoch, trajectory.stats)]
-            limit = state.run.max_gradients
-            if limit is not None and len(state.trajectories) >= limit:
-                state.active = False
-                with single_threaded_torch():
-                    events.append(_flush_result(self.worker, state, limit, lambda: False, 0.0))
+                state.pending = state.sample(worker, lambda: False)
+            due = state.pending[1]
+            self._hold(due, AgentReport(state.run.epoch, state.pending[0].stats), state)
+            if state.run.max_gradients is not None and len(state.trajectories) + 1 >= state.run.max_gradients:
+                state.finish()  # its last trajectory: the run ends and sends its sum after the emulated upload
                 del self.runs[agent]
-            return events
-        raise RuntimeError("wait() called with no work submitted")
+                with single_threaded_torch():
+                    result = _flush_result(worker, state, len(state.trajectories))
+                result.seconds += state.run.upload_delay
+                self._hold(due + state.run.upload_delay, result)
+            return True
+        return False
+
+    def wait(self, timeout: Optional[float] = None) -> list[Event]:
+        self._started()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._pending():
+            raise RuntimeError("wait() called with no work pending: submit a unit or start a run first")
+        computed = False
+        while True:
+            now = time.monotonic()
+            ready: list[Event] = []
+            while self.held and self.held[0][0] <= now:
+                _, _, event, state = heapq.heappop(self.held)
+                if state is not None and isinstance(event, AgentReport) and state.pending is not None:
+                    state.finish()  # its report is out: the agent starts its next trajectory
+                ready.append(event)
+            if ready:
+                return ready
+            if computed and deadline is not None and now >= deadline:
+                return []
+            if self._compute_next():
+                computed = True
+                continue
+            if not self.held or (deadline is not None and now >= deadline):
+                return []
+            wake = self.held[0][0] if deadline is None else min(self.held[0][0], deadline)
+            time.sleep(max(0.0, wake - now))
 
     def cancel(self, epoch: int) -> None:
         self.live = max(self.live, epoch)
-        self.units = deque(u for u in self.units if u.epoch >= epoch)
-        for state in self.runs.values():
-            if state.run.epoch < epoch:
-                state.active = False
+        self.units = deque(u for u in self.units if u.epoch >= self.live)
+        for agent in [a for a, s in self.runs.items() if s.run.epoch < self.live]:
+            self._end_run(agent)
+        self._drop(lambda event, run: _event_epoch(event) < self.live)
 
     def close(self) -> None:
         if self.worker is not None:
@@ -371,7 +519,7 @@ class InlineBackend:
         self.units.clear()
         self.runs.clear()
         self.turn.clear()
-        self.events.clear()
+        self.held.clear()
 
 
 # ------------------------------------------------------------------------------------------- subprocess
@@ -386,100 +534,164 @@ def _picklable(exc: BaseException) -> Optional[BaseException]:
 
 
 def _worker_main(remote: Connection, parent_remote: Connection, wrapped_args: CloudpickleWrapper, live: Any,
-                 shm_name: Optional[str], n_slots: int, n_params: int) -> None:
-    """Entry point of a worker process: one torch thread, SIGINT left to the main process, and a loop over small
-    commands: ``publish``, ``unit``, ``run``, ``flush``, ``close``. Any other command is rejected."""
+                 shm_name: str, n_slots: int, n_params: int, heartbeat: Optional[float]) -> None:
+    """Entry point of a worker process: one torch thread, SIGINT left to the main process, and an event loop over
+    small commands (``publish``, ``unit``, ``run``, ``flush``, ``close``; any other is rejected) and the agent
+    runs it holds. Emulated waits are deadlines, not sleeps, so a flush is handled at once and runs held by one
+    worker wait concurrently. Sends ``("alive",)`` when it has said nothing for ``heartbeat`` seconds while busy."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     th.set_num_threads(1)
     parent_remote.close()
-    worker = None
-    memory = None
+    worker: Optional[GradientWorker] = None
+    memory: Optional[shared_memory.SharedMemory] = None
+    last_sent = [time.monotonic()]
+
+    def send(message: tuple) -> None:
+        remote.send(message)
+        last_sent[0] = time.monotonic()
+
+    def beat() -> None:
+        if heartbeat is not None and time.monotonic() - last_sent[0] >= heartbeat:
+            send(("alive",))
+
+    def cancelled_below(epoch: int) -> Callable[[], bool]:
+        def cancelled() -> bool:  # called every 64 environment steps and every 10 ms of an emulated wait
+            beat()
+            return live.value > epoch
+
+        return cancelled
+
     try:
         worker = GradientWorker(**wrapped_args.var)
-        memory = shared_memory.SharedMemory(name=shm_name) if shm_name else None
-        slots = np.ndarray((n_slots, n_params), dtype=np.float32, buffer=memory.buf) if memory is not None else None
+        memory = shared_memory.SharedMemory(name=shm_name)
+        slots = np.ndarray((n_slots, n_params), dtype=np.float32, buffer=memory.buf)
         published: dict[int, tuple[int, Optional[ObsNorm]]] = {}
         loaded: list[Optional[tuple[int, int]]] = [None]
         runs: dict[int, _RunState] = {}
-        turn: deque[int] = deque()
+        outbox: list[tuple[float, int, int, tuple]] = []  # (due, order, epoch, message): emulated uploads
+        order = itertools.count()
 
         def load(slot: int, epoch: int) -> None:
+            assert worker is not None
+            if slot not in published:
+                raise RuntimeError(f"worker: no θ was published to slot {slot}")
             version, obs_norm = published[slot]
             if loaded[0] != (slot, version):
-                assert slots is not None
                 worker.set_params(np.array(slots[slot + 1]), obs_norm)
                 loaded[0] = (slot, version)
             if live.value > epoch:  # θ may have been overwritten by a newer round while it was copied
                 loaded[0] = None
                 raise JobCancelled()
 
+        def upload(state: _RunState, count: int, delay: float) -> None:
+            """Send the sum of the run's first ``count`` trajectories ``delay`` seconds from now."""
+            assert worker is not None
+            epoch = state.run.epoch
+            try:
+                load(-1, epoch)  # θ of the run's round: a new round's θ is published only after a cancel
+            except JobCancelled:
+                return
+            result = _flush_result(worker, state, count)
+            result.seconds += delay
+            heapq.heappush(outbox, (time.monotonic() + delay, next(order), epoch, ("flushed", result)))
+
         def handle(message: tuple) -> bool:
+            assert worker is not None
             command = message[0]
             if command == "publish":
                 _, slot, version, obs_norm = message
                 published[slot] = (version, obs_norm)
             elif command == "unit":
                 unit: WorkUnit = message[1]
-                cancelled = lambda: live.value > unit.epoch  # noqa: E731
+                cancelled = cancelled_below(unit.epoch)
                 try:
                     if cancelled():
                         raise JobCancelled()
                     load(unit.slot, unit.epoch)
-                    remote.send(("result", worker.run_unit(unit, cancelled)))
+                    result = worker.run_unit(unit, cancelled)
                 except JobCancelled:
-                    remote.send(("cancelled", unit))
+                    send(("cancelled", unit))
+                else:
+                    send(("result", result))
             elif command == "run":
                 run: AgentRun = message[1]
-                runs[run.agent] = _RunState(run)
-                if run.agent not in turn:
-                    turn.append(run.agent)
+                runs[run.agent] = _RunState(run, time.monotonic())
             elif command == "flush":
-                _, epoch, agent, count, upload_delay = message
-                state = runs.pop(agent, None)
-                if state is not None and state.run.epoch == epoch and count > 0:
-                    # θ of the run's round: the main process publishes the next one only after every flush.
-                    version, obs_norm = published[-1]
-                    if loaded[0] != (-1, version):
-                        worker.set_params(np.array(slots[0]), obs_norm)
-                        loaded[0] = (-1, version)
-                    remote.send(("result", _flush_result(worker, state, count, lambda: False, upload_delay)))
+                _, epoch, agent, count, delay = message
+                state = runs.get(agent)
+                if state is not None and state.run.epoch == epoch:
+                    del runs[agent]  # its trajectory in progress, if any, is dropped
+                    if count > 0:
+                        upload(state, count, delay)
             elif command == "close":
                 return False
             else:
                 raise ValueError(f"worker: unknown command {command!r}")
             return True
 
+        def step(state: _RunState) -> bool:
+            """Advance a run: sample its next trajectory once it may start, report it once its emulated time is
+            over. Whether anything happened."""
+            assert worker is not None
+            run = state.run
+            progressed = False
+            if state.pending is None:
+                if time.monotonic() < state.next_at:
+                    return False
+                try:
+                    load(-1, run.epoch)
+                    state.pending = state.sample(worker, cancelled_below(run.epoch))
+                except JobCancelled:
+                    runs.pop(run.agent, None)
+                    return True
+                progressed = True
+            if time.monotonic() < state.pending[1]:
+                return progressed
+            send(("report", run.epoch, state.finish()))
+            if state.limit_reached:  # Synchronized NIGT: the agent stops and uploads at once
+                del runs[run.agent]
+                upload(state, len(state.trajectories), run.upload_delay)
+            return True
+
         while True:
-            active = [a for a in turn if a in runs and runs[a].active and runs[a].run.epoch >= live.value]
-            if not active:
+            epoch = live.value
+            for agent in [a for a, s in runs.items() if s.run.epoch < epoch]:
+                del runs[agent]  # abandoned: its memory is freed, a flush of it is ignored
+            if any(entry[2] < epoch for entry in outbox):
+                outbox[:] = [entry for entry in outbox if entry[2] >= epoch]
+                heapq.heapify(outbox)
+            if not runs and not outbox:
                 try:
                     message = remote.recv()
-                except (EOFError, KeyboardInterrupt):
+                except EOFError:
                     break
                 if not handle(message):
                     break
                 continue
+            stop = False
             while remote.poll():
-                if not handle(remote.recv()):
-                    return
-            agent = turn[0]
-            turn.rotate(-1)
-            state = runs.get(agent)
-            if state is None or not state.active or state.run.epoch < live.value:
+                try:
+                    message = remote.recv()
+                except EOFError:
+                    stop = True
+                    break
+                if not handle(message):
+                    stop = True
+                    break
+            if stop:
+                break
+            while outbox and outbox[0][0] <= time.monotonic():
+                send(heapq.heappop(outbox)[3])
+            progressed = False
+            for state in list(runs.values()):
+                if runs.get(state.run.agent) is state:
+                    progressed = step(state) or progressed
+            if progressed:
                 continue
-            cancelled = lambda: live.value > state.run.epoch  # noqa: E731
-            try:
-                load(-1, state.run.epoch)
-                trajectory = _run_one(worker, state, cancelled)
-            except JobCancelled:
-                state.active = False
-                continue
-            remote.send(("report", state.run.epoch, trajectory.stats))
-            limit = state.run.max_gradients
-            if limit is not None and len(state.trajectories) >= limit:
-                state.active = False
-                remote.send(("result", _flush_result(worker, state, limit, lambda: False, state.run.upload_delay)))
-                del runs[agent]
+            beat()
+            due = [entry[0] for entry in outbox[:1]] + [s.pending[1] if s.pending is not None else s.next_at for s in runs.values()]
+            wake = min(due) - time.monotonic() if due else 0.05
+            remote.poll(min(max(wake, 0.0), 0.05))  # a message, the next deadline, or a cancellation check
     except Exception as exc:  # sent to the main process, which re-raises it
         try:
             remote.send(("error", _picklable(exc), traceback.format_exc()))
@@ -494,28 +706,43 @@ def _worker_main(remote: Connection, parent_remote: Connection, wrapped_args: Cl
 
 
 class _Worker:
-    """The main process's handle on one worker process."""
+    """The main process's handle on one worker process and the work it holds."""
 
     def __init__(self, process: Any, remote: Connection):
         self.process = process
         self.remote = remote
-        self.units: dict[tuple[int, int, int], WorkUnit] = {}
-        self.runs: dict[int, AgentRun] = {}
+        self.units: list[WorkUnit] = []  # sent and not yet answered (result or cancelled), any epoch
+        self.runs: dict[int, AgentRun] = {}  # live runs, until released (flush 0, their sum, cancel, loss)
+        self.flushed: set[int] = set()  # agents whose run was flushed with count > 0 (sum awaited)
         self.heard = time.monotonic()
 
     @property
     def busy(self) -> bool:
         return bool(self.units) or bool(self.runs)
 
+    def load(self) -> int:
+        return len(self.units) + len(self.runs)
+
+    def holds_live(self, live: int) -> bool:
+        return bool(self.runs) or any(u.epoch >= live for u in self.units)
+
+    def answered(self, unit: WorkUnit) -> None:
+        try:
+            self.units.remove(unit)
+        except ValueError:
+            pass
+
 
 class SubprocessBackend:
     """Runs work in local worker processes (``backend="subprocess"``), as SB3's SubprocVecEnv does.
 
     θ is written once per round to shared memory; each worker gets a small notice and copies it when it next
-    needs it. Each worker keeps up to ``prefetch`` units queued; the main process waits for any worker with
-    ``multiprocessing.connection.wait``, also watching each process's sentinel, so a worker that dies is seen at
-    once; a busy worker silent for ``worker_timeout`` seconds is declared hung and killed. A lost worker is
-    replaced and its work reported (:class:`WorkerLost`) so that the collector can resubmit it.
+    needs it. Each worker keeps up to ``prefetch`` units queued; agent i's runs live on worker i mod
+    ``n_workers``. The main process waits for any worker with ``multiprocessing.connection.wait``, watching
+    every worker's pipe and process sentinel, so a worker that dies (even an idle one) is seen at once; a busy
+    worker that shows no sign of progress (no message, no heartbeat) for ``worker_timeout`` seconds is declared
+    hung and killed. A lost worker is replaced and its live work reported (:class:`WorkerLost`) so that the
+    collector can resubmit it. Events of cancelled epochs, and reports of flushed runs, are dropped on receipt.
 
     :param prefetch: units queued per worker.
     """
@@ -532,8 +759,20 @@ class SubprocessBackend:
         self.slots: Optional[np.ndarray] = None
         self.published: dict[int, tuple[int, Optional[ObsNorm]]] = {}
         self.failures = 0
+        self.broken: Optional[str] = None
         self.ctx: Any = None
         self.start_method = default_start_method()
+
+    #: What a pickled backend (a model saved with ``backend=`` an instance) leaves out: processes, shared memory
+    #: and what ``bind`` and ``start`` set up again.
+    _RUNTIME = ("worker_args", "workers", "queue", "live", "memory", "slots", "published", "failures", "broken", "ctx")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key not in self._RUNTIME}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        SubprocessBackend.__init__(self, state.get("prefetch", 2))
+        self.__dict__.update(state)
 
     def bind(self, worker_args: dict[str, Any], options: BackendOptions) -> None:
         self.worker_args = worker_args
@@ -548,36 +787,46 @@ class SubprocessBackend:
             policy = args["policy_class"](args["observation_space"], args["action_space"], None, **args["policy_kwargs"])
         return sum(p.numel() for p in policy.parameters())
 
+    def _heartbeat(self) -> Optional[float]:
+        timeout = self.options.worker_timeout
+        return None if timeout is None else min(1.0, timeout / 4)
+
     def _spawn(self) -> _Worker:
+        assert self.memory is not None and self.slots is not None
         remote, work_remote = self.ctx.Pipe()
-        memory_name = self.memory.name if self.memory is not None else None
-        n_slots = 0 if self.slots is None else self.slots.shape[0]
-        n_params = 0 if self.slots is None else self.slots.shape[1]
         process = self.ctx.Process(
             target=_worker_main,
-            args=(work_remote, remote, CloudpickleWrapper(self.worker_args), self.live, memory_name, n_slots, n_params),
+            args=(work_remote, remote, CloudpickleWrapper(self.worker_args), self.live, self.memory.name,
+                  self.slots.shape[0], self.slots.shape[1], self._heartbeat()),
             daemon=True,
         )
-        process.start()
-        work_remote.close()
+        try:
+            process.start()
+        except BaseException:
+            remote.close()
+            raise
+        finally:
+            work_remote.close()
         worker = _Worker(process, remote)
         for slot, (version, obs_norm) in self.published.items():  # a replacement catches up on θ
             self._send(worker, ("publish", slot, version, obs_norm))
         return worker
 
     def start(self) -> None:
-        self.ctx = mp.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            # Import torch and the library once in the fork server instead of once per worker (seconds each).
-            self.ctx.set_forkserver_preload(["sb3_nigt.common.backends"])
-        self.live = self.ctx.RawValue("q", 0)
-        n_params = self._n_params()
-        n_slots = 1 + self.options.agent_slots
-        self.memory = shared_memory.SharedMemory(create=True, size=max(1, n_slots * n_params * 4))
-        self.slots = np.ndarray((n_slots, n_params), dtype=np.float32, buffer=self.memory.buf)
-        self.published, self.failures = {}, 0
+        self.close()
         try:
-            self.workers = [self._spawn() for _ in range(self.n_workers)]
+            self.ctx = mp.get_context(self.start_method)
+            if self.start_method == "forkserver":
+                # Import torch and the library once in the fork server instead of once per worker (seconds each).
+                self.ctx.set_forkserver_preload(["sb3_nigt.common.backends"])
+            self.live = self.ctx.RawValue("q", 0)
+            n_params = self._n_params()
+            n_slots = 1 + self.options.agent_slots
+            self.memory = shared_memory.SharedMemory(create=True, size=max(1, n_slots * n_params * 4))
+            self.slots = np.ndarray((n_slots, n_params), dtype=np.float32, buffer=self.memory.buf)
+            self.published, self.failures, self.broken = {}, 0, None
+            for _ in range(self.n_workers):
+                self.workers.append(self._spawn())
         except BaseException:
             self.close()
             raise
@@ -590,10 +839,19 @@ class SubprocessBackend:
         except (BrokenPipeError, ConnectionResetError, OSError):
             return False
 
+    def _started(self) -> None:
+        if not self.workers or self.slots is None:
+            raise RuntimeError("the backend is not started: call start() first")
+
     # -------------------------------------------------------------------------------------------- work
     def publish(self, params: np.ndarray, obs_norm: Optional[ObsNorm], slot: int = -1) -> None:
+        self._started()
         assert self.slots is not None
-        self.slots[slot + 1] = np.asarray(params, dtype=np.float32)
+        _check_slot(slot, self.options.agent_slots)
+        params = np.asarray(params, dtype=np.float32)
+        if params.shape != self.slots.shape[1:]:
+            raise ValueError(f"params: expected shape ({self.slots.shape[1]},), got {params.shape}")
+        self.slots[slot + 1] = params  # no worker reads this slot now: its live work was cancelled or answered
         version = self.published.get(slot, (0, None))[0] + 1
         self.published[slot] = (version, obs_norm)
         for worker in self.workers:
@@ -603,8 +861,12 @@ class SubprocessBackend:
         return agent % self.n_workers if self.options.pin_agents else None
 
     def submit(self, unit: WorkUnit) -> None:
-        self.queue.append(unit)
-        self._dispatch()
+        self._started()
+        if unit.slot not in self.published:
+            raise ValueError(f"submit: θ was never published to slot {unit.slot}")
+        if unit.epoch >= self.live.value:
+            self.queue.append(unit)
+            self._dispatch()
 
     def _dispatch(self) -> None:
         waiting: deque[WorkUnit] = deque()
@@ -612,7 +874,7 @@ class SubprocessBackend:
             unit = self.queue.popleft()
             home = self._home(unit.agent)
             if home is None:
-                home = min(range(self.n_workers), key=lambda w: len(self.workers[w].units) + len(self.workers[w].runs))
+                home = min(range(len(self.workers)), key=lambda w: self.workers[w].load())
             worker = self.workers[home]
             if len(worker.units) >= self.prefetch:
                 waiting.append(unit)
@@ -622,7 +884,7 @@ class SubprocessBackend:
                 continue
             if not worker.busy:
                 worker.heard = time.monotonic()
-            worker.units[unit.key] = unit
+            worker.units.append(unit)
             self._send(worker, ("unit", unit))
         self.queue = waiting
 
@@ -630,40 +892,70 @@ class SubprocessBackend:
         return agent % self.n_workers
 
     def start_run(self, run: AgentRun) -> None:
+        self._started()
+        if -1 not in self.published:
+            raise ValueError("start_run: no broadcast θ was published")
+        if run.epoch < self.live.value:
+            return
         worker = self.workers[self._run_home(run.agent)]
         if not worker.busy:
             worker.heard = time.monotonic()
         worker.runs[run.agent] = run
+        worker.flushed.discard(run.agent)
         self._send(worker, ("run", run))
 
     def flush(self, epoch: int, agent: int, count: int, upload_delay: float = 0.0) -> None:
+        if not self.workers:
+            return
         worker = self.workers[self._run_home(agent)]
         run = worker.runs.get(agent)
-        if run is None or run.epoch != epoch:
+        if run is None or run.epoch != epoch or agent in worker.flushed or epoch < self.live.value:
             return
         self._send(worker, ("flush", epoch, agent, count, upload_delay))
         if count == 0:
             del worker.runs[agent]
+        else:
+            worker.flushed.add(agent)
 
-    def _lose(self, index: int, reason: str) -> WorkerLost:
-        worker = self.workers[index]
+    def _pending(self) -> bool:
+        live = self.live.value
+        return any(u.epoch >= live for u in self.queue) or any(w.holds_live(live) for w in self.workers)
+
+    @staticmethod
+    def _kill(worker: _Worker) -> None:
         try:
             if worker.process.is_alive():
-                os.kill(worker.process.pid, signal.SIGKILL)
+                worker.process.kill()
             worker.process.join(timeout=5)
-        except (OSError, ValueError):
+        except (OSError, ValueError, AssertionError):
             pass
-        worker.remote.close()
+        try:
+            worker.remote.close()
+        except OSError:
+            pass
+
+    def _lose(self, index: int, reason: Optional[str] = None) -> WorkerLost:
+        """Kill and replace worker ``index``; its live work is returned in a :class:`WorkerLost` event.
+
+        :param reason: what happened; None: it died (its exit code is added).
+        """
+        worker = self.workers[index]
+        pid = worker.process.pid
+        self._kill(worker)
+        if reason is None:
+            reason = f"process {pid} died (exit code {worker.process.exitcode})"
         self.failures += 1
+        live = self.live.value
+        lost = WorkerLost(index, reason, [u for u in worker.units if u.epoch >= live],
+                          [r for r in worker.runs.values() if r.epoch >= live])
+        worker.units, worker.runs, worker.flushed = [], {}, set()
         if self.failures > self.options.max_failures:
-            raise WorkerError(
+            self.broken = (
                 f"worker processes failed {self.failures} times in a row (last: worker {index}, {reason}); "
                 f"training stopped with θ, d_t and the clock at their last good values (max_failures="
                 f"{self.options.max_failures})"
             )
-        live = self.live.value
-        lost = WorkerLost(index, reason, [u for u in worker.units.values() if u.epoch >= live],
-                          [r for r in worker.runs.values() if r.epoch >= live])
+            raise WorkerError(self.broken)
         self.workers[index] = self._spawn()
         return lost
 
@@ -673,21 +965,23 @@ class SubprocessBackend:
         :raises WorkerError: after ``max_failures`` worker losses in a row.
         :raises Exception: a worker's own exception (e.g. ``ValueError`` for a NaN reward), re-raised here.
         """
+        if self.broken is not None:
+            raise WorkerError(self.broken)
+        self._started()
         deadline = None if timeout is None else time.monotonic() + timeout
         self._dispatch()
+        if not self._pending():
+            raise RuntimeError("wait() called with no work pending: submit a unit or start a run first")
         while True:
-            busy = [i for i, w in enumerate(self.workers) if w.busy]
-            if not busy and not self.queue:
-                raise RuntimeError("wait() called with no work submitted")
             step = 1.0
             if self.options.worker_timeout is not None:
-                step = min(step, self.options.worker_timeout)
+                step = min(step, self.options.worker_timeout / 2)
             if deadline is not None:
                 step = max(0.0, min(step, deadline - time.monotonic()))
             handles: dict[Any, tuple[int, str]] = {}
-            for i in busy:
-                handles[self.workers[i].remote] = (i, "pipe")
-                handles[self.workers[i].process.sentinel] = (i, "sentinel")
+            for i, worker in enumerate(self.workers):  # idle ones too: a death or an error is seen at once
+                handles[worker.remote] = (i, "pipe")
+                handles[worker.process.sentinel] = (i, "sentinel")
             ready = wait_any(list(handles), timeout=step)
             events: list[Event] = []
             seen: set[int] = set()
@@ -695,30 +989,39 @@ class SubprocessBackend:
                 index, kind = handles[handle]
                 if index in seen:
                     continue
+                seen.add(index)
                 worker = self.workers[index]
-                if kind == "pipe" or worker.remote.poll():
+                if kind == "pipe" or self._readable(worker):
                     events.extend(self._receive(index))
                 else:
-                    events.append(self._lose(index, f"process {worker.process.pid} died (exit code {worker.process.exitcode})"))
-                seen.add(index)
+                    events.append(self._lose(index))
             now = time.monotonic()
             limit = self.options.worker_timeout
             for index, worker in enumerate(self.workers):
                 if index not in seen and limit is not None and worker.busy and now - worker.heard > limit:
-                    events.append(self._lose(index, f"no answer for {limit:g} s (hung)"))
+                    events.append(self._lose(index, f"no sign of progress for {limit:g} s (hung)"))
             self._dispatch()
-            if events or (deadline is not None and time.monotonic() >= deadline):
+            if events or (deadline is not None and time.monotonic() >= deadline) or not self._pending():
                 return events
 
+    @staticmethod
+    def _readable(worker: _Worker) -> bool:
+        try:
+            return worker.remote.poll()
+        except (OSError, EOFError):
+            return True
+
     def _receive(self, index: int) -> list[Event]:
+        """Read what the worker sent (at most 64 messages, so that a chatty worker cannot starve the others)."""
         worker = self.workers[index]
         events: list[Event] = []
-        while True:
+        for _ in range(64):
             try:
                 message = worker.remote.recv()
-            except (EOFError, ConnectionResetError, OSError):
-                return events + [self._lose(index, f"process {worker.process.pid} died")]
+            except (EOFError, OSError):
+                return events + [self._lose(index)]
             worker.heard = time.monotonic()
+            live = self.live.value
             kind = message[0]
             if kind == "error":
                 _, exc, text = message
@@ -727,55 +1030,82 @@ class SubprocessBackend:
                 raise WorkerError(f"worker process {index} failed:\n{text}")
             if kind == "result":
                 result: UnitResult = message[1]
-                unit = result.unit
-                worker.units.pop(unit.key, None)
-                run = worker.runs.get(unit.agent)
-                if run is not None and run.epoch == unit.epoch:
-                    del worker.runs[unit.agent]
+                worker.answered(result.unit)
                 self.failures = 0
-                events.append(result)  # the collector keeps what it asked for
+                if result.unit.epoch >= live:  # a unit of a cancelled epoch is dropped, even if computed
+                    events.append(result)
+            elif kind == "flushed":
+                result = message[1]
+                agent = result.unit.agent
+                run = worker.runs.get(agent)
+                self.failures = 0
+                if run is not None and run.epoch == result.unit.epoch:
+                    del worker.runs[agent]
+                    worker.flushed.discard(agent)
+                    if run.epoch >= live:
+                        events.append(result)
             elif kind == "cancelled":
-                worker.units.pop(message[1].key, None)
+                worker.answered(message[1])
             elif kind == "report":
+                _, epoch, stats = message
+                run = worker.runs.get(stats.agent)
                 self.failures = 0
-                events.append(AgentReport(message[1], message[2]))
-            if not worker.remote.poll():
-                return events
+                if run is not None and run.epoch == epoch and stats.agent not in worker.flushed and epoch >= live:
+                    events.append(AgentReport(epoch, stats))
+            if not self._readable(worker):
+                break
+        return events
 
     def cancel(self, epoch: int) -> None:
-        if self.live is not None:
-            self.live.value = max(self.live.value, epoch)
-        self.queue = deque(u for u in self.queue if u.epoch >= epoch)
-        # Units already sent answer "cancelled"; runs of ended epochs wait for their flush.
+        if self.live is None:
+            return
+        self.live.value = max(self.live.value, epoch)
+        live = self.live.value
+        self.queue = deque(u for u in self.queue if u.epoch >= live)
+        for worker in self.workers:  # units already sent answer "cancelled" (or a result, dropped on receipt)
+            worker.runs = {a: r for a, r in worker.runs.items() if r.epoch >= live}
+            worker.flushed &= set(worker.runs)
 
     def close(self) -> None:
-        """Stop every worker: ask politely, then terminate, then kill. Safe to call more than once."""
-        if self.live is not None:
-            self.live.value = 2**62  # running work is abandoned at once
-        for worker in self.workers:
-            self._send(worker, ("close",))
-        deadline = time.monotonic() + 2
-        for worker in self.workers:
-            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                worker.process.terminate()
-                worker.process.join(timeout=2)
-            if worker.process.is_alive():
-                os.kill(worker.process.pid, signal.SIGKILL)
-                worker.process.join()
-            worker.remote.close()
-        self.workers = []
-        self.queue.clear()
-        self.slots = None
-        if self.memory is not None:
-            self.memory.close()
-            try:
-                self.memory.unlink()
-            except FileNotFoundError:
-                pass
-            self.memory = None
+        """Stop every worker: ask politely, then terminate, then kill; unlink the shared memory. Safe to call
+        more than once, and after a failure."""
+        workers, self.workers = self.workers, []
+        try:
+            if self.live is not None:
+                self.live.value = 2**62  # running work is abandoned at once
+            for worker in workers:
+                self._send(worker, ("close",))
+            for worker in workers:  # a worker blocked sending to us gets a broken pipe and exits
+                try:
+                    worker.remote.close()
+                except OSError:
+                    pass
+            deadline = time.monotonic() + 2
+            for worker in workers:
+                try:
+                    worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+                    if worker.process.is_alive():
+                        worker.process.terminate()
+                        worker.process.join(timeout=1)
+                except (OSError, ValueError, AssertionError):
+                    pass
+                self._kill(worker)
+        finally:
+            self.queue.clear()
+            self.slots = None
+            self.published = {}
+            self.broken = None
+            if self.memory is not None:
+                memory, self.memory = self.memory, None
+                try:
+                    memory.close()
+                except BufferError:  # a view of it is still alive somewhere: unlinking still frees the name
+                    pass
+                try:
+                    memory.unlink()
+                except FileNotFoundError:
+                    pass
 
 
 register_backend("inline", InlineBackend)
 register_backend("subprocess", SubprocessBackend)
-

@@ -486,6 +486,17 @@ class Collector:
             self.backend.start_run(AgentRun(self.epoch, round_index, agent, first[agent], self.seed, self.agent_env_index[agent],
                                             self.horizon, self.gamma, delay, durations, self.timing.per_step, limit, upload))
 
+        def restart(agent: int) -> None:
+            """The agent's worker was lost: its counted gradients never reached the server. Uncount them and start
+            the agent again, past every trajectory it may have begun."""
+            rule.forget(agent)
+            first[agent] = max([first[agent]] + [a.index + 2 for a in arrivals[agent]])
+            arrivals[agent] = []
+            for book in (sums, stops, uploaded):
+                book.pop(agent, None)
+            launch(agent, now(), True)
+            running.add(agent)
+
         for agent in range(self.n_agents):
             launch(agent, base, True)
         running = set(range(self.n_agents))
@@ -497,12 +508,7 @@ class Collector:
                         for run in event.runs:
                             if run.epoch != self.epoch:
                                 continue
-                            agent = run.agent  # its counted gradients never reached the server
-                            rule.forget(agent)
-                            first[agent] += len(arrivals[agent]) + 1000
-                            arrivals[agent] = []
-                            sums.pop(agent, None)
-                            launch(agent, now(), True)
+                            restart(run.agent)
                     elif isinstance(event, AgentReport):
                         stats = event.stats
                         if event.epoch != self.epoch or rule.done() or stats.agent not in running:
@@ -532,12 +538,8 @@ class Collector:
                         self._lost(event)
                         for run in event.runs:
                             if run.epoch == self.epoch and run.agent in missing:  # lost before its vector arrived
-                                rule.forget(run.agent)
                                 missing.discard(run.agent)
-                                first[run.agent] += len(arrivals[run.agent]) + 1000
-                                arrivals[run.agent] = []
-                                launch(run.agent, now(), True)
-                                running.add(run.agent)
+                                restart(run.agent)
                                 restarted = True
                     elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch and event.unit.agent in missing:
                         sums[event.unit.agent] = event.gradient
