@@ -97,7 +97,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=2**-6)
     parser.add_argument("--momentum", type=float, default=0.1)
     parser.add_argument("--gamma", type=float, default=0.995)
-    parser.add_argument("--backend", default="subprocess", choices=["inline", "subprocess"])
+    parser.add_argument("--backend", default="subprocess", help="a registered backend name (inline, subprocess, ...)")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--out", default="runs/heterogeneous")
     parser.add_argument("--no-progress-bar", action="store_true")

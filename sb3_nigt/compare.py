@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeline", type=int, default=None, metavar="N",
                         help="also record the clock's event trace of each algorithm's first seed and write timeline.csv "
                              "and timeline.png of its first N rounds")
-    parser.add_argument("--backend", default="inline", choices=["inline", "subprocess"])
+    parser.add_argument("--backend", default="inline", help="a registered backend name (sb3_nigt.common.backends.BACKENDS: inline, subprocess, ...)")
     parser.add_argument("--n-workers", type=int, default=None)
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--progress-bar", action="store_true")

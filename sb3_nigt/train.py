@@ -111,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--gamma", type=float, default=0.995)
     parser.add_argument("--linear-decay", action="store_true", help="decay α linearly to 0 over the run")
     parser.add_argument("--no-normalize", action="store_true", help="do not wrap the env in VecNormalize(norm_obs)")
-    parser.add_argument("--backend", default="subprocess", choices=["inline", "subprocess"])
+    parser.add_argument("--backend", default="subprocess", help="a registered backend name (inline, subprocess, ...)")
     parser.add_argument("--n-workers", type=int, default=None, help="worker processes (default: one per core, at most n)")
     parser.add_argument("--out", default="runs/hopper")
     parser.add_argument("--no-progress-bar", action="store_true")
