@@ -2,24 +2,39 @@
 
 Measures, in one run, and prints a Markdown table:
 
-1. the raw ``env.step`` rate with random actions in the main process (the physical limit per core);
-2. RennalaNIGT with ``backend="inline"``: ``model.learn`` rate (wall clock, and after the first round) and the
-   collection-only rate (``Collector.collect`` timed directly), and its ratio to the raw rate. Collection is
-   timed at θ after the learn run (the same θ for every backend on the simulated clock; checked), and once
-   more, inline, at the initial θ_0, whose very short trajectories expose the fixed cost per gradient;
-3. the same with ``backend="subprocess"`` and ``n_workers`` = 1 and 2 (worker start-up excluded from the
+1. the raw ``env.step`` rate in the main process (the physical limit per core), two ways: with random actions
+   (the usual baseline), and replaying the policy's own trajectories (the same reset seeds and actions, hence the
+   very same states, recorded in an untimed pass), which leaves out only the library's work;
+2. inline collection (``Collector.collect`` timed directly) at the initial θ_0, whose very short trajectories
+   (about 14 steps on Hopper) expose the fixed cost per gradient. It *alternates* with both baselines of item 1
+   every round (one ``collect`` round, the replay of its trajectories, as many random-action steps), so that
+   all three see the same machine load; ratios are of the summed rates, with their spread over ``--blocks``
+   consecutive groups;
+3. the per-step cost on 1000-step trajectories: Hopper without early termination (every trajectory, random
+   actions or the policy's, lasts the time limit), alternating every unit of ``CHUNK_SIZE`` trajectories:
+   ``GradientWorker.run_unit`` (one batched backward per unit: what the engine runs), ``GradientWorker.run``
+   (one trajectory, one backward: the single-job path), the replay of the same trajectories and as many
+   random-action steps;
+4. RennalaNIGT with ``backend="inline"``: ``model.learn`` rate (wall clock, and after the first round) and the
+   collection-only rate at θ after the learn run (the same θ for every backend on the simulated clock;
+   checked);
+5. the same with ``backend="subprocess"`` and ``n_workers`` = 1 and 2 (worker start-up excluded from the
    collection-only rate), and the speedup of 2 workers over 1;
-4. SB3 PPO's ``learn`` rate on the same environment (default hyperparameters, DummyVecEnv, one env, CPU), with
+6. SB3 PPO's ``learn`` rate on the same environment (default hyperparameters, DummyVecEnv, one env, CPU), with
    torch's default thread count and with one thread (``--ppo-threads``): with 2 threads on a busy machine
    OpenMP oversubscription can slow PPO several-fold, so both are shown.
+
+For every measurement that runs in this process (raw, inline, same states) the CPU time of this process is
+taken too (``time.process_time``): on a machine shared with other work the wall rates move with the load, while
+steps per CPU second compare the per-core cost of the code itself; both ratios are printed.
 
 RennalaNIGT settings: n_agents=10, compute_times="sqrt", batch_size=20, seed=0, simulated clock.
 Every figure printed is measured in this run; nothing is hard-coded.
 
 Usage::
 
-    .venv/bin/python benchmarks/throughput.py                 # full run, about 2-4 minutes on 2 free cores
-    .venv/bin/python benchmarks/throughput.py --quick         # smoke run, about 30 s
+    .venv/bin/python benchmarks/throughput.py                 # full run, about 9 minutes on 2 cores (2026-11-29)
+    .venv/bin/python benchmarks/throughput.py --quick         # smoke run, about 1-1.5 minutes
     .venv/bin/python benchmarks/throughput.py --steps 300000 --out runs/throughput.md
 """
 
@@ -32,13 +47,15 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 FULL_STEPS = 100_000  # env steps per NIGT / raw measurement in the full run
 FULL_PPO_STEPS = 20_480  # 10 PPO rollouts of 2048 steps
 QUICK_STEPS = 12_000
 QUICK_PPO_STEPS = 2_048
+FULL_BLOCKS = 10  # groups of the paired (alternating) measurements, for the spread of their ratios
+QUICK_BLOCKS = 3
 
 NIGT_KWARGS = dict(n_agents=10, compute_times="sqrt", batch_size=20, seed=0)
 
@@ -52,10 +69,18 @@ class Row:
     seconds: float
     extra: str = ""
     steady: Optional[float] = None  # learn only: steps/s after the first round (start-up excluded)
+    blocks: list[tuple[int, float, float]] = field(default_factory=list)  # paired rows: (steps, wall s, CPU s) per block
+    cpu: Optional[float] = None  # CPU seconds of this process over the timed part (in-process rows only)
+    gradients: int = 0  # collection rows: gradients counted (trajectories)
 
     @property
     def rate(self) -> float:
         return self.steps / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def cpu_rate(self) -> Optional[float]:
+        """Steps per CPU second of this process: insensitive to other processes competing for the core."""
+        return self.steps / self.cpu if self.cpu else None
 
 
 def hopper_id() -> str:
@@ -71,71 +96,6 @@ def hopper_id() -> str:
         except Exception as exc:  # noqa: BLE001 - report and fall back
             print(f"note: gym.make({env_id!r}) failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     raise RuntimeError("neither Hopper-v4 nor Hopper-v5 can be made (is mujoco installed?)")
-
-
-# --------------------------------------------------------------------------------------------- measurements
-def measure_raw(env_id: str, steps: int) -> Row:
-    """Random actions, reset on termination/truncation, main process, one core."""
-    env = quiet_make(env_id)
-    env.action_space.seed(0)
-    env.reset(seed=0)
-    episodes = 0
-    for _ in range(min(1000, steps)):  # warm-up, untimed
-        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            env.reset()
-    env.reset(seed=1)
-    sample, step, reset = env.action_space.sample, env.step, env.reset
-    start = time.perf_counter()
-    for _ in range(steps):
-        _, _, terminated, truncated, _ = step(sample())
-        if terminated or truncated:
-            reset()
-            episodes += 1
-    seconds = time.perf_counter() - start
-    env.close()
-    return Row("raw env.step, random actions", "main process", "1", steps, seconds, f"{steps / max(episodes, 1):.0f} steps/episode")
-
-
-def measure_same_states(env_id: str, steps: int) -> tuple[Row, Row]:
-    """Per-step efficiency on comparable states: Hopper without early termination, so every trajectory (random
-    actions or the policy's) lasts the full 1000-step time limit and resets are equally rare.
-
-    Runs the library's own per-job code (:class:`GradientWorker`) in this process, with torch on one thread.
-    """
-    import torch as th
-
-    from sb3_nigt.common.envs import EnvFactory
-    from sb3_nigt.common.estimator import GradientWorker, Job
-    from sb3_nigt.policies import NIGTPolicy
-
-    from sb3_nigt.common.backends import single_threaded_torch
-
-    factory = EnvFactory(env_id, {"terminate_when_unhealthy": False})
-    probe = quiet_make_factory(factory)
-    th.manual_seed(0)
-    worker = GradientWorker([functools.partial(quiet_make_factory, factory)], NIGTPolicy, probe.observation_space, probe.action_space, {})
-    horizon = probe.spec.max_episode_steps or 1000
-    n_jobs = max(1, steps // horizon)
-    with single_threaded_torch():  # as in every worker; restored afterwards (PPO below uses torch's default)
-        start = time.perf_counter()
-        done = sum(worker.run(Job(0, 0, k, k, 0, horizon, 0.99)).n_steps for k in range(n_jobs))
-        collect_s = time.perf_counter() - start
-    worker.close()
-    probe.action_space.seed(0)
-    probe.reset(seed=0)
-    start = time.perf_counter()
-    for _ in range(done):
-        _, _, terminated, truncated, _ = probe.step(probe.action_space.sample())
-        if terminated or truncated:
-            probe.reset()
-    raw_s = time.perf_counter() - start
-    probe.close()
-    note = f"no early termination: {horizon} steps/trajectory"
-    return (
-        Row("raw env.step, random actions, no early termination", "main process", "1", done, raw_s, note),
-        Row("GradientWorker.run (rollout + g_H), no early termination", "main process", "1", done, collect_s, note),
-    )
 
 
 def quiet_make_factory(factory):
@@ -156,6 +116,354 @@ def quiet_make(env_id: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return gym.make(env_id)
+
+
+# ------------------------------------------------------------------------------------------- timed sessions
+class RawSession:
+    """Random actions, reset on termination/truncation, main process, one core; run in blocks."""
+
+    def __init__(self, env, seed: int = 0):
+        self.env = env
+        env.action_space.seed(seed)
+        env.reset(seed=seed)
+        self.episodes = 0
+
+    def warm_up(self, steps: int) -> None:
+        self.run(steps)
+        self.episodes = 0
+
+    def run(self, steps: int) -> tuple[int, float]:
+        sample, step, reset = self.env.action_space.sample, self.env.step, self.env.reset
+        episodes = 0
+        start = time.perf_counter()
+        for _ in range(steps):
+            _, _, terminated, truncated, _ = step(sample())
+            if terminated or truncated:
+                reset()
+                episodes += 1
+        seconds = time.perf_counter() - start
+        self.episodes += episodes
+        return steps, seconds
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class ReplaySession:
+    """``env.step`` replaying recorded trajectories: the same reset seeds and the same actions as the policy took,
+    hence the very same states (MuJoCo is deterministic), without the policy, the sampling or the gradient."""
+
+    def __init__(self, env):
+        self.env = env
+        self.mismatches = 0  # trajectories whose replayed return differs from the recorded one
+        self.trajectories = 0
+
+    def run(self, trajectories: list) -> tuple[int, float]:
+        """``trajectories``: (reset seed, env actions, recorded return) each; returns (steps, wall seconds)."""
+        step, reset = self.env.step, self.env.reset
+        done = 0
+        returns = []
+        start = time.perf_counter()
+        for reset_seed, actions, _ in trajectories:
+            reset(seed=reset_seed)
+            total = 0.0
+            for action in actions:
+                total += step(action)[1]
+            returns.append(total)
+            done += len(actions)
+        seconds = time.perf_counter() - start
+        self.trajectories += len(trajectories)
+        self.mismatches += sum(r != t[2] for r, t in zip(returns, trajectories))
+        return done, seconds
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def record_actions(worker, unit) -> list:
+    """Samples the unit's trajectories again (untimed) with ``worker`` at its θ, as ``run_unit`` does, and returns
+    (reset seed, env actions, return) for each: what :class:`ReplaySession` replays."""
+    import numpy as np
+
+    from sb3_nigt.common.estimator import job_seed
+
+    env = worker.env(unit.env_index)
+    low, high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
+    out = []
+    for k in unit.indices:
+        seed = job_seed(unit.seed, unit.round_index, unit.agent, k)
+        trajectory = worker.sample(unit.agent, k, seed, unit.env_index, unit.horizon, round_index=unit.round_index)
+        reset_seed = int(np.random.default_rng(seed).integers(0, 2**31 - 1))  # as GradientWorker.sample draws it
+        actions = [low + (0.5 * (np.tanh(u) + 1.0)) * (high - low) for u in trajectory.actions]  # row by row, as sampled
+        out.append((reset_seed, actions, trajectory.stats.episode_return))
+    return out
+
+
+class CollectSession:
+    """``Collector.collect`` rounds at one θ, timed directly; start-up and a warm-up round excluded.
+
+    The backend's ``wait`` is wrapped to add up ``UnitResult.seconds`` (time inside ``GradientWorker.run_unit``,
+    measured where the unit ran), which gives the share of wall time the workers were computing.
+    """
+
+    def __init__(self, model, params=None):
+        from sb3_nigt.common.estimator import UnitResult
+        from sb3_nigt.common.exact import ZERO
+
+        self.model = model
+        self.params = model.get_flat_params() if params is None else params
+        self.collector = model._make_collector()
+        self.busy = 0.0
+        self.units = 0
+        self.computed: list = []  # the WorkUnits computed since the caller last cleared it (for the replay baseline)
+        backend = self.collector.backend
+        inner_wait = backend.wait
+
+        def timed_wait(*args, **kwargs):
+            events = inner_wait(*args, **kwargs)
+            for event in events:
+                if isinstance(event, UnitResult):
+                    self.busy += event.seconds
+                    self.units += 1
+                    self.computed.append(event.unit)
+            return events
+
+        backend.wait = timed_wait  # instance attribute: shadows the method for this backend only
+        start = time.perf_counter()
+        self.collector.start()
+        result = self.collector.collect(self.params, model._make_rule(model.batch_size), 0, ZERO)  # builds the envs
+        self.warmup = time.perf_counter() - start
+        self.clock = result.end_time
+        self.round_index = 1
+        self.rounds = 0
+        self.busy, self.units = 0.0, 0
+        self.computed.clear()
+
+    def run(self, steps: int) -> tuple[int, float]:
+        total = 0
+        start = time.perf_counter()
+        while total < steps:
+            result = self.collector.collect(self.params, self.model._make_rule(self.model.batch_size), self.round_index, self.clock)
+            total += result.n_steps
+            self.clock = result.end_time
+            self.round_index += 1
+            self.rounds += 1
+        return total, time.perf_counter() - start
+
+    def close(self) -> None:
+        self.collector.close()
+
+
+def timed(row: Row, fn: Callable[[], tuple[int, float]], group: int) -> int:
+    """Runs ``fn`` (returns env steps and wall seconds), adds its steps, wall and CPU seconds of this process to
+    ``row`` and to the row's ``group``-th block; returns the steps."""
+    cpu = time.process_time()
+    done, seconds = fn()
+    cpu = time.process_time() - cpu
+    while len(row.blocks) <= group:
+        row.blocks.append((0, 0.0, 0.0))
+    steps, wall, cpu_s = row.blocks[group]
+    row.blocks[group] = (steps + done, wall + seconds, cpu_s + cpu)
+    row.steps += done
+    row.seconds += seconds
+    row.cpu = (row.cpu or 0.0) + cpu
+    return done
+
+
+# --------------------------------------------------------------------------------------------- measurements
+def measure_raw_and_theta0(env_id: str, steps: int, groups: int) -> tuple[Row, Row, Row]:
+    """Inline collection at θ_0 against two baselines, alternating every round so that all three see the same
+    machine load: one ``collect`` round; the replay of that round's trajectories (same reset seeds, same actions,
+    hence the same states, recorded in an untimed pass); as many raw steps with random actions. The order of
+    the random-action piece swaps every time. The alternations are pooled into ``groups`` consecutive groups
+    for the spread of the ratios."""
+    from sb3_nigt.common.estimator import GradientWorker
+
+    raw_session = RawSession(quiet_make(env_id))
+    raw_session.warm_up(min(1000, steps))
+    replay_session = ReplaySession(quiet_make(env_id))
+    model = make_nigt(env_id, "inline", None)
+    collect = CollectSession(model)
+    recorder = GradientWorker([functools.partial(quiet_make, env_id)], model.policy_class, model.observation_space, model.action_space,
+                              model.policy_kwargs)
+    recorder.set_params(collect.params)
+    raw = Row("raw env.step, random actions", "main process", "1", 0, 0.0)
+    replay = Row("raw env.step replaying the θ_0 rows' trajectories (same states)", "main process", "1", 0, 0.0)
+    coll = Row("RennalaNIGT collection only, θ_0 (initial)", "inline", "1", 0, 0.0)
+    alternations = 0
+    try:
+        while coll.steps < steps:
+            group = min(groups - 1, coll.steps * groups // steps)
+            if alternations % 2:
+                last = max(coll.steps // max(alternations, 1), 1)  # about one round's steps
+                timed(raw, lambda n=last: raw_session.run(n), group)
+            collect.computed.clear()
+            done = timed(coll, lambda: collect.run(1), group)
+            trajectories = [t for unit in collect.computed for t in record_actions(recorder, unit)]  # untimed
+            timed(replay, lambda ts=trajectories: replay_session.run(ts), group)
+            if alternations % 2 == 0:
+                timed(raw, lambda n=done: raw_session.run(n), group)
+            alternations += 1
+    finally:
+        raw_session.close()
+        replay_session.close()
+        recorder.close()
+        collect.close()
+    raw.extra = (f"{raw.steps / max(raw_session.episodes, 1):.0f} steps/episode; alternating with the θ_0 row, "
+                 f"{alternations} alternations in {len(raw.blocks)} groups")
+    replay.extra = (f"{replay_session.trajectories} trajectories, {replay.steps / max(replay_session.trajectories, 1):.1f} steps each; "
+                    f"replayed return differs from the recorded one in {replay_session.mismatches}")
+    coll.gradients = collect.rounds * NIGT_KWARGS["batch_size"]
+    coll.extra = (
+        f"{collect.rounds} rounds, {coll.steps / (collect.rounds * NIGT_KWARGS['batch_size']):.1f} steps/gradient, "
+        f"{collect.units} units; inside run_unit {100 * collect.busy / coll.seconds:.0f}% of wall; "
+        f"start-up + 1st round {collect.warmup:.2f} s excluded"
+    )
+    return raw, replay, coll
+
+
+def measure_same_states(env_id: str, steps: int, groups: int) -> tuple[list[Row], str]:
+    """Per-step efficiency on 1000-step trajectories: Hopper without early termination, so every trajectory
+    (random actions or the policy's) lasts the full time limit and resets are rare.
+
+    Four sessions on the same trajectories (same job seeds), alternating every unit of ``CHUNK_SIZE``
+    trajectories (the order rotates), all in this process with torch on one thread:
+    ``GradientWorker.run_unit`` (one batched forward/backward for the unit: what the engine runs),
+    ``GradientWorker.run`` on each trajectory (its own backward: the single-job path), the replay of the unit's
+    trajectories (same states, recorded in an untimed pass) and as many raw steps with random actions.
+    """
+    import numpy as np
+    import torch as th
+
+    from sb3_nigt.common.backends import single_threaded_torch
+    from sb3_nigt.common.envs import EnvFactory
+    from sb3_nigt.common.estimator import CHUNK_SIZE, GradientWorker, Job, WorkUnit, job_seed
+    from sb3_nigt.policies import NIGTPolicy
+
+    factory = EnvFactory(env_id, {"terminate_when_unhealthy": False})
+    probe = quiet_make_factory(factory)
+    th.manual_seed(0)
+    make = functools.partial(quiet_make_factory, factory)
+    workers = [GradientWorker([make], NIGTPolicy, probe.observation_space, probe.action_space, {}) for _ in range(3)]
+    unit_worker, job_worker, recorder = workers
+    theta = th.nn.utils.parameters_to_vector(unit_worker.policy.parameters()).detach().numpy()
+    job_worker.set_params(theta)
+    recorder.set_params(theta)
+    horizon = probe.spec.max_episode_steps or 1000
+    n_traj = max(1, steps // horizon)
+    seed, gamma = 0, 0.99
+    units = [WorkUnit(0, 0, first, min(CHUNK_SIZE, n_traj - first), seed, 0, horizon, gamma) for first in range(0, n_traj, CHUNK_SIZE)]
+    sums: dict = {"unit": None, "job": None}
+
+    raw_session = RawSession(probe)
+    raw_session.warm_up(min(1000, steps))
+    replay_session = ReplaySession(quiet_make_factory(factory))
+    label = "no early termination"
+    raw = Row(f"raw env.step, random actions, {label}", "main process", "1", 0, 0.0)
+    replay = Row(f"raw env.step replaying the policy's trajectories (same states), {label}", "main process", "1", 0, 0.0)
+    unit_row = Row(f"GradientWorker.run_unit (rollout + batched g_H), {label}", "main process", "1", 0, 0.0)
+    job_row = Row(f"GradientWorker.run (rollout + per-trajectory g_H), {label}", "main process", "1", 0, 0.0)
+
+    def add(key: str, gradient: np.ndarray) -> None:
+        gradient = gradient.astype(np.float64)
+        sums[key] = gradient if sums[key] is None else sums[key] + gradient
+
+    def run_unit(unit: WorkUnit) -> tuple[int, float]:
+        start = time.perf_counter()
+        result = unit_worker.run_unit(unit)
+        seconds = time.perf_counter() - start
+        add("unit", result.gradient)
+        return result.n_steps, seconds
+
+    def run_jobs(unit: WorkUnit) -> tuple[int, float]:
+        done, seconds = 0, 0.0
+        for k in unit.indices:
+            start = time.perf_counter()
+            result = job_worker.run(Job(0, 0, k, job_seed(seed, 0, 0, k), 0, horizon, gamma))
+            seconds += time.perf_counter() - start
+            done += result.n_steps
+            add("job", result.gradient)
+        return done, seconds
+
+    try:
+        with single_threaded_torch():  # as in every worker; restored afterwards (PPO below uses torch's default)
+            for u, unit in enumerate(units):
+                group = u * groups // len(units)
+                trajectories = record_actions(recorder, unit)  # untimed
+                n_steps = sum(len(t[1]) for t in trajectories)
+                pieces = [
+                    (unit_row, lambda w=unit: run_unit(w)),
+                    (replay, lambda ts=trajectories: replay_session.run(ts)),
+                    (job_row, lambda w=unit: run_jobs(w)),
+                    (raw, lambda n=n_steps: raw_session.run(n)),
+                ]
+                for row, fn in pieces[u % 4:] + pieces[:u % 4]:
+                    timed(row, fn, group)
+    finally:
+        for worker in workers:
+            worker.close()
+        raw_session.close()
+        replay_session.close()
+    relative = float(np.abs(sums["unit"] - sums["job"]).max() / max(np.abs(sums["job"]).max(), 1e-300))
+    note = (f"{horizon} steps/trajectory, {n_traj} trajectories; the four rows alternate every unit "
+            f"({len(units)} units of <= {CHUNK_SIZE} trajectories, {len(raw.blocks)} groups)")
+    for row in (raw, replay, unit_row, job_row):
+        row.extra = note
+    replay.extra += f"; replayed return differs from the recorded one in {replay_session.mismatches} of {replay_session.trajectories}"
+    check = f"- same-states check: Σ run_unit vs Σ run gradients, max relative difference {relative:.1e} (float32 backward)"
+    return [raw, replay, unit_row, job_row], check
+
+
+def measure_fixed_costs(env_id: str, repeats: int) -> list[tuple[str, str]]:
+    """Per-call costs that explain the ratios, timed in this process (median of 5 batches of ``repeats`` calls):
+    gymnasium's ``Box.sample`` (paid by the random-action baseline only), the policy's per-step NumPy forward,
+    the per-trajectory seeding and reset, and ``GradientWorker.gradient_sum`` (one batched forward/backward) on
+    θ_0-like trajectories (14 steps) for units of 1, 2 and 8 trajectories."""
+    import numpy as np
+
+    from sb3_nigt.common.backends import single_threaded_torch
+    from sb3_nigt.common.estimator import GradientWorker, job_seed
+    from sb3_nigt.policies import NIGTPolicy
+
+    env = quiet_make(env_id)
+    env.action_space.seed(0)
+    worker = GradientWorker([functools.partial(quiet_make, env_id)], NIGTPolicy, env.observation_space, env.action_space, {})
+    obs = np.asarray(env.reset(seed=0)[0], dtype=np.float32)
+
+    def per_call(fn, n: int) -> float:
+        fn()
+        batches = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            batches.append((time.perf_counter() - start) / n)
+        return sorted(batches)[2]
+
+    trajectories = []
+    k = 0
+    while len(trajectories) < 8:  # θ_0 trajectories of the usual length (Hopper falls after ~14 steps)
+        t = worker.sample(0, k, job_seed(0, 0, 0, k), 0, 1000)
+        k += 1
+        if 10 <= t.stats.n_steps <= 18:
+            trajectories.append(t)
+    out = [
+        ("gymnasium Box.sample() (random-action baseline only), per step", f"{1e6 * per_call(env.action_space.sample, repeats):.1f} µs"),
+        ("policy NumPy forward (GradientWorker.sample), per step", f"{1e6 * per_call(lambda: worker.forward(obs), repeats):.1f} µs"),
+        ("job_seed + default_rng + its reset seed, per trajectory",
+         f"{1e6 * per_call(lambda: np.random.default_rng(job_seed(0, 1, 2, 3)).integers(0, 2**31 - 1), repeats):.1f} µs"),
+        ("env.reset(seed=...), per trajectory (paid by the replay baseline too)", f"{1e6 * per_call(lambda: env.reset(seed=1), repeats // 4):.1f} µs"),
+    ]
+    with single_threaded_torch():
+        for count in (1, 2, 8):
+            chunk = trajectories[:count]
+            cost = per_call(lambda c=chunk: worker.gradient_sum(c, 0.99), max(repeats // 50, 5))
+            steps = sum(t.stats.n_steps for t in chunk)
+            out.append((f"gradient_sum (one batched forward/backward) of {count} θ_0 trajectories ({steps} steps)",
+                        f"{1e3 * cost:.2f} ms ({1e3 * cost / count:.2f} ms per trajectory)"))
+    worker.close()
+    env.close()
+    return out
 
 
 def make_nigt(env_id: str, backend: str, n_workers: Optional[int]):
@@ -190,9 +498,11 @@ def measure_learn(env_id: str, backend: str, n_workers: Optional[int], steps: in
 
     model = make_nigt(env_id, backend, n_workers)
     marker = FirstRound()
+    cpu = time.process_time()
     start = time.perf_counter()
     model.learn(steps, callback=marker)
     end = time.perf_counter()
+    cpu = time.process_time() - cpu
     rounds = model.n_rounds
     steady = None
     if marker.mark is not None and model.num_timesteps > marker.mark[1]:
@@ -200,38 +510,28 @@ def measure_learn(env_id: str, backend: str, n_workers: Optional[int], steps: in
     extra = f"{rounds} rounds, {model.num_timesteps / max(rounds * NIGT_KWARGS['batch_size'], 1):.0f} steps/gradient"
     if backend == "subprocess":
         extra += "; wall s incl. worker start-up"
-    row = Row("RennalaNIGT learn", backend, str(n_workers or 1), model.num_timesteps, end - start, extra, steady)
+    row = Row("RennalaNIGT learn", backend, str(n_workers or 1), model.num_timesteps, end - start, extra, steady,
+              cpu=cpu if backend == "inline" else None)
     return row, model
 
 
 def measure_collect(model, steps: int, label: str) -> Row:
-    """Collection only: ``collector.collect`` timed directly at the model's θ; start-up and a warm-up round excluded."""
-    params = model.get_flat_params()
-    collector = model._make_collector()
+    """Collection only: ``Collector.collect`` timed directly at the model's θ; start-up and a warm-up round excluded."""
+    session = CollectSession(model)
     try:
-        warm_start = time.perf_counter()
-        collector.start()
-        collector.collect(params, model._make_rule(model.batch_size), 0, 0.0)  # builds the envs in the workers
-        warmup = time.perf_counter() - warm_start
-        round_index, total, clock, busy = 1, 0, 0.0, 0.0
-        start = time.perf_counter()
-        while total < steps:
-            result = collector.collect(params, model._make_rule(model.batch_size), round_index, clock)
-            total += result.n_steps
-            busy += sum(a.result.seconds for a in result.arrivals)
-            clock = result.end_time
-            round_index += 1
-        seconds = time.perf_counter() - start
+        cpu = time.process_time()
+        total, seconds = session.run(steps)
+        cpu = time.process_time() - cpu
     finally:
-        collector.close()
-    rounds = round_index - 1
+        session.close()
     n_workers = model.n_workers or 1
     extra = (
-        f"{rounds} rounds, {total / (rounds * model.batch_size):.0f} steps/gradient; "
-        f"workers busy {100 * busy / (n_workers * seconds):.0f}% of wall (time inside GradientWorker.run); "
-        f"start-up + 1st round {warmup:.2f} s excluded"
+        f"{session.rounds} rounds, {total / (session.rounds * model.batch_size):.0f} steps/gradient, {session.units} units; "
+        f"workers inside run_unit {100 * session.busy / (n_workers * seconds):.0f}% of wall; "
+        f"start-up + 1st round {session.warmup:.2f} s excluded"
     )
-    return Row(f"RennalaNIGT collection only, {label}", model.backend, str(model.n_workers or 1), total, seconds, extra)
+    return Row(f"RennalaNIGT collection only, {label}", model.backend, str(n_workers), total, seconds, extra,
+               cpu=cpu if model.backend == "inline" else None)
 
 
 def measure_ppo(env_id: str, steps: int, threads: Optional[int]) -> Row:
@@ -266,6 +566,7 @@ def machine_facts(env_id: str) -> list[str]:
     import torch
 
     import sb3_nigt
+    from sb3_nigt.common.estimator import CHUNK_SIZE
 
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -276,9 +577,21 @@ def machine_facts(env_id: str) -> list[str]:
         f"- platform: {platform.platform()}; CPU: {platform.processor() or platform.machine()}",
         f"- python {platform.python_version()}, torch {torch.__version__} (threads {torch.get_num_threads()}), "
         f"numpy {numpy.__version__}, mujoco {mujoco.__version__}, gymnasium {gymnasium.__version__}, "
-        f"stable-baselines3 {stable_baselines3.__version__}, sb3_nigt {sb3_nigt.__version__}",
+        f"stable-baselines3 {stable_baselines3.__version__}, sb3_nigt {sb3_nigt.__version__} (CHUNK_SIZE {CHUNK_SIZE})",
         f"- env: {env_id}; RennalaNIGT {', '.join(f'{k}={v!r}' for k, v in NIGT_KWARGS.items())}, simulated clock",
     ]
+
+
+def block_ratios(a: Row, b: Row, cpu: bool = False) -> str:
+    """Median and min–max over the groups of a's rate / b's rate (paired rows: each group of a beside one of b);
+    rates per wall second, or per CPU second of this process with ``cpu``."""
+    k = 2 if cpu else 1
+    ratios = sorted((x[0] / x[k]) / (y[0] / y[k]) for x, y in zip(a.blocks, b.blocks) if x[k] > 0 and y[k] > 0 and y[0] > 0)
+    if not ratios:
+        return ""
+    n = len(ratios)
+    median = ratios[n // 2] if n % 2 else 0.5 * (ratios[n // 2 - 1] + ratios[n // 2])
+    return f" (per group: median {100 * median:.1f}%, {100 * ratios[0]:.1f}–{100 * ratios[-1]:.1f}%, {n} groups)"
 
 
 def render(rows: list[Row], derived: list[tuple[str, str]], facts: list[str], load: tuple[tuple, tuple], total_s: float) -> str:
@@ -287,12 +600,13 @@ def render(rows: list[Row], derived: list[tuple[str, str]], facts: list[str], lo
     lines.append(f"- whole benchmark wall time: {total_s:.1f} s")
     lines += [
         "",
-        "| measurement | backend | workers | env steps | wall s | steps/s | steps/s after 1st round | notes |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        "| measurement | backend | workers | env steps | wall s | steps/s | steps/s after 1st round | CPU s | steps/CPU-s | notes |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         steady = f"{r.steady:,.0f}" if r.steady is not None else ""
-        lines.append(f"| {r.what} | {r.backend} | {r.workers} | {r.steps} | {r.seconds:.2f} | {r.rate:,.0f} | {steady} | {r.extra} |")
+        cpu = f"{r.cpu:.2f} | {r.cpu_rate:,.0f}" if r.cpu else " | "
+        lines.append(f"| {r.what} | {r.backend} | {r.workers} | {r.steps} | {r.seconds:.2f} | {r.rate:,.0f} | {steady} | {cpu} | {r.extra} |")
     lines += ["", "| ratio | value |", "|---|---:|"]
     lines += [f"| {name} | {value} |" for name, value in derived]
     return "\n".join(lines) + "\n"
@@ -302,7 +616,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None, help=f"env steps per raw/NIGT measurement (default {FULL_STEPS}; --quick: {QUICK_STEPS})")
     parser.add_argument("--ppo-steps", type=int, default=None, help=f"PPO learn steps (default {FULL_PPO_STEPS}; --quick: {QUICK_PPO_STEPS})")
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about 30 s)")
+    parser.add_argument("--blocks", type=int, default=None, help=f"groups of the paired measurements, for the spread of their ratios (default {FULL_BLOCKS}; --quick: {QUICK_BLOCKS})")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about 1-1.5 minutes)")
     parser.add_argument("--skip-ppo", action="store_true", help="leave out the PPO measurement")
     parser.add_argument(
         "--ppo-threads", type=str, default="default,1",
@@ -312,8 +627,9 @@ def main() -> None:
     args = parser.parse_args()
     steps = args.steps or (QUICK_STEPS if args.quick else FULL_STEPS)
     ppo_steps = args.ppo_steps or (QUICK_PPO_STEPS if args.quick else FULL_PPO_STEPS)
-    if steps < 1 or ppo_steps < 1:
-        parser.error("--steps and --ppo-steps must be >= 1")
+    blocks = args.blocks or (QUICK_BLOCKS if args.quick else FULL_BLOCKS)
+    if steps < 1 or ppo_steps < 1 or blocks < 1:
+        parser.error("--steps, --ppo-steps and --blocks must be >= 1")
 
     # gymnasium's "Hopper-v4 is out of date" warning: silenced here; the workers build envs through quiet_make.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -323,27 +639,44 @@ def main() -> None:
     env_id = hopper_id()
     facts = machine_facts(env_id)
     print("\n".join(facts), flush=True)
+    print(f"- load average at start: {'/'.join(f'{x:.2f}' for x in load_start)}", flush=True)
 
     rows: list[Row] = []
 
+    def report(row: Row) -> None:
+        steady = f", {row.steady:,.0f} steps/s after the 1st round" if row.steady is not None else ""
+        cpu = f"; {row.cpu_rate:,.0f} steps per CPU-s" if row.cpu else ""
+        print(f"  {row.what} [{row.backend} x{row.workers}]: {row.rate:,.0f} steps/s ({row.steps} steps in {row.seconds:.2f} s{steady}{cpu})", flush=True)
+
     def run(label: str, fn, *fn_args):
-        print(f"measuring: {label} ...", end=" ", flush=True)
+        print(f"measuring: {label} ...", flush=True)
         out = fn(*fn_args)
         row, extra = out if isinstance(out, tuple) else (out, None)
-        steady = f", {row.steady:,.0f} steps/s after the 1st round" if row.steady is not None else ""
-        print(f"{row.rate:,.0f} steps/s ({row.steps} steps in {row.seconds:.2f} s{steady})", flush=True)
+        report(row)
         rows.append(row)
         return row, extra
 
+    # Paired measurements first: raw env.step alternating with inline collection at θ_0 (short trajectories:
+    # the fixed cost per gradient), then the same-states trio (the per-step cost).
+    print("measuring: inline collection at θ_0 alternating with raw env.step (replay, random actions) ...", flush=True)
+    raw, replay_theta0, coll_theta0 = measure_raw_and_theta0(env_id, steps, blocks)
+    rows += [raw, replay_theta0, coll_theta0]
+    report(raw), report(replay_theta0), report(coll_theta0)
+    print("measuring: 1000-step trajectories, no early termination (run_unit / replay / run / random, alternating) ...", flush=True)
+    same_rows, check = measure_same_states(env_id, steps, blocks)
+    same_raw, same_replay, same_unit, same_job = same_rows
+    rows += same_rows
+    for row in same_rows:
+        report(row)
+    facts.append(check)
+    print("measuring: per-call costs ...", flush=True)
+    fixed = measure_fixed_costs(env_id, 500 if args.quick else 2000)
+    for name, value in fixed:
+        print(f"  {name}: {value}", flush=True)
     # Collection is timed at θ after the learn run of the same backend: learn(steps) on the simulated clock
     # gives the same θ for every backend (checked below), so the three collection rows sample the same
-    # trajectory-length distribution. A row at the initial θ_0 (short episodes) shows the per-gradient overhead.
-    raw, _ = run("raw env.step", measure_raw, env_id, steps)
-    print("measuring: same states, no early termination ...", flush=True)
-    same_raw, same_collect = measure_same_states(env_id, steps)
-    rows += [same_raw, same_collect]
+    # trajectory-length distribution.
     learn_inline, m_inline = run("inline learn", measure_learn, env_id, "inline", None, steps)
-    coll_theta0, _ = run("inline collection at θ_0", measure_collect, make_nigt(env_id, "inline", None), max(steps // 3, 1), "θ_0 (initial)")
     coll_inline, _ = run("inline collection at θ_learn", measure_collect, m_inline, steps, "θ after learn")
     learn_s1, m_s1 = run("subprocess x1 learn", measure_learn, env_id, "subprocess", 1, steps)
     coll_s1, _ = run("subprocess x1 collection at θ_learn", measure_collect, m_s1, steps, "θ after learn")
@@ -361,13 +694,36 @@ def main() -> None:
     same_theta = all(np.array_equal(theta[0], t) for t in theta[1:])
     facts.append(f"- θ after learn identical for inline / subprocess x1 / subprocess x2: {same_theta}")
 
-    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-    steady_ratio = lambda a, b: f"{a.steady / b.steady:.2f}x" if a.steady and b.steady else "n/a"  # noqa: E731
+    pct = lambda x: f"{100 * x:.1f}%"
+    steady_ratio = lambda a, b: f"{a.steady / b.steady:.2f}x" if a.steady and b.steady else "n/a"
+
+    def paired(x: Row, y: Row) -> str:
+        wall = pct(x.rate / y.rate) + block_ratios(x, y)
+        return f"wall {wall}; CPU {cpu_pct(x, y)}{block_ratios(x, y, cpu=True)}"
+
+    cpu_pct = lambda a, b: pct(a.cpu_rate / b.cpu_rate) if a.cpu and b.cpu else "n/a"
+    per_gradient = lambda x, y: 1e6 * (x - y) / max(coll_theta0.gradients, 1)
+    extra_wall = per_gradient(coll_theta0.seconds, coll_theta0.steps / replay_theta0.rate)
+    extra_cpu = per_gradient(coll_theta0.cpu, coll_theta0.steps / replay_theta0.cpu_rate)
+    per_step = lambda x, y: 1e6 * (x - y) / max(same_unit.steps, 1)
     derived = [
-        ("inline collection (θ after learn) / raw, per core (target >= 85%)", pct(coll_inline.rate / raw.rate)),
-        ("inline collection (θ_0) / raw, per core", pct(coll_theta0.rate / raw.rate)),
-        ("rollout + g_H / raw on the same (non-terminating) states, per core", pct(same_collect.rate / same_raw.rate)),
-        ("inline learn / raw, per core", pct(learn_inline.rate / raw.rate)),
+        ("**inline collection at θ_0 (short trajectories) / raw env.step with random actions, per core (target >= 90%)**",
+         paired(coll_theta0, raw)),
+        ("inline collection at θ_0 / raw env.step replaying the same trajectories (same states, same resets)",
+         paired(coll_theta0, replay_theta0)),
+        ("θ_0 collection: time per gradient beyond replaying its env steps, wall / CPU", f"{extra_wall:.0f} µs / {extra_cpu:.0f} µs"),
+        ("**run_unit (rollout + batched g_H, 1000-step trajectories) / raw env.step with random actions, no early termination, per core (target >= 95%)**",
+         paired(same_unit, same_raw)),
+        ("run_unit / raw env.step replaying the same trajectories (same states)", paired(same_unit, same_replay)),
+        ("run (rollout + per-trajectory g_H) / raw env.step with random actions, no early termination", paired(same_job, same_raw)),
+        ("run / raw env.step replaying the same trajectories", paired(same_job, same_replay)),
+        ("run_unit: time per env step beyond replaying it, wall / CPU",
+         f"{per_step(same_unit.seconds, same_unit.steps / same_replay.rate):.1f} µs / {per_step(same_unit.cpu, same_unit.steps / same_replay.cpu_rate):.1f} µs"),
+        ("raw env.step with random actions / replaying the policy's trajectories, per core (the baselines' own gap)",
+         f"{paired(raw, replay_theta0)} at θ_0 (with termination); {paired(same_raw, same_replay)} without termination"),
+        ("inline collection (θ after learn) / raw with random actions, per core (target >= 85%; not paired)",
+         f"wall {pct(coll_inline.rate / raw.rate)}; CPU {cpu_pct(coll_inline, raw)}"),
+        ("inline learn / raw with random actions, per core (not paired)", f"wall {pct(learn_inline.rate / raw.rate)}; CPU {cpu_pct(learn_inline, raw)}"),
         ("subprocess x1 collection / raw, per core", pct(coll_s1.rate / raw.rate)),
         ("subprocess x2 collection / raw, per core (rate / 2)", pct(coll_s2.rate / 2 / raw.rate)),
         ("subprocess speedup x2 / x1, collection (target >= 1.8x on 2 cores)", f"{coll_s2.rate / coll_s1.rate:.2f}x"),
@@ -381,13 +737,14 @@ def main() -> None:
             (f"inline learn / PPO learn ({tag})", f"{learn_inline.rate / ppo.rate:.2f}x"),
             (f"subprocess x2 learn / PPO learn ({tag})", f"{learn_s2.rate / ppo.rate:.2f}x"),
         ]
-    report = render(rows, derived, facts, (load_start, os.getloadavg()), time.perf_counter() - t0)
+    derived += [(f"per-call cost: {name}", value) for name, value in fixed]
+    report_md = render(rows, derived, facts, (load_start, os.getloadavg()), time.perf_counter() - t0)
     print()
-    print(report, end="")
+    print(report_md, end="")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            f.write(report)
+            f.write(report_md)
         print(f"\nwritten to {args.out}")
 
 
