@@ -71,8 +71,20 @@ class RennalaAggregation(AggregationRule):
     homogeneous setting because all trajectories are i.i.d.
     """
 
+    def __init__(self, n_agents: int, batch_size: int):
+        super().__init__(n_agents, batch_size)
+        self._total = 0  # Σ_i M_i, kept as events come (O(1) per event, whatever n)
+
+    def add(self, agent: int) -> None:
+        super().add(agent)
+        self._total += 1
+
+    def forget(self, agent: int) -> None:
+        self._total -= int(self.counts[agent])
+        super().forget(agent)
+
     def done(self) -> bool:
-        return int(self.counts.sum()) >= self.batch_size
+        return self._total >= self.batch_size
 
     def aggregate(self, sums: Sums) -> np.ndarray:
         rows = _rows(sums, np.flatnonzero(self.counts))  # canonical order: agent index

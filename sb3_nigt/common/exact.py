@@ -28,7 +28,7 @@ Number = Union[int, Fraction]
 _NEAR = 1e-9
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=None)
 def _square_free(n: int) -> tuple[int, int]:
     """n = s² · r with r square-free; returns (s, r). ``n`` >= 1."""
     s, r, p = 1, 1, 2
