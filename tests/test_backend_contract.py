@@ -596,6 +596,25 @@ def test_a_million_parameters_publish_without_blocking(started, name):
     assert max(sizes) < 10_000, sizes  # θ never travels through a pipe
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_publishing_many_times_to_busy_workers_never_blocks(started, name):
+    # AFedPG publishes to an agent's slot on every arrival. With 10,000 publishes of large observation statistics
+    # (2 × 2,000 floats each) while every worker sits in one long unit, nothing may pile up in their pipes.
+    args = worker_args()
+    backend = started(name, args, agent_slots=1)
+    params = theta(args, 1)
+    backend.publish(params, None)
+    for agent in range(2):
+        backend.submit(unit(agent, 0, 1, delay=30.0))  # a long emulated wait: the workers read nothing meanwhile
+    statistics = ObsNorm(np.zeros(2000), np.ones(2000), 10.0, 1e-8)
+    begin = time.monotonic()
+    for _ in range(10_000):
+        backend.publish(params, statistics, slot=0)
+    assert time.monotonic() - begin < 10.0  # broadcasting every publish blocked until the workers were free (30 s)
+    backend.cancel(1)  # abandon the waiting units
+
+
 @pytest.mark.parametrize("name", BACKEND_NAMES)
 def test_a_started_backend_pickles_without_its_workers(started, name):
     # A model saved with backend=<instance> pickles the instance: no process, pipe or shared memory goes along.

@@ -598,11 +598,9 @@ def _worker_main(remote: Connection, parent_remote: Connection, wrapped_args: Cl
         def handle(message: tuple) -> bool:
             assert worker is not None
             command = message[0]
-            if command == "publish":
-                _, slot, version, obs_norm = message
-                published[slot] = (version, obs_norm)
-            elif command == "unit":
-                unit: WorkUnit = message[1]
+            if command == "unit":
+                _, unit, version, obs_norm = message  # the unit carries the version of θ it needs
+                published[unit.slot] = (version, obs_norm)
                 cancelled = cancelled_below(unit.epoch)
                 try:
                     if cancelled():
@@ -614,7 +612,8 @@ def _worker_main(remote: Connection, parent_remote: Connection, wrapped_args: Cl
                 else:
                     send(("result", result))
             elif command == "run":
-                run: AgentRun = message[1]
+                _, run, version, obs_norm = message
+                published[-1] = (version, obs_norm)
                 runs[run.agent] = _RunState(run, time.monotonic())
             elif command == "flush":
                 _, epoch, agent, count, delay = message
@@ -807,10 +806,7 @@ class SubprocessBackend:
             raise
         finally:
             work_remote.close()
-        worker = _Worker(process, remote)
-        for slot, (version, obs_norm) in self.published.items():  # a replacement catches up on θ
-            self._send(worker, ("publish", slot, version, obs_norm))
-        return worker
+        return _Worker(process, remote)
 
     def start(self) -> None:
         self.close()
@@ -853,9 +849,7 @@ class SubprocessBackend:
             raise ValueError(f"params: expected shape ({self.slots.shape[1]},), got {params.shape}")
         self.slots[slot + 1] = params  # no worker reads this slot now: its live work was cancelled or answered
         version = self.published.get(slot, (0, None))[0] + 1
-        self.published[slot] = (version, obs_norm)
-        for worker in self.workers:
-            self._send(worker, ("publish", slot, version, obs_norm))
+        self.published[slot] = (version, obs_norm)  # travels with the work that needs it (not to every worker)
 
     def _home(self, agent: int) -> Optional[int]:
         return agent % self.n_workers if self.options.pin_agents else None
@@ -885,7 +879,7 @@ class SubprocessBackend:
             if not worker.busy:
                 worker.heard = time.monotonic()
             worker.units.append(unit)
-            self._send(worker, ("unit", unit))
+            self._send(worker, ("unit", unit, *self.published[unit.slot]))
         self.queue = waiting
 
     def _run_home(self, agent: int) -> int:
@@ -902,7 +896,7 @@ class SubprocessBackend:
             worker.heard = time.monotonic()
         worker.runs[run.agent] = run
         worker.flushed.discard(run.agent)
-        self._send(worker, ("run", run))
+        self._send(worker, ("run", run, *self.published[-1]))
 
     def flush(self, epoch: int, agent: int, count: int, upload_delay: float = 0.0) -> None:
         if not self.workers:
