@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import gymnasium as gym
@@ -24,20 +24,13 @@ class JobCancelled(Exception):
 
 @dataclass(frozen=True)
 class Job:
-    """One gradient to compute: gradient ``index`` of ``agent`` in round ``round_index``.
+    """One gradient on its own, at the worker's current θ: gradient ``index`` of ``agent`` in round ``round_index``
+    (a single trajectory with its own backward; the engine itself computes :class:`WorkUnit` s).
 
     :param seed: the job's seed, derived from (seed, round, agent, index).
     :param env_index: which environment factory the agent uses.
     :param horizon: H, the maximum number of environment steps.
     :param gamma: γ, the discount factor.
-    :param delay: seconds to sleep before starting (real clock, emulated broadcast κ_i).
-    :param min_duration: the job takes at least this many seconds (real clock, emulated h_i), or this many
-        seconds per environment step when ``per_step`` is true.
-    :param per_step: whether ``min_duration`` is per environment step.
-    :param upload_delay: seconds to sleep after computing (real clock, emulated upload κ_i of AFedPG).
-    :param params: θ for this job only (float32, ``(d,)``), or None for the round's broadcast θ (AFedPG sends
-        each agent its own θ̃).
-    :param obs_norm: the observation-normalization statistics that go with ``params``.
     """
 
     round_index: int
@@ -47,12 +40,6 @@ class Job:
     env_index: int
     horizon: int
     gamma: float
-    delay: float = 0.0
-    min_duration: float = 0.0
-    per_step: bool = False
-    upload_delay: float = 0.0
-    params: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
-    obs_norm: Optional[tuple] = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -101,10 +88,14 @@ def policy_gradient(policy: NIGTPolicy, observations: np.ndarray, pre_squash_act
     :param gamma: γ.
     :return: g_H, float32 ``(d,)`` in ``parameters_to_vector`` order (an ascent direction).
     """
-    returns = th.as_tensor(discounted_returns_to_go(rewards, gamma), dtype=th.float32)
+    return _return_weighted_gradient(policy, observations, pre_squash_actions, discounted_returns_to_go(rewards, gamma))
+
+
+def _return_weighted_gradient(policy: NIGTPolicy, observations: np.ndarray, pre_squash_actions: np.ndarray, returns: np.ndarray) -> np.ndarray:
+    """∇θ Σ_t R_t log π(u_t | s_t) with one forward and one backward pass, float32 ``(d,)``."""
     log_prob = policy.log_prob(th.as_tensor(observations), th.as_tensor(pre_squash_actions))
     params = list(policy.parameters())
-    grads = th.autograd.grad(th.dot(returns, log_prob), params, allow_unused=True)
+    grads = th.autograd.grad(th.dot(th.as_tensor(returns, dtype=th.float32), log_prob), params, allow_unused=True)
     return th.cat([(g if g is not None else th.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]).numpy()
 
 
@@ -116,10 +107,7 @@ def batched_policy_gradient(policy: NIGTPolicy, observations: np.ndarray, pre_sq
     :param returns: R_t of each step within its own trajectory (discounting from each trajectory's t = 0), ``(ΣT,)``.
     :return: the sum of the trajectories' g_H, float64 ``(d,)``.
     """
-    log_prob = policy.log_prob(th.as_tensor(observations), th.as_tensor(pre_squash_actions))
-    params = list(policy.parameters())
-    grads = th.autograd.grad(th.dot(th.as_tensor(returns, dtype=th.float32), log_prob), params, allow_unused=True)
-    return th.cat([(g if g is not None else th.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]).numpy().astype(np.float64)
+    return _return_weighted_gradient(policy, observations, pre_squash_actions, returns).astype(np.float64)
 
 
 #: Trajectories per batched forward/backward. A unit of work is split into chunks of this size whatever the number
@@ -394,18 +382,9 @@ class GradientWorker:
         :raises JobCancelled: if ``cancelled()`` becomes true while the job runs.
         """
         start = time.perf_counter()
-        if job.params is not None:
-            self.set_params(job.params, job.obs_norm)
-        if job.delay > 0:
-            _sleep(job.delay, cancelled)
         trajectory = self.sample(job.agent, job.index, job.seed, job.env_index, job.horizon, cancelled, job.round_index)
         grad = policy_gradient(self.policy, trajectory.observations, trajectory.actions, trajectory.rewards, job.gamma)
         n = trajectory.stats.n_steps
-        if job.min_duration > 0:
-            emulated = job.min_duration * (n if job.per_step else 1)
-            _sleep(emulated - (time.perf_counter() - start - job.delay), cancelled)
-        if job.upload_delay > 0:
-            _sleep(job.upload_delay, cancelled)
         moments = trajectory.stats.obs_moments
         return JobResult(job, grad, trajectory.stats.episode_return, n, n,
                          None if moments is None else (moments.mean, moments.var, moments.count), time.perf_counter() - start)
