@@ -232,9 +232,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.n_agents = _check_int(n_agents, "n_agents", 1)
         if clock not in CLOCKS:
             raise ValueError(f"clock: must be one of {CLOCKS}, got {clock!r}")
-        if isinstance(backend, str) and backend not in BACKENDS:
-            raise ValueError(f"backend: must be one of {sorted(BACKENDS)} or a Backend instance, got {backend!r}")
-        if not isinstance(backend, (str, Backend)):
+        if not (isinstance(backend, Backend) or (isinstance(backend, str) and backend in BACKENDS)):
             raise ValueError(f"backend: must be one of {sorted(BACKENDS)} or a Backend instance, got {backend!r}")
         if worker_timeout is not None and not (isinstance(worker_timeout, (int, float)) and math.isfinite(worker_timeout) and worker_timeout > 0):
             raise ValueError(f"worker_timeout: must be None or a finite number of seconds > 0, got {worker_timeout!r}")
@@ -543,7 +541,7 @@ class NIGTAlgorithm(BaseAlgorithm):
                 vec_normalize.obs_rms.update_from_moments(moments.mean, moments.var, moments.count)
         self.last_counts = result.counts  # M_i of the round, int64, shape (n,)
         # What physically travels: θ to each agent, and each vector that reached the server (one per contributing
-        # agent, or one per chunk of CHUNK_SIZE gradients when an agent's share was split across workers).
+        # agent, or one per unit of CHUNK_SIZE gradients when an agent contributed more than CHUNK_SIZE).
         self.n_communications += self.n_agents + result.vectors
         self.bytes_sent += self.n_agents * 4 * self.n_params + result.vectors * 8 * self.n_params
         self.round_stats = {
