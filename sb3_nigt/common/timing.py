@@ -113,7 +113,8 @@ def _check_values(values: Any, arg: str, n_agents: int, strictly_positive: bool)
     bad = ~np.isfinite(array) | ((array <= 0) if strictly_positive else (array < 0)) | (array > 1e15)
     if bad.any():
         raise ValueError(f"{arg}: every time must be finite, {_bound(strictly_positive)} and at most 1e15 seconds, got {array.tolist()}")
-    return [ExactTime.of(float(v)) for v in array]
+    exact = {value: ExactTime.of(value) for value in set(array.tolist())}  # one parse per distinct value
+    return [exact[value] for value in array.tolist()]
 
 
 @dataclass
