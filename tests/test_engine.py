@@ -202,22 +202,29 @@ def test_checkpoint_written_mid_round_resumes_bit_identically(algorithm, at, tmp
 
 # --------------------------------------------------------------------------------------------------- SIGTERM
 @pytest.mark.timeout(120)
-def test_sigterm_leaves_no_process_behind(tmp_path):
+@pytest.mark.parametrize("call", ["model.learn(10**9)", "model.estimate_gradient(n_rounds=10)"])
+def test_sigterm_leaves_no_process_behind(tmp_path, call):
+    # The workers are stuck in an env.step that never returns, so they would never notice the main process dying:
+    # only learn()'s / estimate_gradient()'s own clean-up on SIGTERM ends them.
     marker = f"SB3_NIGT_TEST_{uuid.uuid4().hex}"
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(textwrap.dedent(f"""
         import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import functools
+        from contract_envs import SleepyEnv
         from sb3_nigt import RennalaNIGT
         if __name__ == "__main__":
-            model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, backend="subprocess", n_workers=2, seed=0)
+            model = RennalaNIGT("MlpPolicy", functools.partial(SleepyEnv), n_agents=2, backend="subprocess", n_workers=2, seed=0,
+                                horizon=5, policy_kwargs=dict(net_arch=[8]))
             print("started", flush=True)
-            model.learn(10**9)
+            {call}
     """))
     env = dict(os.environ, SB3_NIGT_MARKER=marker)
     process = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "started"
-        time.sleep(4)  # the workers are up and computing
+        time.sleep(4)  # the workers are up and stuck
         assert len(_marked(marker)) >= 3  # the script, its workers (and the fork server)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)

@@ -493,14 +493,15 @@ class NIGTAlgorithm(BaseAlgorithm):
         gradients = np.zeros((n_rounds, self.n_params), dtype=np.float64)
         counts = np.zeros((n_rounds, self.n_agents), dtype=np.int64)
         collector = self._make_collector(seed, TimeCounters.zeros(self.n_agents))
-        try:
-            collector.start()
-            for r in range(n_rounds):
-                collector.counters = TimeCounters.zeros(self.n_agents)  # every round starts a fresh clock at 0
-                result = collector.collect(theta.astype(np.float32), self._make_rule(batch_size), r, ZERO, self._obs_norm())
-                gradients[r], counts[r] = result.aggregate, result.counts
-        finally:
-            collector.close()
+        with _terminate_like_interrupt():  # SIGTERM closes the workers here too, as in learn()
+            try:
+                collector.start()
+                for r in range(n_rounds):
+                    collector.counters = TimeCounters.zeros(self.n_agents)  # every round starts a fresh clock at 0
+                    result = collector.collect(theta.astype(np.float32), self._make_rule(batch_size), r, ZERO, self._obs_norm())
+                    gradients[r], counts[r] = result.aggregate, result.counts
+            finally:
+                collector.close()
         return gradients, counts
 
     # --------------------------------------------------------------------------------------------- training
