@@ -3,25 +3,54 @@
 A user gives either one environment shared by every agent (homogeneous agents, paper Section 2), or one
 environment per agent (heterogeneous agents, paper Section 5 and App. H.3):
 
-- one environment: an env id, a ``gymnasium.Env`` with a spec, a callable that builds one, or a VecEnv with
-  one sub-environment (or several copies of the same one);
-- one per agent: a list of env ids, of ``(env id, env_kwargs)`` pairs, of callables, or a VecEnv whose
-  sub-environment i is agent i's environment.
+- one environment: an env id, a ``gymnasium.Env`` instance, a callable or a class that builds one, or a VecEnv
+  with one sub-environment (or several copies of the same one);
+- one per agent: a list of env ids, of ``(env id, env_kwargs)`` pairs, of callables, of instances, or a VecEnv
+  whose sub-environment i is agent i's environment.
 
-Workers never receive a live environment: they rebuild it from its id, its spec or its factory.
+Workers never receive a live environment: they rebuild it from its registered id or spec, from its factory,
+or, for an instance that no registered spec describes (as SB3's algorithms accept), from a copy taken when it
+was given (:class:`EnvSnapshot`: each call unpickles a fresh copy). A ``SubprocVecEnv`` keeps no factories
+and its environments live in its own processes, so its sub-environments must have registered specs; its
+processes are not used by the workers (a ``UserWarning`` says so).
+
+Environments built in a worker process do not repeat gymnasium's "<id> is out of date" DeprecationWarning:
+the main process shows it (once), workers would show it again at every ``learn``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import sys
+import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
+import cloudpickle
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 # Wrappers that gymnasium cannot re-create from a spec but that workers do not need (episode statistics).
 _DROPPABLE_WRAPPERS = ("stable_baselines3.common.monitor:Monitor",)
+
+# gymnasium's warning for an id with a newer version (e.g. Hopper-v4); ``warnings`` matches it from the start.
+_OUT_OF_DATE = r".*The environment \S+ is out of date\."
+
+
+def build_env(factory: Callable[[], gym.Env]) -> gym.Env:
+    """``factory()``; in a worker process, without gymnasium's "<id> is out of date" DeprecationWarning.
+
+    The main process builds the same environment and shows that warning (gymnasium shows it once per process);
+    every worker process would repeat it at every ``learn``. Only that message is filtered, only in processes
+    started by ``multiprocessing``, only while the environment is built.
+    """
+    if multiprocessing.parent_process() is None:
+        return factory()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_OUT_OF_DATE, category=DeprecationWarning)
+        return factory()
 
 
 class EnvFactory:
@@ -59,6 +88,9 @@ class EnvFactory:
         self.wrappers = tuple((cls, dict(kwargs)) for cls, kwargs in wrappers)
 
     def __call__(self) -> gym.Env:
+        return build_env(self._make)
+
+    def _make(self) -> gym.Env:
         env = gym.make(self.env, **self.env_kwargs)
         for cls, kwargs in self.wrappers:
             env = cls(env, **kwargs)
@@ -84,6 +116,86 @@ class EnvFactory:
         return f"EnvFactory({', '.join(parts)})"
 
 
+class EnvSnapshot:
+    """A picklable factory that returns a fresh copy of an environment as it was when the snapshot was taken.
+
+    It holds the environment pickled with cloudpickle (classes defined in ``__main__`` or in a function travel
+    by value); each call unpickles a new copy, so every worker gets an environment of its own.
+
+    :param env: the environment to copy.
+    :param argument: the argument named in the error, ``"env"`` or ``"env[i]"``.
+    :param reason: why the environment is copied instead of rebuilt from a spec (for the error).
+    :raises ValueError: if cloudpickle cannot pickle it (it holds a lock, an open file or socket, ...).
+
+    Two snapshots are equal when their pickled bytes are (so copies of one fresh environment are one environment).
+    """
+
+    def __init__(self, env: gym.Env, argument: str = "env", reason: str = "it has no gymnasium spec"):
+        self.name = _describe(env)
+        try:
+            self.data = cloudpickle.dumps(env)
+        except Exception as exc:  # pickling raises TypeError, PicklingError, AttributeError, RecursionError, ...
+            raise ValueError(
+                f"{argument}: workers cannot rebuild {self.name}: {reason}, and it cannot be copied to them "
+                f"(cloudpickle failed: {type(exc).__name__}: {exc}). Pass what builds it instead: its class "
+                f"(env={type(env.unwrapped).__name__}), a factory (env=lambda: make_my_env()), or a registered "
+                "env id (gymnasium.register(...), then env='MyEnv-v0')"
+            ) from exc
+
+    def __call__(self) -> gym.Env:
+        return build_env(self._make)
+
+    def _make(self) -> gym.Env:
+        return cloudpickle.loads(self.data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EnvSnapshot) and self.data == other.data
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __repr__(self) -> str:
+        return f"EnvSnapshot({self.name})"
+
+
+def _describe(env: Any) -> str:
+    """The environment as ``str`` shows it with its wrappers (``<TimeLimit<MyEnv>>``), or its type's name if long."""
+    text = str(env)
+    return text if len(text) <= 80 else type(env).__name__
+
+
+def _rebuildable(spec: Optional[EnvSpec]) -> bool:
+    """Whether a worker can rebuild an environment from ``spec``: an id registered in gymnasium, whose entry
+    point is not in ``__main__`` (a worker's ``__main__`` is not the user's script)."""
+    if spec is None or spec.id not in gym.registry:
+        return False
+    return not (isinstance(spec.entry_point, str) and spec.entry_point.startswith("__main__:"))
+
+
+def _instance_factory(env: gym.Env, argument: str) -> Callable[[], gym.Env]:
+    """The factory of an environment instance: its spec when a worker can rebuild from it, otherwise a copy.
+
+    SB3's ``Monitor`` wrappers around it are not copied (workers do not need episode statistics, and a Monitor
+    writing to a file cannot be copied).
+    """
+    spec = env.spec
+    if _rebuildable(spec):
+        return EnvFactory(spec)
+    reason = "it has no gymnasium spec" if spec is None else f"its spec's id {spec.id!r} is not registered in gymnasium"
+    while isinstance(env, Monitor):
+        env = env.env
+    return EnvSnapshot(env, argument, reason)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of a warning raised by this function's caller that points at the user's code: the first
+    frame outside sb3_nigt and stable_baselines3."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("sb3_nigt.", "stable_baselines3.")):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class AgentVecEnv(DummyVecEnv):
     """A DummyVecEnv whose sub-environment i is agent i's environment, built from per-agent factories.
 
@@ -107,14 +219,14 @@ def _factory_of_item(item: Any, agent: int) -> Callable[[], gym.Env]:
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (str, EnvSpec)) and isinstance(item[1], dict):
         return EnvFactory(item[0], item[1])
     if isinstance(item, gym.Env):
-        if item.spec is None:
-            raise ValueError(f"env[{agent}]: this environment has no gymnasium spec; give a callable that builds it")
-        return EnvFactory(item.spec)
+        return _instance_factory(item, f"env[{agent}]")
+    if isinstance(item, type) and issubclass(item, VecEnv):
+        raise ValueError(f"env[{agent}]: a VecEnv class cannot be one agent's environment; give a gymnasium.Env factory")
     if callable(item):
         return item
     raise ValueError(
-        f"env[{agent}]: expected an env id, an (env id, env_kwargs) pair, a gymnasium.Env or a callable, "
-        f"got {type(item).__name__}"
+        f"env[{agent}]: expected an env id, an (env id, env_kwargs) pair, a gymnasium.Env, a class or a callable "
+        f"that builds one, got {type(item).__name__}"
     )
 
 
@@ -137,32 +249,60 @@ def check_agent_spaces(observation_spaces: Sequence[gym.Space], action_spaces: S
 def env_factories(env: Any) -> list[Callable[[], gym.Env]]:
     """Factories that rebuild ``env`` in a worker: one per agent environment given (one per VecEnv sub-env).
 
-    :param env: an env id, a ``gymnasium.Env`` with a spec, a VecEnv (an :class:`AgentVecEnv`, or one whose
-        sub-environments have specs), a callable returning a ``gymnasium.Env``, or a list of per-agent entries.
-    :raises ValueError: if an environment cannot be rebuilt (no spec and no factory).
+    :param env: an env id, a ``gymnasium.Env`` (rebuilt from its registered spec, else copied: see
+        :class:`EnvSnapshot`), a VecEnv (an :class:`AgentVecEnv`, a DummyVecEnv, or one whose sub-environments
+        have registered specs), a class or callable returning a ``gymnasium.Env``, or a list of per-agent entries.
+    :raises ValueError: if an environment can be neither rebuilt nor copied.
+    :warns UserWarning: for a ``SubprocVecEnv``, whose processes the workers do not use.
     """
     if isinstance(env, str):
         return [EnvFactory(env)]
     if isinstance(env, (list, tuple)):
         return [_factory_of_item(item, agent) for agent, item in enumerate(env)]
     if isinstance(env, VecEnv):
-        factories = getattr(env, "agent_env_factories", None)  # VecEnvWrapper forwards to the wrapped VecEnv
-        if factories is not None:
-            return list(factories)
-        specs = env.get_attr("spec")
-    elif isinstance(env, gym.Env):
-        specs = [env.spec]
-    elif callable(env):
+        return _vec_env_factories(env)
+    if isinstance(env, gym.Env):
+        return [_instance_factory(env, "env")]
+    if isinstance(env, type) and issubclass(env, VecEnv):
+        raise ValueError(f"env: got the class {env.__name__}; pass a VecEnv instance, or the environments' factories")
+    if callable(env):
         return [env]
-    else:
-        raise ValueError(
-            f"env: expected an env id, a gymnasium.Env, a VecEnv, a callable or a list of per-agent environments, "
-            f"got {type(env).__name__}"
+    raise ValueError(
+        f"env: expected an env id, a gymnasium.Env, a VecEnv, a class or callable that builds a gymnasium.Env, "
+        f"or a list of per-agent environments, got {type(env).__name__}"
+    )
+
+
+def _vec_env_factories(env: VecEnv) -> list[Callable[[], gym.Env]]:
+    """The factories of a VecEnv's sub-environments (see :func:`env_factories`)."""
+    factories = getattr(env, "agent_env_factories", None)  # VecEnvWrapper forwards to the wrapped VecEnv
+    if factories is not None:
+        return list(factories)
+    base = env.unwrapped
+    if isinstance(base, DummyVecEnv):  # the sub-environments are here: rebuild from their specs or copy them
+        return [_instance_factory(sub, f"env: sub-environment {i} of the DummyVecEnv") for i, sub in enumerate(base.envs)]
+    specs = env.get_attr("spec")
+    missing = [i for i, spec in enumerate(specs) if not _rebuildable(spec)]
+    if isinstance(base, SubprocVecEnv):
+        if missing:
+            raise ValueError(
+                f"env: sub-environment {missing[0]} of this SubprocVecEnv has no registered gymnasium spec, and a "
+                "SubprocVecEnv keeps neither the functions that built its environments nor the environments (they live "
+                "in its processes), so workers cannot rebuild it; pass those functions instead (env=[make_env_0, ...] "
+                "or env=MyEnv, one per agent or one shared), and backend='subprocess' to run the workers in parallel"
+            )
+        warnings.warn(
+            "env is a SubprocVecEnv: the workers that sample trajectories and compute gradients do not use its "
+            "processes; they rebuild its environments from their specs. Use backend='subprocess' (with n_workers) "
+            "to run them in parallel processes; a DummyVecEnv, an env id or a factory avoids the idle processes.",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
         )
-    if any(spec is None for spec in specs):
+    elif missing:
         raise ValueError(
-            "env: this environment has no gymnasium spec, so workers cannot rebuild it; register it, "
-            "or pass a callable that builds it (env=lambda: MyEnv())"
+            f"env: sub-environment {missing[0]} of this {type(base).__name__} has no registered gymnasium spec, so "
+            "workers cannot rebuild it; register it, or pass the functions that build the environments "
+            "(env=[make_env_0, ...], env=MyEnv or env=DummyVecEnv([...]))"
         )
     return [EnvFactory(spec) for spec in specs]
 
@@ -178,7 +318,12 @@ def resolve_env(env: Any) -> tuple[Any, Optional[list[Callable[[], gym.Env]]]]:
     """
     if env is None:
         return None, None
-    factories = env_factories(env)
+    try:
+        factories = env_factories(env)
+    except ValueError:
+        if isinstance(env, VecEnv):
+            env.close()
+        raise
     if isinstance(env, (list, tuple)):
         if not factories:
             raise ValueError("env: the list of per-agent environments is empty")
@@ -195,8 +340,8 @@ def resolve_env(env: Any) -> tuple[Any, Optional[list[Callable[[], gym.Env]]]]:
         except ValueError:
             env.close()
             raise
-    if callable(env) and not isinstance(env, (str, VecEnv)) and not hasattr(env, "step"):
-        return AgentVecEnv(factories), factories  # keeps the factory, so set_env/load can rebuild it
+    if callable(env) and not isinstance(env, (str, VecEnv)) and (isinstance(env, type) or not hasattr(env, "step")):
+        return AgentVecEnv(factories), factories  # a factory or a class: keeps it, so set_env/load can rebuild it
     return env, factories
 
 
