@@ -20,7 +20,8 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-# RennalaNIGT on Hopper, n = 10 agents, h_i = kappa_i = sqrt(i), simulated clock, both cores (training took 593 s for seed 0 on 2026-11-29; README).
+# RennalaNIGT on Hopper, n = 10 agents, h_i = kappa_i = sqrt(i), simulated clock, both cores, seed 0: 593 s of
+# training on 2026-11-29 on a shared 2-core machine, plus the install on a fresh clone (README, docs/train.md).
 train: $(STAMP)
 	$(PY) -m sb3_nigt.train --out runs/hopper
 
