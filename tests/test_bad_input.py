@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional
+
+import multiprocessing as mp
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
+from torch import nn
+
+from sb3_nigt.common.envs import AgentVecEnv
 
 from helpers import ConstantBandit, FailsOutsideProcess, assert_no_worker_alive, quadratic_reward
 
@@ -19,7 +25,7 @@ NAN = float("nan")
 @pytest.mark.parametrize(
     "kwargs, argument",
     [
-        (dict(env="CartPole-v1"), "env"),
+        (dict(env="CartPole-v1"), "action_space"),
         (dict(batch_size=0), "batch_size"),
         (dict(batch_size=2.5), "batch_size"),
         (dict(initial_batch_size=0), "initial_batch_size"),
@@ -46,6 +52,40 @@ NAN = float("nan")
         (dict(backend="subprocess", n_workers=0), "n_workers"),
         (dict(clock="real", time_scale=-1.0), "time_scale"),
         (dict(policy_kwargs=dict(min_std=0.0)), "min_std"),
+        (dict(policy_kwargs=dict(min_std=math.inf)), "min_std"),
+        # Argument types (GitHub issue 11, "Bad input").
+        (dict(learning_rate="0.1"), "learning_rate"),
+        (dict(momentum=True), "momentum"),
+        (dict(gamma="0.9"), "gamma"),
+        (dict(seed=1.5), "seed"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=2**32), "seed"),
+        (dict(clock="real", backend="subprocess", time_scale="1"), "time_scale"),
+        (dict(start_method="bogus"), "start_method"),
+        (dict(stats_window_size=0), "stats_window_size"),
+        (dict(compute_times={"means": 1}), "compute_times"),
+        (dict(compute_times={"distribution": "lognormal", "sigma": -1.0}), "compute_times"),
+        (dict(communication_times={"bogus": 1}), "communication_times"),
+        (dict(compute_times=1e308), "compute_times"),
+        (dict(compute_times=2e15), "compute_times"),
+        (dict(communication_times=1e308), "communication_times"),
+        # Policy arguments.
+        (dict(policy_kwargs=dict(net_arch=[0])), "net_arch"),
+        (dict(policy_kwargs=dict(net_arch=[-8])), "net_arch"),
+        (dict(policy_kwargs=dict(net_arch=[8.0])), "net_arch"),
+        (dict(policy_kwargs=dict(net_arch=[True])), "net_arch"),
+        (dict(policy_kwargs=dict(net_arch="64")), "net_arch"),
+        (dict(policy_kwargs=dict(net_arch=64)), "net_arch"),
+        (dict(policy_kwargs=dict(net_arch=dict(vf=[8]))), "net_arch"),
+        (dict(policy_kwargs=dict(net_arch=dict(pi=[0]))), "net_arch"),
+        (dict(policy_kwargs=dict(net_arch=dict(pi=[8], bogus=[8]))), "net_arch"),
+        (dict(policy_kwargs=dict(activation_fn="tanh")), "activation_fn"),
+        (dict(policy_kwargs=dict(activation_fn=nn.Tanh())), "activation_fn"),
+        (dict(policy_kwargs=dict(activation_fn=np.tanh)), "activation_fn"),
+        (dict(policy_kwargs=dict(activation_fn=nn.BatchNorm1d)), "activation_fn"),  # needs num_features
+        (dict(policy_kwargs=dict(ortho_init=True)), "policy_kwargs"),
+        (dict(policy_kwargs=[("net_arch", [8])]), "policy_kwargs"),
+        (dict(policy_kwargs=dict(features_extractor_class=nn.Linear)), "features_extractor_class"),
     ],
 )
 def test_bad_argument_raises_value_error_naming_it(make_model, kwargs, argument):
@@ -53,14 +93,40 @@ def test_bad_argument_raises_value_error_naming_it(make_model, kwargs, argument)
         make_model(**kwargs)
 
 
+@pytest.mark.parametrize("argument", ["compute_times", "communication_times"])
+def test_a_time_that_would_overflow_the_clock_names_the_accepted_range(make_model, argument):
+    with pytest.raises(ValueError, match=rf"^{argument}: .*at most 1e15 seconds"):
+        make_model(**{argument: 1e308})
+
+
+def test_an_unknown_start_method_is_refused_at_construction_not_at_learn(make_model):
+    with pytest.raises(ValueError, match=r"^start_method: .*get_all_start_methods|^start_method: .*'bogus'"):
+        make_model(backend="subprocess", start_method="bogus")
+    for method in mp.get_all_start_methods():
+        assert make_model(start_method=method).start_method == method
+
+
+def test_bad_arguments_leave_no_environment_open(make_model, monkeypatch):
+    """An argument refused after the environment list was built closes the AgentVecEnv built from it."""
+    closed = []
+    original = AgentVecEnv.close
+    monkeypatch.setattr(AgentVecEnv, "close", lambda self: closed.append(self) or original(self))
+    with pytest.raises(ValueError, match=r"^compute_times\b"):
+        make_model(env=["Pendulum-v1", "Pendulum-v1"], compute_times=[1.0, 2.0, 3.0])
+    assert len(closed) == 1
+
+
 def test_discrete_action_space_message_mentions_the_action_space(make_model):
     with pytest.raises(ValueError, match="action space"):
         make_model(env="CartPole-v1")
 
 
-def test_env_without_spec_asks_for_a_factory(make_model):
-    with pytest.raises(ValueError, match=r"^env: .*callable"):
-        make_model(env=ConstantBandit(quadratic_reward))
+def test_env_without_spec_that_cannot_be_copied_asks_for_a_factory(make_model):
+    # An instance without a registered spec is copied to the workers (378a38e); one holding a lock cannot be.
+    env = ConstantBandit(quadratic_reward)
+    env.lock = threading.Lock()
+    with pytest.raises(ValueError, match=r"^env: .*factory"):
+        make_model(env=env)
 
 
 def test_momentum_one_is_accepted(make_model):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
+import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_nigt.common.aggregation import AggregationRule
 from sb3_nigt.afedpg.server import AsyncServer, new_job
+from sb3_nigt.common.backends import Backend
 from sb3_nigt.common.collector import Arrival, Collector
 from sb3_nigt.common.nigt import NIGTAlgorithm, PendingRound
+from sb3_nigt.common.timing import TimeSpec
+from sb3_nigt.policies import NIGTPolicy
 
 
 class AFedPG(NIGTAlgorithm):
@@ -30,13 +35,45 @@ class AFedPG(NIGTAlgorithm):
     download and its upload. There is one upload and one download per gradient (Rennala: one per agent per
     round). d starts as the first arriving gradient.
 
-    The shared parameters (``learning_rate`` α, ``momentum`` η, ``horizon``, ``gamma``, ``n_agents``,
-    ``compute_times``, ``communication_times``, ...) mean what they mean for the NIGT algorithms
-    (:class:`~sb3_nigt.common.nigt.NIGTAlgorithm`); ``batch_size`` is accepted and ignored (a batch is one
-    gradient), and ``initial_batch_size`` only sizes the observation warm-up round that fresh VecNormalize
-    statistics trigger (docs/algorithms.md, "Where this library departs from the paper, or reads it"). A "round" here is n consecutive server updates: the callbacks'
-    ``on_rollout_start``/``on_rollout_end`` and the ``log_interval`` count those.
+    The shared parameters mean what they mean for the NIGT algorithms
+    (:class:`~sb3_nigt.common.nigt.NIGTAlgorithm`, whose checks they go through); ``batch_size`` is accepted and
+    ignored (a batch is one gradient), and ``initial_batch_size`` only sizes the observation warm-up round that
+    fresh VecNormalize statistics trigger (docs/algorithms.md, "Where this library departs from the paper, or
+    reads it"). A "round" here is n consecutive server updates: the callbacks' ``on_rollout_start``/
+    ``on_rollout_end`` and the ``log_interval`` count those.
 
+    :param policy: ``"MlpPolicy"`` or a subclass of :class:`~sb3_nigt.policies.NIGTPolicy`.
+    :param env: one environment shared by all agents, or one per agent (as for the NIGT algorithms); a flat Box
+        observation space and a Box action space with finite bounds.
+    :param learning_rate: α > 0, the length of each normalized server step; a float or an SB3 schedule of the
+        remaining progress (checked at every update: finite and > 0, or 0 at the end of training).
+    :param momentum: η ∈ (0, 1], the constant momentum (and the lookahead's η).
+    :param batch_size: accepted for a common signature and ignored: every arriving gradient is a step.
+    :param initial_batch_size: gradients of the observation warm-up round (fresh VecNormalize statistics only);
+        default ``batch_size``.
+    :param horizon: H >= 1, environment steps per trajectory at most; default the env's ``max_episode_steps``,
+        else 1000.
+    :param gamma: γ ∈ [0, 1], the discount factor.
+    :param n_agents: n >= 1; default the number of environments given.
+    :param compute_times: h_i, seconds per gradient (or per step); see :class:`~sb3_nigt.common.timing.TimingModel`.
+    :param communication_times: κ_i, seconds per vector; see :class:`~sb3_nigt.common.timing.TimingModel`.
+    :param compute_time_unit: ``"gradient"``, ``"step"`` or ``"horizon"`` (as for the NIGT algorithms).
+    :param outages: not modelled for AFedPG's per-arrival server: must be None.
+    :param clock: ``"simulated"`` or ``"real"``.
+    :param backend: ``"inline"``, ``"subprocess"`` or a Backend instance.
+    :param n_workers: processes of the subprocess backend; default as for the NIGT algorithms.
+    :param worker_timeout: seconds a busy worker may stay silent before it is replaced; None: never.
+    :param max_failures: worker losses in a row after which ``learn`` raises ``WorkerError``.
+    :param time_scale: real clock only: scale of the emulated sleeps; None injects none.
+    :param start_method: multiprocessing start method of the subprocess backend (one of
+        ``multiprocessing.get_all_start_methods()``); default forkserver, else spawn.
+    :param record_trace: record the clock's events in ``model.trace``.
+    :param stats_window_size: episodes averaged for ``rollout/ep_rew_mean``.
+    :param tensorboard_log: tensorboard log folder, or None.
+    :param policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ``min_std``, ...).
+    :param verbose: 0 silent, 1 training information.
+    :param seed: seed of the policy's initialisation and of every job, an integer in [0, 2**32 - 1], or None.
+    :param device: torch device of the main policy (default ``"cpu"``).
     :param momentum_schedule: the momentum hook: a callable ``(staleness, update_index) -> η`` giving the η_k of
         each update from the arriving gradient's staleness (int, >= 0) and the server's update counter k (int);
         None (default) keeps the constant ``momentum``. A delay-adaptive schedule plugs in here. The lookahead
@@ -63,7 +100,38 @@ class AFedPG(NIGTAlgorithm):
     speed_weighted = True  # fast agents update the server more often
     per_agent_params = True  # each agent computes at its own θ̃ (published to its own slot)
 
-    def __init__(self, *args: Any, momentum_schedule: Optional[Callable[[int, int], float]] = None, **kwargs: Any):
+    def __init__(
+        self,
+        policy: Union[str, type[NIGTPolicy]] = "MlpPolicy",
+        env: Union[GymEnv, str, Callable, None] = None,
+        learning_rate: Union[float, Schedule] = 2**-6,
+        momentum: float = 0.1,
+        batch_size: int = 20,
+        initial_batch_size: Optional[int] = None,
+        horizon: Optional[int] = None,
+        gamma: float = 0.99,
+        n_agents: Optional[int] = None,
+        compute_times: TimeSpec = "equal",
+        communication_times: TimeSpec = 0.0,
+        compute_time_unit: str = "gradient",
+        outages: Optional[dict] = None,
+        clock: str = "simulated",
+        backend: Union[str, Backend] = "inline",
+        n_workers: Optional[int] = None,
+        worker_timeout: Optional[float] = 300.0,
+        max_failures: int = 3,
+        time_scale: Optional[float] = None,
+        start_method: Optional[str] = None,
+        record_trace: bool = False,
+        stats_window_size: int = 100,
+        tensorboard_log: Optional[str] = None,
+        policy_kwargs: Optional[dict[str, Any]] = None,
+        verbose: int = 0,
+        seed: Optional[int] = None,
+        device: Union[th.device, str] = "cpu",
+        momentum_schedule: Optional[Callable[[int, int], float]] = None,
+        _init_setup_model: bool = True,
+    ):
         if momentum_schedule is not None and not callable(momentum_schedule):
             raise ValueError(f"momentum_schedule: must be None or a callable (staleness, update_index) -> η, got {momentum_schedule!r}")
         self.momentum_schedule = momentum_schedule
@@ -72,7 +140,15 @@ class AFedPG(NIGTAlgorithm):
         self._server_jobs: Optional[dict[int, dict]] = None  # simulated clock: each agent's work in flight
         self._window: list[int] = []  # staleness of the current round's updates
         self._in_round = 0  # updates in the current round of n
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            policy=policy, env=env, learning_rate=learning_rate, momentum=momentum, batch_size=batch_size,
+            initial_batch_size=initial_batch_size, horizon=horizon, gamma=gamma, n_agents=n_agents,
+            compute_times=compute_times, communication_times=communication_times, compute_time_unit=compute_time_unit,
+            outages=outages, clock=clock, backend=backend, n_workers=n_workers, worker_timeout=worker_timeout,
+            max_failures=max_failures, time_scale=time_scale, start_method=start_method, record_trace=record_trace,
+            stats_window_size=stats_window_size, tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs,
+            verbose=verbose, seed=seed, device=device, _init_setup_model=_init_setup_model,
+        )
 
     def _make_rule(self, batch_size: int) -> AggregationRule:
         raise NotImplementedError("AFedPG updates on every arrival; it has no aggregation round")
@@ -153,6 +229,9 @@ class AFedPG(NIGTAlgorithm):
         """The server's update for the pending arrival; returns the reply (θ̃, obs_norm, version) and whether the
         budget is spent."""
         assert self._pending is not None
+        # α first: a bad schedule value stops before anything changes (θ, d, the job indices, the pending arrival).
+        self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+        alpha = self._checked_learning_rate()
         arrival, gradient = self._pending.arrivals[0], self._pending.aggregate
         self._pending = None
         staleness = self._n_updates - arrival.version
@@ -161,12 +240,11 @@ class AFedPG(NIGTAlgorithm):
         moments = arrival.result.obs_moments
         if vec_normalize is not None and vec_normalize.training and moments is not None:
             vec_normalize.obs_rms.update_from_moments(moments.mean, moments.var, moments.count)
-        self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
         eta = self._momentum(staleness)
         if self.momentum_buffer is None:
             self.momentum_buffer = gradient.copy()  # d starts as the first gradient, then takes the step
             eta = 1.0
-        self._nigt_step(gradient, eta)
+        self._nigt_step(gradient, eta, alpha)
         self.n_communications += 2  # the upload and the reply
         self.bytes_sent += 8 * self.n_params + 4 * self.n_params
         if staleness >= len(self.staleness_histogram):  # grow the histogram to index ``staleness``

@@ -15,6 +15,7 @@ Algorithm 1 (Cutkosky & Mehta 2020; Fatkhullin et al. 2023), ascent form::
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -24,14 +25,15 @@ import warnings
 from contextlib import contextmanager
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, TypeVar, Union
+from typing import Any, Callable, ClassVar, Iterator, Optional, TypeVar, Union
 
 import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.base_class import BaseAlgorithm, maybe_make_env
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.monitor import Monitor
@@ -47,7 +49,7 @@ from sb3_nigt.common.envs import is_heterogeneous, resolve_env
 from sb3_nigt.common.exact import ZERO, ExactTime
 from sb3_nigt.common.timing import TimeCounters, TimeSpec, TimingModel
 from sb3_nigt.common.trace import TraceEvent
-from sb3_nigt.policies import NIGTPolicy
+from sb3_nigt.policies import NIGTPolicy, check_action_space, check_observation_space, check_policy_kwargs, running_statistics_modules
 
 SelfNIGT = TypeVar("SelfNIGT", bound="NIGTAlgorithm")
 
@@ -96,44 +98,73 @@ def _terminate_like_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+def _check_int(value: Any, name: str, minimum: int, maximum: Optional[int] = None) -> int:
+    """``value`` as a Python int, if it is an integer (Python or NumPy, not a bool) in [minimum, maximum].
+
+    :raises ValueError: starting ``name:``, stating the accepted range.
+    """
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, np.integer))
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        accepted = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name}: must be an integer {accepted}, got {value!r}")
     return int(value)
 
 
-def _check_hyperparameters(values: dict[str, Any]) -> None:
+def _is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number: a Python or NumPy int or float, not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_hyperparameters(values: dict[str, Any]) -> dict[str, Any]:
     """Check the given hyperparameters (constructor arguments, or ``load(..., **kwargs)`` overrides, which SB3
     writes into the model directly, as rl-zoo3's ``-i`` does). None means "default" for the optional integers.
+    NumPy scalars are accepted.
 
+    :return: the checked values present in ``values``, as Python ints and floats (a schedule stays as is).
     :raises ValueError: naming the first argument outside its accepted range.
     """
+    checked: dict[str, Any] = {}
     if "batch_size" in values:
-        _check_int(values["batch_size"], "batch_size", 1)
+        checked["batch_size"] = _check_int(values["batch_size"], "batch_size", 1)
     for name in ("initial_batch_size", "n_agents", "horizon"):
-        if values.get(name) is not None:
-            _check_int(values[name], name, 1)
-    momentum = values.get("momentum", 0.5)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (0 < momentum <= 1):
-        raise ValueError(f"momentum: η must be in (0, 1], got {momentum!r}")
-    gamma = values.get("gamma", 0.5)
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0 <= gamma <= 1):
-        raise ValueError(f"gamma: γ must be in [0, 1], got {gamma!r}")
-    rate = values.get("learning_rate", 1.0)
-    if not callable(rate) and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0)):
-        raise ValueError(f"learning_rate: α must be a finite float > 0 or a schedule, got {rate!r}")
+        if name in values:
+            checked[name] = None if values[name] is None else _check_int(values[name], name, 1)
+    if "momentum" in values:
+        momentum = values["momentum"]
+        if not _is_real(momentum) or not (0 < momentum <= 1):
+            raise ValueError(f"momentum: η must be a float in (0, 1], got {momentum!r}")
+        checked["momentum"] = float(momentum)
+    if "gamma" in values:
+        gamma = values["gamma"]
+        if not _is_real(gamma) or not (0 <= gamma <= 1):
+            raise ValueError(f"gamma: γ must be a float in [0, 1], got {gamma!r}")
+        checked["gamma"] = float(gamma)
+    if "learning_rate" in values:
+        rate = values["learning_rate"]
+        if not callable(rate) and (not _is_real(rate) or not (math.isfinite(rate) and rate > 0)):
+            raise ValueError(f"learning_rate: α must be a finite float > 0 or a schedule, got {rate!r}")
+        checked["learning_rate"] = rate if callable(rate) else float(rate)
+    return checked
 
 
 class NIGTAlgorithm(BaseAlgorithm):
     """Base class of the NIGT family: Algorithm 1 of the paper over a delay-aware asynchronous collector.
 
-    :param policy: the policy, ``"MlpPolicy"`` (the paper's Gaussian tanh-squashed network) or a class.
+    :param policy: the policy, ``"MlpPolicy"`` (the paper's Gaussian tanh-squashed network) or a subclass of
+        :class:`~sb3_nigt.policies.NIGTPolicy`; another algorithm's policy (``stable_baselines3.ppo.MlpPolicy``) is
+        refused.
     :param env: one environment shared by all agents (an env id, a ``gymnasium.Env`` with a spec, a callable that
         builds one, or a VecEnv of copies of it), or one environment per agent (a list of env ids, of ``(env id,
         env_kwargs)`` pairs or of callables, or a VecEnv whose sub-env i is agent i's environment). VecEnvs may be
-        wrapped in VecNormalize. Workers rebuild every environment from its id, spec or factory.
+        wrapped in VecNormalize. Workers rebuild every environment from its id, spec or factory. The observation
+        space must be a flat Box (one dimension, not an image) and the action space a Box with finite bounds.
     :param learning_rate: α, the length of each normalized step (> 0); a float or an SB3 schedule of the
-        remaining progress.
+        remaining progress, whose value is checked (finite, > 0; 0 only at the end of training, as linear
+        schedules give) at every update, before θ changes.
     :param momentum: η ∈ (0, 1], the momentum of d_t = (1 − η) d_{t−1} + η g_t.
     :param batch_size: M >= 1, gradients per aggregation round.
     :param initial_batch_size: M_init >= 1, gradients of the initial round that forms d_{−1}; default M.
@@ -162,19 +193,30 @@ class NIGTAlgorithm(BaseAlgorithm):
     :param time_scale: real clock only: sleep h_i · time_scale and κ_i · time_scale seconds to emulate the
         timing model; None (default) injects no sleep. Needs ``backend="subprocess"`` with one worker per agent
         (the default ``n_workers`` then), so that a sleeping agent never holds up another one.
-    :param start_method: multiprocessing start method of the subprocess backend; default forkserver, else spawn.
+    :param start_method: multiprocessing start method of the subprocess backend, one of this platform's
+        ``multiprocessing.get_all_start_methods()``; default forkserver, else spawn.
     :param stats_window_size: episodes averaged for ``rollout/ep_rew_mean`` (and per agent, in
         ``agent_ep_info_buffer[i]``, for ``rollout/ep_rew_mean_agent_{i}`` when agents have different environments).
     :param tensorboard_log: tensorboard log folder, or None.
-    :param policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ``min_std``).
+    :param policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ``min_std``, ...);
+        SB3's ``net_arch=dict(pi=[...], vf=[...])`` uses ``pi`` and ignores ``vf``/``qf`` with a warning. A policy
+        with BatchNorm layers (or other layers with running statistics) is refused.
     :param verbose: 0 silent, 1 training information.
     :param record_trace: record the clock's events (broadcasts, gradients, uploads) in ``model.trace``, a list of
         :class:`~sb3_nigt.common.trace.TraceEvent` (not saved); see :mod:`sb3_nigt.timeline`.
-    :param seed: the seed of the policy's initialisation and of every job (seed, round, agent, index).
+    :param seed: the seed of the policy's initialisation and of every job (seed, round, agent, index); an
+        integer in [0, 2**32 - 1], or None.
     :param device: torch device of the main policy (default ``"cpu"``; workers always use the CPU).
-    :raises ValueError: for a discrete action space, a non-Box observation space, agents' environments with
-        different spaces (naming the agents), a number of environments that is neither 1 nor n, or any argument
-        outside its accepted range; the message names the argument.
+    :raises ValueError: naming the argument, raised before any environment is built or any state changes where
+        it can be: ``policy:`` for an unknown alias or a class that is not a ``NIGTPolicy``; ``policy_kwargs:``
+        (or the key: ``net_arch:``, ``activation_fn:``, ``min_std:``) for bad policy arguments, and for a built
+        policy with BatchNorm layers (``policy:`` when the policy class itself adds them);
+        ``observation_space:`` for an observation space that is not a flat Box (Dict, Tuple, an image, a Box of
+        several dimensions); ``action_space:`` for a discrete action space or infinite or NaN bounds; ``env:`` for
+        agents' environments with different spaces (naming the agents) or a number of environments that is neither
+        1 nor n; and any other argument outside its accepted range (``seed``, ``time_scale``, ``start_method``,
+        ``compute_times`` above 1e15 seconds, ...).
+    :warns UserWarning: for ``net_arch`` keys ``vf``/``qf`` (ignored).
     """
 
     #: Whether the aggregate weights agents by speed (fast agents count more). Such an algorithm optimises a
@@ -183,7 +225,7 @@ class NIGTAlgorithm(BaseAlgorithm):
     #: Whether every agent gets its own θ (AFedPG) rather than one broadcast per round.
     per_agent_params = False
 
-    policy_aliases = {"MlpPolicy": NIGTPolicy}
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": NIGTPolicy}
     policy: NIGTPolicy
 
     def __init__(
@@ -217,59 +259,92 @@ class NIGTAlgorithm(BaseAlgorithm):
         device: Union[th.device, str] = "cpu",
         _init_setup_model: bool = True,
     ):
-        _check_hyperparameters(dict(
+        # Arguments first: nothing is built, opened or changed before they are all known to be valid.
+        checked = _check_hyperparameters(dict(
             learning_rate=learning_rate, momentum=momentum, batch_size=batch_size, initial_batch_size=initial_batch_size,
-            horizon=horizon, gamma=gamma,
+            horizon=horizon, gamma=gamma, n_agents=n_agents,
         ))
-        self.momentum = float(momentum)
-        self.batch_size = int(batch_size)
-        self.initial_batch_size = self.batch_size if initial_batch_size is None else int(initial_batch_size)
-        self.horizon = None if horizon is None else int(horizon)
-        self.gamma = float(gamma)
-        env, factories = resolve_env(env)
-        if n_agents is None:
-            n_agents = len(factories) if factories else 1
-        self.n_agents = _check_int(n_agents, "n_agents", 1)
+        learning_rate, n_agents = checked["learning_rate"], checked["n_agents"]
+        self.momentum = checked["momentum"]
+        self.batch_size = checked["batch_size"]
+        self.initial_batch_size = self.batch_size if checked["initial_batch_size"] is None else checked["initial_batch_size"]
+        self.horizon = checked["horizon"]
+        self.gamma = checked["gamma"]
+        policy_class = self._check_policy(policy)
+        policy_kwargs = check_policy_kwargs(policy_class, policy_kwargs)
+        if seed is not None:
+            seed = _check_int(seed, "seed", 0, 2**32 - 1)
         if clock not in CLOCKS:
             raise ValueError(f"clock: must be one of {CLOCKS}, got {clock!r}")
         if not (isinstance(backend, Backend) or (isinstance(backend, str) and backend in BACKENDS)):
             raise ValueError(f"backend: must be one of {sorted(BACKENDS)} or a Backend instance, got {backend!r}")
-        if worker_timeout is not None and not (isinstance(worker_timeout, (int, float)) and math.isfinite(worker_timeout) and worker_timeout > 0):
+        if worker_timeout is not None and not (_is_real(worker_timeout) and math.isfinite(worker_timeout) and worker_timeout > 0):
             raise ValueError(f"worker_timeout: must be None or a finite number of seconds > 0, got {worker_timeout!r}")
         self.worker_timeout = None if worker_timeout is None else float(worker_timeout)
         self.max_failures = _check_int(max_failures, "max_failures", 0)
         self.clock, self.backend = clock, backend
         self.n_workers = None if n_workers is None else _check_int(n_workers, "n_workers", 1)
-        if time_scale is not None and not (math.isfinite(time_scale) and time_scale >= 0):
-            raise ValueError(f"time_scale: must be None or a finite float >= 0, got {time_scale!r}")
-        self.time_scale = time_scale
-        if clock == "real" and time_scale:
-            if backend == "inline" or isinstance(backend, InlineBackend):
-                raise ValueError(
-                    "time_scale: the inline backend runs the agents' work one job after another, so it cannot emulate "
-                    "agents that compute at the same time; use backend='subprocess' (one worker process per agent)"
-                )
-            if self.n_workers is not None and self.n_workers < self.n_agents:
-                raise ValueError(
-                    f"n_workers: emulating times on the real clock (time_scale) needs one worker per agent, "
-                    f"n_workers >= n_agents = {self.n_agents}, got {self.n_workers}; leave n_workers=None for that default"
-                )
-        elif clock == "simulated" and time_scale is not None:
+        if time_scale is not None and not (_is_real(time_scale) and math.isfinite(time_scale) and time_scale >= 0):
+            raise ValueError(f"time_scale: must be None or a finite number >= 0, got {time_scale!r}")
+        self.time_scale = None if time_scale is None else float(time_scale)
+        methods = multiprocessing.get_all_start_methods()
+        if start_method is not None and start_method not in methods:
+            raise ValueError(f"start_method: must be None or one of this platform's start methods {methods}, got {start_method!r}")
+        stats_window_size = _check_int(stats_window_size, "stats_window_size", 1)
+        verbose = _check_int(verbose, "verbose", 0)
+        if clock == "simulated" and time_scale is not None:
             warnings.warn("time_scale only applies to clock='real'; the simulated clock ignores it", stacklevel=2)
         self.record_trace = bool(record_trace)
         self.start_method = start_method
         self.compute_times = compute_times
         self.communication_times = communication_times
         self.compute_time_unit = compute_time_unit
-        # Validate the time specifications now, before any environment is built.
-        TimingModel(self.n_agents, compute_times, communication_times, compute_time_unit, horizon=self.horizon, outages=outages)
-        if outages:
-            if clock != "simulated":
-                raise ValueError("outages: only the simulated clock models outages; on the real clock a lost worker is the outage")
-            if compute_time_unit == "step":
-                raise ValueError("outages: need durations known in advance, compute_time_unit 'gradient' or 'horizon', not 'step'")
-            if self.per_agent_params:
-                raise ValueError(f"outages: not modelled for {type(self).__name__}'s per-arrival server")
+        self._algorithm_name = type(self).__qualname__  # saved: load refuses another algorithm's file
+
+        given = env
+        try:
+            env, factories = resolve_env(env)
+        except NotImplementedError as exc:  # SB3's DummyVecEnv refuses nested Dict/Tuple spaces this way
+            if "Nested observation spaces" not in str(exc):
+                raise
+            raise ValueError(
+                "observation_space: NIGT needs a flat gymnasium.spaces.Box observation space; nested Dict/Tuple spaces "
+                "are not supported (flatten them with gymnasium.wrappers.FlattenObservation)"
+            ) from exc
+        try:
+            if isinstance(env, str):
+                env = maybe_make_env(env, verbose)  # as SB3 would, so that the spaces are checked before SB3 sees them
+            if env is not None:
+                self._check_spaces(env.observation_space, env.action_space)
+            if n_agents is None:
+                n_agents = len(factories) if factories else 1
+            self.n_agents = n_agents
+            if clock == "real" and time_scale:
+                if backend == "inline" or isinstance(backend, InlineBackend):
+                    raise ValueError(
+                        "time_scale: the inline backend runs the agents' work one job after another, so it cannot "
+                        "emulate agents that compute at the same time; use backend='subprocess' (one worker process per agent)"
+                    )
+                if self.n_workers is not None and self.n_workers < self.n_agents:
+                    raise ValueError(
+                        f"n_workers: emulating times on the real clock (time_scale) needs one worker per agent, "
+                        f"n_workers >= n_agents = {self.n_agents}, got {self.n_workers}; leave n_workers=None for that default"
+                    )
+            # Validate the time specifications now, before SB3 wraps the environment.
+            TimingModel(self.n_agents, compute_times, communication_times, compute_time_unit, horizon=self.horizon, outages=outages)
+            if outages:
+                if clock != "simulated":
+                    raise ValueError("outages: only the simulated clock models outages; on the real clock a lost worker is the outage")
+                if compute_time_unit == "step":
+                    raise ValueError("outages: need durations known in advance, compute_time_unit 'gradient' or 'horizon', not 'step'")
+                if self.per_agent_params:
+                    raise ValueError(f"outages: not modelled for {type(self).__name__}'s per-arrival server")
+            if factories is not None:
+                self._check_env_count(factories, env)
+        except BaseException:
+            if env is not None and env is not given and hasattr(env, "close"):
+                env.close()  # built here: nobody else will close it
+            raise
         self.outages = outages
 
         # NIGT state (saved): d_t, θ_{t−1}, the clock, and the round counter used in the job seeds.
@@ -289,11 +364,9 @@ class NIGTAlgorithm(BaseAlgorithm):
         # Agent i's last ``stats_window_size`` episodes ({"r", "l", "t", "agent"}), as SB3's ep_info_buffer.
         self.agent_ep_info_buffer: Optional[list[deque]] = None
         self._agent_monitors: list[Optional[Monitor]] = []
-        if factories is not None:
-            self._check_env_count(factories, env)
 
         super().__init__(
-            policy=policy,
+            policy=policy_class,
             env=env,
             learning_rate=learning_rate,
             policy_kwargs=policy_kwargs,
@@ -305,7 +378,13 @@ class NIGTAlgorithm(BaseAlgorithm):
             seed=seed,
         )
         if self.env is not None:
-            self._check_spaces()
+            vec_normalize = self._vec_normalize_env
+            if vec_normalize is not None and vec_normalize.norm_reward:
+                warnings.warn(
+                    "VecNormalize(norm_reward=True): workers use raw rewards in g_H; the normalized step α d/‖d‖ "
+                    "does not depend on the reward scale. Observation normalization is applied and its statistics merged.",
+                    stacklevel=2,
+                )
             self._env_factories = factories
             if self.horizon is None:
                 spec = self.env.get_attr("spec", indices=[0])[0]
@@ -315,26 +394,115 @@ class NIGTAlgorithm(BaseAlgorithm):
             self._setup_model()
 
     # ----------------------------------------------------------------------------------------------- set-up
-    def _check_spaces(self) -> None:
-        if not isinstance(self.action_space, spaces.Box):
-            self.env.close()
-            raise ValueError(f"env: the action space must be a continuous gymnasium.spaces.Box, got {self.action_space}")
-        if not isinstance(self.observation_space, spaces.Box):
-            self.env.close()
-            raise ValueError(f"env: the observation space must be a gymnasium.spaces.Box, got {self.observation_space}")
-        vec_normalize = self._vec_normalize_env
-        if vec_normalize is not None and vec_normalize.norm_reward:
+    @classmethod
+    def _check_policy(cls, policy: Any) -> type[NIGTPolicy]:
+        """The policy class of ``policy``: an alias of ``policy_aliases`` or a subclass of ``NIGTPolicy``.
+
+        Another algorithm's policy (``stable_baselines3.ppo.MlpPolicy``, an actor-critic) has neither the
+        pre-squash ``log_prob`` nor the NumPy forward the workers use, so it is refused.
+
+        :raises ValueError: starting ``policy:``, stating which policies are accepted.
+        """
+        accepted = f"one of {sorted(cls.policy_aliases)} or a subclass of sb3_nigt.NIGTPolicy"
+        if isinstance(policy, str):
+            if policy not in cls.policy_aliases:
+                raise ValueError(f"policy: unknown policy {policy!r}; {cls.__name__} accepts {accepted}")
+            return cls.policy_aliases[policy]  # type: ignore[return-value]
+        if isinstance(policy, type) and issubclass(policy, NIGTPolicy):
+            return policy
+        name = f"{policy.__module__}.{policy.__qualname__}" if isinstance(policy, type) else repr(policy)
+        raise ValueError(
+            f"policy: {cls.__name__} accepts {accepted} (the Gaussian tanh-squashed policy whose log-probability the "
+            f"gradient needs), got {name}; policies of other algorithms (e.g. stable_baselines3.ppo.MlpPolicy) do not work"
+        )
+
+    @staticmethod
+    def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
+        """A flat Box observation space and a Box action space with finite bounds (see
+        :func:`~sb3_nigt.policies.check_observation_space`); checked before SB3 wraps the environment.
+
+        :raises ValueError: starting ``observation_space:`` or ``action_space:``.
+        """
+        check_action_space(action_space)
+        check_observation_space(observation_space)
+
+    def _check_saved_algorithm(self) -> None:
+        """After ``load`` filled the model from a file: the file must have been saved by this class or a class it
+        derives from (files saved before the class name was recorded carry none and are accepted).
+
+        :raises ValueError: starting ``path:``, naming both classes.
+        """
+        saved = self.__dict__.get("_algorithm_name")
+        own = type(self).__qualname__
+        if saved is not None and saved not in {klass.__qualname__ for klass in type(self).__mro__}:
+            raise ValueError(
+                f"path: this file was saved by {saved}, not by {own}; load it with {saved}.load "
+                f"(a {saved} model's state does not fit {own})"
+            )
+        self._algorithm_name = own
+
+    def _warn_if_budget_too_small(self, total_timesteps: int) -> None:
+        """Warn when ``learn`` will end before the first update: the initial round (and the observation warm-up
+        round, if fresh VecNormalize statistics need one) needs at least as many environment steps as are left.
+
+        The rule: every gradient takes at least one environment step, and the rounds before the first update need
+        at least N gradients (Rennala: M_init; Malenia: max(n, M_init); Synchronized: n; plus M_init for a warm-up
+        round); if ``total_timesteps − num_timesteps <= N``, the budget is spent before the first update. AFedPG
+        updates on every gradient and never warns.
+
+        :param total_timesteps: the step count ``learn`` trains up to (what SB3's ``_setup_learn`` returns).
+        :warns UserWarning: naming ``batch_size``/``initial_batch_size`` (or ``n_agents``) and the rule.
+        """
+        if self.per_agent_params or self.momentum_buffer is not None or self._pending is not None:
+            return
+        left = int(total_timesteps) - int(self.num_timesteps)
+        needed = self._min_round_gradients(self._make_rule(self.initial_batch_size), left)
+        if self._needs_observation_warmup():
+            needed += self.initial_batch_size
+        if needed >= left:
             warnings.warn(
-                "VecNormalize(norm_reward=True): workers use raw rewards in g_H; the normalized step α d/‖d‖ "
-                "does not depend on the reward scale. Observation normalization is applied and its statistics merged.",
+                f"total_timesteps: {left} environment steps are left, but the rounds before the first update need at "
+                f"least {needed} gradients (initial_batch_size={self.initial_batch_size}, batch_size={self.batch_size}, "
+                f"n_agents={self.n_agents}), each of at least one environment step, so learn will end before the first "
+                "update; lower batch_size or initial_batch_size, or raise total_timesteps",
+                UserWarning,
                 stacklevel=3,
             )
+
+    @staticmethod
+    def _min_round_gradients(rule: AggregationRule, cap: int) -> int:
+        """The fewest gradients that complete a round of ``rule`` (fed one agent after another, which is the
+        fewest for Rennala, Malenia and Synchronized), counted up to ``cap`` + 1 (beyond, the exact number does not
+        matter to the caller)."""
+        count = 0
+        while not rule.done() and count <= cap:
+            added = 0
+            for agent in range(rule.n_agents):  # every agent starts one gradient; more only if the rule wants more
+                if rule.done() or count > cap:
+                    break
+                if rule.counts[agent] == 0 or rule.wants_more(agent):
+                    rule.add(agent)
+                    count, added = count + 1, added + 1
+            if not added:
+                break
+        return count
 
     def _setup_model(self) -> None:
         """Build the policy and the timing model; starts no process and reads no environment."""
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
+        self._check_saved_algorithm()
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs)
+        statistics = running_statistics_modules(self.policy)
+        if statistics:
+            argument = "policy_kwargs" if self.policy_class is NIGTPolicy else "policy"
+            raise ValueError(
+                f"{argument}: the policy has layers with batch or running statistics ({', '.join(statistics)}); NIGT "
+                "refuses them: their output depends on the batch, on the training/evaluation mode and on statistics "
+                "that forward passes update, while workers sample one observation at a time and the gradient is one "
+                "batched pass per trajectory, so the sampled actions and the scored log-probabilities would not come "
+                "from the same policy. Use a network without BatchNorm (LayerNorm has no running statistics)"
+            )
         self.policy = self.policy.to(self.device)
         self.policy.set_training_mode(False)
         self.timing = TimingModel(
@@ -396,13 +564,31 @@ class NIGTAlgorithm(BaseAlgorithm):
     @classmethod
     def load(cls, path: Any, env: Any = None, device: Union[th.device, str] = "auto", custom_objects: Optional[dict[str, Any]] = None,
              print_system_info: bool = False, force_reset: bool = True, **kwargs: Any):
-        """Load a saved model (SB3's ``load``); ``env`` may also be an env id or a list of per-agent environments."""
-        _check_hyperparameters(kwargs)
+        """Load a saved model (SB3's ``load``); ``env`` may also be an env id or a list of per-agent environments.
+
+        The file must have been saved by this class (or a class it derives from): a RennalaNIGT file loaded with
+        ``AFedPG.load``, or a PPO file, is refused. Files saved before the class name was recorded still load.
+
+        :param path: the saved zip file (a path or a file-like object).
+        :param env: the environment to train on, as the constructor's ``env``; None: the model can only predict.
+        :param kwargs: hyperparameters to override (checked as the constructor's; NumPy scalars accepted).
+        :raises ValueError: starting ``path:`` for a file saved by another algorithm (naming both classes) or with
+            another library's policy; naming the argument for an override outside its accepted range.
+        """
+        kwargs.update(_check_hyperparameters(kwargs))
         env, _ = resolve_env(env)
         if isinstance(env, str):
             env = gym.make(env)
-        return super().load(path, env=env, device=device, custom_objects=custom_objects, print_system_info=print_system_info,
-                            force_reset=force_reset, **kwargs)
+        try:
+            return super().load(path, env=env, device=device, custom_objects=custom_objects, print_system_info=print_system_info,
+                                force_reset=force_reset, **kwargs)
+        except ValueError as exc:
+            if str(exc).startswith("policy:"):  # the only policy at load is the file's: another library's algorithm
+                raise ValueError(
+                    f"path: this file was not saved by {cls.__name__} (its policy is not a NIGTPolicy); load it with "
+                    f"the algorithm that saved it. {exc}"
+                ) from exc
+            raise
 
     def _make_rule(self, batch_size: int) -> AggregationRule:
         """The aggregation rule of one round with batch parameter ``batch_size`` (M or M_init)."""
@@ -629,14 +815,47 @@ class NIGTAlgorithm(BaseAlgorithm):
         theta = self.get_flat_params().astype(np.float64)
         return theta + ((1.0 - self.momentum) / self.momentum) * (theta - self.previous_params)
 
-    def _nigt_step(self, aggregate: np.ndarray, eta: Optional[float] = None) -> None:
-        """d_t = (1 − η) d_{t−1} + η g_t;  θ_{t+1} = θ_t + α d_t/‖d_t‖ (no step when ‖d_t‖ = 0)."""
+    def _checked_learning_rate(self) -> float:
+        """α at the current remaining progress, from the learning-rate schedule.
+
+        α = 0 is accepted at ``progress_remaining`` = 0 only, the last update of a ``learn`` call, where SB3's and
+        rl-zoo3's linear schedules (``progress * α_0``) end: that update takes no step.
+
+        :raises ValueError: starting ``learning_rate:``, naming the value and the progress, when the schedule
+            returns NaN, an infinite value, a value < 0, 0 before the end of training, or something that is not a
+            number.
+        """
+        progress = self._current_progress_remaining
+        try:
+            alpha = float(self.lr_schedule(progress))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"learning_rate: the schedule's value at progress_remaining={progress} is not a number ({exc}); "
+                "α must be a finite float > 0. θ and d_t are unchanged"
+            ) from None
+        if not (math.isfinite(alpha) and (alpha > 0 or (alpha == 0 and progress == 0))):
+            raise ValueError(
+                f"learning_rate: the schedule returned α = {alpha!r} at progress_remaining={progress}; α must be a "
+                "finite float > 0 (0 only at progress_remaining=0, the end of training). Training stopped before "
+                "the update: θ and d_t are unchanged"
+            )
+        return alpha
+
+    def _nigt_step(self, aggregate: np.ndarray, eta: Optional[float] = None, alpha: Optional[float] = None) -> None:
+        """d_t = (1 − η) d_{t−1} + η g_t;  θ_{t+1} = θ_t + α d_t/‖d_t‖ (no step when ‖d_t‖ = 0).
+
+        :param aggregate: g_t, float64 ``(d,)``.
+        :param eta: η of this update; default the constant ``momentum``.
+        :param alpha: α, already checked by :meth:`_checked_learning_rate`; default: the schedule's value now.
+        :raises ValueError: starting ``learning_rate:`` when the schedule's α is NaN, infinite, < 0 or 0 before
+            the end of training, before θ, θ_{t−1} or d_t change.
+        """
+        alpha = self._checked_learning_rate() if alpha is None else alpha  # before any state changes
         eta = self.momentum if eta is None else eta
         self.momentum_buffer = (1.0 - eta) * self.momentum_buffer + eta * aggregate
         theta = self.get_flat_params()
         self.previous_params = theta.copy()
         norm = float(np.linalg.norm(self.momentum_buffer))
-        alpha = float(self.lr_schedule(self._current_progress_remaining))
         if norm > 0:
             self.set_flat_params(theta.astype(np.float64) + alpha * self.momentum_buffer / norm)
         self.round_stats.update(d_norm=norm, learning_rate=alpha)

@@ -53,6 +53,9 @@ class RandomTimes:
 
     Draw k of agent i is seeded from (seed, compute or communication, i, k), so the simulated clock stays
     deterministic and the draws are the same in every algorithm.
+
+    :raises ValueError: starting ``distribution:`` for another distribution, or ``sigma:`` for a ``sigma`` that is
+        not a finite number >= 0.
     """
 
     distribution: str = "exponential"
@@ -62,8 +65,11 @@ class RandomTimes:
     def __post_init__(self) -> None:
         if self.distribution not in ("exponential", "lognormal"):
             raise ValueError(f"distribution: must be 'exponential' or 'lognormal', got {self.distribution!r}")
-        if not (math.isfinite(self.sigma) and self.sigma >= 0):
-            raise ValueError(f"sigma: must be a finite float >= 0, got {self.sigma}")
+        sigma = self.sigma
+        if isinstance(sigma, (bool, np.bool_)) or not isinstance(sigma, (int, float, np.integer, np.floating)) or not (
+            math.isfinite(sigma) and sigma >= 0
+        ):
+            raise ValueError(f"sigma: must be a finite float >= 0, got {sigma!r}")
 
 
 def expensive_factor(n_params: int) -> Fraction:
@@ -165,8 +171,10 @@ class TimingModel:
     :param outages: agents taken away on the simulated clock: ``{agent: T}`` (gone from T seconds on) or
         ``{agent: [(start, end), ...]}`` (down during each interval; ``end`` may be ``math.inf``). While down an
         agent neither computes nor communicates and loses what it held (docs/time.md, "Outages").
-    :raises ValueError: for a wrong length, a negative, zero (compute only), NaN, infinite or > 1e15 time, an
-        unknown preset or unit, or a bad outage; the message names the argument.
+    :raises ValueError: for a wrong length, a negative, zero (compute only), NaN, infinite or > 1e15 time (the
+        accepted range is [0, 1e15] seconds, (0, 1e15] for compute times), an unknown preset or unit, a dict with
+        keys other than RandomTimes' fields (or bad field values), or a bad outage; the message starts with the
+        argument (``compute_times:``, ``communication_times:``, ``compute_time_unit:``, ``outages:``).
     """
 
     def __init__(
@@ -198,7 +206,17 @@ class TimingModel:
 
     def _parse(self, spec: TimeSpec, arg: str, n_params: Optional[int], strictly_positive: bool):
         if isinstance(spec, dict):
-            spec = RandomTimes(**spec)
+            fields = ("distribution", "mean", "sigma")
+            unknown = sorted(map(str, set(spec) - set(fields)))
+            if unknown:
+                raise ValueError(
+                    f"{arg}: a dict is read as RandomTimes(distribution=..., mean=..., sigma=...); accepted keys are "
+                    f"{', '.join(fields)}, got unknown {', '.join(map(repr, unknown))}"
+                )
+            try:
+                spec = RandomTimes(**spec)
+            except ValueError as exc:
+                raise ValueError(f"{arg}: {exc}") from None
         if isinstance(spec, RandomTimes):
             means = self._parse(spec.mean, arg, n_params, strictly_positive)
             if not isinstance(means, list):
