@@ -533,6 +533,28 @@ def _picklable(exc: BaseException) -> Optional[BaseException]:
         return None
 
 
+#: Exit code of a worker process that found itself re-running the user's script (no ``__main__`` guard).
+_MAIN_GUARD_EXIT = 78
+
+MAIN_GUARD_MESSAGE = (
+    'backend="subprocess": the worker processes could not start, because the script that creates the model runs '
+    "again in each of them (the forkserver and spawn start methods import the main module in every new process). "
+    'Put the code that creates and trains the model under `if __name__ == "__main__":`, as with SB3\'s '
+    "SubprocVecEnv; or use backend=\"inline\"."
+)
+
+
+def _refuse_if_bootstrapping() -> None:
+    """In a process that multiprocessing is still bootstrapping (it is importing the user's main module because the
+    script has no ``__main__`` guard), starting workers cannot work: say so and exit with a code the parent
+    recognises, instead of the long traceback and the generic "worker died" that would follow."""
+    if getattr(mp.current_process(), "_inheriting", False):
+        import sys
+
+        print(f"sb3_nigt: {MAIN_GUARD_MESSAGE}", file=sys.stderr, flush=True)
+        os._exit(_MAIN_GUARD_EXIT)
+
+
 def _worker_main(remote: Connection, parent_remote: Connection, wrapped_args: CloudpickleWrapper, live: Any,
                  shm_name: str, n_slots: int, n_params: int, heartbeat: Optional[float]) -> None:
     """Entry point of a worker process: one torch thread, SIGINT left to the main process, and an event loop over
@@ -809,6 +831,12 @@ class SubprocessBackend:
         return _Worker(process, remote)
 
     def start(self) -> None:
+        """Start the worker processes.
+
+        :raises RuntimeError: naming the ``if __name__ == "__main__":`` guard, when the workers re-run a script that
+            has none.
+        """
+        _refuse_if_bootstrapping()
         self.close()
         try:
             self.ctx = mp.get_context(self.start_method)
@@ -937,6 +965,9 @@ class SubprocessBackend:
         pid = worker.process.pid
         self._kill(worker)
         if reason is None:
+            if worker.process.exitcode == _MAIN_GUARD_EXIT:
+                self.broken = MAIN_GUARD_MESSAGE
+                raise RuntimeError(MAIN_GUARD_MESSAGE)
             reason = f"process {pid} died (exit code {worker.process.exitcode})"
         self.failures += 1
         live = self.live.value
