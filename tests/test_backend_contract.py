@@ -343,11 +343,13 @@ def test_agent_run_reports_then_sends_the_sum_of_the_flushed_count(started, name
     for agent, agent_run in runs.items():
         indices = [r.stats.index for r in events if r.stats.agent == agent]
         assert indices == list(range(agent_run.first, agent_run.first + len(indices)))  # in index order
-    for report in events:  # small: no vector travels
+    d = len(params)
+    for report in events:  # small: no gradient vector travels, only per-step data of the trajectory's length
         assert report.epoch == 1 and isinstance(report.stats, TrajectoryStats)
         assert report.stats.obs_moments is None and report.stats.n_steps == HORIZON
-        assert not any(isinstance(value, np.ndarray) for value in vars(report.stats).values())
-        assert len(pickle.dumps(report)) < 1000
+        arrays = [value for value in vars(report.stats).values() if isinstance(value, np.ndarray)]
+        assert all(array.size <= 4 * HORIZON < d for array in arrays)  # rewards (T,), the last observation
+        assert len(pickle.dumps(report)) < 1000 + 200 * HORIZON
     backend.flush(1, 0, 0)  # agent 0 sends nothing
     backend.flush(1, 1, 2)
     backend.flush(1, 1, 2)  # a second flush of the same run is ignored

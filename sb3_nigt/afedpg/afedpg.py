@@ -68,6 +68,8 @@ class AFedPG(NIGTAlgorithm):
     :param start_method: multiprocessing start method of the subprocess backend (one of
         ``multiprocessing.get_all_start_methods()``); default forkserver, else spawn.
     :param record_trace: record the clock's events in ``model.trace``.
+    :param step_data: also send each step's observation and environment action, for callbacks that read
+        ``new_obs`` and ``actions`` (as for the NIGT algorithms).
     :param stats_window_size: episodes averaged for ``rollout/ep_rew_mean``.
     :param tensorboard_log: tensorboard log folder, or None.
     :param policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ``min_std``, ...).
@@ -123,6 +125,7 @@ class AFedPG(NIGTAlgorithm):
         time_scale: Optional[float] = None,
         start_method: Optional[str] = None,
         record_trace: bool = False,
+        step_data: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -146,7 +149,7 @@ class AFedPG(NIGTAlgorithm):
             compute_times=compute_times, communication_times=communication_times, compute_time_unit=compute_time_unit,
             outages=outages, clock=clock, backend=backend, n_workers=n_workers, worker_timeout=worker_timeout,
             max_failures=max_failures, time_scale=time_scale, start_method=start_method, record_trace=record_trace,
-            stats_window_size=stats_window_size, tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs,
+            step_data=step_data, stats_window_size=stats_window_size, tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs,
             verbose=verbose, seed=seed, device=device, _init_setup_model=_init_setup_model,
         )
 
@@ -173,7 +176,24 @@ class AFedPG(NIGTAlgorithm):
         """AFedPG's server on a started collector: one update per arriving gradient. On the simulated clock the
         agents' work in flight (``_server_jobs``) and an arrival whose callbacks were interrupted (``_pending``)
         are kept between ``learn`` calls and saved, so a checkpoint written by any callback resumes exactly. A
-        callback's False stops before that gradient's update, which is applied by the next ``learn``."""
+        callback's False stops before that gradient's update, which is applied by the next ``learn``.
+
+        Rollout events come in pairs within each ``learn`` call: ``on_rollout_start`` before the first arrival of
+        a round of n updates, ``on_rollout_end`` after its last one, or when the budget ends ``learn`` in the
+        middle of a round (not when a callback's False stops it, as with SB3's algorithms)."""
+        self._rollout_open = False
+        self._stopped_by_callback = False
+        self._serve_updates(collector, total_timesteps, callback, log_interval)
+        if self._rollout_open and not self._stopped_by_callback:
+            callback.on_rollout_end()
+        self._rollout_open = False
+
+    def _open_rollout(self, callback: BaseCallback) -> None:
+        if not self._rollout_open:
+            callback.on_rollout_start()
+            self._rollout_open = True
+
+    def _serve_updates(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: int) -> None:
         if self.previous_params is None:
             self.previous_params = self.get_flat_params()  # θ_{−1} = θ_0
         if self.next_job_index is None or len(self.next_job_index) != self.n_agents:
@@ -189,14 +209,19 @@ class AFedPG(NIGTAlgorithm):
                     "training stopped before the update, θ is unchanged"
                 )
             self._clock = arrival.time
+            self._update_observation_statistics(arrival)  # before the trajectory's on_step calls, as in the others
             self._pending = PendingRound("arrival", arrival.gradient.astype(np.float64), None, [arrival])
+            self._open_rollout(callback)
             if not self._replay_pending_arrival(callback):
+                self._stopped_by_callback = True
                 return None, True
             return self._finish_arrival(total_timesteps, callback, log_interval)
 
         if self._pending is not None:  # an arrival whose callbacks were interrupted (a checkpoint or a False)
             arrival = self._pending.arrivals[0]
+            self._open_rollout(callback)
             if not self._replay_pending_arrival(callback):
+                self._stopped_by_callback = True
                 return
             reply, stop = self._finish_arrival(total_timesteps, callback, log_interval)
             if self.clock == "simulated":
@@ -210,15 +235,30 @@ class AFedPG(NIGTAlgorithm):
             self.next_job_index = [i + int(c) + 1 for i, c in zip(self.next_job_index, self.last_counts)]
             self.round_stats = {}  # AFedPG's statistics are its own (staleness, updates)
             if not warmed:
+                self._stopped_by_callback = True
                 return
-        if self._in_round == 0:
-            callback.on_rollout_start()
         fresh = self.n_agents - len(self._server_jobs)  # agents that download θ now
         self.n_communications += fresh
         self.bytes_sent += fresh * 4 * self.n_params
-        AsyncServer(collector).serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self._clock, list(self.next_job_index),
-                        on_arrival, first_version=self._n_updates, trace=self.trace if self.record_trace else None,
-                        jobs=self._server_jobs)
+        try:
+            AsyncServer(collector).serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self._clock,
+                                         list(self.next_job_index), on_arrival, first_version=self._n_updates,
+                                         trace=self.trace if self.record_trace else None, jobs=self._server_jobs)
+        except ValueError as exc:
+            # The worker names job round 0 (every AFedPG job seed has round 0): name the server's round instead.
+            text = str(exc)
+            if text.startswith(("reward:", "observations:")) and ", round 0, " in text:
+                raise ValueError(text.replace(", round 0, ", f", AFedPG round {self.n_rounds} (server update {self._n_updates}), ", 1)) from exc
+            raise
+
+    def _update_observation_statistics(self, arrival: Arrival) -> None:
+        """Merge the arrival's raw-observation moments into VecNormalize's statistics (when it is training), once,
+        before its ``on_step`` calls: an EvalCallback or a checkpoint fired by them sees the statistics that
+        include the trajectory, as with the other three algorithms."""
+        vec_normalize = self._vec_normalize_env
+        moments = arrival.result.obs_moments
+        if vec_normalize is not None and vec_normalize.training and moments is not None:
+            vec_normalize.obs_rms.update_from_moments(moments.mean, moments.var, moments.count)
 
     def _replay_pending_arrival(self, callback: BaseCallback) -> bool:
         """The callbacks of the pending arrival, from where they stopped."""
@@ -236,10 +276,6 @@ class AFedPG(NIGTAlgorithm):
         self._pending = None
         staleness = self._n_updates - arrival.version
         self.next_job_index[arrival.agent] = arrival.index + 1
-        vec_normalize = self._vec_normalize_env
-        moments = arrival.result.obs_moments
-        if vec_normalize is not None and vec_normalize.training and moments is not None:
-            vec_normalize.obs_rms.update_from_moments(moments.mean, moments.var, moments.count)
         eta = self._momentum(staleness)
         if self.momentum_buffer is None:
             self.momentum_buffer = gradient.copy()  # d starts as the first gradient, then takes the step
@@ -256,7 +292,6 @@ class AFedPG(NIGTAlgorithm):
             self._end_round(self._window, callback, log_interval)
             self._window = []
             self._in_round = 0
-            callback.on_rollout_start()
         reply = (self._extrapolated_params().astype(np.float32), self._obs_norm(), self._n_updates)
         return reply, self.num_timesteps >= total_timesteps
 
@@ -265,5 +300,6 @@ class AFedPG(NIGTAlgorithm):
         self.n_rounds += 1
         self.round_stats.update(staleness_mean=float(np.mean(window)), staleness_max=int(np.max(window)), updates=self._n_updates)
         callback.on_rollout_end()
+        self._rollout_open = False
         if log_interval and self.n_rounds % log_interval == 0:
             self.dump_logs()

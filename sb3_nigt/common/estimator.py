@@ -15,6 +15,7 @@ import numpy as np
 import torch as th
 from torch.nn.utils import vector_to_parameters
 
+from sb3_nigt.common.envs import build_env
 from sb3_nigt.policies import NIGTPolicy
 
 
@@ -171,6 +172,16 @@ class TrajectoryStats:
     :param episode_length: steps (int, <= H).
     :param n_steps: environment steps consumed (= ``episode_length``).
     :param obs_moments: raw-observation moments, when VecNormalize is on, else None.
+    :param rewards: r_t of every step, float64 ``(T,)`` (for the callbacks' ``rewards``); None in a bare record.
+    :param infos: the environment's own info dict of every step (for the callbacks' ``infos``); None in a bare
+        record.
+    :param terminated: whether the environment terminated the episode at the last step (else it was truncated,
+        by the environment's time limit or by H).
+    :param terminal_observation: the environment's last observation, float32, the observation space's shape.
+    :param new_obs: only when the worker keeps step data: the observation after every step, float32
+        ``(T, *obs_shape)``.
+    :param actions: only when the worker keeps step data: the action sent to the environment at every step
+        (after squashing onto the Box bounds), float32 ``(T, da)``.
     """
 
     agent: int
@@ -179,6 +190,12 @@ class TrajectoryStats:
     episode_length: int
     n_steps: int
     obs_moments: Optional[ObsMoments] = None
+    rewards: Optional[np.ndarray] = None
+    infos: Optional[list[dict[str, Any]]] = None
+    terminated: bool = False
+    terminal_observation: Optional[np.ndarray] = None
+    new_obs: Optional[np.ndarray] = None
+    actions: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
@@ -257,15 +274,30 @@ class GradientWorker:
     :param observation_space: the observation space.
     :param action_space: the action space.
     :param policy_kwargs: keyword arguments of the policy.
+    :param step_data: also keep each step's observation and environment action in :class:`TrajectoryStats`
+        (``new_obs``, ``actions``) for callbacks that ask for them; costs their size in every message.
+    :param buffers: the main policy's buffers (``named_buffers``, e.g. a fixed random projection of a features
+        extractor), loaded into the copy so that workers sample with the very policy ``predict`` uses; None: the
+        copy's own.
+    :raises ValueError: if ``buffers`` does not name exactly the copy's buffers.
     """
 
-    def __init__(self, env_factories: list[Callable[[], gym.Env]], policy_class: type, observation_space, action_space, policy_kwargs: dict[str, Any]):
+    def __init__(self, env_factories: list[Callable[[], gym.Env]], policy_class: type, observation_space, action_space, policy_kwargs: dict[str, Any],
+                 step_data: bool = False, buffers: Optional[dict[str, th.Tensor]] = None):
         self.env_factories = env_factories
+        self.step_data = bool(step_data)
         self.envs: dict[int, gym.Env] = {}
         # A policy copy whose weights are overwritten by θ: build it without advancing the global torch RNG, so
         # that the inline and subprocess backends leave the user's random state alike.
         with th.random.fork_rng(devices=[]):
             self.policy: NIGTPolicy = policy_class(observation_space, action_space, None, **policy_kwargs)
+        if buffers is not None:
+            names = {name for name, _ in self.policy.named_buffers()}
+            if set(buffers) != names:
+                raise ValueError(f"buffers: expected the policy's buffers {sorted(names)}, got {sorted(buffers)}")
+            with th.no_grad():
+                for name, buffer in self.policy.named_buffers():
+                    buffer.copy_(buffers[name])
         self.policy.set_training_mode(False)
         self.forward = self.policy.numpy_forward()
         self.obs_norm: Optional[tuple[np.ndarray, np.ndarray, np.float32]] = None
@@ -284,14 +316,14 @@ class GradientWorker:
 
     def env(self, index: int) -> gym.Env:
         if index not in self.envs:
-            self.envs[index] = self.env_factories[index]()
+            self.envs[index] = build_env(self.env_factories[index])
         return self.envs[index]
 
     def sample(self, agent: int, index: int, seed: int, env_index: int, horizon: int,
                cancelled: Callable[[], bool] = lambda: False, round_index: int = 0) -> Trajectory:
         """Sample one trajectory of at most H steps at the current θ.
 
-        :raises ValueError: if the environment returns a NaN or infinite reward.
+        :raises ValueError: if the environment returns a NaN or infinite reward or observation.
         :raises JobCancelled: if ``cancelled()`` becomes true while it runs.
         """
         env = self.env(env_index)
@@ -301,20 +333,28 @@ class GradientWorker:
         action_space = env.action_space
         low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
         da = low.shape[0]
-        observations, raw_observations, actions, rewards = [], [], [], []
+        observations, raw_observations, actions, rewards, infos = [], [], [], [], []
+        new_obs: Optional[list] = [] if self.step_data else None
+        env_actions: Optional[list] = [] if self.step_data else None
         norm = self.obs_norm
         forward = self.forward
         episode_return = 0.0
+        terminated = False
         noise = np.empty((0, da), dtype=np.float32)
         for t in range(horizon):
             if t % 64 == 0:  # noise in blocks of 64 steps: the same stream as one (H, da) draw, memory ∝ length
                 noise = rng.standard_normal((min(64, horizon - t), da), dtype=np.float32)
             raw = np.asarray(obs, dtype=np.float32).reshape(-1)
+            if not math.isfinite(float(raw.sum())) and not np.isfinite(raw).all():  # a finite sum: all finite
+                raise ValueError(
+                    f"observations: the environment returned a non-finite observation {raw.tolist()} (agent {agent}, "
+                    f"round {round_index}, step {t}); training stopped before the update so θ is unchanged"
+                )
             x = np.clip((raw - norm[0]) / norm[1], -norm[2], norm[2]) if norm is not None else raw
             mean, std = forward(x)
             u = mean + std * noise[t % 64]
             action = low + (0.5 * (np.tanh(u) + 1.0)) * (high - low)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, info = env.step(action)
             reward = float(reward)
             if not math.isfinite(reward):
                 raise ValueError(
@@ -326,6 +366,10 @@ class GradientWorker:
                 raw_observations.append(raw)
             actions.append(u)
             rewards.append(reward)
+            infos.append(info)
+            if new_obs is not None and env_actions is not None:
+                new_obs.append(np.array(obs, dtype=np.float32))
+                env_actions.append(action)
             episode_return += reward
             if terminated or truncated:
                 break
@@ -336,9 +380,12 @@ class GradientWorker:
             raw_t = np.asarray(raw_observations, dtype=np.float64)
             moments = ObsMoments(raw_t.mean(axis=0), raw_t.var(axis=0), len(raw_t))
         n = len(rewards)
-        stats = TrajectoryStats(agent, index, episode_return, n, n, moments)
-        return Trajectory(np.asarray(observations, dtype=np.float32), np.asarray(actions, dtype=np.float32),
-                          np.asarray(rewards, dtype=np.float64), stats)
+        reward_array = np.asarray(rewards, dtype=np.float64)
+        stats = TrajectoryStats(agent, index, episode_return, n, n, moments, reward_array, infos, bool(terminated),
+                                np.array(obs, dtype=np.float32),
+                                None if new_obs is None else np.asarray(new_obs, dtype=np.float32),
+                                None if env_actions is None else np.asarray(env_actions, dtype=np.float32))
+        return Trajectory(np.asarray(observations, dtype=np.float32), np.asarray(actions, dtype=np.float32), reward_array, stats)
 
     def gradient_sum(self, trajectories: list[Trajectory], gamma: float) -> np.ndarray:
         """Σ_k g_H(τ_k) at the current θ, float64 ``(d,)``: one batched forward/backward per :data:`CHUNK_SIZE`

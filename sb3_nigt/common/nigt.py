@@ -44,6 +44,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
 from sb3_nigt.common.backends import BACKENDS, Backend, BackendOptions, InlineBackend, make_backend
 from sb3_nigt.common.estimator import ObsNorm
+from sb3_nigt.common.callbacks import count_environment_steps
 from sb3_nigt.common.collector import Arrival, Collector
 from sb3_nigt.common.envs import is_heterogeneous, resolve_env
 from sb3_nigt.common.exact import ZERO, ExactTime
@@ -77,7 +78,6 @@ class PendingRound:
 CLOCKS = ("simulated", "real")
 
 
-_NOT_DONE, _NO_INFO = np.zeros(1, dtype=bool), [{}]
 
 
 @contextmanager
@@ -204,6 +204,9 @@ class NIGTAlgorithm(BaseAlgorithm):
     :param verbose: 0 silent, 1 training information.
     :param record_trace: record the clock's events (broadcasts, gradients, uploads) in ``model.trace``, a list of
         :class:`~sb3_nigt.common.trace.TraceEvent` (not saved); see :mod:`sb3_nigt.timeline`.
+    :param step_data: also send each step's observation and environment action from the workers, for callbacks
+        that read ``new_obs`` and ``actions`` in ``self.locals`` (4 bytes per number per step in every message);
+        ``rewards``, ``dones`` and ``infos`` are always there (docs/rennala_nigt.md, "SB3 integration").
     :param seed: the seed of the policy's initialisation and of every job (seed, round, agent, index); an
         integer in [0, 2**32 - 1], or None.
     :param device: torch device of the main policy (default ``"cpu"``; workers always use the CPU).
@@ -251,6 +254,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         time_scale: Optional[float] = None,
         start_method: Optional[str] = None,
         record_trace: bool = False,
+        step_data: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -295,6 +299,9 @@ class NIGTAlgorithm(BaseAlgorithm):
         if clock == "simulated" and time_scale is not None:
             warnings.warn("time_scale only applies to clock='real'; the simulated clock ignores it", stacklevel=2)
         self.record_trace = bool(record_trace)
+        if not isinstance(step_data, (bool, np.bool_)):
+            raise ValueError(f"step_data: must be True or False, got {step_data!r}")
+        self.step_data = bool(step_data)
         self.start_method = start_method
         self.compute_times = compute_times
         self.communication_times = communication_times
@@ -610,12 +617,20 @@ class NIGTAlgorithm(BaseAlgorithm):
         """Whether the agents have different environments (one per agent)."""
         return self._env_factories is not None and len(set(self._agent_env_index())) > 1
 
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        """SB3's callback set-up; then every progress bar counts one environment step per ``on_step`` (our
+        ``on_step`` fires once per environment step, not once per ``VecEnv.step``)."""
+        callback = super()._init_callback(callback, progress_bar)
+        count_environment_steps(callback)
+        return callback
+
     def _make_collector(self, seed: Optional[int] = None, counters: Optional[TimeCounters] = None) -> Collector:
         if self._env_factories is None:
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
         worker_args = dict(
             env_factories=self._env_factories, policy_class=self.policy_class, observation_space=self.observation_space,
-            action_space=self.action_space, policy_kwargs=self.policy_kwargs,
+            action_space=self.action_space, policy_kwargs=self.policy_kwargs, step_data=bool(getattr(self, "step_data", False)),
+            buffers={name: buffer.detach().cpu().clone() for name, buffer in self.policy.named_buffers()},
         )
         n_workers = self.n_workers
         if self.backend != "inline":
@@ -740,7 +755,8 @@ class NIGTAlgorithm(BaseAlgorithm):
             "steps_per_round": result.n_steps,
         }
         if kind == "warmup":
-            self.round_stats["observation_warmup"] = 1
+            self.round_stats["observation_warmup"] = 1  # for callbacks at this round's on_rollout_end
+            self._warmup_unlogged = True  # and in the next log written
         self._pending = PendingRound(kind, result.aggregate, params.copy() if kind == "initial" else None, result.arrivals)
         return self._replay_pending(callback)
 
@@ -771,8 +787,12 @@ class NIGTAlgorithm(BaseAlgorithm):
         """Count one used gradient's trajectory: the episode buffers, then ``on_step`` once per environment step,
         from ``pending.step`` on when resuming.
 
-        PPO-like locals (``dones``/``infos``) are set at the trajectory's first and last step only, to keep the
-        per-step cost low. Returns False as soon as a callback asks to stop.
+        Before each ``on_step`` the callback's locals hold PPO's per-step names for one environment: ``rewards``
+        (float32 ``(1,)``), ``dones`` (bool ``(1,)``, True at the trajectory's last step), ``infos`` (a list of the
+        environment's own info dict; the last one also carries ``episode``, ``TimeLimit.truncated`` and
+        ``terminal_observation``, as SB3's Monitor and VecEnv add them), and ``agent``; with ``step_data=True``
+        also ``new_obs`` (``(1, *obs_shape)``) and ``actions`` (the environment action, ``(1, da)``). Returns False
+        as soon as a callback asks to stop.
         """
         if self.agent_ep_info_buffer is None or len(self.agent_ep_info_buffer) != self.n_agents:
             self.agent_ep_info_buffer = [deque(maxlen=self._stats_window_size) for _ in range(self.n_agents)]
@@ -781,14 +801,31 @@ class NIGTAlgorithm(BaseAlgorithm):
         first_step = 0 if pending is None else pending.step
         if first_step == 0:
             self._record_episode(arrival, episode)
+        last = job.n_steps - 1
+        rewards = job.rewards if job.rewards is not None else np.zeros(job.n_steps)
+        infos = job.infos if job.infos is not None else [{} for _ in range(job.n_steps)]
+        step_data = job.new_obs is not None and job.actions is not None
         for step in range(first_step, job.n_steps):
             self.num_timesteps += 1
             if pending is not None:
                 pending.step = step + 1  # a checkpoint written by this on_step resumes after it
-            if step == 0:
-                callback.update_locals({"dones": _NOT_DONE, "infos": _NO_INFO, "agent": arrival.agent})
-            if step == job.n_steps - 1:
-                callback.update_locals({"dones": np.ones(1, dtype=bool), "infos": [{"episode": episode}]})
+            info = infos[step]
+            if step == last:
+                info = dict(info)
+                info["episode"] = episode
+                info["TimeLimit.truncated"] = not job.terminated
+                if job.terminal_observation is not None:
+                    info["terminal_observation"] = job.terminal_observation
+            step_locals = {
+                "rewards": np.array([rewards[step]], dtype=np.float32),
+                "dones": np.array([step == last]),
+                "infos": [info],
+                "agent": arrival.agent,
+            }
+            if step_data:
+                step_locals["new_obs"] = job.new_obs[step][None]
+                step_locals["actions"] = job.actions[step][None]
+            callback.update_locals(step_locals)
             if not callback.on_step():
                 return False
         return True
@@ -799,6 +836,10 @@ class NIGTAlgorithm(BaseAlgorithm):
         job = arrival.result
         self.ep_info_buffer.extend([episode])
         self.agent_ep_info_buffer[arrival.agent].append(episode)
+        if job.infos:  # SB3's convention: the last step's ``is_success`` feeds rollout/success_rate
+            success = job.infos[-1].get("is_success")
+            if success is not None:
+                self.ep_success_buffer.append(success)
         if self._agent_monitors:
             monitor = self._agent_monitors[arrival.agent]
             if monitor is not None:
@@ -910,6 +951,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         if self.env is None:
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
         total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar)
+        self._warn_if_budget_too_small(total_timesteps)
         if reset_num_timesteps:
             self.agent_ep_info_buffer = None
         self._agent_monitors = self._find_agent_monitors()
@@ -994,6 +1036,11 @@ class NIGTAlgorithm(BaseAlgorithm):
                     self.logger.record(f"rollout/ep_rew_mean_agent_{agent}", mean)
             if all(self.agent_ep_info_buffer):
                 self.logger.record("rollout/ep_rew_mean_equal_weight", float(np.mean(means)))
+        if self.ep_success_buffer:
+            self.logger.record("rollout/success_rate", safe_mean(self.ep_success_buffer))
+        if getattr(self, "_warmup_unlogged", False):  # an observation warm-up round ran since the last log
+            self.logger.record("train/observation_warmup", 1)
+            self._warmup_unlogged = False
         self.logger.record("time/fps", fps)
         self.logger.record("time/time_elapsed", int(time_elapsed), exclude="tensorboard")
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")

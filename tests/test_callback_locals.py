@@ -1,0 +1,172 @@
+"""Callbacks see PPO's per-step locals, the success rate is logged, and the progress bar counts environment steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
+from step_envs import InfoEnv
+
+ALGORITHMS = [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT, AFedPG]
+
+
+class StepRecorder(BaseCallback):
+    def __init__(self, keys=("rewards", "dones", "infos")):
+        super().__init__()
+        self.keys = keys
+        self.steps: list[dict] = []
+
+    def _on_step(self) -> bool:
+        self.steps.append({key: self.locals[key] for key in self.keys} | {"num_timesteps": self.num_timesteps})
+        return True
+
+
+def make(algorithm, env, **kwargs):
+    kwargs = dict(n_agents=2, batch_size=2, horizon=10, seed=0) | kwargs
+    return algorithm("MlpPolicy", env, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["inline", "subprocess"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_on_step_sees_the_steps_reward_done_and_info(algorithm, backend):
+    model = make(algorithm, lambda: InfoEnv(length=3), backend=backend, **({"n_workers": 1} if backend == "subprocess" else {}))
+    recorder = StepRecorder()
+    model.learn(12, callback=recorder)
+    assert len(recorder.steps) == model.num_timesteps >= 12
+    for position, step in enumerate(recorder.steps):
+        t = position % 3  # every episode lasts 3 steps, and its on_step calls are consecutive
+        assert step["num_timesteps"] == position + 1
+        assert step["rewards"].shape == (1,) and step["rewards"][0] == t + 1
+        assert step["dones"].dtype == bool and step["dones"].tolist() == [t == 2]
+        (info,) = step["infos"]
+        assert info["t"] == t and info["source"] == "InfoEnv"  # the environment's own dict
+        if t == 2:
+            assert info["episode"]["r"] == 6.0 and info["episode"]["l"] == 3
+            assert info["TimeLimit.truncated"] is False
+            assert info["is_success"] is False
+            assert info["terminal_observation"].tolist() == [3.0]
+        else:
+            assert "episode" not in info
+
+
+def test_step_data_adds_new_obs_and_actions():
+    model = make(RennalaNIGT, lambda: InfoEnv(length=3), step_data=True)
+    recorder = StepRecorder(keys=("new_obs", "actions", "rewards"))
+    model.learn(6, callback=recorder)
+    for position, step in enumerate(recorder.steps):
+        assert step["new_obs"].shape == (1, 1) and step["new_obs"][0, 0] == position % 3 + 1
+        assert step["actions"].shape == (1, 1) and -1.0 <= step["actions"][0, 0] <= 1.0
+
+
+def test_horizon_cut_is_a_truncation():
+    model = make(RennalaNIGT, lambda: InfoEnv(length=50), horizon=4)
+    recorder = StepRecorder()
+    model.learn(8, callback=recorder)
+    last = recorder.steps[3]
+    assert last["dones"].tolist() == [True] and last["infos"][0]["TimeLimit.truncated"] is True
+    assert "is_success" not in last["infos"][0]
+
+
+@pytest.mark.parametrize("length, rate", [(2, 1.0), (3, 0.0)])
+def test_is_success_reaches_success_rate(length, rate, tmp_path):
+    from stable_baselines3.common.logger import configure
+
+    model = make(RennalaNIGT, lambda: InfoEnv(length=length))
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(20)
+    assert len(model.ep_success_buffer) > 0 and np.mean(model.ep_success_buffer) == rate
+    header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
+    assert "rollout/success_rate" in header
+
+
+class CountingBar(ProgressBarCallback):
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        self.bar = self.pbar
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+def test_progress_bar_counts_environment_steps(n_envs):
+    env = DummyVecEnv([lambda: InfoEnv(length=3) for _ in range(n_envs)])
+    model = make(MaleniaNIGT if n_envs > 1 else RennalaNIGT, env, n_agents=n_envs)
+    bar = CountingBar()
+    model.learn(12, callback=bar)
+    assert bar.bar.n == model.num_timesteps  # not num_envs times too many
+
+
+def test_progress_bar_flag_counts_environment_steps(monkeypatch):
+    seen = []
+    original = ProgressBarCallback._on_training_end
+
+    def spy(self):
+        seen.append(self.pbar.n)
+        original(self)
+
+    monkeypatch.setattr(ProgressBarCallback, "_on_training_end", spy)
+    env = DummyVecEnv([lambda: InfoEnv(length=3) for _ in range(3)])
+    model = make(MaleniaNIGT, env, n_agents=3)
+    model.learn(12, progress_bar=True)
+    assert seen == [model.num_timesteps]
+
+
+def test_nan_observation_names_observations():
+    model = make(RennalaNIGT, lambda: InfoEnv(length=5, nan_at=1))
+    before = model.get_flat_params().copy()
+    with pytest.raises(ValueError, match=r"^observations: .*non-finite"):
+        model.learn(20)
+    assert np.array_equal(model.get_flat_params(), before)
+
+
+def test_afedpg_nan_reward_names_the_servers_round():
+    from helpers import ConstantBandit
+
+    def reward(a: float) -> float:
+        return float("nan") if a > 0.0 else 0.0
+
+    model = make(AFedPG, lambda: ConstantBandit(reward, length=1), horizon=1)
+    with pytest.raises(ValueError, match=r"^reward: .*AFedPG round \d+ \(server update \d+\)") as info:
+        model.learn(200)
+    assert ", round 0, " not in str(info.value)
+
+
+class StatisticsAtStep(BaseCallback):
+    """Records VecNormalize's observation count at the first on_step of each trajectory."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: list[float] = []
+
+    def _on_step(self) -> bool:
+        if self.locals["infos"][0]["t"] == 0:
+            self.counts.append(float(self.model.get_vec_normalize_env().obs_rms.count))
+        return True
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_vecnormalize_statistics_include_the_trajectory_before_its_on_step(algorithm):
+    env = VecNormalize(DummyVecEnv([lambda: InfoEnv(length=3)]), norm_reward=False)
+    model = make(algorithm, env, n_agents=1, batch_size=1)
+    recorder = StatisticsAtStep()
+    model.learn(15, callback=recorder)
+    # Every trajectory's 3 observations are merged before its first on_step (the others merge a whole round's
+    # before replaying it): at trajectory j's first step the count already holds trajectories 0..j.
+    assert len(recorder.counts) >= 3
+    for j, count in enumerate(recorder.counts):
+        assert count >= 3 * (j + 1), (j, recorder.counts)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_observation_warmup_reaches_the_log(algorithm, tmp_path):
+    from stable_baselines3.common.logger import configure
+
+    env = VecNormalize(DummyVecEnv([lambda: InfoEnv(length=3)]), norm_reward=False)
+    model = make(algorithm, env, n_agents=1, batch_size=1)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(30)
+    lines = (tmp_path / "progress.csv").read_text().splitlines()
+    column = lines[0].split(",").index("train/observation_warmup")
+    values = [line.split(",")[column] for line in lines[1:]]
+    assert values[0] == "1" and all(v in ("", "0") for v in values[1:])
