@@ -1,4 +1,5 @@
-# Two commands for a newcomer: `make train` (the main job) and `make test` (the test suite).
+# Two commands for a newcomer: `make train` (the main job) and `make test` (the test suite); `make lint` (ruff)
+# and `make typecheck` (mypy on sb3_nigt/) are the checks CI also runs.
 # Each creates .venv when it is missing and installs into it: torch==2.13.0 first (a CPU build; an unpinned
 # torch pulls GBs of CUDA wheels), then the package with its extras.
 PYTHON ?= python3
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test benchmark heterogeneous clean
+.PHONY: install train test lint typecheck benchmark heterogeneous clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,12 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check sb3_nigt tests benchmarks examples
+
+typecheck: $(STAMP)
+	$(PY) -m mypy sb3_nigt
 
 # MaleniaNIGT vs RennalaNIGT on two-agent inverted-observation Hopper, h = (1, 10) (docs/malenia_nigt.md).
 heterogeneous: $(STAMP)

@@ -694,18 +694,28 @@ def main() -> None:
     same_theta = all(np.array_equal(theta[0], t) for t in theta[1:])
     facts.append(f"- θ after learn identical for inline / subprocess x1 / subprocess x2: {same_theta}")
 
-    pct = lambda x: f"{100 * x:.1f}%"
-    steady_ratio = lambda a, b: f"{a.steady / b.steady:.2f}x" if a.steady and b.steady else "n/a"
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}%"
+
+    def steady_ratio(a: Row, b: Row) -> str:
+        return f"{a.steady / b.steady:.2f}x" if a.steady and b.steady else "n/a"
 
     def paired(x: Row, y: Row) -> str:
         wall = pct(x.rate / y.rate) + block_ratios(x, y)
         return f"wall {wall}; CPU {cpu_pct(x, y)}{block_ratios(x, y, cpu=True)}"
 
-    cpu_pct = lambda a, b: pct(a.cpu_rate / b.cpu_rate) if a.cpu and b.cpu else "n/a"
-    per_gradient = lambda x, y: 1e6 * (x - y) / max(coll_theta0.gradients, 1)
+    def cpu_pct(a: Row, b: Row) -> str:
+        return pct(a.cpu_rate / b.cpu_rate) if a.cpu and b.cpu else "n/a"
+
+    def per_gradient(x: float, y: float) -> float:
+        return 1e6 * (x - y) / max(coll_theta0.gradients, 1)
+
     extra_wall = per_gradient(coll_theta0.seconds, coll_theta0.steps / replay_theta0.rate)
     extra_cpu = per_gradient(coll_theta0.cpu, coll_theta0.steps / replay_theta0.cpu_rate)
-    per_step = lambda x, y: 1e6 * (x - y) / max(same_unit.steps, 1)
+
+    def per_step(x: float, y: float) -> float:
+        return 1e6 * (x - y) / max(same_unit.steps, 1)
+
     derived = [
         ("**inline collection at θ_0 (short trajectories) / raw env.step with random actions, per core (target >= 90%)**",
          paired(coll_theta0, raw)),

@@ -6,8 +6,8 @@ Reinforcement Learning", ICLR 2026 (arXiv 2509.24305).
 
 from sb3_nigt.afedpg import AFedPG
 from sb3_nigt.common.timing import RandomTimes, TimingModel
-from sb3_nigt.policies import MlpPolicy, NIGTPolicy
 from sb3_nigt.malenia import MaleniaNIGT
+from sb3_nigt.policies import MlpPolicy, NIGTPolicy
 from sb3_nigt.rennala import RennalaNIGT
 from sb3_nigt.synchronized import SynchronizedNIGT
 

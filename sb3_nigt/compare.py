@@ -73,12 +73,13 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
 
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.common.envs import AgentVecEnv
+from sb3_nigt.common.nigt import NIGTAlgorithm
 from sb3_nigt.envs import heterogeneous_envs
 
 ALGORITHMS = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT, "sync": SynchronizedNIGT, "afedpg": AFedPG}
@@ -121,6 +122,8 @@ class Recorder(BaseCallback):
     :param eval_every: simulated seconds between evaluations (the first is at the first round's end).
     """
 
+    model: NIGTAlgorithm  # every algorithm compared is an NIGTAlgorithm
+
     def __init__(self, window: int, max_seconds: Optional[float] = None, eval_envs: Optional[list] = None,
                  eval_episodes: int = 0, eval_every: float = 100.0) -> None:
         super().__init__()
@@ -139,12 +142,16 @@ class Recorder(BaseCallback):
         returns = []
         for eval_env in self.eval_envs:
             if isinstance(eval_env, VecNormalize):
-                sync_envs_normalization(self.model.get_env(), eval_env)
+                train_env = self.model.get_env()
+                assert train_env is not None  # called during learn
+                sync_envs_normalization(train_env, eval_env)
             mean, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=self.eval_episodes, deterministic=True, warn=False)
-            returns.append(float(mean))
+            # A float without return_episode_rewards; SB3 annotates the union of both forms, without overloads.
+            returns.append(float(mean))  # type: ignore[arg-type]
         return float(np.mean(returns))
 
     def _on_rollout_end(self) -> None:
+        assert self.model.ep_info_buffer is not None  # SB3's _setup_learn made it
         episodes = list(self.model.ep_info_buffer)[-self.window:]
         if not episodes:
             return
@@ -316,21 +323,21 @@ def plot(curves: dict[str, list[list[tuple]]], path: Path, title: str, threshold
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, runs in curves.items():
-        runs = [np.asarray(rows, dtype=np.float64) for rows in runs if rows]
-        if not runs:
+        arrays = [np.asarray(rows, dtype=np.float64) for rows in runs if rows]
+        if not arrays:
             continue
-        end = min(r[-1, 0] for r in runs)
+        end = min(r[-1, 0] for r in arrays)
         grid = np.linspace(0.0, end, 300)
-        values = []
-        for r in runs:  # the last recorded return at each grid time (NaN before the first round)
+        per_seed = []
+        for r in arrays:  # the last recorded return at each grid time (NaN before the first round)
             idx = np.searchsorted(r[:, 0], grid, side="right") - 1
-            values.append(np.where(idx >= 0, r[np.clip(idx, 0, None), 3], np.nan))
-        values = np.asarray(values)
+            per_seed.append(np.where(idx >= 0, r[np.clip(idx, 0, None), 3], np.nan))
+        values = np.asarray(per_seed)
         with warnings.catch_warnings():  # grid times before a seed's first round are NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             median = np.nanmedian(values, axis=0)
             low, high = np.nanpercentile(values, 20, axis=0), np.nanpercentile(values, 80, axis=0)
-        line, = ax.plot(grid, median, label=f"{LABELS[name]} ({len(runs)} seeds)")
+        line, = ax.plot(grid, median, label=f"{LABELS[name]} ({len(arrays)} seeds)")
         ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2)
     for threshold in thresholds:
         ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
@@ -523,7 +530,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             plot_timelines(drawn, out / "timeline.png", rounds=(0, args.timeline - 1))
             written.append("timeline.png")
         else:
-            warnings.warn("--timeline: no algorithm recorded any event in its first rounds; timeline.png not drawn")
+            warnings.warn("--timeline: no algorithm recorded any event in its first rounds; timeline.png not drawn", stacklevel=2)
 
     reference = args.algorithms[0]
     medians: dict[float, dict[str, float]] = {}
@@ -534,11 +541,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             times_ = [row[3] for row in summary if row[0] == name and row[2] == threshold]
             # A seed that never reached the threshold counts as infinitely slow.
             medians[threshold][name] = float(np.median([t if not math.isnan(t) else math.inf for t in times_]))
-        base = medians[threshold][reference]
+        reference_seconds = medians[threshold][reference]
         for name in args.algorithms:
             n_reached = sum(1 for row in summary if row[0] == name and row[2] == threshold and not math.isnan(row[3]))
             print(f"  {LABELS[name]:>18}: {format_seconds(medians[threshold][name]):>12}  ({n_reached}/{len(args.seeds)} "
-                  f"seeds reached; {format_ratio(medians[threshold][name], base, LABELS[reference])})")
+                  f"seeds reached; {format_ratio(medians[threshold][name], reference_seconds, LABELS[reference])})")
     print("\nmedian final return:")
     for name in args.algorithms:
         finals = [row[6] for row in summary if row[0] == name and (not thresholds or row[2] == thresholds[0])]

@@ -156,7 +156,7 @@ def running_statistics_modules(module: nn.Module) -> list[str]:
     return found
 
 
-def check_policy_kwargs(policy_class: type, policy_kwargs: Optional[dict[str, Any]]) -> dict[str, Any]:
+def check_policy_kwargs(policy_class: type[BasePolicy], policy_kwargs: Optional[dict[str, Any]]) -> dict[str, Any]:
     """Check an algorithm's ``policy_kwargs`` before anything is built, and return a normalized copy (``net_arch``
     as a list: SB3's dict form keeps ``pi``, with a warning for ``vf``/``qf``).
 
@@ -251,6 +251,7 @@ class NIGTPolicy(BasePolicy):
         self.activation_fn = activation_fn
         self.min_std = float(min_std)
         self.features_extractor = self.make_features_extractor()
+        assert isinstance(action_space, spaces.Box)  # check_action_space refuses any other space
         action_dim = int(np.prod(action_space.shape))
         self.latent = nn.Sequential(*create_mlp(self.features_extractor.features_dim, -1, self.net_arch, activation_fn))
         last = self.net_arch[-1] if self.net_arch else self.features_extractor.features_dim
@@ -300,7 +301,7 @@ class NIGTPolicy(BasePolicy):
         Only used to *sample* ``u``; the gradient is always computed by torch on the recorded ``u``. Falls back to
         a torch forward when a layer has no NumPy equivalent.
         """
-        activations = {nn.Tanh: np.tanh, nn.ReLU: lambda x: np.maximum(x, 0.0), nn.Identity: lambda x: x}
+        activations: dict[type, Callable[[np.ndarray], np.ndarray]] = {nn.Tanh: np.tanh, nn.ReLU: lambda x: np.maximum(x, 0.0), nn.Identity: lambda x: x}
         layers: list[tuple[np.ndarray, np.ndarray, Callable]] = []
         supported = isinstance(self.features_extractor, FlattenExtractor)
         modules = list(self.latent)

@@ -24,7 +24,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 from sb3_nigt.common.exact import ExactTime
 from sb3_nigt.common.trace import COLUMNS, KINDS, STATUSES, TraceEvent
@@ -264,7 +264,8 @@ def write_trace_csv(
             raise ValueError("write_trace_csv: algorithm must be empty when events maps algorithm names to events")
         rows = [row for name, trace in events.items() for row in _rows(trace, str(name))]
     else:
-        rows = _rows(events, str(algorithm))
+        # A Mapping here is a single event, which as_events rejects with a TypeError.
+        rows = _rows(cast("Iterable[EventLike]", events), str(algorithm))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -472,7 +473,12 @@ def plot_timeline(
         drawn, _ = _draw(ax, trace, rounds, max_agents, title)
         _legend(ax, drawn)
         if path is not None:
-            _save(ax.figure, path)
+            from matplotlib.figure import Figure
+
+            figure = ax.figure
+            # Axes inside a SubFigure have no savefig: the figure must be a top-level Figure.
+            assert isinstance(figure, Figure), f"plot_timeline: ax must belong to a Figure to be saved, not a {type(figure).__name__}"
+            _save(figure, path)
         return ax
     rows = _agent_rows(trace, _check_max_agents(max_agents))
     fig, axes = _new_figure(path, 1, _panel_height(rows))

@@ -30,10 +30,13 @@ from stable_baselines3.common.utils import get_linear_fn, safe_mean
 from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
 
 from sb3_nigt import RennalaNIGT
+from sb3_nigt.common.nigt import NIGTAlgorithm
 
 
 class ReturnLogger(BaseCallback):
     """Records (simulated seconds, environment steps, mean return of the last 100 trajectories) per round."""
+
+    model: NIGTAlgorithm  # the callback is given to RennalaNIGT.learn only
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,7 +99,8 @@ def evaluate(model: RennalaNIGT, env_id: str, n_episodes: int, seed: int) -> flo
         sync_envs_normalization(train_norm, eval_env)
     mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=n_episodes, deterministic=True)
     eval_env.close()
-    return float(mean)
+    # A float without return_episode_rewards; SB3 annotates the union of both forms, without overloads.
+    return float(mean)  # type: ignore[arg-type]
 
 
 def main(argv: Optional[list[str]] = None) -> None:

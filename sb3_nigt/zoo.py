@@ -38,12 +38,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from sb3_nigt.afedpg import AFedPG
+from sb3_nigt.common.nigt import NIGTAlgorithm
 from sb3_nigt.malenia import MaleniaNIGT
 from sb3_nigt.rennala import RennalaNIGT
 from sb3_nigt.synchronized import SynchronizedNIGT
 
 #: The zoo's names of the sb3-nigt algorithms (``--algo``).
-ALGOS = {
+ALGOS: dict[str, type[NIGTAlgorithm]] = {
     "rennala_nigt": RennalaNIGT,
     "malenia_nigt": MaleniaNIGT,
     "synchronized_nigt": SynchronizedNIGT,
@@ -179,7 +180,7 @@ def _patch_experiment_manager() -> None:
             init(*bound.args, **bound.kwargs)
 
         setattr(__init__, _PATCHED, True)
-        ExperimentManager.__init__ = __init__
+        ExperimentManager.__init__ = __init__  # type: ignore[method-assign]  # a deliberate patch of rl-zoo3's class
 
     objective = ExperimentManager.objective
     if not getattr(objective, _PATCHED, False):
@@ -205,7 +206,7 @@ def _patch_experiment_manager() -> None:
             return value
 
         setattr(objective_wrapper, _PATCHED, True)
-        ExperimentManager.objective = objective_wrapper
+        ExperimentManager.objective = objective_wrapper  # type: ignore[method-assign]  # a deliberate patch of rl-zoo3's class
 
     optimization = ExperimentManager.hyperparameters_optimization
     if not getattr(optimization, _PATCHED, False):
@@ -221,7 +222,7 @@ def _patch_experiment_manager() -> None:
                 print(f"[sb3-nigt] no trial completed (every trial was pruned or failed): no best hyperparameters, no report ({error})")
 
         setattr(optimization_wrapper, _PATCHED, True)
-        ExperimentManager.hyperparameters_optimization = optimization_wrapper
+        ExperimentManager.hyperparameters_optimization = optimization_wrapper  # type: ignore[method-assign]  # deliberate patch
 
 
 def register() -> None:
@@ -251,7 +252,7 @@ def register() -> None:
         raise ImportError('sb3_nigt.zoo needs rl-zoo3 and optuna: pip install "sb3-nigt[zoo]"') from error
 
     dicts = [rl_zoo3.utils.ALGOS, rl_zoo3.ALGOS]
-    dicts += [getattr(module, "ALGOS") for name, module in list(sys.modules.items())
+    dicts += [module.ALGOS for name, module in list(sys.modules.items())
               if name.startswith("rl_zoo3") and isinstance(getattr(module, "ALGOS", None), dict)]
     for algos in {id(d): d for d in dicts}.values():
         algos.update(ALGOS)
@@ -273,7 +274,7 @@ def _zoo_subprocesses() -> Iterator[None]:
                 command = [sys.executable, "-m", "sb3_nigt.zoo", script, *command[3:]]
         return call(command, *args, **kwargs)
 
-    subprocess.call = routed
+    subprocess.call = routed  # type: ignore[assignment]  # a deliberate patch; routed forwards every form of call
     try:
         yield
     finally:

@@ -27,7 +27,6 @@ import pytest
 import torch as th
 from torch.nn.utils import parameters_to_vector
 
-from contract_envs import SleepyEnv
 from sb3_nigt import NIGTPolicy
 from sb3_nigt.common import backends as backends_module
 from sb3_nigt.common.backends import (
@@ -46,6 +45,8 @@ from sb3_nigt.common.backends import (
 )
 from sb3_nigt.common.envs import EnvFactory
 from sb3_nigt.common.estimator import CHUNK_SIZE, GradientWorker, ObsNorm, TrajectoryStats, UnitResult, WorkUnit, job_seed
+
+from contract_envs import SleepyEnv
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import threading
 from typing import Optional
-
-import multiprocessing as mp
 
 import gymnasium as gym
 import numpy as np

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
-from helpers import ConstantBandit, RandomLengthEnv, RoundRecorder, identity_reward
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.common.envs import EnvFactory
 from sb3_nigt.common.estimator import GradientWorker, Job, job_seed
 from sb3_nigt.envs import heterogeneous_envs
+
+from helpers import ConstantBandit, RandomLengthEnv, RoundRecorder, identity_reward
 
 HORIZON = 5
 SMALL = dict(horizon=HORIZON, seed=0, policy_kwargs=dict(net_arch=[8]))

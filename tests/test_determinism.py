@@ -7,8 +7,9 @@ import functools
 import numpy as np
 import pytest
 
-from helpers import RandomLengthEnv
 from sb3_nigt import RennalaNIGT
+
+from helpers import RandomLengthEnv
 
 CONFIG = dict(n_agents=4, compute_times="sqrt", communication_times=[0.0, 0.3, 0.1, 0.2], batch_size=6, horizon=30)
 TIMESTEPS = 2000

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
-from fault_envs import FaultyEnv
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.common.backends import WorkerError
+
+from fault_envs import FaultyEnv
 
 ALGORITHMS = [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT, AFedPG]
 NIGT = [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT]

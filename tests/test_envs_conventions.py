@@ -18,9 +18,10 @@ from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from helpers import assert_no_worker_alive
 from sb3_nigt import MaleniaNIGT, RennalaNIGT
 from sb3_nigt.common.envs import EnvFactory, EnvSnapshot, env_factories
+
+from helpers import assert_no_worker_alive
 
 ALGOS = [RennalaNIGT, MaleniaNIGT]
 BACKENDS = [dict(backend="inline"), dict(backend="subprocess", n_workers=1)]
@@ -60,7 +61,7 @@ class NoisyEnv(TinyEnv):
     """A TinyEnv whose constructor emits a DeprecationWarning of its own."""
 
     def __init__(self) -> None:
-        warnings.warn("NoisyEnv: another deprecation", DeprecationWarning)
+        warnings.warn("NoisyEnv: another deprecation", DeprecationWarning, stacklevel=2)
         super().__init__()
 
 

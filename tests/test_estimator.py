@@ -11,10 +11,11 @@ import pytest
 import torch as th
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from helpers import ConstantBandit, FixedLengthEnv, identity_reward, logpdf_grad_reference, quadratic_reward
 from sb3_nigt import NIGTPolicy
 from sb3_nigt.common.envs import EnvFactory
 from sb3_nigt.common.estimator import GradientWorker, Job, discounted_returns_to_go, job_seed, policy_gradient
+
+from helpers import ConstantBandit, FixedLengthEnv, identity_reward, logpdf_grad_reference, quadratic_reward
 
 
 def linear_policy(ds: int, da: int, min_std: float = 1e-3) -> NIGTPolicy:

@@ -15,10 +15,11 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from helpers import RandomLengthEnv, reference_sync_round
 from sb3_nigt import AFedPG, MaleniaNIGT, NIGTPolicy, RandomTimes, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.common.estimator import GradientWorker
 from sb3_nigt.common.exact import ExactTime
+
+from helpers import RandomLengthEnv, reference_sync_round
 
 ALGORITHMS = [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT, AFedPG]
 SMALL = dict(batch_size=4, horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]))

@@ -13,6 +13,10 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from sb3_nigt import MaleniaNIGT, RennalaNIGT
+from sb3_nigt.common.aggregation import MaleniaAggregation
+from sb3_nigt.envs import AgentTagObservation, heterogeneous_envs
+
 from helpers import (
     ConstantBandit,
     RoundRecorder,
@@ -21,9 +25,6 @@ from helpers import (
     reference_malenia_round,
     scaled_identity_reward,
 )
-from sb3_nigt import MaleniaNIGT, RennalaNIGT
-from sb3_nigt.common.aggregation import MaleniaAggregation
-from sb3_nigt.envs import AgentTagObservation, heterogeneous_envs
 
 HORIZON = 5
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
-from helpers import ConstantBandit, zero_reward
 from sb3_nigt.common.collector import Collector
+
+from helpers import ConstantBandit, zero_reward
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
-from helpers import RandomLengthEnv, reference_round
 from sb3_nigt import NIGTPolicy, RandomTimes, TimingModel
 from sb3_nigt.common.aggregation import RennalaAggregation
 from sb3_nigt.common.estimator import GradientWorker, Job, job_seed
 from sb3_nigt.common.exact import ExactTime
+
+from helpers import RandomLengthEnv, reference_round
 
 
 class RoundRecorder(BaseCallback):

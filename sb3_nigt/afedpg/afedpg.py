@@ -9,11 +9,11 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from sb3_nigt.common.aggregation import AggregationRule
 from sb3_nigt.afedpg.server import AsyncServer, new_job
+from sb3_nigt.common.aggregation import AggregationRule
 from sb3_nigt.common.backends import Backend
 from sb3_nigt.common.collector import Arrival, Collector
-from sb3_nigt.common.nigt import NIGTAlgorithm, PendingRound
+from sb3_nigt.common.nigt import NIGTAlgorithm, PendingRound, _obs_rms
 from sb3_nigt.common.timing import TimeSpec
 from sb3_nigt.policies import NIGTPolicy
 
@@ -258,7 +258,7 @@ class AFedPG(NIGTAlgorithm):
         vec_normalize = self._vec_normalize_env
         moments = arrival.result.obs_moments
         if vec_normalize is not None and vec_normalize.training and moments is not None:
-            vec_normalize.obs_rms.update_from_moments(moments.mean, moments.var, moments.count)
+            _obs_rms(vec_normalize).update_from_moments(moments.mean, moments.var, moments.count)
 
     def _replay_pending_arrival(self, callback: BaseCallback) -> bool:
         """The callbacks of the pending arrival, from where they stopped."""
@@ -275,6 +275,7 @@ class AFedPG(NIGTAlgorithm):
         arrival, gradient = self._pending.arrivals[0], self._pending.aggregate
         self._pending = None
         staleness = self._n_updates - arrival.version
+        assert self.next_job_index is not None  # set when learn starts
         self.next_job_index[arrival.agent] = arrival.index + 1
         eta = self._momentum(staleness)
         if self.momentum_buffer is None:

@@ -26,7 +26,8 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
-from multiprocessing.connection import Connection, wait as wait_any
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_any
 from typing import Any, Callable, Iterator, Optional, Protocol, Union, runtime_checkable
 
 import numpy as np

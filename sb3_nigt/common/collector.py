@@ -215,8 +215,8 @@ class Collector:
 
         Exact on the simulated clock (``scale`` None); on the real clock the upload lasts κ_i · ``scale`` seconds."""
         end = None
-        for agent in np.flatnonzero(rule.counts):
-            agent = int(agent)
+        for flat in np.flatnonzero(rule.counts):
+            agent = int(flat)
             begin = stops.get(agent, stop)
             kappa = self._transfer(agent, begin)
             arrive = begin + kappa if scale is None else begin + float(kappa) * scale
@@ -259,6 +259,7 @@ class Collector:
                 if up == math.inf:
                     lose_for_good(agent)
                     return
+                assert isinstance(up, ExactTime)  # an outage's end is exact unless it is math.inf
                 at = up
             arrive = at + self._transfer(agent, at)
             cut = timing.next_outage(agent, at, arrive)
@@ -322,6 +323,7 @@ class Collector:
                 if up == math.inf:
                     lose_for_good(agent)
                 else:
+                    assert isinstance(up, ExactTime)  # the agent is down at ``at``, the start of its outage
                     deliver(agent, up)
                 continue
             rule.add(agent)
@@ -334,7 +336,7 @@ class Collector:
         stop = max((c[0] for c in counted), default=stop)
         for at, agent, index in counted:
             trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)], at, "counted"))
-        for at, order, agent, index in sorted(events):
+        for _at, order, agent, index in sorted(events):
             if order == _FINISH and started[(agent, index)] < stop:
                 trace.append(TraceEvent(round_index, agent, "compute", index, started[(agent, index)], stop, "abandoned"))
         self._downs = downs

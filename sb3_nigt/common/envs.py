@@ -24,6 +24,7 @@ import dataclasses
 import multiprocessing
 import sys
 import warnings
+from types import FrameType
 from typing import Any, Callable, Optional, Sequence, Union
 
 import cloudpickle
@@ -179,7 +180,7 @@ def _instance_factory(env: gym.Env, argument: str) -> Callable[[], gym.Env]:
     writing to a file cannot be copied).
     """
     spec = env.spec
-    if _rebuildable(spec):
+    if spec is not None and _rebuildable(spec):
         return EnvFactory(spec)
     reason = "it has no gymnasium spec" if spec is None else f"its spec's id {spec.id!r} is not registered in gymnasium"
     while isinstance(env, Monitor):
@@ -190,7 +191,8 @@ def _instance_factory(env: gym.Env, argument: str) -> Callable[[], gym.Env]:
 def _user_stacklevel() -> int:
     """The ``stacklevel`` of a warning raised by this function's caller that points at the user's code: the first
     frame outside sb3_nigt and stable_baselines3."""
-    frame, level = sys._getframe(1), 1
+    frame: Optional[FrameType] = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_globals.get("__name__", "").startswith(("sb3_nigt.", "stable_baselines3.")):
         frame, level = frame.f_back, level + 1
     return level
@@ -307,7 +309,7 @@ def _vec_env_factories(env: VecEnv) -> list[Callable[[], gym.Env]]:
     return [EnvFactory(spec) for spec in specs]
 
 
-def resolve_env(env: Any) -> tuple[Any, Optional[list[Callable[[], gym.Env]]]]:
+def resolve_env(env: Any) -> tuple[Union[gym.Env, VecEnv, str, None], Optional[list[Callable[[], gym.Env]]]]:
     """Split what a user passed as ``env`` into what SB3's ``BaseAlgorithm`` gets and the workers' factories.
 
     A list becomes an :class:`AgentVecEnv` (sub-env i = agent i's environment); a bare callable becomes a

@@ -331,6 +331,7 @@ class GradientWorker:
         reset_seed = int(rng.integers(0, 2**31 - 1))
         obs, _ = env.reset(seed=reset_seed)
         action_space = env.action_space
+        assert isinstance(action_space, gym.spaces.Box)  # the main process checked every agent's space (check_agent_spaces)
         low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
         da = low.shape[0]
         observations, raw_observations, actions, rewards, infos = [], [], [], [], []

@@ -22,8 +22,8 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import contextmanager
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Optional, TypeVar, Union
 
@@ -33,20 +33,20 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm, maybe_make_env
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import safe_mean
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.running_mean_std import RunningMeanStd
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
 from sb3_nigt.common.backends import BACKENDS, Backend, BackendOptions, InlineBackend, make_backend
-from sb3_nigt.common.estimator import ObsNorm
 from sb3_nigt.common.callbacks import count_environment_steps
 from sb3_nigt.common.collector import Arrival, Collector
 from sb3_nigt.common.envs import is_heterogeneous, resolve_env
+from sb3_nigt.common.estimator import ObsNorm
 from sb3_nigt.common.exact import ZERO, ExactTime
 from sb3_nigt.common.timing import TimeCounters, TimeSpec, TimingModel
 from sb3_nigt.common.trace import TraceEvent
@@ -112,6 +112,14 @@ def _check_int(value: Any, name: str, minimum: int, maximum: Optional[int] = Non
         accepted = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name}: must be an integer {accepted}, got {value!r}")
     return int(value)
+
+
+def _obs_rms(vec_normalize: VecNormalize) -> RunningMeanStd:
+    """VecNormalize's observation statistics: one RunningMeanStd, as NIGT refuses Dict observation spaces (whose
+    statistics are a dict of them, the type SB3 annotates)."""
+    rms = vec_normalize.obs_rms
+    assert isinstance(rms, RunningMeanStd)
+    return rms
 
 
 def _is_real(value: Any) -> bool:
@@ -230,6 +238,7 @@ class NIGTAlgorithm(BaseAlgorithm):
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": NIGTPolicy}
     policy: NIGTPolicy
+    policy_class: type[NIGTPolicy]
 
     def __init__(
         self,
@@ -364,7 +373,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.n_rounds = 0
         self.n_communications = 0  # vectors sent between the server and the agents (broadcasts and uploads)
         self.bytes_sent = 0  # their bytes: θ as float32 to each agent, uploads as float64
-        self.round_stats: dict[str, float] = {}
+        self.round_stats: dict[str, Union[float, str]] = {}
         self.last_counts: Optional[np.ndarray] = None
         self._base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
         self._env_factories: Optional[list[Callable]] = None
@@ -564,6 +573,8 @@ class NIGTAlgorithm(BaseAlgorithm):
         :raises ValueError: as the constructor, for spaces or a number of environments that do not fit.
         """
         env, factories = resolve_env(env)
+        if factories is None:  # env=None
+            raise TypeError("env: set_env needs an environment, got None")
         self._check_env_count(factories, env)
         super().set_env(env, force_reset)
         self._env_factories = factories
@@ -688,6 +699,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         batch_size = self.batch_size if batch_size is None else _check_int(batch_size, "batch_size", 1)
         theta = self.get_flat_params() if params is None else np.asarray(params, dtype=np.float64).reshape(-1)
         if theta.shape != (self.n_params,):
+            assert params is not None  # θ_t always has d entries
             raise ValueError(f"params: expected shape ({self.n_params},), got {np.shape(params)}")
         if self.env is None:
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
@@ -710,7 +722,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         vec_normalize = self._vec_normalize_env
         if vec_normalize is None or not vec_normalize.norm_obs:
             return None
-        rms = vec_normalize.obs_rms
+        rms = _obs_rms(vec_normalize)
         return ObsNorm(np.array(rms.mean, dtype=np.float64), np.array(rms.var, dtype=np.float64), float(vec_normalize.clip_obs),
                        float(vec_normalize.epsilon))
 
@@ -740,7 +752,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         vec_normalize = self._vec_normalize_env
         if vec_normalize is not None and vec_normalize.training:
             for moments in result.obs_moments:
-                vec_normalize.obs_rms.update_from_moments(moments.mean, moments.var, moments.count)
+                _obs_rms(vec_normalize).update_from_moments(moments.mean, moments.var, moments.count)
         self.last_counts = result.counts  # M_i of the round, int64, shape (n,)
         # What physically travels: θ to each agent, and each vector that reached the server (one per contributing
         # agent, or one per unit of CHUNK_SIZE gradients when an agent contributed more than CHUNK_SIZE).
@@ -804,7 +816,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         last = job.n_steps - 1
         rewards = job.rewards if job.rewards is not None else np.zeros(job.n_steps)
         infos = job.infos if job.infos is not None else [{} for _ in range(job.n_steps)]
-        step_data = job.new_obs is not None and job.actions is not None
+        new_obs, actions = job.new_obs, job.actions
         for step in range(first_step, job.n_steps):
             self.num_timesteps += 1
             if pending is not None:
@@ -822,9 +834,9 @@ class NIGTAlgorithm(BaseAlgorithm):
                 "infos": [info],
                 "agent": arrival.agent,
             }
-            if step_data:
-                step_locals["new_obs"] = job.new_obs[step][None]
-                step_locals["actions"] = job.actions[step][None]
+            if new_obs is not None and actions is not None:
+                step_locals["new_obs"] = new_obs[step][None]
+                step_locals["actions"] = actions[step][None]
             callback.update_locals(step_locals)
             if not callback.on_step():
                 return False
@@ -833,6 +845,7 @@ class NIGTAlgorithm(BaseAlgorithm):
     def _record_episode(self, arrival: Arrival, episode: dict) -> None:
         """The episode buffers and the main env's Monitor, for one used trajectory."""
         assert self.agent_ep_info_buffer is not None
+        assert self.ep_info_buffer is not None and self.ep_success_buffer is not None  # SB3's _setup_learn made them
         job = arrival.result
         self.ep_info_buffer.extend([episode])
         self.agent_ep_info_buffer[arrival.agent].append(episode)
@@ -853,6 +866,7 @@ class NIGTAlgorithm(BaseAlgorithm):
 
     def _extrapolated_params(self) -> np.ndarray:
         """θ̃_t = θ_t + ((1 − η)/η)(θ_t − θ_{t−1}) (Algorithm 1, implicit gradient transport), float64 ``(d,)``."""
+        assert self.previous_params is not None  # set with d_{−1} by the initial round
         theta = self.get_flat_params().astype(np.float64)
         return theta + ((1.0 - self.momentum) / self.momentum) * (theta - self.previous_params)
 
@@ -893,6 +907,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         """
         alpha = self._checked_learning_rate() if alpha is None else alpha  # before any state changes
         eta = self.momentum if eta is None else eta
+        assert self.momentum_buffer is not None  # d_{−1} is set before the first step
         self.momentum_buffer = (1.0 - eta) * self.momentum_buffer + eta * aggregate
         theta = self.get_flat_params()
         self.previous_params = theta.copy()
@@ -972,7 +987,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         vec_normalize = self._vec_normalize_env
         if vec_normalize is None or not vec_normalize.norm_obs or not vec_normalize.training:
             return False
-        return float(vec_normalize.obs_rms.count) < 1 + 16 * vec_normalize.num_envs
+        return float(_obs_rms(vec_normalize).count) < 1 + 16 * vec_normalize.num_envs
 
     def _warm_up_observation_statistics(self, collector: Collector, callback: BaseCallback) -> bool:
         """Warm up fresh VecNormalize statistics before the first gradient is used (docs/time.md, "Observation
@@ -987,7 +1002,8 @@ class NIGTAlgorithm(BaseAlgorithm):
             return True
         vec_normalize = self._vec_normalize_env
         assert vec_normalize is not None
-        vec_normalize.obs_rms = RunningMeanStd(shape=vec_normalize.obs_rms.mean.shape)
+        # SB3 annotates obs_rms as the dict of a Dict observation space; for a Box it is one RunningMeanStd.
+        vec_normalize.obs_rms = RunningMeanStd(shape=_obs_rms(vec_normalize).mean.shape)  # type: ignore[assignment]
         rule = RennalaAggregation(self.n_agents, self.initial_batch_size)
         if not self._run_round(collector, self.get_flat_params(), self.initial_batch_size, callback, rule, kind="warmup"):
             return False

@@ -232,7 +232,7 @@ class TimingModel:
             raise ValueError(f"{arg}: expected a list of {self.n_agents} floats, a preset name, RandomTimes or a callable, got {spec!r}") from exc
         return _check_values(spec, arg, self.n_agents, strictly_positive)
 
-    def _value(self, parsed, arg: str, agent: int, start: float, counter: int, stream: int, strictly_positive: bool) -> ExactTime:
+    def _value(self, parsed, arg: str, agent: int, start: Union[ExactTime, float], counter: int, stream: int, strictly_positive: bool) -> ExactTime:
         if isinstance(parsed, list):
             return parsed[agent]
         if isinstance(parsed, tuple):
