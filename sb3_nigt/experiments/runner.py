@@ -1,0 +1,164 @@
+"""Running an experiment: one cached run per (algorithm, n, α, seed, budget), spread over the cores.
+
+A run is one ``model.learn`` on the simulated clock (inline backend, one torch thread) that stops when the clock
+passes the budget; its curve (one row per round) is written to the cache as soon as it ends, under a name that
+holds every setting, so an interrupted experiment resumes where it stopped and re-running one seed redoes only
+that seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from sb3_nigt.experiments.registry import VARIANTS, Experiment
+
+#: Columns of a cached run (one row per round; AFedPG: per n updates).
+RUN_COLUMNS = ["simulated_seconds", "env_steps", "communications", "mean_return"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of an experiment.
+
+    :param experiment: the experiment's name.
+    :param phase: ``"tune"`` or ``"report"``.
+    :param algorithm: a label of :data:`~sb3_nigt.experiments.registry.VARIANTS` or ``"rennala-no-outage"``.
+    :param n_agents: n.
+    :param alpha: α.
+    :param seed: the seed (the same θ_0 for every algorithm).
+    :param seconds: budget in simulated seconds.
+    """
+
+    experiment: str
+    phase: str
+    algorithm: str
+    n_agents: int
+    alpha: float
+    seed: int
+    seconds: float
+
+    def file_name(self, settings: str) -> str:
+        """The cache file: every setting in the name, plus a digest of the experiment's other settings."""
+        return (f"{self.phase}-{self.algorithm}-n{self.n_agents}-a{self.alpha:.6g}-s{self.seed}-t{self.seconds:g}-"
+                f"{settings}.csv")
+
+
+def settings_digest(experiment: Experiment) -> str:
+    """8 hex digits of the experiment's settings that a run depends on (not its seeds, grid or thresholds), so a
+    changed setting never reuses an old run."""
+    relevant = {key: value for key, value in asdict(experiment).items()
+                if key in ("env", "scenario", "compute_times", "heterogeneous_envs", "outages", "batch_size", "momentum",
+                           "max_steps")}
+    return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:8]
+
+
+def build_model(experiment: Experiment, spec: RunSpec) -> Any:
+    """The model of a run (not yet trained)."""
+    from sb3_nigt.compare import ALGORITHMS, scenario_times
+    from sb3_nigt.envs import heterogeneous_envs
+
+    key, extra = VARIANTS.get(spec.algorithm, ("rennala", {}))
+    compute, communication = scenario_times(experiment.scenario, spec.n_agents)
+    if experiment.compute_times is not None:
+        compute = list(experiment.compute_times)
+    outages = experiment.outages if spec.algorithm != "rennala-no-outage" else None
+    env: Any = heterogeneous_envs(experiment.env, spec.n_agents) if experiment.heterogeneous_envs else experiment.env
+    kwargs: dict[str, Any] = dict(learning_rate=spec.alpha, momentum=experiment.momentum, batch_size=experiment.batch_size,
+                  n_agents=spec.n_agents, compute_times=compute, communication_times=communication, seed=spec.seed)
+    if outages is not None:
+        kwargs["outages"] = outages
+    kwargs.update(extra)
+    return ALGORITHMS[key]("MlpPolicy", env, **kwargs)
+
+
+def run_one(experiment: Experiment, spec: RunSpec, path: str) -> dict[str, Any]:
+    """Train one run and write its curve to ``path`` (atomically: a partial file never looks finished).
+
+    Returns the run's facts: wall seconds, environment steps, simulated seconds and a digest of θ_0.
+    """
+    import torch as th
+
+    from sb3_nigt.compare import Recorder
+
+    th.set_num_threads(1)
+    model = build_model(experiment, spec)
+    theta0 = hashlib.sha256(model.get_flat_params().tobytes()).hexdigest()[:12]
+    recorder = Recorder(window=100, max_seconds=spec.seconds)
+    start = time.perf_counter()
+    model.learn(experiment.max_steps, callback=recorder)
+    wall = time.perf_counter() - start
+    target = Path(path)
+    partial = target.with_suffix(".partial")
+    with open(partial, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([f"# theta0={theta0} wall_seconds={wall:.3f}"])
+        writer.writerow(RUN_COLUMNS)
+        writer.writerows([row[:4] for row in recorder.rows])
+    os.replace(partial, target)
+    return {"wall_seconds": wall, "env_steps": int(model.num_timesteps), "simulated_seconds": float(model.simulated_time),
+            "theta0": theta0}
+
+
+def read_run(path: Path) -> tuple[dict[str, str], list[tuple[float, int, int, float]]]:
+    """A cached run: its header facts (``theta0``, ``wall_seconds``) and its rows."""
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    facts = dict(item.split("=", 1) for item in lines[0][0].lstrip("# ").split())
+    rows = [(float(r[0]), int(r[1]), int(r[2]), float(r[3])) for r in lines[2:]]
+    return facts, rows
+
+
+def execute(experiment: Experiment, specs: list[RunSpec], cache: Path, workers: int,
+            progress: Optional[Callable[[RunSpec, bool], None]] = None) -> dict[RunSpec, Path]:
+    """Run every spec whose cache file is missing, ``workers`` at a time in separate processes; return the cache
+    path of each spec. ``progress(spec, cached)`` is called as each run is found or finishes.
+
+    :raises RuntimeError: if a run fails (the other runs' results stay cached).
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    digest = settings_digest(experiment)
+    paths = {spec: cache / spec.file_name(digest) for spec in specs}
+    todo = [spec for spec in specs if not paths[spec].exists()]
+    for spec in specs:
+        if spec not in todo and progress is not None:
+            progress(spec, True)
+    if not todo:
+        return paths
+    if workers <= 1:
+        for spec in todo:
+            run_one(experiment, spec, str(paths[spec]))
+            if progress is not None:
+                progress(spec, False)
+        return paths
+    import multiprocessing as mp
+
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    failures: list[str] = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as pool:
+        pending: dict[Future, RunSpec] = {pool.submit(run_one, experiment, spec, str(paths[spec])): spec for spec in todo}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec = pending.pop(future)
+                error = future.exception()
+                if error is not None:
+                    failures.append(f"{spec}: {type(error).__name__}: {error}")
+                elif progress is not None:
+                    progress(spec, False)
+    if failures:
+        raise RuntimeError(f"{len(failures)} run(s) failed (the others are cached): " + "; ".join(failures))
+    return paths
+
+
+def tuning_score(rows: list[tuple[float, int, int, float]], seconds: float) -> float:
+    """Mean training return over the last quarter of the run's simulated time (−inf if it has no row there)."""
+    tail = [r[3] for r in rows if r[0] >= 0.75 * seconds and math.isfinite(r[3])]
+    return float(sum(tail) / len(tail)) if tail else -math.inf

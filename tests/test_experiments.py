@@ -1,0 +1,104 @@
+"""Every experiment runs end to end with a tiny budget; outputs, columns, verdict rules and the cache are checked."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from sb3_nigt.experiments import EXPERIMENTS
+from sb3_nigt.experiments.__main__ import main, run_experiment
+from sb3_nigt.experiments.report import RESULT_COLUMNS, area_per_second, first_reach, ratio_interval, verdict
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_runs_end_to_end_in_smoke_form(name, tmp_path):
+    experiment = EXPERIMENTS[name].smoke()
+    out = tmp_path / name
+    result = run_experiment(experiment, out, workers=1, progress=False)
+    for file in ("results.csv", "tuning.csv", "returns.png", "report.md"):
+        assert (out / file).stat().st_size > 0, file
+    rows = read_csv(out / "results.csv")
+    assert list(rows[0]) == RESULT_COLUMNS
+    assert {r["algorithm"] for r in rows} == set(experiment.algorithms)
+    assert {int(r["n_agents"]) for r in rows} == set(experiment.n_agents)
+    assert {int(r["seed"]) for r in rows} == set(experiment.seeds)
+    for r in rows:  # every run stopped at its budget: no round starts after it
+        assert float(r["simulated_seconds"]) > 0
+    tuning = read_csv(out / "tuning.csv")
+    assert len(tuning) == len(experiment.algorithms) * len(experiment.alpha_grid) * len(experiment.tuning_seeds)
+    assert sum(int(r["chosen"]) for r in tuning) == len(experiment.algorithms) * len(experiment.tuning_seeds)
+    assert result["same_start"], "algorithms started from different θ_0 under one seed"
+    report = (out / "report.md").read_text()
+    assert experiment.claim in report and "How it differs from the paper" in report
+
+
+def test_cache_is_reused_and_one_missing_seed_is_redone(tmp_path, monkeypatch):
+    from sb3_nigt.experiments import runner
+
+    experiment = EXPERIMENTS["decreasing"].smoke()
+    out = tmp_path / "decreasing"
+    run_experiment(experiment, out, workers=1, progress=False)
+    before = (out / "results.csv").read_text()
+    cache = out.parent / "cache"
+    files = sorted(cache.glob("report-*-s1-*.csv"))
+    assert len(files) == len(experiment.algorithms)
+    files[0].unlink()  # one run of seed 1 lost
+    calls = []
+    original = runner.run_one
+
+    def counting(experiment, spec, path):
+        calls.append(spec)
+        return original(experiment, spec, path)
+
+    monkeypatch.setattr(runner, "run_one", counting)
+    run_experiment(experiment, out, workers=1, progress=False)
+    assert len(calls) == 1 and calls[0].seed == 1 and calls[0].phase == "report"
+    assert (out / "results.csv").read_text() == before  # the redone run is bit-identical (simulated clock)
+
+
+def test_runs_spread_over_two_processes(tmp_path):
+    experiment = EXPERIMENTS["comm"].smoke()
+    result = run_experiment(experiment, tmp_path / "comm", workers=2, progress=False)
+    assert result["same_start"]
+    assert len(list((tmp_path / "cache").glob("*.csv"))) == experiment.runs()
+
+
+def test_command_line_smoke_and_list(tmp_path, capsys):
+    main(["heterogeneous-envs", "--smoke", "--workers", "1", "--out", str(tmp_path), "--no-progress"])
+    assert (tmp_path / "heterogeneous-envs-smoke" / "report.md").exists()
+    main(["--list", "--out", str(tmp_path)])
+    listing = capsys.readouterr().out
+    for name in EXPERIMENTS:
+        assert f"| {name} |" in listing
+
+
+def test_first_reach_and_area_against_hand_arithmetic():
+    curve = [(10.0, 100, 1, -30.0), (20.0, 200, 2, -20.0), (30.0, 300, 3, -10.0)]
+    assert first_reach(curve, -20.0) == 20.0 and math.isinf(first_reach(curve, 0.0))
+    # Held values: -30 on [0, 20), -20 on [20, 30), -10 on [30, 40]: (-600 - 200 - 100) / 40
+    assert area_per_second(curve, 40.0) == -900.0 / 40.0
+
+
+def test_ratio_interval_is_paired_and_handles_never():
+    rng = np.random.default_rng(0)
+    point, low, high = ratio_interval([10.0, 10.0, 10.0], [20.0, 20.0, 20.0], rng)
+    assert (point, low, high) == (2.0, 2.0, 2.0)
+    point, low, high = ratio_interval([10.0, 10.0, 10.0], [math.inf] * 3, rng)
+    assert math.isinf(point) and math.isinf(low)
+
+
+@pytest.mark.parametrize("expected, low, high, answer", [
+    ("faster", 1.2, 3.0, "agrees"), ("faster", 0.2, 0.9, "disagrees"), ("faster", 0.8, 1.5, "inconclusive"),
+    ("alike", 0.8, 1.3, "agrees"), ("alike", 1.6, 4.0, "disagrees"), ("alike", 0.9, 2.0, "inconclusive"),
+    ("faster", math.nan, math.nan, "inconclusive"),
+])
+def test_verdict_rules(expected, low, high, answer):
+    assert verdict(expected, low, high) == answer
