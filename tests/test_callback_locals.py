@@ -171,3 +171,21 @@ def test_observation_warmup_reaches_the_log(algorithm, tmp_path):
     column = lines[0].split(",").index("train/observation_warmup")
     values = [line.split(",")[column] for line in lines[1:]]
     assert values[0] == "1" and all(v in ("", "0") for v in values[1:])
+
+
+def test_step_infos_round_trip_compact_and_faithful():
+    import pickle
+
+    from sb3_nigt.common.estimator import StepInfos
+
+    floats = [{"x": float(t), "y": np.float64(t / 2), "z": np.float32(t)} for t in range(50)]
+    infos = StepInfos(floats)
+    assert infos._columns is not None  # stored as arrays
+    copy = pickle.loads(pickle.dumps(infos))
+    assert len(copy) == 50 and list(copy) == floats and copy[-1] == floats[-1]
+    assert [type(v) for v in copy[3].values()] == [float, np.float64, np.float32]
+    assert len(pickle.dumps(infos)) < len(pickle.dumps(floats))
+    mixed = [{"t": 0, "source": "a"}, {"t": 1, "source": "b"}]  # not all floats: kept as the dicts themselves
+    assert StepInfos(mixed)._dicts is mixed and StepInfos(mixed)[1] is mixed[1]
+    ragged = [{"x": 1.0}, {"x": 1.0, "extra": 2.0}]
+    assert list(StepInfos(ragged)) == ragged

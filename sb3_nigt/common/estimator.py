@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -162,6 +162,56 @@ class Trajectory:
     stats: "TrajectoryStats"
 
 
+class StepInfos(Sequence[dict[str, Any]]):
+    """The environment's info dict of every step of a trajectory, stored compactly for the trip to the main process.
+
+    When every step's dict has the same keys and each key always holds a float of one type (``float``,
+    ``np.float64`` or ``np.float32``, as MuJoCo tasks report), the values travel as one array per key and each dict
+    is rebuilt, equal and of the same types, when it is read; anything else travels as the list of dicts. The
+    arrays pickle to a fraction of the dicts' size and many times faster (docs/benchmarks.md).
+
+    :param infos: the dicts, one per step, in order.
+    """
+
+    _FLOATS = (float, np.float64, np.float32)
+
+    def __init__(self, infos: list[dict[str, Any]]):
+        self._n = len(infos)
+        self._dicts: Optional[list[dict[str, Any]]] = infos
+        self._columns: Optional[dict[str, tuple[np.ndarray, type]]] = None
+        if not infos or not infos[0]:
+            return
+        keys = tuple(infos[0])
+        columns: dict[str, tuple[np.ndarray, type]] = {}
+        for key in keys:
+            kind = type(infos[0][key])
+            if kind not in self._FLOATS:
+                return
+            values = []
+            for info in infos:
+                if len(info) != len(keys) or type(info.get(key)) is not kind:
+                    return
+                values.append(info[key])
+            columns[key] = (np.asarray(values, dtype=np.float32 if kind is np.float32 else np.float64), kind)
+        self._columns, self._dicts = columns, None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _one(self, step: int) -> dict[str, Any]:
+        assert self._columns is not None
+        return {key: (float(column[step]) if kind is float else column[step]) for key, (column, kind) in self._columns.items()}
+
+    def __getitem__(self, step: Any) -> Any:
+        if self._dicts is not None:
+            return self._dicts[step]
+        if isinstance(step, slice):
+            return [self._one(i) for i in range(self._n)[step]]
+        if not -self._n <= step < self._n:
+            raise IndexError(f"step {step} out of range for {self._n} steps")
+        return self._one(step % self._n)
+
+
 @dataclass
 class TrajectoryStats:
     """What the main process needs of one trajectory: no vector.
@@ -191,7 +241,7 @@ class TrajectoryStats:
     n_steps: int
     obs_moments: Optional[ObsMoments] = None
     rewards: Optional[np.ndarray] = None
-    infos: Optional[list[dict[str, Any]]] = None
+    infos: Optional[Sequence[dict[str, Any]]] = None
     terminated: bool = False
     terminal_observation: Optional[np.ndarray] = None
     new_obs: Optional[np.ndarray] = None
@@ -382,7 +432,7 @@ class GradientWorker:
             moments = ObsMoments(raw_t.mean(axis=0), raw_t.var(axis=0), len(raw_t))
         n = len(rewards)
         reward_array = np.asarray(rewards, dtype=np.float64)
-        stats = TrajectoryStats(agent, index, episode_return, n, n, moments, reward_array, infos, bool(terminated),
+        stats = TrajectoryStats(agent, index, episode_return, n, n, moments, reward_array, StepInfos(infos), bool(terminated),
                                 np.array(obs, dtype=np.float32),
                                 None if new_obs is None else np.asarray(new_obs, dtype=np.float32),
                                 None if env_actions is None else np.asarray(env_actions, dtype=np.float32))
