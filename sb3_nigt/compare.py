@@ -104,6 +104,9 @@ LABELS = {"rennala": "Rennala NIGT", "malenia": "Malenia NIGT", "sync": "Synchro
 COLUMNS = ["algorithm", "seed", "simulated_seconds", "env_steps", "communications", "mean_return", "eval_return"]
 SUMMARY_COLUMNS = ["algorithm", "seed", "threshold", "seconds_to_threshold", "steps_to_threshold", "communications_to_threshold",
                    "final_return", "simulated_seconds", "env_steps", "communications", "wall_seconds"]
+#: ``--set`` keys that define the agents: allowed only with the same value for every algorithm compared.
+PREMISE_KEYS = ("n_agents", "compute_times", "communication_times", "compute_time_unit", "outages")
+_UNSET = object()
 #: constructor arguments the runner passes positionally; ``--set`` may not override them.
 RESERVED_KEYS = ("policy", "env")
 
@@ -424,6 +427,24 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(str(exc))
     args.compute, args.communication = compute, communication
+    # The comparison's premise: every algorithm runs on identical agents. An override of the agents or their times
+    # must be the same for every algorithm compared.
+    for key in PREMISE_KEYS:
+        values = {name: args.override_map.get(name, {}).get(key, _UNSET) for name in args.algorithms}
+        given = {name: value for name, value in values.items() if value is not _UNSET}
+        if given and (len(given) < len(args.algorithms) or any(v != next(iter(given.values())) for v in given.values())):
+            parser.error(f"--set: {key} must be set to the same value for every algorithm in --algorithms (identical "
+                         f"agents are the comparison's premise); got {', '.join(f'{n}={v!r}' for n, v in given.items())}"
+                         f" and {', '.join(n for n in args.algorithms if n not in given) or 'different values'}")
+    if any(key in args.override_map.get(name, {}) for name in args.algorithms for key in ("n_agents", "compute_times", "communication_times")):
+        from sb3_nigt.common.timing import TimingModel
+
+        first = args.override_map.get(args.algorithms[0], {})
+        n = first.get("n_agents", args.n_agents)
+        try:
+            TimingModel(n, first.get("compute_times", compute), first.get("communication_times", communication))
+        except (ValueError, TypeError) as exc:
+            parser.error(f"--set: {exc}")
     if args.timeline is not None:
         if args.timeline < 1:
             parser.error(f"--timeline: must be >= 1 rounds, got {args.timeline}")

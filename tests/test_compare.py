@@ -263,6 +263,30 @@ def test_bad_set_is_an_argparse_error_before_any_run(monkeypatch, tmp_path, caps
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("items, message", [
+    (["rennala:n_agents=5"], "same value for every algorithm"),
+    (["rennala:compute_times=1,2", "afedpg:compute_times=1,3"], "same value for every algorithm"),
+    (["rennala:outages={0: 5.0}"], "same value for every algorithm"),
+    (["rennala:compute_times=1,2", "afedpg:compute_times=1,2"], "expected 10 values"),  # n = 10 agents
+])
+def test_overrides_of_the_agents_must_be_shared_by_every_algorithm(monkeypatch, tmp_path, capsys, items, message):
+    forbid_runs(monkeypatch)
+    argv = TINY + ["--algorithms", "rennala", "afedpg", "--out", str(tmp_path)]
+    for item in items:
+        argv += ["--set", item]
+    with pytest.raises(SystemExit):
+        compare.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_a_shared_override_of_the_agents_is_accepted(monkeypatch, tmp_path):
+    forbid_runs(monkeypatch)
+    args = compare.parse_args(TINY + ["--algorithms", "rennala", "afedpg", "--set", "rennala:n_agents=2",
+                                      "--set", "afedpg:n_agents=2", "--set", "rennala:compute_times=1,10",
+                                      "--set", "afedpg:compute_times=1,10", "--out", str(tmp_path)])
+    assert args.override_map["rennala"]["n_agents"] == args.override_map["afedpg"]["n_agents"] == 2
+
+
 def test_afedpg_overrides_are_checked_against_the_base_class():
     keys = compare.accepted_keys(compare.ALGORITHMS["afedpg"])
     assert {"momentum_schedule", "learning_rate", "compute_times"} <= keys
