@@ -102,3 +102,18 @@ def test_ratio_interval_is_paired_and_handles_never():
 ])
 def test_verdict_rules(expected, low, high, answer):
     assert verdict(expected, low, high) == answer
+
+
+def test_no_verdict_when_the_reference_never_reaches_the_threshold():
+    from sb3_nigt.experiments.report import tables
+
+    experiment = EXPERIMENTS["comm"].smoke()
+    slow = [(10.0, 100, 1, -40.0), (20.0, 200, 2, -30.0)]
+    fast = [(10.0, 100, 1, -40.0), (20.0, 200, 2, -20.0)]
+    curves = {("rennala", 3): {0: slow, 1: slow, 2: fast}, ("sync", 3): {0: slow, 1: slow, 2: slow},
+              ("afedpg", 3): {0: fast, 1: fast, 2: fast}}
+    alphas = {key: 0.01 for key in curves}
+    _, verdicts = tables(experiment, curves, alphas)
+    at_25 = {v["algorithm"]: v["verdict"] for v in verdicts if v["threshold"] == -25.0}
+    # Rennala's median never reaches -25 (1 of 3 seeds): no verdict, even against Synchronized NIGT (0 of 3)
+    assert at_25 == {"sync": "inconclusive", "afedpg": "inconclusive"}
