@@ -22,11 +22,13 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
+from sb3_nigt.common.warn import user_stacklevel
+
 #: ``net_arch`` keys of SB3's dict form that NIGT has no use for (it has no value or Q network).
 _IGNORED_NET_ARCH_KEYS = ("vf", "qf")
 
 
-def normalize_net_arch(net_arch: Union[None, list[int], tuple[int, ...], dict[str, Any]], stacklevel: int = 3) -> Optional[list[int]]:
+def normalize_net_arch(net_arch: Union[None, list[int], tuple[int, ...], dict[str, Any]], stacklevel: Optional[int] = None) -> Optional[list[int]]:
     """``net_arch`` as a list of hidden layer sizes (None stays None: the default).
 
     SB3's dict form ``dict(pi=[...], vf=[...])`` is accepted: ``pi`` is used; ``vf`` and ``qf`` are ignored with a
@@ -34,7 +36,7 @@ def normalize_net_arch(net_arch: Union[None, list[int], tuple[int, ...], dict[st
 
     :param net_arch: None, a list (or tuple) of positive integers (``[]``: a linear policy), or a dict with a
         ``pi`` list and optionally ``vf``/``qf``.
-    :param stacklevel: the warning's ``stacklevel`` (3: the caller of the function that calls this one).
+    :param stacklevel: the warning's ``stacklevel``; None: the first frame outside sb3_nigt (the user's line).
     :return: the hidden layer sizes, a list of Python ints, or None.
     :raises ValueError: starting ``net_arch:``, for anything else (a size that is not an integer >= 1, a string,
         a dict without ``pi`` or with other keys).
@@ -54,7 +56,7 @@ def normalize_net_arch(net_arch: Union[None, list[int], tuple[int, ...], dict[st
                 f"net_arch: NIGT has only a policy network; {' and '.join(map(repr, ignored))} of net_arch "
                 f"{'is' if len(ignored) == 1 else 'are'} ignored, 'pi' = {net_arch['pi']!r} is used",
                 UserWarning,
-                stacklevel=stacklevel,
+                stacklevel=stacklevel if stacklevel is not None else user_stacklevel(),
             )
         net_arch = net_arch["pi"]
         if isinstance(net_arch, dict):
@@ -181,7 +183,7 @@ def check_policy_kwargs(policy_class: type[BasePolicy], policy_kwargs: Optional[
                 f"accepted keys are {', '.join(accepted)}"
             )
     if "net_arch" in kwargs:
-        kwargs["net_arch"] = normalize_net_arch(kwargs["net_arch"], stacklevel=4)  # the algorithm's caller
+        kwargs["net_arch"] = normalize_net_arch(kwargs["net_arch"])  # the warning names the user's line
     if "activation_fn" in kwargs:
         check_activation_fn(kwargs["activation_fn"])
     if "min_std" in kwargs:

@@ -50,6 +50,7 @@ from sb3_nigt.common.estimator import ObsNorm
 from sb3_nigt.common.exact import ZERO, ExactTime
 from sb3_nigt.common.timing import TimeCounters, TimeSpec, TimingModel
 from sb3_nigt.common.trace import TraceEvent
+from sb3_nigt.common.warn import user_stacklevel
 from sb3_nigt.policies import NIGTPolicy, check_action_space, check_observation_space, check_policy_kwargs, running_statistics_modules
 
 SelfNIGT = TypeVar("SelfNIGT", bound="NIGTAlgorithm")
@@ -306,7 +307,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         stats_window_size = _check_int(stats_window_size, "stats_window_size", 1)
         verbose = _check_int(verbose, "verbose", 0)
         if clock == "simulated" and time_scale is not None:
-            warnings.warn("time_scale only applies to clock='real'; the simulated clock ignores it", stacklevel=2)
+            warnings.warn("time_scale only applies to clock='real'; the simulated clock ignores it", stacklevel=user_stacklevel())
         self.record_trace = bool(record_trace)
         if not isinstance(step_data, (bool, np.bool_)):
             raise ValueError(f"step_data: must be True or False, got {step_data!r}")
@@ -399,7 +400,7 @@ class NIGTAlgorithm(BaseAlgorithm):
                 warnings.warn(
                     "VecNormalize(norm_reward=True): workers use raw rewards in g_H; the normalized step α d/‖d‖ "
                     "does not depend on the reward scale. Observation normalization is applied and its statistics merged.",
-                    stacklevel=2,
+                    stacklevel=user_stacklevel(),
                 )
             self._env_factories = factories
             if self.horizon is None:
@@ -482,7 +483,7 @@ class NIGTAlgorithm(BaseAlgorithm):
                 f"n_agents={self.n_agents}), each of at least one environment step, so learn will end before the first "
                 "update; lower batch_size or initial_batch_size, or raise total_timesteps",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
 
     @staticmethod
@@ -563,7 +564,7 @@ class NIGTAlgorithm(BaseAlgorithm):
                 f"{type(self).__name__} with agents in different environments: its aggregate weights each agent by "
                 "its speed (fast agents contribute more gradients), so it optimises a speed-weighted objective, not "
                 "the equal-weighted J = (1/n) Σ_i J_i. Use MaleniaNIGT for an unbiased estimate.",
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:
