@@ -117,3 +117,15 @@ def test_no_verdict_when_the_reference_never_reaches_the_threshold():
     at_25 = {v["algorithm"]: v["verdict"] for v in verdicts if v["threshold"] == -25.0}
     # Rennala's median never reaches -25 (1 of 3 seeds): no verdict, even against Synchronized NIGT (0 of 3)
     assert at_25 == {"sync": "inconclusive", "afedpg": "inconclusive"}
+
+
+def test_outage_pace_table_against_hand_arithmetic():
+    from sb3_nigt.experiments.report import outage_table, steps_at
+
+    experiment = EXPERIMENTS["outage"]  # agent 0 away from 300 s to 900 s
+    curve = [(100.0, 1000, 1, -40.0), (300.0, 3000, 2, -30.0), (600.0, 4000, 3, -20.0), (900.0, 6000, 4, -20.0)]
+    assert steps_at(curve, 299.0) == 1000 and steps_at(curve, 300.0) == 3000 and steps_at(curve, 50.0) == 0
+    curves = {(a, 10): {0: curve} for a in experiment.algorithms}
+    table = outage_table(experiment, curves, 10, [0])
+    # before: 3000 steps / 300 s = 10.0; during: (6000 − 3000) / 600 s = 5.0; ratio 0.50
+    assert "| Rennala NIGT | 10.0 | 5.0 | 0.50 |" in table

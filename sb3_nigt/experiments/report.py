@@ -188,6 +188,8 @@ def tables(experiment: Experiment, curves: dict[tuple[str, int], dict[int, Curve
                 verdicts.append(dict(n=n, threshold=threshold, algorithm=algorithm, ratio=point, low=low, high=high,
                                      verdict=judged, expected=expected))
             lines.append(f"| {threshold:g} | " + " | ".join(cells) + " |")
+        if experiment.outages:
+            lines += ["", outage_table(experiment, curves, n, seeds)]
         lines += ["", "Final return and area under the curve per simulated second (median over seeds), and α:", "",
                   "| algorithm | α | final return | area / s |", "|---|---:|---:|---:|"]
         for algorithm in experiment.algorithms:
@@ -198,6 +200,34 @@ def tables(experiment: Experiment, curves: dict[tuple[str, int], dict[int, Curve
                          f"{np.median(finals):.1f} | {np.median(areas):.1f} |")
         lines.append("")
     return "\n".join(lines), verdicts
+
+
+def steps_at(curve: Curve, seconds: float) -> int:
+    """Environment steps counted by the end of the last round that ended at or before ``seconds`` (0 before any)."""
+    steps = 0
+    for end, count, _, _ in curve:
+        if end > seconds:
+            break
+        steps = count
+    return steps
+
+
+def outage_table(experiment: Experiment, curves: dict[tuple[str, int], dict[int, Curve]], n: int, seeds: list[int]) -> str:
+    """Environment steps per simulated second before the first outage window and inside it (median over seeds):
+    how much of its pace each algorithm keeps while an agent is away."""
+    assert experiment.outages
+    begin, end = min(w[0] for ws in experiment.outages.values() for w in ws), max(w[1] for ws in experiment.outages.values() for w in ws)
+    end = min(end, experiment.seconds_for(n))
+    rows = [f"Environment steps per simulated second (median over seeds) before the outage (0–{begin:g} s) and while "
+            f"the agent is away ({begin:g}–{end:g} s), counted at round ends:", "",
+            "| algorithm | before | during | during / before |", "|---|---:|---:|---:|"]
+    for algorithm in experiment.algorithms:
+        before = [steps_at(curves[(algorithm, n)][s], begin) / begin for s in seeds]
+        during = [(steps_at(curves[(algorithm, n)][s], end) - steps_at(curves[(algorithm, n)][s], begin)) / (end - begin)
+                  for s in seeds]
+        b, d = float(np.median(before)), float(np.median(during))
+        rows.append(f"| {LABELS.get(algorithm, algorithm)} | {b:.1f} | {d:.1f} | {d / b if b > 0 else math.nan:.2f} |")
+    return "\n".join(rows) + "\n"
 
 
 def summary_line(experiment: Experiment, verdicts: list[dict]) -> Optional[str]:
