@@ -129,3 +129,17 @@ def test_outage_pace_table_against_hand_arithmetic():
     table = outage_table(experiment, curves, 10, [0])
     # before: 3000 steps / 300 s = 10.0; during: (6000 − 3000) / 600 s = 5.0; ratio 0.50
     assert "| Rennala NIGT | 10.0 | 5.0 | 0.50 |" in table
+
+
+def test_tuning_runs_have_no_outage_and_scores_fall_back_to_the_last_round():
+    from sb3_nigt.experiments.runner import RunSpec, build_model, tuning_score
+
+    experiment = EXPERIMENTS["outage"]
+    tune = build_model(experiment, RunSpec("outage", "tune", "sync", 10, 0.01, 100, 750.0))
+    report = build_model(experiment, RunSpec("outage", "report", "sync", 10, 0.01, 0, 1500.0))
+    twin = build_model(experiment, RunSpec("outage", "report", "rennala-no-outage", 10, 0.01, 0, 1500.0))
+    assert not tune.outages and not twin.outages and report.outages
+    rows = [(10.0, 100, 1, -40.0), (20.0, 200, 2, -30.0)]  # no round ended in the last quarter of 100 s
+    assert tuning_score(rows, 100.0) == -30.0
+    assert tuning_score(rows, 24.0) == -30.0  # the last quarter [18, 24] holds the 20 s round
+    assert tuning_score([], 100.0) == -float("inf")

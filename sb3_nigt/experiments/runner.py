@@ -69,7 +69,8 @@ def build_model(experiment: Experiment, spec: RunSpec) -> Any:
     compute, communication = scenario_times(experiment.scenario, spec.n_agents)
     if experiment.compute_times is not None:
         compute = list(experiment.compute_times)
-    outages = experiment.outages if spec.algorithm != "rennala-no-outage" else None
+    # The outage is the experiment's treatment, not a setting to tune for: tuning runs have every agent.
+    outages = experiment.outages if spec.algorithm != "rennala-no-outage" and spec.phase != "tune" else None
     env: Any = heterogeneous_envs(experiment.env, spec.n_agents) if experiment.heterogeneous_envs else experiment.env
     kwargs: dict[str, Any] = dict(learning_rate=spec.alpha, momentum=experiment.momentum, batch_size=experiment.batch_size,
                   n_agents=spec.n_agents, compute_times=compute, communication_times=communication, seed=spec.seed)
@@ -159,6 +160,9 @@ def execute(experiment: Experiment, specs: list[RunSpec], cache: Path, workers: 
 
 
 def tuning_score(rows: list[tuple[float, int, int, float]], seconds: float) -> float:
-    """Mean training return over the last quarter of the run's simulated time (−inf if it has no row there)."""
+    """Mean training return over the rounds that ended in the last quarter of the run's simulated time; the last
+    round's return if none did (rounds longer than a quarter of the budget); −inf for a run without a round."""
     tail = [r[3] for r in rows if r[0] >= 0.75 * seconds and math.isfinite(r[3])]
-    return float(sum(tail) / len(tail)) if tail else -math.inf
+    if tail:
+        return float(sum(tail) / len(tail))
+    return float(rows[-1][3]) if rows and math.isfinite(rows[-1][3]) else -math.inf
