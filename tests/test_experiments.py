@@ -143,3 +143,57 @@ def test_tuning_runs_have_no_outage_and_scores_fall_back_to_the_last_round():
     assert tuning_score(rows, 100.0) == -30.0
     assert tuning_score(rows, 24.0) == -30.0  # the last quarter [18, 24] holds the 20 s round
     assert tuning_score([], 100.0) == -float("inf")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Live descendants of ``pid`` (from /proc)."""
+    import os
+
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        children = {child for child, parent in parents.items() if parent in frontier}
+        frontier = children - found
+        found |= children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="needs /proc to find the worker processes")
+def test_sigterm_leaves_no_run_behind(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "sb3_nigt.experiments", "reacher-expensive-comm", "--workers", "2",
+                                "--out", str(tmp_path), "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    workers: set[int] = set()
+    while time.monotonic() < deadline and len(workers) < 3:  # the fork server and two pool workers
+        time.sleep(0.5)
+        workers = _descendants(process.pid)
+    assert len(workers) >= 3, "the pool did not start"
+    time.sleep(2)  # the workers are computing
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)]

@@ -13,7 +13,6 @@ import hashlib
 import math
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -57,6 +56,8 @@ def settings_digest(experiment: Experiment) -> str:
     relevant = {key: value for key, value in asdict(experiment).items()
                 if key in ("env", "scenario", "compute_times", "heterogeneous_envs", "outages", "batch_size", "momentum",
                            "max_steps")}
+    if experiment.heterogeneous_envs:  # their curve is the equal-weighted return (see run_one)
+        relevant["metric"] = "equal-weight"
     return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:8]
 
 
@@ -83,16 +84,31 @@ def build_model(experiment: Experiment, spec: RunSpec) -> Any:
 def run_one(experiment: Experiment, spec: RunSpec, path: str) -> dict[str, Any]:
     """Train one run and write its curve to ``path`` (atomically: a partial file never looks finished).
 
+    The curve's return is the mean of the last 100 training trajectories; with heterogeneous environments it is
+    the equal-weighted return (1/n) Σ_i (mean of agent i's last 100 trajectories), the paper's objective J, which
+    the plain mean would bias towards the fast agents' environments.
+
     Returns the run's facts: wall seconds, environment steps, simulated seconds and a digest of θ_0.
     """
     import torch as th
 
     from sb3_nigt.compare import Recorder
 
+    class EqualWeightRecorder(Recorder):
+        """Records (1/n) Σ_i mean return of agent i's last ``window`` trajectories, once every agent has one."""
+
+        def _on_rollout_end(self) -> None:
+            buffers = self.model.agent_ep_info_buffer
+            if not buffers or not all(buffers):
+                return
+            means = [sum(ep["r"] for ep in list(b)[-self.window:]) / len(list(b)[-self.window:]) for b in buffers]
+            self.rows.append((float(self.model.simulated_time), int(self.model.num_timesteps),
+                              int(self.model.n_communications), float(sum(means) / len(means)), math.nan))
+
     th.set_num_threads(1)
     model = build_model(experiment, spec)
     theta0 = hashlib.sha256(model.get_flat_params().tobytes()).hexdigest()[:12]
-    recorder = Recorder(window=100, max_seconds=spec.seconds)
+    recorder = (EqualWeightRecorder if experiment.heterogeneous_envs else Recorder)(window=100, max_seconds=spec.seconds)
     start = time.perf_counter()
     model.learn(experiment.max_steps, callback=recorder)
     wall = time.perf_counter() - start
@@ -141,18 +157,27 @@ def execute(experiment: Experiment, specs: list[RunSpec], cache: Path, workers: 
         return paths
     import multiprocessing as mp
 
+    from sb3_nigt.common.nigt import _terminate_like_interrupt
+
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     failures: list[str] = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as pool:
-        pending: dict[Future, RunSpec] = {pool.submit(run_one, experiment, spec, str(paths[spec])): spec for spec in todo}
+    # Pool's __exit__ terminates the workers, so Ctrl-C, SIGTERM (raised as SystemExit here) or an error leaves no
+    # run behind; the runs that had finished are already cached.
+    with _terminate_like_interrupt(), mp.get_context(method).Pool(processes=workers, maxtasksperchild=1) as pool:
+        pending = {spec: pool.apply_async(run_one, (experiment, spec, str(paths[spec]))) for spec in todo}
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                spec = pending.pop(future)
-                error = future.exception()
-                if error is not None:
+            finished = [spec for spec, result in pending.items() if result.ready()]
+            if not finished:
+                time.sleep(0.2)
+                continue
+            for spec in finished:
+                result = pending.pop(spec)
+                try:
+                    result.get()
+                except Exception as error:  # reported with the others below
                     failures.append(f"{spec}: {type(error).__name__}: {error}")
-                elif progress is not None:
+                    continue
+                if progress is not None:
                     progress(spec, False)
     if failures:
         raise RuntimeError(f"{len(failures)} run(s) failed (the others are cached): " + "; ".join(failures))
