@@ -98,12 +98,13 @@ class Experiment:
         n_agents = tuple(sorted({min(n, 3) for n in self.n_agents} | ({2} if len(self.n_agents) > 1 else set())))
         compute = self.compute_times
         outages = None if self.outages is None else {0: [(1.0, 3.0)]}
-        # A few rounds: a round with expensive communication takes tens of seconds (κ_i = √i·d^¼).
+        # A few rounds: a round with expensive communication takes tens of seconds (κ_i = √i·d^¼). With h = (1, 10)
+        # a Rennala round needs M >= 11 for the slow agent to contribute (the equal-weighted return needs both).
         smoke_seconds = {"expensive-comm": 120.0, "comm": 15.0}.get(self.scenario, 10.0) if compute is None else 45.0
         return Experiment(
             name=self.name, figure=self.figure, claim=self.claim, env=self.env, scenario=self.scenario,
             algorithms=self.algorithms, simulated_seconds=smoke_seconds, n_agents=n_agents,
-            compute_times=compute, heterogeneous_envs=self.heterogeneous_envs, outages=outages, batch_size=4,
+            compute_times=compute, heterogeneous_envs=self.heterogeneous_envs, outages=outages, batch_size=4 if compute is None else 12,
             momentum=self.momentum, thresholds=self.thresholds, seeds=(0, 1), tuning_seeds=(100,),
             alpha_grid=(2.0**-6, 2.0**-4), tuning_fraction=0.5, tune_at=None, max_steps=5_000,
             differences=self.differences, expected_ratio=self.expected_ratio, notes=self.notes,
