@@ -197,8 +197,8 @@ _add(Experiment(
     algorithms=("malenia", "rennala", "afedpg"), simulated_seconds=6000.0, thresholds=(200.0, 400.0, 600.0),
     alpha_grid=COARSE_ALPHA_GRID,
     differences=_COMMON + " The paper uses Humanoid-v4; Hopper-v4 here (the same construction: agent i observes "
-                          "[(−1)^i · o, i]). The curve is the mean training return over both agents' last "
-                          "trajectories, which Rennala and AFedPG over-sample from the fast agent; coarse α grid.",
+                          "[(−1)^i · o, i]). The curve is the equal-weighted training return, the mean over the two "
+                          "agents of each one's last 100 trajectories; coarse α grid.",
 ))
 
 _add(Experiment(

@@ -141,7 +141,7 @@ def plot(path: Path, experiment: Experiment, curves: dict[tuple[str, int], dict[
                     for begin, end in windows:
                         ax.axvspan(begin, end, color="red", alpha=0.08, label=f"agent {agent} away")
             ax.set_xlabel("simulated time (s)" if x_index == 0 else "environment steps")
-            ax.set_ylabel("mean training return")
+            ax.set_ylabel("equal-weighted training return" if experiment.heterogeneous_envs else "mean training return")
             ax.set_title(f"{experiment.env}, {experiment.scenario}, n = {n}", fontsize=10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
