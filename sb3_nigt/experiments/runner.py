@@ -101,7 +101,8 @@ def run_one(experiment: Experiment, spec: RunSpec, path: str) -> dict[str, Any]:
             buffers = self.model.agent_ep_info_buffer
             if not buffers or not all(buffers):
                 return
-            means = [sum(ep["r"] for ep in list(b)[-self.window:]) / len(list(b)[-self.window:]) for b in buffers]
+            recent = [list(buffer)[-self.window:] for buffer in buffers]
+            means = [sum(ep["r"] for ep in episodes) / len(episodes) for episodes in recent]
             self.rows.append((float(self.model.simulated_time), int(self.model.num_timesteps),
                               int(self.model.n_communications), float(sum(means) / len(means)), math.nan))
 
