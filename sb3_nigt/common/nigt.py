@@ -25,7 +25,7 @@ import warnings
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Optional, TypeVar, Union
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, TypeVar, Union
 
 import gymnasium as gym
 import numpy as np
@@ -33,6 +33,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm, maybe_make_env
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.running_mean_std import RunningMeanStd
@@ -41,6 +42,7 @@ from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from sb3_nigt.common import distributed as _distributed  # noqa: F401  (registers backend="torch_distributed")
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
 from sb3_nigt.common.backends import BACKENDS, Backend, BackendOptions, InlineBackend, make_backend
 from sb3_nigt.common.callbacks import count_environment_steps
@@ -297,6 +299,9 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.worker_timeout = None if worker_timeout is None else float(worker_timeout)
         self.max_failures = _check_int(max_failures, "max_failures", 0)
         self.clock, self.backend = clock, backend
+        refuse = getattr(BACKENDS[backend] if isinstance(backend, str) else backend, "check_algorithm", None)
+        if refuse is not None:  # a backend that cannot run this algorithm or clock says so (e.g. torch_distributed)
+            refuse(type(self).__name__, clock=clock, per_agent_params=self.per_agent_params)
         self.n_workers = None if n_workers is None else _check_int(n_workers, "n_workers", 1)
         if time_scale is not None and not (_is_real(time_scale) and math.isfinite(time_scale) and time_scale >= 0):
             raise ValueError(f"time_scale: must be None or a finite number >= 0, got {time_scale!r}")
@@ -636,6 +641,19 @@ class NIGTAlgorithm(BaseAlgorithm):
         count_environment_steps(callback)
         return callback
 
+    def _is_primary(self) -> bool:
+        """Whether this process owns logging and saving: always, except on the ranks other than 0 of a backend
+        with an ``is_primary`` hook (torch_distributed, docs/torch_distributed.md)."""
+        backend = self.backend
+        hook = getattr(BACKENDS.get(backend) if isinstance(backend, str) else backend, "is_primary", None)
+        return True if hook is None else bool(hook())
+
+    def save(self, path: Any, exclude: Optional[Iterable[str]] = None, include: Optional[Iterable[str]] = None) -> None:
+        """SB3's ``save``; a no-op on the ranks other than 0 of the torch_distributed backend (rank 0 writes the
+        file; every rank holds the same state)."""
+        if self._is_primary():
+            super().save(path, exclude=exclude, include=include)
+
     def _make_collector(self, seed: Optional[int] = None, counters: Optional[TimeCounters] = None) -> Collector:
         if self._env_factories is None:
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
@@ -966,6 +984,8 @@ class NIGTAlgorithm(BaseAlgorithm):
         """
         if self.env is None:
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
+        if not self._is_primary() and not self._custom_logger:
+            self.set_logger(Logger(folder=None, output_formats=[]))  # rank 0 logs; the others write nothing
         total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar)
         self._warn_if_budget_too_small(total_timesteps)
         if reset_num_timesteps:
