@@ -51,7 +51,7 @@ from contract_envs import SleepyEnv
 pytestmark = pytest.mark.timeout(60)
 
 #: Every backend the contract applies to.
-BACKEND_NAMES = ["inline", "subprocess"]
+BACKEND_NAMES = ["inline", "subprocess", "torch_distributed"]
 
 HORIZON, GAMMA, SEED = 5, 0.99, 11
 PENDULUM = EnvFactory("Pendulum-v1")
