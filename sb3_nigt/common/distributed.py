@@ -122,8 +122,9 @@ def init_process_group_from_env(timeout: float = DEFAULT_TIMEOUT, init_method: O
 
     Reads ``RANK`` (default 0), ``WORLD_SIZE`` (default 1), ``MASTER_ADDR`` (default :data:`DEFAULT_MASTER_ADDR`,
     loopback) and ``MASTER_PORT`` (required when ``WORLD_SIZE`` > 1; at world size 1 a free port is taken). Rank
-    0's ``TCPStore`` listens on ``MASTER_ADDR`` only; with a loopback address gloo's own sockets are also kept
-    on the loopback interface (``GLOO_SOCKET_IFNAME``, unless it is set). The process-group backend is gloo, or
+    0's ``TCPStore`` listens on ``MASTER_ADDR`` only; under torchrun (``TORCHELASTIC_USE_AGENT_STORE=True``) the
+    store is torchrun's agent's and every rank connects to it. With a loopback address gloo's own sockets are also
+    kept on the loopback interface (``GLOO_SOCKET_IFNAME``, unless it is set). The process-group backend is gloo, or
     ``cpu:gloo,cuda:nccl`` where CUDA is present (this backend's collectives carry CPU objects: gloo).
 
     :param timeout: seconds the rendezvous and every collective may wait for the other ranks (> 0).
@@ -162,7 +163,9 @@ def init_process_group_from_env(timeout: float = DEFAULT_TIMEOUT, init_method: O
         interface = _loopback_interface()
         if interface is not None:
             os.environ["GLOO_SOCKET_IFNAME"] = interface
-    store = _bound_store(address, port, world, rank == 0, delta)
+    # Under torchrun the agent already hosts the store on MASTER_PORT: every rank is a client (as torch's env://).
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = _bound_store(address, port, world, rank == 0 and not agent_store, delta)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=delta)
     _STORE = store
 
@@ -170,7 +173,7 @@ def init_process_group_from_env(timeout: float = DEFAULT_TIMEOUT, init_method: O
 def default_store() -> Optional[dist.TCPStore]:
     """The ``TCPStore`` of the default group: the one :func:`init_process_group_from_env` made, else torch's own
     (``_get_default_store``), else None."""
-    if _STORE is not None:
+    if _STORE is not None and dist.is_initialized():
         return _STORE
     if dist.is_available() and dist.is_initialized():
         try:
