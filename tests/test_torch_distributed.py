@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as torch_mp
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT
+from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.common.distributed import DEFAULT_MASTER_ADDR, TorchDistributedBackend, default_store
 
 pytestmark = pytest.mark.timeout(300)
@@ -34,6 +34,8 @@ TOTAL = 100
 STOP_AT = 43  # mid-round: the checkpoint holds a pending round
 STEP_KWARGS = dict(KWARGS, compute_times=[0.1, 0.2, 0.3], compute_time_unit="step")
 ALGORITHMS = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT}
+REAL = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT, "synchronized": SynchronizedNIGT}
+REAL_KWARGS = dict(n_agents=3, batch_size=4, horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]), clock="real")
 
 
 class SaveAndStop(BaseCallback):
@@ -85,6 +87,10 @@ def first_run(rank: int, out: Path) -> dict[str, Any]:
     backend = TorchDistributedBackend()
     model = RennalaNIGT("MlpPolicy", "Pendulum-v1", backend=backend, **STEP_KWARGS).learn(TOTAL)
     seen["per_step"] = dict(model_state(model), collectives=backend.collectives)
+    for name, algorithm in REAL.items():  # the real clock: counted with TCPStore.add, one collective per round
+        backend = TorchDistributedBackend()
+        model = algorithm("MlpPolicy", "Pendulum-v1", backend=backend, **REAL_KWARGS).learn(TOTAL)
+        seen[f"real_{name}"] = dict(model_state(model), collectives=backend.collectives, counts=model.last_counts.copy())
     store = default_store()
     assert store is not None
     seen["store"] = dict(host=store.host, port=store.port, listening=listening_address(store.port) if rank == 0 else "",
@@ -214,13 +220,27 @@ def test_a_dead_rank_makes_the_collective_raise_instead_of_hanging(ranks):
     assert dead["seconds"] < 60  # the group's timeout is 20 s
 
 
-def test_afedpg_and_the_real_clock_are_refused_naming_the_backend():
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_clock_over_two_ranks_ends_identical_on_both_with_one_collective_per_round(ranks, name):
+    first, second = (seen[f"real_{name}"] for seen in ranks["first"])
+    assert first["theta"].tobytes() == second["theta"].tobytes()
+    np.testing.assert_array_equal(first["momentum"], second["momentum"])
+    assert first["clock"] == second["clock"] and first["steps"] == second["steps"] and first["rounds"] == second["rounds"]
+    np.testing.assert_array_equal(first["counts"], second["counts"])
+    for seen in (first, second):
+        assert seen["rounds"] >= 3 and seen["collectives"] == seen["rounds"]
+        assert np.all(seen["counts"] >= 1) if name != "rennala" else seen["counts"].sum() == REAL_KWARGS["batch_size"]
+    if name == "rennala":  # exactly M trajectories of H steps in every round (Pendulum never ends before H)
+        assert first["steps"] == first["rounds"] * REAL_KWARGS["batch_size"] * REAL_KWARGS["horizon"]
+    if name == "synchronized":
+        assert np.all(first["counts"] == 1)
+
+
+def test_afedpg_is_refused_naming_the_backend():
     with pytest.raises(ValueError, match="backend: 'torch_distributed'.*AFedPG"):
         AFedPG("MlpPolicy", "Pendulum-v1", n_agents=2, horizon=5, seed=0, backend="torch_distributed")
     with pytest.raises(ValueError, match="backend: 'torch_distributed'"):
         AFedPG("MlpPolicy", "Pendulum-v1", n_agents=2, horizon=5, seed=0, backend=TorchDistributedBackend())
-    with pytest.raises(ValueError, match="clock: .*torch_distributed"):
-        RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, horizon=5, seed=0, clock="real", backend="torch_distributed")
 
 
 def test_bad_arguments_are_refused_naming_them():

@@ -202,7 +202,11 @@ class Collector:
                 until = end if up == math.inf or up > end else up
                 trace.append(TraceEvent(round_index, agent, "compute", -1, down, max(down, until), "down"))
         else:
-            arrivals, sums, stop, end, vectors = self._real(rule, round_index, start, trace)
+            distributed = getattr(self.backend, "real_round", None)  # a backend with its own real clock (torch_distributed)
+            if distributed is not None:
+                arrivals, sums, stop, end, vectors = distributed(self, rule, round_index, start, trace)
+            else:
+                arrivals, sums, stop, end, vectors = self._real(rule, round_index, start, trace)
         self._next_epoch()
         ordered = sorted(arrivals, key=lambda a: (a.agent, a.index))
         moments = [a.result.obs_moments for a in ordered if a.result.obs_moments is not None]

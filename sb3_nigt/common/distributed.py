@@ -9,8 +9,13 @@ and the first ``wait`` after a batch of submits exchanges every unit's result in
 bit for bit what the inline backend computes, and the collector, adding each agent's units in index order, ends
 every round with the same θ on every rank.
 
-What is not here: the real clock (refused with a ``ValueError``), AFedPG (no AllReduce: refused), and agent runs
-on more than one rank (at world size 1 they go straight to the local backend).
+On the real clock (:meth:`TorchDistributedBackend.real_round`) each rank runs its own agents and counts their
+finished trajectories with atomic ``TCPStore.add`` calls on the process group's store (no server); a round ends
+with one collective that combines the ranks' sums, counts and statistics.
+
+What is not here: AFedPG (no AllReduce: refused), emulated times (``time_scale``) over ranks, and agent runs
+driven directly through :meth:`~TorchDistributedBackend.start_run` on more than one rank (at world size 1 they go
+straight to the local backend).
 """
 
 from __future__ import annotations
@@ -22,14 +27,18 @@ import pickle
 import socket
 import time
 import traceback
+import uuid
 import warnings
 from collections import deque
 from typing import Any, Optional
 
+import numpy as np
 import torch as th
 import torch.distributed as dist
 
+from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
 from sb3_nigt.common.backends import (
+    AgentReport,
     AgentRun,
     Backend,
     BackendOptions,
@@ -39,7 +48,10 @@ from sb3_nigt.common.backends import (
     WorkerLost,
     register_backend,
 )
-from sb3_nigt.common.estimator import ObsNorm, UnitResult, WorkUnit
+from sb3_nigt.common.collector import Arrival
+from sb3_nigt.common.estimator import ObsNorm, TrajectoryStats, UnitResult, WorkUnit
+from sb3_nigt.common.exact import ExactTime
+from sb3_nigt.common.trace import TraceEvent
 
 #: The address rank 0's store binds to, and every rank connects to, when ``MASTER_ADDR`` is not set: loopback.
 DEFAULT_MASTER_ADDR = "127.0.0.1"
@@ -198,6 +210,16 @@ def _cpu_group() -> Any:
     return _GLOO_GROUPS[key]
 
 
+def _shareable(error: Optional[BaseException]) -> Optional[BaseException]:
+    """``error`` if it pickles (to travel in a collective), else a ``RuntimeError`` with its traceback's text."""
+    if error is None:
+        return None
+    try:
+        return pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError("".join(traceback.format_exception(error)))
+
+
 LOCAL_BACKENDS = ("inline", "subprocess")
 
 
@@ -233,6 +255,7 @@ class TorchDistributedBackend:
         self.rank, self.world_size = 0, 1
         self.group: Any = None
         self.started = False
+        self.nonce: Optional[str] = None  # the real clock's store-key prefix, agreed at its first round
         self._reset()
 
     def _reset(self) -> None:
@@ -257,19 +280,13 @@ class TorchDistributedBackend:
     def check_algorithm(algorithm: str, clock: str, per_agent_params: bool) -> None:
         """Refuse what this backend cannot run; called by the algorithms' constructor.
 
-        :raises ValueError: for AFedPG (``per_agent_params``: one server update per arrival, no round to reduce)
-            or the real clock (not implemented with this backend).
+        :raises ValueError: for AFedPG (``per_agent_params``: one server update per arrival, no round to reduce).
         """
         if per_agent_params:
             raise ValueError(
                 f"backend: 'torch_distributed' combines each round's gradients with one AllReduce-style collective; "
                 f"{algorithm} updates its server on every single arrival, at a θ of its own per agent, so it has no "
                 "AllReduce to distribute. Use backend='inline' or 'subprocess'"
-            )
-        if clock != "simulated":
-            raise ValueError(
-                f"clock: the 'torch_distributed' backend supports only clock='simulated' (the real clock's distributed "
-                f"variant is not implemented), got {clock!r}; use clock='simulated', or backend='subprocess' for the real clock"
             )
 
     @staticmethod
@@ -294,6 +311,7 @@ class TorchDistributedBackend:
         self.group = _cpu_group()
         self.local.start()
         self._reset()
+        self.nonce = None
         self.started = True
 
     def _started(self) -> None:
@@ -324,8 +342,8 @@ class TorchDistributedBackend:
 
     def _single(self, what: str) -> None:
         if self.world_size > 1:
-            raise ValueError(f"{what}: agent runs (the real clock) are not supported by the 'torch_distributed' backend "
-                             f"at world size {self.world_size} > 1")
+            raise ValueError(f"{what}: agent runs driven one by one are not supported by the 'torch_distributed' backend "
+                             f"at world size {self.world_size} > 1 (the real clock uses real_round)")
 
     def start_run(self, run: AgentRun) -> None:
         """World size 1 only: the run goes to the local backend.
@@ -389,13 +407,7 @@ class TorchDistributedBackend:
 
     def _exchange(self) -> list[UnitResult]:
         """The collective: every rank sends its computed units (or its error), every rank gets all of them."""
-        error = None
-        if self.error is not None:
-            try:
-                error = pickle.loads(pickle.dumps(self.error))
-            except Exception:
-                error = RuntimeError("".join(traceback.format_exception(self.error)))
-        payload = (error, [(number, r.gradient, r.trajectories, r.seconds) for number, r in self.done.items()])
+        payload = (_shareable(self.error), [(number, r.gradient, r.trajectories, r.seconds) for number, r in self.done.items()])
         gathered: list[Any] = [None] * self.world_size
         self.collectives += 1
         dist.all_gather_object(gathered, payload, group=self.group)
@@ -415,6 +427,163 @@ class TorchDistributedBackend:
             raise RuntimeError(f"torch_distributed: the ranks disagree on the round's work ({len(missing)} units were "
                                "computed by no rank); every rank must run the same script with the same arguments")
         return [results[number] for number in sorted(results) if batch[number].epoch >= self.live]
+
+    # -------------------------------------------------------------------------------------------- real clock
+    def _round_nonce(self) -> str:
+        """A name shared by every rank for this backend's store keys (one broadcast, at the first real round), so
+        that keys of another ``learn`` or of an earlier torchrun attempt never mix with this one's."""
+        if self.nonce is None:
+            box = [uuid.uuid4().hex if self.rank == 0 else None]
+            dist.broadcast_object_list(box, src=0, group=self.group)
+            self.nonce = str(box[0])
+        return self.nonce
+
+    def real_round(self, collector: Any, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
+        """The real clock over ranks: the distributed variant of ``Collector._real`` (docs/torch_distributed.md).
+
+        Each rank runs its own agents (``AgentRun`` on its local backend) and counts every finished trajectory
+        with an atomic ``TCPStore.add`` on the process group's store, no server: ``v = add(order_key, 1)`` gives
+        the trajectory's global arrival order, and for Rennala it counts iff v <= M, so a round stops at exactly
+        M. For the other rules each agent's count is kept in the store too (``add(agent_key, 1)``), and the rank
+        whose trajectory makes the rule done (read from every agent's count) sets the stop key; counts only grow
+        after that, which keeps Malenia's condition true (its harmonic mean only rises). Every rank then flushes
+        its runs and the ranks combine their sums, counts and trajectory statistics in one collective.
+
+        :return: as ``Collector._real``: (arrivals in arrival order, sums by agent, stop, end, vectors).
+        :raises ValueError: for ``time_scale`` > 0 (not emulated over ranks).
+        :raises RuntimeError: when the round does not end within the backend's ``timeout`` (a dead rank).
+        """
+        if collector.time_scale:
+            raise ValueError("time_scale: emulated times are not supported on the real clock with the 'torch_distributed' "
+                             "backend; leave time_scale=None")
+        store = default_store()
+        if store is None:
+            raise RuntimeError("torch_distributed: the real clock needs the process group's TCPStore, and none was found")
+        n, epoch, base = collector.n_agents, collector.epoch, float(start)
+        prefix = f"sb3_nigt/{self._round_nonce()}/{round_index}/{epoch}"
+        order_key, stop_key = f"{prefix}/order", f"{prefix}/stop"
+        rennala = isinstance(rule, RennalaAggregation)
+        limit = rule.max_per_agent
+        mine = [agent for agent in range(n) if self._owns(agent)]
+        wall = time.perf_counter()
+        counts = {agent: 0 for agent in mine}
+        counted: list[tuple[int, int, int, TrajectoryStats, float]] = []  # (order, agent, index, stats, elapsed)
+        sums: dict[int, np.ndarray] = {}
+        uploaded: dict[int, float] = {}
+        error: Optional[BaseException] = None
+        for agent in range(n):  # every rank advances every agent's counters alike
+            collector._transfer(agent, base)
+            if limit is not None:
+                collector._transfer(agent, base)
+        running = set(mine)
+
+        def global_done() -> bool:
+            probe = type(rule)(n, rule.batch_size)
+            for agent in range(n):
+                for _ in range(int(store.add(f"{prefix}/agent/{agent}", 0))):
+                    probe.add(agent)
+            return probe.done()
+
+        stopped = False
+        stop_elapsed = 0.0
+        try:
+            for agent in mine:
+                self.local.start_run(AgentRun(epoch, round_index, agent, 0, collector.seed, collector.agent_env_index[agent],
+                                              collector.horizon, collector.gamma, 0.0, (), collector.timing.per_step, limit, 0.0))
+            while not stopped:
+                if time.perf_counter() - wall > self.timeout:
+                    raise RuntimeError(f"torch_distributed: the real-clock round {round_index} did not end within "
+                                       f"timeout={self.timeout:g} s (a dead or stuck rank?)")
+                events: list[Event] = []
+                if running or any(counts[a] and a not in sums for a in mine if limit is not None):
+                    events = self.local.wait(timeout=0.02)
+                else:
+                    time.sleep(0.005)
+                for event in events:
+                    if isinstance(event, WorkerLost):
+                        raise RuntimeError(f"rank {self.rank}: local worker {event.worker} lost ({event.reason}) on the real "
+                                           "clock; the round cannot go on without its agents")
+                    if isinstance(event, UnitResult) and event.unit.epoch == epoch:  # an early upload (Synchronized)
+                        sums[event.unit.agent] = event.gradient
+                        uploaded[event.unit.agent] = time.perf_counter() - wall
+                        continue
+                    if not isinstance(event, AgentReport) or event.epoch != epoch or stopped:
+                        continue
+                    agent = event.stats.agent
+                    if agent not in running:
+                        continue
+                    order = int(store.add(order_key, 1))
+                    if rennala and order > rule.batch_size:  # the M-th was counted elsewhere: this one is not
+                        stopped = True
+                        continue
+                    elapsed = time.perf_counter() - wall
+                    counts[agent] += 1
+                    counted.append((order, agent, event.stats.index, event.stats, elapsed))
+                    if limit is not None and counts[agent] >= limit:
+                        running.discard(agent)
+                    if rennala:
+                        done = order >= rule.batch_size
+                    else:
+                        store.add(f"{prefix}/agent/{agent}", 1)
+                        done = global_done()
+                    if done:  # later reports of this batch are not counted; an early upload in it still is
+                        store.set(stop_key, "done")
+                        stopped = True
+                if not stopped:
+                    stopped = store.check([stop_key])
+            stop_elapsed = time.perf_counter() - wall
+            for agent in sorted(running):
+                self.local.flush(epoch, agent, counts[agent], 0.0)
+            missing = {agent for agent in mine if counts[agent] and agent not in sums}
+            while missing:
+                for event in self.local.wait(timeout=1.0):
+                    if isinstance(event, UnitResult) and event.unit.epoch == epoch and event.unit.agent in missing:
+                        sums[event.unit.agent] = event.gradient
+                        uploaded[event.unit.agent] = time.perf_counter() - wall
+                        missing.discard(event.unit.agent)
+                    elif isinstance(event, WorkerLost):
+                        raise RuntimeError(f"rank {self.rank}: local worker {event.worker} lost ({event.reason}) on the "
+                                           "real clock before its agents' sums were sent")
+        except Exception as exc:  # every rank must hear of it: stop the round, then raise after the collective
+            error = exc
+            store.set(stop_key, "error")
+        end_elapsed = max([stop_elapsed, *uploaded.values()])
+        payload = (_shareable(error), counts, sums, counted, stop_elapsed, end_elapsed)
+        gathered: list[Any] = [None] * self.world_size
+        self.collectives += 1
+        dist.all_gather_object(gathered, payload, group=self.group)
+        for rank, entry in enumerate(gathered):
+            if entry[0] is not None:
+                if rank == self.rank and error is not None:
+                    raise error
+                raise entry[0] from RuntimeError(f"raised on rank {rank} in the real-clock round {round_index}")
+        all_counts: dict[int, int] = {}
+        all_sums: dict[int, np.ndarray] = {}
+        everything: list[tuple[int, int, int, TrajectoryStats, float]] = []
+        for _, rank_counts, rank_sums, rank_counted, _, _ in gathered:
+            all_counts.update(rank_counts)
+            all_sums.update(rank_sums)
+            everything.extend(rank_counted)
+        for agent in range(n):  # canonical order
+            for _ in range(all_counts.get(agent, 0)):
+                rule.add(agent)
+        everything.sort(key=lambda entry: entry[0])  # the store's global arrival order
+        stop = base + max(entry[4] for entry in gathered)
+        end = base + max(entry[5] for entry in gathered)
+        arrivals = [Arrival(ExactTime.of(base + elapsed), agent, index, stats) for _, agent, index, stats, elapsed in everything]
+        for arrival in arrivals:
+            trace.append(TraceEvent(round_index, arrival.agent, "compute", arrival.index, float(arrival.time),
+                                    float(arrival.time), "counted"))
+        if limit is None:
+            for agent in range(n):
+                if all_counts.get(agent, 0):
+                    collector._transfer(agent, stop)
+        for agent in range(n):  # as Collector._real without emulation: the counted gradients plus the one in flight
+            collector.counters.compute[agent] += all_counts.get(agent, 0) + 1
+        for agent in sorted(all_sums):
+            trace.append(TraceEvent(round_index, agent, "upload", -1, stop, end, "sent"))
+        sums_out = {agent: all_sums[agent] for agent in sorted(all_sums) if rule.counts[agent] > 0}
+        return arrivals, sums_out, stop, end, len(sums_out)
 
     def cancel(self, epoch: int) -> None:
         self.live = max(self.live, epoch)
