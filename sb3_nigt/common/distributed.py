@@ -230,7 +230,8 @@ class TorchDistributedBackend:
     computed on rank i mod world size by a local backend; the first :meth:`wait` after a batch of submits
     waits for this rank's units, then exchanges all of the batch's results in one ``all_gather_object``
     (:attr:`collectives` counts them) and returns every unit's :class:`UnitResult`, in submission order, on every
-    rank. Gradients travel as float64 ``(d,)`` vectors, pickled: bit for bit.
+    rank. Gradients travel as float64 ``(d,)`` vectors, pickled: bit for bit. On the real clock the collector
+    calls :meth:`real_round` instead (trajectories counted with ``TCPStore.add``, one collective per round).
 
     :param local: the backend that computes this rank's units: ``"inline"`` (default) or ``"subprocess"``
         (``n_workers`` local processes, for several cores per rank).
