@@ -13,6 +13,7 @@ every backend equals it bit for bit, hence every backend equals every other.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import multiprocessing as mp
 import os
 import pickle
@@ -50,8 +51,11 @@ from contract_envs import SleepyEnv
 
 pytestmark = pytest.mark.timeout(60)
 
+#: Whether ray is installed (the "ray" extra): the Ray backend joins the suite only then.
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+
 #: Every backend the contract applies to.
-BACKEND_NAMES = ["inline", "subprocess", "torch_distributed"]
+BACKEND_NAMES = ["inline", "subprocess", "torch_distributed"] + (["ray"] if HAVE_RAY else [])
 
 HORIZON, GAMMA, SEED = 5, 0.99, 11
 PENDULUM = EnvFactory("Pendulum-v1")
@@ -202,8 +206,85 @@ class SubprocessFaults:
                 shared_memory.SharedMemory(name=memory)
 
 
+class RayFaults:
+    """How the failure tests reach the actors of a :class:`~sb3_nigt.common.ray_backend.RayBackend`."""
+
+    @staticmethod
+    def holding_units(backend: Any) -> int:
+        return next(i for i, actor in enumerate(backend.actors) if actor.units)
+
+    @staticmethod
+    def units(backend: Any, index: int) -> list[WorkUnit]:
+        return list(backend.actors[index].units)
+
+    @staticmethod
+    def pid(backend: Any, index: int) -> int:
+        import ray
+
+        return ray.get(backend.actors[index].ready_ref, timeout=45)  # a replacement: once it is built
+
+    @staticmethod
+    def alive(backend: Any, index: int) -> bool:
+        import ray
+
+        try:
+            return ray.get(backend.actors[index].handle.ready.remote(), timeout=45) > 0
+        except ray.exceptions.RayError:
+            return False
+
+    @staticmethod
+    def kill(backend: Any, index: int) -> None:
+        os.kill(RayFaults.pid(backend, index), signal.SIGKILL)
+
+    @staticmethod
+    def send_raw(backend: Any, index: int, message: tuple) -> None:
+        backend._send(backend.actors[index], message)
+
+    @staticmethod
+    def record_messages(backend: Any, sizes: list[int]) -> None:
+        """Record the pickled size of every command posted to an actor (θ travels beside it as an ObjectRef)."""
+        send = backend._send
+
+        def spy(actor: Any, message: tuple, refs: Optional[list] = None) -> None:
+            sizes.append(len(pickle.dumps(message)))
+            assert refs is None or all(type(ref).__name__ == "ObjectRef" for ref in refs)
+            send(actor, message, refs)
+
+        backend._send = spy
+
+    @staticmethod
+    def resources(backend: Any) -> tuple[list, Optional[str]]:
+        return [RayFaults.pid(backend, i) for i in range(len(backend.actors))], None
+
+    @staticmethod
+    def assert_released(resources: tuple[list, Optional[str]]) -> None:
+        pids, _ = resources
+        deadline = time.monotonic() + 20
+        for pid in pids:
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                assert time.monotonic() < deadline, f"actor process {pid} is still alive"
+                time.sleep(0.1)
+
+
 #: Backends with workers they can lose, and how the failure tests reach those workers.
-FAULTS: dict[str, Any] = {"subprocess": SubprocessFaults}
+FAULTS: dict[str, Any] = {"subprocess": SubprocessFaults, **({"ray": RayFaults} if HAVE_RAY else {})}
+
+
+@pytest.fixture(scope="module")
+def ray_runtime() -> Any:
+    """One local Ray runtime (loopback, no dashboard) for every Ray test of this module, shut down at its end."""
+    ray = pytest.importorskip("ray")
+    started_here = not ray.is_initialized()
+    if started_here:  # the workers import this folder's modules (contract_envs) by name, as subprocess workers do
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 job_config=ray.job_config.JobConfig(code_search_path=[os.path.dirname(os.path.abspath(__file__))]))
+    yield ray
+    if started_here:
+        ray.shutdown()
 
 
 def close_and_check(name: str, backend: Backend) -> None:
@@ -215,11 +296,13 @@ def close_and_check(name: str, backend: Backend) -> None:
 
 
 @pytest.fixture
-def started() -> Callable[..., Backend]:
+def started(request) -> Callable[..., Backend]:
     """Factory of started backends (two workers, options as keyword arguments), each closed and checked at the end."""
     made: list[tuple[str, Backend]] = []
 
     def factory(name: str, args: Optional[dict[str, Any]] = None, **options: Any) -> Backend:
+        if name == "ray":
+            request.getfixturevalue("ray_runtime")
         options.setdefault("n_workers", 2)
         backend = make_backend(name, args if args is not None else worker_args(), BackendOptions(**options))
         made.append((name, backend))

@@ -1135,3 +1135,13 @@ class SubprocessBackend:
 
 register_backend("inline", InlineBackend)
 register_backend("subprocess", SubprocessBackend)
+
+
+def _ray_backend() -> Backend:
+    """``backend="ray"``: imports ray (and the Ray backend) only when it is used (docs/ray.md)."""
+    from sb3_nigt.common.ray_backend import RayBackend
+
+    return RayBackend()
+
+
+register_backend("ray", _ray_backend)

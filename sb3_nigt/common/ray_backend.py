@@ -1,0 +1,757 @@
+"""The Ray backend (``backend="ray"``): the agents' work runs in Ray actors (docs/ray.md, docs/backends.md).
+
+Each worker is a threaded Ray actor holding a :class:`~sb3_nigt.common.estimator.GradientWorker`. Inside it an
+event loop (one Python thread, one torch thread) does what a subprocess worker does: it computes units, runs
+agents on the real clock with their emulated times, sends each finished trajectory as a small report and a
+flushed run's sum once. The main process talks to it with two actor methods: ``post`` (a small command, with a
+sequence number, since a threaded actor does not keep the order of calls) and ``poll`` (a long poll returning
+what the loop sent); it waits on every actor's outstanding poll with ``ray.wait``. θ is ``ray.put`` at most once
+per ``publish``: the work carries the ObjectRef, and an actor fetches it only when it needs a version it has
+not loaded.
+
+A worker is lost when its poll fails (``RayActorError``, ``ActorDiedError``, ``ActorUnavailableError``), when
+its loop ended after an error, or when a busy worker shows no progress for ``worker_timeout`` seconds. The lost
+actor is killed for good and replaced by a fresh one (Ray's own restarts are not used: a restarted actor keeps
+its handle, so calls in flight at the death could land on either incarnation), and ``wait`` returns a
+:class:`~sb3_nigt.common.backends.WorkerLost` with the live units and runs it held.
+
+Ray is imported only by this module, so importing sb3_nigt never imports ray.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import os
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch as th
+
+from sb3_nigt.common.backends import (
+    AgentReport,
+    AgentRun,
+    BackendOptions,
+    Event,
+    WorkerError,
+    WorkerLost,
+    _check_slot,
+    _flush_result,
+    _picklable,
+    _RunState,
+)
+from sb3_nigt.common.estimator import GradientWorker, JobCancelled, ObsNorm, UnitResult, WorkUnit
+
+INSTALL_HINT = 'the Ray backend needs ray: pip install "sb3-nigt[ray]"'
+
+
+def _import_ray() -> Any:
+    """The ``ray`` module.
+
+    :raises ImportError: naming ``pip install "sb3-nigt[ray]"`` when ray is not installed.
+    """
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover - ray is installed where this is tested
+        raise ImportError(f"backend='ray': {INSTALL_HINT}") from exc
+    return ray
+
+
+def _init_on_loopback(ray: Any, kwargs: dict[str, Any]) -> None:
+    """Start a local runtime whose processes listen on 127.0.0.1 only.
+
+    On Linux Ray 2.x turns ``_node_ip_address="127.0.0.1"`` into the host's routable address (and its processes
+    listen on every interface) unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set before ray was imported;
+    the same switch (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``) is turned off for the duration of
+    ``ray.init``. A ``RuntimeWarning`` says so if the node still got another address.
+    """
+    import importlib
+    import warnings
+
+    try:
+        ray_constants: Any = importlib.import_module("ray._private.ray_constants")
+    except ImportError:  # pragma: no cover - a Ray without that module
+        ray_constants = None
+    previous = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    try:
+        if previous is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        ray.init(**kwargs)
+    finally:
+        if previous is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = previous
+    addresses = {node.get("NodeManagerAddress") for node in ray.nodes()}
+    if addresses != {"127.0.0.1"}:
+        warnings.warn(f"backend='ray': the local Ray runtime was meant to listen on 127.0.0.1 only, but its node "
+                      f"address is {sorted(map(str, addresses))}; set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before "
+                      "importing ray, or start Ray yourself", RuntimeWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------------------ actor
+class _ActorWorker:
+    """The body of a worker actor: a :class:`GradientWorker` and an event loop in a thread of its own.
+
+    Commands (``post``) are applied in sequence order; what the loop sends is collected by ``poll``.
+    Messages sent: ``("result", UnitResult)``, ``("cancelled", WorkUnit)``, ``("report", epoch, stats)``,
+    ``("flushed", UnitResult)``, ``("alive",)`` (a heartbeat while busy), ``("error", exc, traceback)``.
+
+    :param worker_args: the arguments of :class:`GradientWorker`.
+    :param heartbeat: seconds between heartbeats of a busy loop; None: none.
+    """
+
+    def __init__(self, worker_args: dict[str, Any], heartbeat: Optional[float]) -> None:
+        th.set_num_threads(1)
+        self.heartbeat = heartbeat
+        self.worker = GradientWorker(**worker_args)
+        self.live = 0
+        self.lock = threading.Condition()
+        self.outgoing: list[tuple] = []
+        self.exited: Optional[str] = None
+        self.commands: queue.Queue = queue.Queue()
+        self.early: dict[int, tuple] = {}
+        self.next_seq = 0
+        self.last_sent = time.monotonic()
+        self.thread = threading.Thread(target=self._main, name="sb3-nigt-worker", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------------------- called by the main process
+    def ready(self) -> int:
+        """The actor's process id, once it is built."""
+        return os.getpid()
+
+    def post(self, seq: int, live: int, message: tuple) -> None:
+        """Deliver command number ``seq`` (applied in sequence order) and raise the live epoch to ``live``."""
+        with self.lock:
+            self.live = max(self.live, live)
+            self.early[seq] = message
+            while self.next_seq in self.early:
+                self.commands.put(self.early.pop(self.next_seq))
+                self.next_seq += 1
+
+    def cancel(self, live: int) -> None:
+        """Raise the live epoch to ``live`` at once (running work of lower epochs is abandoned)."""
+        with self.lock:
+            self.live = max(self.live, live)
+
+    def poll(self, timeout: float) -> tuple[list[tuple], Optional[str]]:
+        """What the loop sent since the last poll (waits up to ``timeout`` seconds for something), and why the
+        loop ended (None while it runs)."""
+        with self.lock:
+            if not self.outgoing and self.exited is None:
+                self.lock.wait(timeout)
+            out, self.outgoing = self.outgoing, []
+            return out, self.exited
+
+    # ------------------------------------------------------------------------------------- the loop
+    def _send(self, message: tuple) -> None:
+        with self.lock:
+            self.outgoing.append(message)
+            self.last_sent = time.monotonic()
+            self.lock.notify_all()
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None and time.monotonic() - self.last_sent >= self.heartbeat:
+            self._send(("alive",))
+
+    def _cancelled_below(self, epoch: int) -> Callable[[], bool]:
+        def cancelled() -> bool:  # every 64 environment steps and every 10 ms of an emulated wait
+            self._beat()
+            return self.live > epoch
+
+        return cancelled
+
+    def _main(self) -> None:
+        th.set_num_threads(1)  # in this thread too: OpenMP keeps the number of threads per calling thread
+        try:
+            self._loop()
+            reason = "closed"
+        except Exception as exc:  # sent to the main process, which re-raises it
+            self._send(("error", _picklable(exc), traceback.format_exc()))
+            reason = f"its loop stopped: {type(exc).__name__}: {exc}"
+        finally:
+            self.worker.close()
+        with self.lock:
+            self.exited = reason
+            self.lock.notify_all()
+
+    def _loop(self) -> None:
+        import ray
+
+        worker = self.worker
+        published: dict[int, tuple[int, Any, Optional[ObsNorm]]] = {}
+        loaded: list[Optional[tuple[int, int]]] = [None]
+        runs: dict[int, _RunState] = {}
+        outbox: list[tuple[float, int, int, tuple]] = []  # (due, order, epoch, message): emulated uploads
+        order = itertools.count()
+
+        def load(slot: int) -> None:
+            version, ref, obs_norm = published[slot]
+            if loaded[0] != (slot, version):
+                worker.set_params(np.array(ray.get(ref), dtype=np.float32), obs_norm)  # fetched once per version
+                loaded[0] = (slot, version)
+
+        def upload(state: _RunState, count: int, delay: float) -> None:
+            load(-1)
+            result = _flush_result(worker, state, count)
+            result.seconds += delay
+            heapq.heappush(outbox, (time.monotonic() + delay, next(order), state.run.epoch, ("flushed", result)))
+
+        def handle(message: tuple) -> bool:
+            command = message[0]
+            if command == "unit":
+                _, unit, version, refs, obs_norm = message
+                published[unit.slot] = (version, refs[0], obs_norm)
+                cancelled = self._cancelled_below(unit.epoch)
+                try:
+                    if cancelled():
+                        raise JobCancelled()
+                    load(unit.slot)
+                    result = worker.run_unit(unit, cancelled)
+                except JobCancelled:
+                    self._send(("cancelled", unit))
+                else:
+                    self._send(("result", result))
+            elif command == "run":
+                _, run, version, refs, obs_norm = message
+                published[-1] = (version, refs[0], obs_norm)
+                runs[run.agent] = _RunState(run, time.monotonic())
+            elif command == "flush":
+                _, epoch, agent, count, delay = message
+                state = runs.get(agent)
+                if state is not None and state.run.epoch == epoch:
+                    del runs[agent]  # its trajectory in progress, if any, is dropped
+                    if count > 0:
+                        upload(state, count, delay)
+            elif command == "close":
+                return False
+            else:
+                raise ValueError(f"worker: unknown command {command!r}")
+            return True
+
+        def step(state: _RunState) -> bool:
+            run = state.run
+            progressed = False
+            if state.pending is None:
+                if time.monotonic() < state.next_at:
+                    return False
+                try:
+                    load(-1)
+                    state.pending = state.sample(worker, self._cancelled_below(run.epoch))
+                except JobCancelled:
+                    runs.pop(run.agent, None)
+                    return True
+                progressed = True
+            if time.monotonic() < state.pending[1]:
+                return progressed
+            self._send(("report", run.epoch, state.finish()))
+            if state.limit_reached:  # Synchronized NIGT: the agent stops and uploads at once
+                del runs[run.agent]
+                upload(state, len(state.trajectories), run.upload_delay)
+            return True
+
+        while True:
+            epoch = self.live
+            for agent in [a for a, s in runs.items() if s.run.epoch < epoch]:
+                del runs[agent]
+            if any(entry[2] < epoch for entry in outbox):
+                outbox[:] = [entry for entry in outbox if entry[2] >= epoch]
+                heapq.heapify(outbox)
+            if not runs and not outbox:
+                if not handle(self.commands.get()):
+                    return
+                continue
+            while True:
+                try:
+                    message = self.commands.get_nowait()
+                except queue.Empty:
+                    break
+                if not handle(message):
+                    return
+            while outbox and outbox[0][0] <= time.monotonic():
+                self._send(heapq.heappop(outbox)[3])
+            progressed = False
+            for state in list(runs.values()):
+                if runs.get(state.run.agent) is state:
+                    progressed = step(state) or progressed
+            if progressed:
+                continue
+            self._beat()
+            due = [entry[0] for entry in outbox[:1]] + [s.pending[1] if s.pending is not None else s.next_at for s in runs.values()]
+            wake = min(due) - time.monotonic() if due else 0.05
+            try:
+                message = self.commands.get(timeout=min(max(wake, 0.0), 0.05))
+            except queue.Empty:
+                continue
+            if not handle(message):
+                return
+
+
+# ------------------------------------------------------------------------------------------- main side
+class _Actor:
+    """The main process's handle on one worker actor and the work it holds."""
+
+    def __init__(self, handle: Any, ready: Any, poll: Any) -> None:
+        self.handle = handle
+        self.ready_ref = ready  # its process id once built
+        self.poll_ref = poll  # the outstanding long poll
+        self.seq = 0
+        self.started = False  # it answered a poll: hang detection applies from then on
+        self.created = time.monotonic()
+        self.units: list[WorkUnit] = []
+        self.runs: dict[int, AgentRun] = {}
+        self.flushed: set[int] = set()
+        self.heard = time.monotonic()
+        self.posts: deque = deque()  # refs of posts not yet seen to complete
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.units) or bool(self.runs)
+
+    def load(self) -> int:
+        return len(self.units) + len(self.runs)
+
+    def holds_live(self, live: int) -> bool:
+        return bool(self.runs) or any(u.epoch >= live for u in self.units)
+
+    def answered(self, unit: WorkUnit) -> None:
+        try:
+            self.units.remove(unit)
+        except ValueError:
+            pass
+
+
+class RayBackend:
+    """Runs the agents' work in Ray actors (``backend="ray"``, or an instance to configure it).
+
+    Connection: if Ray is already initialised in this process the runtime is used as it is and left running at
+    :meth:`close`; otherwise :meth:`start` calls ``ray.init(address=address, include_dashboard=False,
+    **init_kwargs)`` (no address: a new local runtime bound to 127.0.0.1) and :meth:`close` shuts it down.
+
+    :param address: the cluster to join (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``); None: a
+        running runtime of this process, else a new local one on the loopback interface.
+    :param actor_options: options of every worker actor (``.options(**actor_options)``, e.g. ``num_cpus``,
+        ``num_gpus``, ``resources``, ``runtime_env``, ``scheduling_strategy``); default ``num_cpus`` is
+        min(1, the cluster's CPUs / n_workers), so that every worker fits. ``max_concurrency`` is at least 4 and
+        ``max_restarts`` is 0 whatever is given: this backend replaces lost actors itself.
+    :param init_kwargs: extra keyword arguments of ``ray.init`` when this backend starts the runtime (e.g.
+        ``num_cpus``, ``runtime_env``, ``namespace``).
+    :param prefetch: units queued per actor (>= 1).
+    :param start_timeout: seconds to wait for the actors to be built and scheduled at :meth:`start` (and for a
+        replacement before it counts as lost), e.g. when the cluster lacks the resources asked for.
+    :raises ValueError: for ``prefetch`` < 1, ``start_timeout`` <= 0, or options that are not a dict.
+    """
+
+    #: Seconds a poll waits in the actor for something to say.
+    POLL_SECONDS = 0.5
+
+    def __init__(self, address: Optional[str] = None, actor_options: Optional[dict[str, Any]] = None,
+                 init_kwargs: Optional[dict[str, Any]] = None, prefetch: int = 2, start_timeout: float = 120.0) -> None:
+        if actor_options is not None and not isinstance(actor_options, dict):
+            raise ValueError(f"actor_options: expected a dict of Ray actor options, got {actor_options!r}")
+        if init_kwargs is not None and not isinstance(init_kwargs, dict):
+            raise ValueError(f"init_kwargs: expected a dict of ray.init keyword arguments, got {init_kwargs!r}")
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch: expected an int >= 1, got {prefetch!r}")
+        if not start_timeout > 0:
+            raise ValueError(f"start_timeout: expected seconds > 0, got {start_timeout!r}")
+        self.address = address
+        self.actor_options = dict(actor_options or {})
+        self.init_kwargs = dict(init_kwargs or {})
+        self.prefetch = prefetch
+        self.start_timeout = float(start_timeout)
+        self.worker_args: dict[str, Any] = {}
+        self.options = BackendOptions()
+        self.n_workers = 1
+        self._reset_runtime()
+
+    def _reset_runtime(self) -> None:
+        self.actors: list[_Actor] = []
+        self.queue: deque[WorkUnit] = deque()
+        self.live = 0
+        self.published: dict[int, list[Any]] = {}  # slot -> [version, θ float32 (d,), obs_norm, ObjectRef | None]
+        self.n_params = 0
+        self.failures = 0
+        self.broken: Optional[str] = None
+        self.owns_runtime = False
+        self.actor_class: Any = None
+
+    #: What a pickled backend leaves out: actors, refs, and what ``bind`` and ``start`` set up again.
+    _RUNTIME = ("worker_args", "actors", "queue", "live", "published", "n_params", "failures", "broken",
+                "owns_runtime", "actor_class")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key not in self._RUNTIME}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.worker_args = {}
+        self._reset_runtime()
+
+    def bind(self, worker_args: dict[str, Any], options: BackendOptions) -> None:
+        """Remember what the actors are built from; starts nothing."""
+        self.worker_args = worker_args
+        self.options = options
+        self.n_workers = int(options.n_workers or os.cpu_count() or 1)
+
+    # -------------------------------------------------------------------------------------- actors
+    def _connect(self) -> Any:
+        ray = _import_ray()
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = dict(include_dashboard=False)
+            if self.address is None:
+                kwargs["_node_ip_address"] = "127.0.0.1"
+            kwargs.update(self.init_kwargs)
+            if self.address is None and kwargs["_node_ip_address"] == "127.0.0.1":
+                _init_on_loopback(ray, kwargs)
+            else:
+                ray.init(address=self.address, **kwargs)
+            self.owns_runtime = True
+        return ray
+
+    def _heartbeat(self) -> Optional[float]:
+        timeout = self.options.worker_timeout
+        return None if timeout is None else min(1.0, timeout / 4)
+
+    def _actor_options(self, ray: Any) -> dict[str, Any]:
+        options = dict(self.actor_options)
+        if "num_cpus" not in options:
+            cpus = float(ray.cluster_resources().get("CPU", 1.0))
+            options["num_cpus"] = max(0.0, min(1.0, math.floor(cpus / self.n_workers * 1e4) / 1e4))
+        # Ray sets OMP_NUM_THREADS to the actor's CPUs (1), which changes how many threads numpy's BLAS uses in the
+        # rollouts' forward passes, and so the last bits of large layers: the actors get this process's setting.
+        runtime_env = dict(options.get("runtime_env") or {})
+        env_vars = dict(runtime_env.get("env_vars") or {})
+        for key in _BLAS_THREADS:
+            if key in os.environ:
+                env_vars.setdefault(key, os.environ[key])
+        env_vars.setdefault("OMP_NUM_THREADS", str(_local_cpus()))
+        runtime_env["env_vars"] = env_vars
+        options["runtime_env"] = runtime_env
+        options["max_concurrency"] = max(4, int(options.get("max_concurrency", 4)))
+        options["max_restarts"] = 0
+        options["max_task_retries"] = 0
+        return options
+
+    def _spawn(self) -> _Actor:
+        handle = self.actor_class.remote(self.worker_args, self._heartbeat())
+        return _Actor(handle, handle.ready.remote(), handle.poll.remote(self.POLL_SECONDS))
+
+    def start(self) -> None:
+        """Connect to Ray (see the class) and start ``n_workers`` actors; returns once they are built.
+
+        :raises ImportError: when ray is not installed.
+        :raises WorkerError: when the actors cannot be built (the cause chained) or scheduled within
+            ``start_timeout`` seconds.
+        """
+        self.close()
+        ray = self._connect()
+        try:
+            self.actor_class = ray.remote(_ActorWorker).options(**self._actor_options(ray))
+            with th.random.fork_rng(devices=[]):
+                args = self.worker_args
+                policy = args["policy_class"](args["observation_space"], args["action_space"], None, **args["policy_kwargs"])
+            self.n_params = sum(p.numel() for p in policy.parameters())
+            self.actors = [self._spawn() for _ in range(self.n_workers)]
+            refs = [actor.ready_ref for actor in self.actors]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
+            if len(ready) < len(refs):
+                raise WorkerError(
+                    f"backend='ray': {len(refs) - len(ready)} of {len(refs)} actors were not running after "
+                    f"{self.start_timeout:g} s: the cluster may lack the resources asked for ({self._actor_options(ray)}); "
+                    "lower n_workers or actor_options['num_cpus']"
+                )
+            try:
+                ray.get(refs)
+            except ray.exceptions.RayError as exc:
+                raise WorkerError(f"backend='ray': a worker actor could not be built: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _started(self) -> None:
+        if not self.actors:
+            raise RuntimeError("the backend is not started: call start() first")
+
+    def _send(self, actor: _Actor, message: tuple, refs: Optional[list[Any]] = None) -> None:
+        """Post a small command (θ travels as an ObjectRef in ``refs``, never as a vector)."""
+        payload = message if refs is None else (*message[:3], refs, *message[3:])
+        actor.posts.append(actor.handle.post.remote(actor.seq, self.live, payload))
+        actor.seq += 1
+        if len(actor.posts) > 64:
+            self._harvest(actor)
+
+    @staticmethod
+    def _harvest(actor: _Actor) -> None:
+        """Forget the posts already done (a failed one shows as the actor's loss, through its poll)."""
+        import ray
+
+        done, _ = ray.wait(list(actor.posts), num_returns=len(actor.posts), timeout=0)
+        finished = set(done)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except Exception:
+                pass
+        actor.posts = deque(ref for ref in actor.posts if ref not in finished)
+
+    def _theta(self, slot: int) -> tuple[int, list[Any], Optional[ObsNorm]]:
+        """(version, [ObjectRef of θ], obs_norm) of the slot; θ is put in the object store once per publish."""
+        import ray
+
+        entry = self.published[slot]
+        if entry[3] is None:
+            entry[3] = ray.put(entry[1])
+        return entry[0], [entry[3]], entry[2]
+
+    # ---------------------------------------------------------------------------------------- work
+    def publish(self, params: np.ndarray, obs_norm: Optional[ObsNorm], slot: int = -1) -> None:
+        """θ (float32 ``(d,)``) of ``slot``; kept here and put in the object store when work first needs it.
+
+        :raises ValueError: for a bad slot or a vector of the wrong shape.
+        """
+        self._started()
+        _check_slot(slot, self.options.agent_slots)
+        params = np.array(params, dtype=np.float32)
+        if params.shape != (self.n_params,):
+            raise ValueError(f"params: expected shape ({self.n_params},), got {params.shape}")
+        version = self.published[slot][0] + 1 if slot in self.published else 1
+        self.published[slot] = [version, params, obs_norm, None]
+
+    def _home(self, agent: int) -> Optional[int]:
+        return agent % self.n_workers if self.options.pin_agents else None
+
+    def submit(self, unit: WorkUnit) -> None:
+        """Queue a unit. :raises ValueError: when θ was never published to its slot."""
+        self._started()
+        if unit.slot not in self.published:
+            raise ValueError(f"submit: θ was never published to slot {unit.slot}")
+        if unit.epoch >= self.live:
+            self.queue.append(unit)
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        waiting: deque[WorkUnit] = deque()
+        while self.queue:
+            unit = self.queue.popleft()
+            if unit.epoch < self.live:
+                continue
+            home = self._home(unit.agent)
+            if home is None:
+                home = min(range(len(self.actors)), key=lambda w: self.actors[w].load())
+            actor = self.actors[home]
+            if len(actor.units) >= self.prefetch:
+                waiting.append(unit)
+                if not self.options.pin_agents:
+                    waiting.extend(self.queue)
+                    self.queue.clear()
+                continue
+            if not actor.busy:
+                actor.heard = time.monotonic()
+            actor.units.append(unit)
+            version, refs, obs_norm = self._theta(unit.slot)
+            self._send(actor, ("unit", unit, version, obs_norm), refs)
+        self.queue = waiting
+
+    def start_run(self, run: AgentRun) -> None:
+        """Start an agent run on actor ``agent % n_workers``. :raises ValueError: when no broadcast θ was published."""
+        self._started()
+        if -1 not in self.published:
+            raise ValueError("start_run: no broadcast θ was published")
+        if run.epoch < self.live:
+            return
+        actor = self.actors[run.agent % self.n_workers]
+        if not actor.busy:
+            actor.heard = time.monotonic()
+        actor.runs[run.agent] = run
+        actor.flushed.discard(run.agent)
+        version, refs, obs_norm = self._theta(-1)
+        self._send(actor, ("run", run, version, obs_norm), refs)
+
+    def flush(self, epoch: int, agent: int, count: int, upload_delay: float = 0.0) -> None:
+        """End the agent's run (see :class:`~sb3_nigt.common.backends.Backend`); ignored if it is not live."""
+        if not self.actors:
+            return
+        actor = self.actors[agent % self.n_workers]
+        run = actor.runs.get(agent)
+        if run is None or run.epoch != epoch or agent in actor.flushed or epoch < self.live:
+            return
+        self._send(actor, ("flush", epoch, agent, count, upload_delay))
+        if count == 0:
+            del actor.runs[agent]
+        else:
+            actor.flushed.add(agent)
+
+    def _pending(self) -> bool:
+        return any(u.epoch >= self.live for u in self.queue) or any(a.holds_live(self.live) for a in self.actors)
+
+    def _kill(self, actor: _Actor) -> None:
+        import ray
+
+        try:
+            ray.kill(actor.handle, no_restart=True)
+        except Exception:
+            pass
+
+    def _lose(self, index: int, reason: str) -> WorkerLost:
+        """Kill actor ``index`` for good and replace it; its live work is returned in a :class:`WorkerLost`."""
+        actor = self.actors[index]
+        self._kill(actor)
+        self.failures += 1
+        lost = WorkerLost(index, reason, [u for u in actor.units if u.epoch >= self.live],
+                          [r for r in actor.runs.values() if r.epoch >= self.live])
+        actor.units, actor.runs, actor.flushed = [], {}, set()
+        if self.failures > self.options.max_failures:
+            self.broken = (
+                f"Ray worker actors failed {self.failures} times in a row (last: actor {index}, {reason}); "
+                f"training stopped with θ, d_t and the clock at their last good values (max_failures="
+                f"{self.options.max_failures})"
+            )
+            raise WorkerError(self.broken)
+        self.actors[index] = self._spawn()
+        return lost
+
+    def wait(self, timeout: Optional[float] = None) -> list[Event]:
+        """Block until at least one event or ``timeout`` seconds; see :class:`~sb3_nigt.common.backends.Backend`.
+
+        :raises RuntimeError: when no work of a live epoch is pending.
+        :raises WorkerError: after more than ``max_failures`` actor losses in a row.
+        :raises Exception: an exception raised by user code in an actor (e.g. ``ValueError`` for a NaN reward),
+            re-raised as its own type.
+        """
+        if self.broken is not None:
+            raise WorkerError(self.broken)
+        self._started()
+        import ray
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._dispatch()
+        if not self._pending():
+            raise RuntimeError("wait() called with no work pending: submit a unit or start a run first")
+        while True:
+            step = 1.0
+            if self.options.worker_timeout is not None:
+                step = min(step, self.options.worker_timeout / 2)
+            if deadline is not None:
+                step = max(0.0, min(step, deadline - time.monotonic()))
+            refs = {actor.poll_ref: i for i, actor in enumerate(self.actors)}
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=step)
+            if ready:
+                ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+            events: list[Event] = []
+            for ref in ready:
+                events.extend(self._receive(refs[ref]))
+            now = time.monotonic()
+            limit = self.options.worker_timeout
+            for index, actor in enumerate(self.actors):
+                if not actor.started and now - actor.created > self.start_timeout:
+                    events.append(self._lose(index, f"not running after {self.start_timeout:g} s"))
+                elif actor.started and limit is not None and actor.busy and now - actor.heard > limit:
+                    events.append(self._lose(index, f"no sign of progress for {limit:g} s (hung)"))
+            self._dispatch()
+            if events or (deadline is not None and time.monotonic() >= deadline) or not self._pending():
+                return events
+
+    def _receive(self, index: int) -> list[Event]:
+        """Handle actor ``index``'s answered poll and poll it again."""
+        import ray
+
+        actor = self.actors[index]
+        try:
+            messages, exited = ray.get(actor.poll_ref)
+        except ray.exceptions.RayActorError as exc:  # ActorDiedError, ActorUnavailableError
+            return [self._lose(index, f"actor died ({type(exc).__name__}: {_first_line(exc)})")]
+        except ray.exceptions.RayTaskError as exc:
+            raise exc.as_instanceof_cause() from None
+        except ray.exceptions.RayError as exc:  # the node or the object store failed
+            return [self._lose(index, f"actor lost ({type(exc).__name__}: {_first_line(exc)})")]
+        if not actor.started:
+            actor.started, actor.heard = True, time.monotonic()
+        events: list[Event] = []
+        live = self.live
+        for message in messages:
+            actor.heard = time.monotonic()
+            kind = message[0]
+            if kind == "error":
+                _, error, text = message
+                self.actors[index].poll_ref = actor.handle.poll.remote(self.POLL_SECONDS)
+                if error is not None:
+                    raise error from WorkerError(f"in Ray worker actor {index}:\n{text}")
+                raise WorkerError(f"Ray worker actor {index} failed:\n{text}")
+            if kind == "result":
+                result: UnitResult = message[1]
+                actor.answered(result.unit)
+                self.failures = 0
+                if result.unit.epoch >= live:
+                    events.append(result)
+            elif kind == "flushed":
+                result = message[1]
+                agent = result.unit.agent
+                run = actor.runs.get(agent)
+                self.failures = 0
+                if run is not None and run.epoch == result.unit.epoch:
+                    del actor.runs[agent]
+                    actor.flushed.discard(agent)
+                    if run.epoch >= live:
+                        events.append(result)
+            elif kind == "cancelled":
+                actor.answered(message[1])
+            elif kind == "report":
+                _, epoch, stats = message
+                run = actor.runs.get(stats.agent)
+                self.failures = 0
+                if run is not None and run.epoch == epoch and stats.agent not in actor.flushed and epoch >= live:
+                    events.append(AgentReport(epoch, stats))
+        if exited is not None:
+            return events + [self._lose(index, f"its worker loop ended ({exited})")]
+        actor.poll_ref = actor.handle.poll.remote(self.POLL_SECONDS)
+        return events
+
+    def cancel(self, epoch: int) -> None:
+        """Abandon all work of epochs below ``epoch`` (the live epoch never decreases)."""
+        if epoch <= self.live:
+            return
+        self.live = epoch
+        self.queue = deque(u for u in self.queue if u.epoch >= epoch)
+        for actor in self.actors:
+            actor.runs = {a: r for a, r in actor.runs.items() if r.epoch >= epoch}
+            actor.flushed &= set(actor.runs)
+            actor.posts.append(actor.handle.cancel.remote(epoch))  # running work is abandoned at once
+
+    def close(self) -> None:
+        """Kill every actor, and shut Ray down if this backend started it. Safe twice and after a failure."""
+        actors, self.actors = self.actors, []
+        owns, self.owns_runtime = self.owns_runtime, False
+        try:
+            for actor in actors:
+                self._kill(actor)
+        finally:
+            self.queue.clear()
+            self.published = {}
+            self.broken = None
+            if owns:
+                import ray
+
+                ray.shutdown()
+
+
+#: Environment variables that set how many threads numpy's BLAS uses.
+_BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS")
+
+
+def _local_cpus() -> int:
+    """The CPUs this process may use (what BLAS libraries default their threads to)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
