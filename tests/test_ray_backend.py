@@ -1,0 +1,232 @@
+"""The Ray backend (``backend="ray"``, sb3_nigt/common/ray_backend.py, docs/ray.md) driven by the algorithms.
+
+The contract itself (units, runs, flushes, cancellation, killed and hung actors, ...) is checked by
+tests/test_backend_contract.py, where "ray" is one of BACKEND_NAMES and FAULTS. Here: whole ``learn`` runs give
+θ bit-identical to the inline backend on the simulated clock, with and without a killed actor; the real clock
+counts M per round; a user's exception comes back as its own type; the backend's own runtime listens on the
+loopback only. One local Ray runtime (loopback, no dashboard) serves the whole module.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason='the Ray backend needs ray: pip install "sb3-nigt[ray]"')
+
+from sb3_nigt import MaleniaNIGT, RennalaNIGT  # noqa: E402
+from sb3_nigt.common import ray_backend  # noqa: E402
+from sb3_nigt.common.backends import BackendOptions, WorkerLost, make_backend  # noqa: E402
+from sb3_nigt.common.estimator import UnitResult, WorkUnit  # noqa: E402
+from sb3_nigt.common.ray_backend import RayBackend  # noqa: E402
+
+from fault_envs import FaultyEnv  # noqa: E402
+from helpers import RoundRecorder  # noqa: E402
+from step_envs import InfoEnv  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+SMALL = dict(horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_runtime():
+    """One local Ray runtime for the module: two CPUs, no dashboard, this folder importable by the actors (the
+    fault and step environments are pickled by reference, as for subprocess workers)."""
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 job_config=ray.job_config.JobConfig(code_search_path=[TESTS]))
+    yield ray
+    if started_here:
+        ray.shutdown()
+
+
+def faulty(mode: str = "none", marker=None, **kwargs):
+    return functools.partial(FaultyEnv, mode, None if marker is None else str(marker), **kwargs)
+
+
+# ------------------------------------------------------------------------------------- the simulated clock
+def test_rennala_on_ray_gives_the_inline_bits():
+    kwargs = dict(n_agents=3, compute_times=[1, 2, 3], batch_size=4, **SMALL)
+    inline = RennalaNIGT("MlpPolicy", "Pendulum-v1", **kwargs).learn(80)
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", backend="ray", n_workers=2, **kwargs).learn(80)
+    assert model.num_timesteps == inline.num_timesteps > 0
+    assert not np.array_equal(model.get_flat_params(), RennalaNIGT("MlpPolicy", "Pendulum-v1", **kwargs).get_flat_params())
+    np.testing.assert_array_equal(model.get_flat_params(), inline.get_flat_params())
+    assert model.simulated_time_exact == inline.simulated_time_exact
+
+
+def test_malenia_with_one_environment_per_agent_on_ray_gives_the_inline_bits():
+    envs = [("Pendulum-v1", {"g": 9.81}), ("Pendulum-v1", {"g": 3.7})]
+    kwargs = dict(compute_times=[1, 3], batch_size=4, **SMALL)
+    inline = MaleniaNIGT("MlpPolicy", envs, **kwargs).learn(80)
+    model = MaleniaNIGT("MlpPolicy", envs, backend="ray", n_workers=2, **kwargs).learn(80)
+    assert model.heterogeneous and model.n_agents == 2
+    np.testing.assert_array_equal(model.get_flat_params(), inline.get_flat_params())
+    assert model.simulated_time_exact == inline.simulated_time_exact
+
+
+@pytest.mark.timeout(120)
+def test_an_actor_killed_mid_round_changes_no_bit(tmp_path):
+    # The environment SIGKILLs the actor's process at its 47th step (once: the marker file is removed first); the
+    # lost units are recomputed by the replacement actor with the same job seeds.
+    kwargs = dict(n_agents=3, compute_times=[1, 2, 3], batch_size=6, **SMALL)
+    reference = RennalaNIGT("MlpPolicy", faulty(), **kwargs).learn(300)
+    marker = tmp_path / "kill"
+    marker.touch()
+    model = RennalaNIGT("MlpPolicy", faulty("kill", marker, at_step=47), backend="ray", n_workers=2, **kwargs)
+    recorder = RoundRecorder()
+    with pytest.warns(RuntimeWarning, match="lost"):
+        model.learn(300, callback=recorder)
+    assert not marker.exists()  # the actor really died
+    assert [r["gradients_per_round"] for r in recorder.rounds] == [6] * len(recorder.rounds)
+    assert model.num_timesteps == reference.num_timesteps
+    np.testing.assert_array_equal(model.get_flat_params(), reference.get_flat_params())
+    assert model.simulated_time_exact == reference.simulated_time_exact
+
+
+def test_ray_kill_of_a_busy_actor_is_reported_and_its_units_recomputed():
+    factory = faulty()
+    env = factory()
+    from sb3_nigt import NIGTPolicy
+    from sb3_nigt.common.backends import single_threaded_torch
+    from sb3_nigt.common.estimator import GradientWorker
+
+    args = dict(env_factories=[factory], policy_class=NIGTPolicy, observation_space=env.observation_space,
+                action_space=env.action_space, policy_kwargs={"net_arch": [8]})
+    params = np.linspace(-0.5, 0.5, sum(p.numel() for p in NIGTPolicy(env.observation_space, env.action_space, None, net_arch=[8]).parameters()),
+                         dtype=np.float32)
+    backend = make_backend(RayBackend(), args, BackendOptions(n_workers=2, max_failures=1))
+    backend.start()
+    try:
+        backend.publish(params, None)
+        units = [WorkUnit(0, agent, 0, 2, 7, 0, 5, 0.99, delay=1.0) for agent in range(4)]
+        for work_unit in units:
+            backend.submit(work_unit)
+        victim = next(i for i, actor in enumerate(backend.actors) if actor.units)
+        held = list(backend.actors[victim].units)
+        ray.kill(backend.actors[victim].handle, no_restart=False)
+        done: dict[WorkUnit, np.ndarray] = {}
+        lost: list[WorkerLost] = []
+        deadline = time.monotonic() + 60
+        while len(done) < len(units):
+            assert time.monotonic() < deadline, (done, lost)
+            for event in backend.wait(timeout=1.0):
+                if isinstance(event, WorkerLost):
+                    lost.append(event)
+                    for work_unit in event.units:
+                        backend.submit(work_unit)
+                else:
+                    assert isinstance(event, UnitResult) and event.unit not in done
+                    done[event.unit] = event.gradient
+        assert [(e.worker, sorted(u.agent for u in e.units)) for e in lost] == [(victim, sorted(u.agent for u in held))]
+        assert "died" in lost[0].reason
+    finally:
+        backend.close()
+    worker = GradientWorker(**args)
+    with single_threaded_torch():
+        worker.set_params(params)
+        for work_unit, gradient in done.items():
+            expected = worker.run_unit(WorkUnit(0, work_unit.agent, 0, 2, 7, 0, 5, 0.99)).gradient
+            assert expected.tobytes() == gradient.tobytes()
+    worker.close()
+
+
+# ------------------------------------------------------------------------------------------ the real clock
+def test_real_clock_rennala_on_ray_counts_m_per_round():
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, batch_size=4, clock="real", backend="ray",
+                        n_workers=2, **SMALL)
+    recorder = RoundRecorder()
+    model.learn(100, callback=recorder)
+    assert len(recorder.rounds) >= 3
+    assert [int(np.sum(r["counts"])) for r in recorder.rounds] == [4] * len(recorder.rounds)
+    assert model.num_timesteps == 5 * sum(int(np.sum(r["counts"])) for r in recorder.rounds)
+    assert np.isfinite(model.get_flat_params()).all()
+
+
+# -------------------------------------------------------------------------------------- errors, arguments
+def test_a_user_exception_in_an_actor_comes_back_as_its_own_type():
+    model = RennalaNIGT("MlpPolicy", lambda: InfoEnv(length=5, nan_at=1), n_agents=2, batch_size=2, horizon=10,
+                        seed=0, backend="ray", n_workers=1)
+    before = model.get_flat_params().copy()
+    with pytest.raises(ValueError, match=r"^observations: .*non-finite"):
+        model.learn(20)
+    assert np.array_equal(model.get_flat_params(), before)
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="prefetch"):
+        RayBackend(prefetch=0)
+    with pytest.raises(ValueError, match="actor_options"):
+        RayBackend(actor_options=["num_cpus", 1])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="init_kwargs"):
+        RayBackend(init_kwargs="num_cpus=2")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="start_timeout"):
+        RayBackend(start_timeout=0)
+
+
+def test_a_missing_ray_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "sb3-nigt\[ray\]"'):
+        ray_backend._import_ray()
+
+
+def test_actor_options_default_to_a_share_of_the_cpus_and_keep_the_callers_blas_threads(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    backend = RayBackend(actor_options={"runtime_env": {"env_vars": {"FOO": "1"}}})
+    backend.bind({}, BackendOptions(n_workers=8))
+    options = backend._actor_options(ray)
+    cpus = ray.cluster_resources()["CPU"]
+    assert options["num_cpus"] == min(1.0, cpus / 8)
+    assert options["max_restarts"] == 0 and options["max_concurrency"] >= 4
+    assert options["runtime_env"]["env_vars"]["FOO"] == "1"
+    assert options["runtime_env"]["env_vars"]["OPENBLAS_NUM_THREADS"] == "3"
+    assert RayBackend(actor_options={"num_cpus": 2})._actor_options(ray)["num_cpus"] == 2
+
+
+# ---------------------------------------------------------------------------------------- the connection
+def test_importing_sb3_nigt_does_not_import_ray():
+    code = "import sys, sb3_nigt; from sb3_nigt.common.backends import BACKENDS; assert 'ray' in BACKENDS; " \
+           "assert 'ray' not in sys.modules, 'ray was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_its_own_local_runtime_listens_on_the_loopback_and_is_shut_down_at_close():
+    # In a fresh process (this one's runtime is already up): RayBackend() with no address starts Ray itself.
+    code = textwrap.dedent("""
+        import gymnasium as gym, ray
+        from sb3_nigt import NIGTPolicy
+        from sb3_nigt.common.backends import BackendOptions, make_backend
+        from sb3_nigt.common.envs import EnvFactory
+        from sb3_nigt.common.ray_backend import RayBackend
+
+        if __name__ == "__main__":
+            factory = EnvFactory("Pendulum-v1")
+            env = factory()
+            args = dict(env_factories=[factory], policy_class=NIGTPolicy, observation_space=env.observation_space,
+                        action_space=env.action_space, policy_kwargs={"net_arch": [8]})
+            backend = make_backend(RayBackend(init_kwargs={"num_cpus": 1}), args, BackendOptions(n_workers=1))
+            backend.start()
+            print("nodes", sorted(node["NodeManagerAddress"] for node in ray.nodes()))
+            print("gcs", ray.get_runtime_context().gcs_address)
+            backend.close()
+            print("initialized", ray.is_initialized())
+            backend.close()
+    """)
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    result = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=110, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    assert lines["nodes"] == "['127.0.0.1']", result.stdout
+    assert lines["gcs"].startswith("127.0.0.1:"), result.stdout
+    assert lines["initialized"] == "False"
