@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,7 @@ def test_rennala_on_ray_gives_the_inline_bits():
     assert not np.array_equal(model.get_flat_params(), RennalaNIGT("MlpPolicy", "Pendulum-v1", **kwargs).get_flat_params())
     np.testing.assert_array_equal(model.get_flat_params(), inline.get_flat_params())
     assert model.simulated_time_exact == inline.simulated_time_exact
+    assert ray.is_initialized()  # a runtime the backend did not start is left running
 
 
 def test_malenia_with_one_environment_per_agent_on_ray_gives_the_inline_bits():
@@ -172,6 +174,14 @@ def test_bad_arguments_name_the_argument():
         RayBackend(init_kwargs="num_cpus=2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="start_timeout"):
         RayBackend(start_timeout=0)
+
+
+def test_a_pickled_backend_keeps_its_configuration_only():
+    backend = RayBackend(address="auto", actor_options={"num_cpus": 0.5}, init_kwargs={"namespace": "x"}, prefetch=3)
+    backend.bind({"env_factories": []}, BackendOptions(n_workers=3))
+    copy = pickle.loads(pickle.dumps(backend))
+    assert (copy.address, copy.actor_options, copy.init_kwargs, copy.prefetch) == ("auto", {"num_cpus": 0.5}, {"namespace": "x"}, 3)
+    assert copy.actors == [] and copy.worker_args == {} and not copy.owns_runtime
 
 
 def test_a_missing_ray_names_the_extra(monkeypatch):

@@ -82,7 +82,7 @@ def _init_on_loopback(ray: Any, kwargs: dict[str, Any]) -> None:
     try:
         if previous is not None:
             ray_constants.ENABLE_RAY_CLUSTER = False
-        ray.init(**kwargs)
+        ray.init(address="local", **kwargs)  # a new runtime: neither RAY_ADDRESS nor a running cluster is joined
     finally:
         if previous is not None:
             ray_constants.ENABLE_RAY_CLUSTER = previous
@@ -333,8 +333,9 @@ class RayBackend:
     :meth:`close`; otherwise :meth:`start` calls ``ray.init(address=address, include_dashboard=False,
     **init_kwargs)`` (no address: a new local runtime bound to 127.0.0.1) and :meth:`close` shuts it down.
 
-    :param address: the cluster to join (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``); None: a
-        running runtime of this process, else a new local one on the loopback interface.
+    :param address: the cluster to join (``"auto"``: ``RAY_ADDRESS`` or the cluster started on this machine
+        with ``ray start``; ``"ray://host:10001"``; ``"host:6379"``); None: the runtime already initialised in
+        this process, else a new local one listening on 127.0.0.1 only.
     :param actor_options: options of every worker actor (``.options(**actor_options)``, e.g. ``num_cpus``,
         ``num_gpus``, ``resources``, ``runtime_env``, ``scheduling_strategy``); default ``num_cpus`` is
         min(1, the cluster's CPUs / n_workers), so that every worker fits. ``max_concurrency`` is at least 4 and
@@ -407,10 +408,10 @@ class RayBackend:
             if self.address is None:
                 kwargs["_node_ip_address"] = "127.0.0.1"
             kwargs.update(self.init_kwargs)
-            if self.address is None and kwargs["_node_ip_address"] == "127.0.0.1":
+            if self.address is None and kwargs.get("_node_ip_address") == "127.0.0.1":
                 _init_on_loopback(ray, kwargs)
-            else:
-                ray.init(address=self.address, **kwargs)
+            else:  # "local": a new runtime, where Ray's default would join RAY_ADDRESS or a running cluster
+                ray.init(address="local" if self.address is None else self.address, **kwargs)
             self.owns_runtime = True
         return ray
 
@@ -481,8 +482,12 @@ class RayBackend:
     def _send(self, actor: _Actor, message: tuple, refs: Optional[list[Any]] = None) -> None:
         """Post a small command (θ travels as an ObjectRef in ``refs``, never as a vector)."""
         payload = message if refs is None else (*message[:3], refs, *message[3:])
-        actor.posts.append(actor.handle.post.remote(actor.seq, self.live, payload))
+        self._track(actor, actor.handle.post.remote(actor.seq, self.live, payload))
         actor.seq += 1
+
+    def _track(self, actor: _Actor, ref: Any) -> None:
+        """Keep the ref of a call whose answer nobody waits for; collect the finished ones now and then."""
+        actor.posts.append(ref)
         if len(actor.posts) > 64:
             self._harvest(actor)
 
@@ -721,7 +726,7 @@ class RayBackend:
         for actor in self.actors:
             actor.runs = {a: r for a, r in actor.runs.items() if r.epoch >= epoch}
             actor.flushed &= set(actor.runs)
-            actor.posts.append(actor.handle.cancel.remote(epoch))  # running work is abandoned at once
+            self._track(actor, actor.handle.cancel.remote(epoch))  # running work is abandoned at once
 
     def close(self) -> None:
         """Kill every actor, and shut Ray down if this backend started it. Safe twice and after a failure."""
