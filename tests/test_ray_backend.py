@@ -155,6 +155,17 @@ def test_real_clock_rennala_on_ray_counts_m_per_round():
     assert np.isfinite(model.get_flat_params()).all()
 
 
+def test_real_clock_with_emulated_times_on_ray_favours_the_fast_agent():
+    # h = (1, 6) x 30 ms of emulated time, one actor per agent (pinned): the fast agent contributes more.
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 6], batch_size=6, clock="real",
+                        backend="ray", time_scale=0.03, **SMALL)
+    recorder = RoundRecorder()
+    model.learn(150, callback=recorder)
+    assert [int(np.sum(r["counts"])) for r in recorder.rounds] == [6] * len(recorder.rounds)
+    total = np.sum([r["counts"] for r in recorder.rounds], axis=0)
+    assert total[0] > total[1], total
+
+
 # -------------------------------------------------------------------------------------- errors, arguments
 def test_a_user_exception_in_an_actor_comes_back_as_its_own_type():
     model = RennalaNIGT("MlpPolicy", lambda: InfoEnv(length=5, nan_at=1), n_agents=2, batch_size=2, horizon=10,
