@@ -185,6 +185,8 @@ def test_bad_arguments_name_the_argument():
         RayBackend(init_kwargs="num_cpus=2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="start_timeout"):
         RayBackend(start_timeout=0)
+    with pytest.raises(ValueError, match="actor_options: max_restarts"):
+        RayBackend(actor_options={"max_restarts": 3})
 
 
 def test_a_pickled_backend_keeps_its_configuration_only():

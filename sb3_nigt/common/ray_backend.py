@@ -338,14 +338,15 @@ class RayBackend:
         this process, else a new local one listening on 127.0.0.1 only.
     :param actor_options: options of every worker actor (``.options(**actor_options)``, e.g. ``num_cpus``,
         ``num_gpus``, ``resources``, ``runtime_env``, ``scheduling_strategy``); default ``num_cpus`` is
-        min(1, the cluster's CPUs / n_workers), so that every worker fits. ``max_concurrency`` is at least 4 and
-        ``max_restarts`` is 0 whatever is given: this backend replaces lost actors itself.
+        min(1, the cluster's CPUs / n_workers), so that every worker fits. ``max_concurrency`` is at least 4;
+        ``max_restarts`` and ``max_task_retries`` are 0 (this backend replaces lost actors itself).
     :param init_kwargs: extra keyword arguments of ``ray.init`` when this backend starts the runtime (e.g.
         ``num_cpus``, ``runtime_env``, ``namespace``).
     :param prefetch: units queued per actor (>= 1).
     :param start_timeout: seconds to wait for the actors to be built and scheduled at :meth:`start` (and for a
         replacement before it counts as lost), e.g. when the cluster lacks the resources asked for.
-    :raises ValueError: for ``prefetch`` < 1, ``start_timeout`` <= 0, or options that are not a dict.
+    :raises ValueError: for ``prefetch`` < 1, ``start_timeout`` <= 0, options that are not a dict, or a
+        nonzero ``max_restarts`` / ``max_task_retries`` in ``actor_options``.
     """
 
     #: Seconds a poll waits in the actor for something to say.
@@ -355,6 +356,11 @@ class RayBackend:
                  init_kwargs: Optional[dict[str, Any]] = None, prefetch: int = 2, start_timeout: float = 120.0) -> None:
         if actor_options is not None and not isinstance(actor_options, dict):
             raise ValueError(f"actor_options: expected a dict of Ray actor options, got {actor_options!r}")
+        for key in ("max_restarts", "max_task_retries"):
+            value = (actor_options or {}).get(key, 0)
+            if value != 0:
+                raise ValueError(f"actor_options: {key} must be 0 or absent: the backend replaces a lost actor itself "
+                                 f"and counts the losses against max_failures, got {key}={value!r}")
         if init_kwargs is not None and not isinstance(init_kwargs, dict):
             raise ValueError(f"init_kwargs: expected a dict of ray.init keyword arguments, got {init_kwargs!r}")
         if not isinstance(prefetch, int) or prefetch < 1:
