@@ -155,6 +155,23 @@ def test_real_clock_rennala_on_ray_counts_m_per_round():
     assert np.isfinite(model.get_flat_params()).all()
 
 
+@pytest.mark.timeout(120)
+def test_an_actor_killed_on_the_real_clock_keeps_every_count_right(tmp_path):
+    marker = tmp_path / "kill"
+    marker.touch()
+    model = RennalaNIGT("MlpPolicy", faulty("kill", marker, at_step=30), n_agents=2, batch_size=4, clock="real",
+                        backend="ray", n_workers=2, **SMALL)
+    recorder = RoundRecorder()
+    with pytest.warns(RuntimeWarning, match="lost"):
+        model.learn(120, callback=recorder)
+    assert not marker.exists()  # the actor really died
+    counts = [int(np.sum(r["counts"])) for r in recorder.rounds]
+    assert counts and counts == [4] * len(counts)
+    # Every counted gradient was summed: the steps match the counts (FaultyEnv episodes last 5 steps).
+    assert model.num_timesteps == 5 * sum(counts)
+    assert np.isfinite(model.get_flat_params()).all()
+
+
 def test_real_clock_with_emulated_times_on_ray_favours_the_fast_agent():
     # h = (1, 6) x 30 ms of emulated time, one actor per agent (pinned): the fast agent contributes more.
     model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 6], batch_size=6, clock="real",
