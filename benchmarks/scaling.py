@@ -10,7 +10,8 @@ workers of ``--workers``:
 - **speedup**: throughput / the same backend's throughput with the fewest workers measured, in this run;
 - **overhead per round**: the round's wall time minus the ideal parallel time Σ(unit compute seconds) / w, where
   the unit compute seconds are the ``UnitResult.seconds`` each worker measured itself and w = min(workers,
-  units); in milliseconds and as a share of the round. It is everything that is not computing gradients in
+  units) (× ranks for torch_distributed, whose rank 0 receives every rank's units); in milliseconds and as a
+  share of the round. It is everything that is not computing gradients in
   parallel: the collector, θ's broadcast, the results' transfer, idle workers at the end of a round
   (load imbalance), the NIGT update.
 
@@ -132,6 +133,8 @@ def measure(env_id: str, backend: str, workers: int, n_agents: int, horizon: int
         callback = StopAfter(rounds + 1)
         model.learn(10**9, callback=callback)  # the callback ends it
     ends, steps, starts = callback.ends, callback.steps, recorder.round_starts
+    # torch_distributed: every rank's units come back to every rank, computed by `ranks` processes at once
+    ranks = int(os.environ.get("WORLD_SIZE", "1")) if backend == "torch_distributed" else 1
     timed = range(1, min(len(ends), rounds + 1))
     if not timed:
         raise RuntimeError("no timed round: raise --rounds")
@@ -140,7 +143,7 @@ def measure(env_id: str, backend: str, workers: int, n_agents: int, horizon: int
     overheads = []
     for r in timed:
         round_wall = ends[r] - starts[r]
-        parallel = recorder.unit_seconds[r] / max(1, min(workers, recorder.units[r]))
+        parallel = recorder.unit_seconds[r] / max(1, min(workers * ranks, recorder.units[r]))
         overheads.append((round_wall - parallel, round_wall))
     overhead_ms = 1000 * float(np.mean([o for o, _ in overheads]))
     share = float(np.mean([o / w for o, w in overheads]))
