@@ -2,7 +2,8 @@
 ``torch.multiprocessing.spawn`` on a free port.
 
 Two spawns serve every test (processes start slowly on a loaded machine): the first trains Rennala and Malenia on
-both ranks, writes a checkpoint mid-round (rank 0) and then loses a rank; the second is a fresh pair of ranks that
+both ranks, writes a checkpoint mid-round (rank 0), goes on training, and then rank 1 is killed (``os._exit``) in the
+middle of training; the second is a fresh pair of ranks that
 resumes from the checkpoint. Each rank writes what it saw to a pickle; the tests compare it with the inline
 backend computed here.
 """
@@ -32,6 +33,7 @@ KWARGS = dict(n_agents=3, compute_times=[1, 2, 3], communication_times=[0.5, 0, 
               policy_kwargs=dict(net_arch=[8]))
 TOTAL = 100
 STOP_AT = 43  # mid-round: the checkpoint holds a pending round
+DIE_AT = 57  # rank 1 is killed here, after the checkpoint and before the end
 STEP_KWARGS = dict(KWARGS, compute_times=[0.1, 0.2, 0.3], compute_time_unit="step")
 ALGORITHMS = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT}
 REAL = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT, "synchronized": SynchronizedNIGT}
@@ -49,6 +51,24 @@ class SaveAndStop(BaseCallback):
         if self.n_calls == self.at:
             self.model.save(self.path)
             return False
+        return True
+
+
+class CheckpointThenDie(BaseCallback):
+    """Saves the model at environment step ``at`` (rank 0 writes the file) and goes on; ``die`` is called at step
+    ``die_at`` (None: never), in the middle of training: the rank is killed."""
+
+    def __init__(self, at: int, path: Path, die_at: Any = None, die: Callable[[], None] = lambda: None):
+        super().__init__()
+        self.at, self.path, self.die_at, self.die = at, path, die_at, die
+        self.saved: dict[str, Any] = {}
+
+    def _on_step(self) -> bool:
+        if self.n_calls == self.at:
+            self.model.save(self.path)
+            self.saved = dict(model_state(self.model))
+        if self.n_calls == self.die_at:
+            self.die()
         return True
 
 
@@ -95,21 +115,29 @@ def first_run(rank: int, out: Path) -> dict[str, Any]:
     assert store is not None
     seen["store"] = dict(host=store.host, port=store.port, listening=listening_address(store.port) if rank == 0 else "",
                          master_addr=os.environ.get("MASTER_ADDR"), gloo=os.environ.get("GLOO_SOCKET_IFNAME"))
-    # The checkpoint: every rank stops at the same step; only rank 0 writes the file.
+    # Rank 0's duties: every rank stops at the same step and saves; only rank 0 writes a file.
     model = RennalaNIGT("MlpPolicy", "Pendulum-v1", backend="torch_distributed", **KWARGS)
-    model.learn(TOTAL, callback=SaveAndStop(STOP_AT, out / "checkpoint.zip"))
+    model.learn(TOTAL, callback=SaveAndStop(STOP_AT, out / f"stopped-{rank}.zip"))
     model.save(out / f"written-by-rank-{rank}.zip")
-    seen["saved"] = dict(model_state(model))
     dist.barrier()
-    # A dead rank: rank 1 leaves; rank 0's next collective raises instead of hanging.
-    if rank == 0:
-        time.sleep(1.0)
-        begin = time.monotonic()
-        try:
-            RennalaNIGT("MlpPolicy", "Pendulum-v1", backend="torch_distributed", **KWARGS).learn(TOTAL)
-            seen["dead"] = dict(raised=None)
-        except Exception as exc:  # gloo: connection closed by the peer, or the timeout
-            seen["dead"] = dict(raised=type(exc).__name__, seconds=time.monotonic() - begin)
+    # The checkpoint, then a killed rank: rank 0 writes a checkpoint mid-round at STOP_AT and training goes on;
+    # DIE_AT steps in, rank 1 is killed (os._exit, after writing what it saw); rank 0's next collective raises
+    # instead of hanging. The "resumed" task then restarts both ranks from the checkpoint, as torchrun would.
+    def die() -> None:
+        seen["saved"] = callback.saved
+        with open(out / f"first-{rank}.pkl", "wb") as file:
+            pickle.dump(seen, file)
+        os._exit(1)
+
+    callback = CheckpointThenDie(STOP_AT, out / "checkpoint.zip", DIE_AT if rank == 1 else None, die)
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", backend="torch_distributed", **KWARGS)
+    begin = time.monotonic()
+    try:
+        model.learn(TOTAL, callback=callback)
+        seen["dead"] = dict(raised=None)
+    except Exception as exc:  # gloo: connection closed by the peer, or the group's timeout
+        seen["dead"] = dict(raised=type(exc).__name__, seconds=time.monotonic() - begin, steps=model.num_timesteps)
+    seen["saved"] = callback.saved
     return seen
 
 
@@ -139,16 +167,26 @@ def rank_main(rank: int, world: int, port: int, out: str, task: str) -> None:
             dist.destroy_process_group()
 
 
-def spawn(task: str, out: Path) -> list[dict[str, Any]]:
-    """Run ``task`` on 2 ranks; every process is joined (spawn terminates the others if one fails)."""
-    torch_mp.spawn(rank_main, args=(WORLD, free_port(), str(out), task), nprocs=WORLD, join=True, daemon=True)
+def spawn(task: str, out: Path, exit_codes: tuple[int, ...] = (0,) * WORLD) -> list[dict[str, Any]]:
+    """Run ``task`` on 2 ranks and join every process (bounded; a rank still alive after is killed). The ranks'
+    exit codes must be ``exit_codes`` (the first task kills rank 1)."""
+    context = torch_mp.start_processes(rank_main, args=(WORLD, free_port(), str(out), task), nprocs=WORLD, join=False,
+                                       daemon=True, start_method="spawn")
+    deadline = time.monotonic() + 240
+    for process in context.processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in context.processes:
+        if process.is_alive():
+            process.kill()
+            process.join()
+    assert tuple(process.exitcode for process in context.processes) == exit_codes
     return [pickle.loads((out / f"{task}-{rank}.pkl").read_bytes()) for rank in range(WORLD)]
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("torch_distributed")
-    first = spawn("first", out)
+    first = spawn("first", out, exit_codes=(0, 1))
     resumed = spawn("resumed", out)
     return dict(out=out, first=first, resumed=resumed)
 
@@ -195,7 +233,7 @@ def test_rank_zero_logs_and_saves_the_others_write_nothing(ranks):
     assert not (ranks["out"] / "written-by-rank-1.zip").exists()
 
 
-def test_a_checkpoint_resumed_on_two_fresh_ranks_equals_an_uninterrupted_run(ranks):
+def test_a_run_killed_mid_training_resumes_from_its_checkpoint_on_fresh_ranks_bit_exactly(ranks):
     reference = inline(RennalaNIGT)
     assert all(seen["saved"]["steps"] == STOP_AT for seen in ranks["first"])
     for seen in ranks["resumed"]:
@@ -217,6 +255,7 @@ def test_the_default_address_is_loopback_and_the_store_listens_there_only(ranks)
 def test_a_dead_rank_makes_the_collective_raise_instead_of_hanging(ranks):
     dead = ranks["first"][0]["dead"]
     assert dead["raised"] is not None
+    assert STOP_AT < dead["steps"] < TOTAL  # killed mid-training, after the checkpoint
     assert dead["seconds"] < 60  # the group's timeout is 20 s
 
 
