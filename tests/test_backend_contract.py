@@ -219,16 +219,25 @@ class RayFaults:
 
     @staticmethod
     def pid(backend: Any, index: int) -> int:
+        """The process id of the actor's current incarnation (once Ray has restarted it, or a new actor is built:
+        while Ray restarts an actor, calls to it fail with ActorUnavailableError)."""
         import ray
 
-        return ray.get(backend.actors[index].ready_ref, timeout=45)  # a replacement: once it is built
+        deadline = time.monotonic() + 45
+        while True:
+            try:
+                return ray.get(backend.actors[index].handle.ready.remote(), timeout=45)
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     @staticmethod
     def alive(backend: Any, index: int) -> bool:
         import ray
 
         try:
-            return ray.get(backend.actors[index].handle.ready.remote(), timeout=45) > 0
+            return RayFaults.pid(backend, index) > 0
         except ray.exceptions.RayError:
             return False
 

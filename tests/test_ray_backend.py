@@ -2,7 +2,8 @@
 
 The contract itself (units, runs, flushes, cancellation, killed and hung actors, ...) is checked by
 tests/test_backend_contract.py, where "ray" is one of BACKEND_NAMES and FAULTS. Here: whole ``learn`` runs give
-θ bit-identical to the inline backend on the simulated clock, with and without a killed actor; the real clock
+θ bit-identical to the inline backend on the simulated clock, with and without a killed actor (restarted by Ray
+under the same handle; replaced by a new actor once its restarts are exhausted); the real clock
 counts M per round; a user's exception comes back as its own type; the backend's own runtime listens on the
 loopback only. One local Ray runtime (loopback, no dashboard) serves the whole module.
 """
@@ -79,24 +80,46 @@ def test_malenia_with_one_environment_per_agent_on_ray_gives_the_inline_bits():
 
 @pytest.mark.timeout(120)
 def test_an_actor_killed_mid_round_changes_no_bit(tmp_path):
-    # The environment SIGKILLs the actor's process at its 47th step (once: the marker file is removed first); the
-    # lost units are recomputed by the replacement actor with the same job seeds.
+    # The environment SIGKILLs the actor's process at its 47th step (once: the marker file is removed first); Ray
+    # restarts the actor under the same handle, and the lost units are recomputed with the same job seeds.
     kwargs = dict(n_agents=3, compute_times=[1, 2, 3], batch_size=6, **SMALL)
     reference = RennalaNIGT("MlpPolicy", faulty(), **kwargs).learn(300)
     marker = tmp_path / "kill"
     marker.touch()
-    model = RennalaNIGT("MlpPolicy", faulty("kill", marker, at_step=47), backend="ray", n_workers=2, **kwargs)
+    backend = RayBackend()
+    model = RennalaNIGT("MlpPolicy", faulty("kill", marker, at_step=47), backend=backend, n_workers=2, **kwargs)
     recorder = RoundRecorder()
     with pytest.warns(RuntimeWarning, match="lost"):
         model.learn(300, callback=recorder)
     assert not marker.exists()  # the actor really died
+    assert (backend.restarts, backend.replacements) == (1, 0)  # restarted by Ray, not replaced
     assert [r["gradients_per_round"] for r in recorder.rounds] == [6] * len(recorder.rounds)
     assert model.num_timesteps == reference.num_timesteps
     np.testing.assert_array_equal(model.get_flat_params(), reference.get_flat_params())
     assert model.simulated_time_exact == reference.simulated_time_exact
 
 
-def test_ray_kill_of_a_busy_actor_is_reported_and_its_units_recomputed():
+def drain(backend, units, lost):
+    """Wait for every unit's result (resubmitting the units of each WorkerLost, which is recorded in ``lost``)."""
+    done: dict[WorkUnit, np.ndarray] = {}
+    deadline = time.monotonic() + 60
+    while len(done) < len(units):
+        assert time.monotonic() < deadline, (done, lost)
+        for event in backend.wait(timeout=1.0):
+            if isinstance(event, WorkerLost):
+                lost.append(event)
+                for work_unit in event.units:
+                    backend.submit(work_unit)
+            else:
+                assert isinstance(event, UnitResult) and event.unit not in done
+                done[event.unit] = event.gradient
+    return done
+
+
+def test_ray_kill_of_a_busy_actor_is_restarted_by_ray_then_replaced_once_its_restarts_are_exhausted():
+    # max_restarts=1: the first ray.kill(no_restart=False) is answered by Ray's restart of the actor (same handle,
+    # a new incarnation); the second exhausts its restarts, Ray reports it dead, and the backend creates a new actor.
+    # One actor holding two units per round: one actor start fewer.
     factory = faulty()
     env = factory()
     from sb3_nigt import NIGTPolicy
@@ -107,38 +130,40 @@ def test_ray_kill_of_a_busy_actor_is_reported_and_its_units_recomputed():
                 action_space=env.action_space, policy_kwargs={"net_arch": [8]})
     params = np.linspace(-0.5, 0.5, sum(p.numel() for p in NIGTPolicy(env.observation_space, env.action_space, None, net_arch=[8]).parameters()),
                          dtype=np.float32)
-    backend = make_backend(RayBackend(), args, BackendOptions(n_workers=2, max_failures=1))
+    backend = make_backend(RayBackend(actor_options={"max_restarts": 1}), args, BackendOptions(n_workers=1, max_failures=1))
     backend.start()
+    done: dict[WorkUnit, np.ndarray] = {}
     try:
         backend.publish(params, None)
-        units = [WorkUnit(0, agent, 0, 2, 7, 0, 5, 0.99, delay=1.0) for agent in range(4)]
-        for work_unit in units:
-            backend.submit(work_unit)
-        victim = next(i for i, actor in enumerate(backend.actors) if actor.units)
-        held = list(backend.actors[victim].units)
-        ray.kill(backend.actors[victim].handle, no_restart=False)
-        done: dict[WorkUnit, np.ndarray] = {}
-        lost: list[WorkerLost] = []
-        deadline = time.monotonic() + 60
-        while len(done) < len(units):
-            assert time.monotonic() < deadline, (done, lost)
-            for event in backend.wait(timeout=1.0):
-                if isinstance(event, WorkerLost):
-                    lost.append(event)
-                    for work_unit in event.units:
-                        backend.submit(work_unit)
-                else:
-                    assert isinstance(event, UnitResult) and event.unit not in done
-                    done[event.unit] = event.gradient
-        assert [(e.worker, sorted(u.agent for u in e.units)) for e in lost] == [(victim, sorted(u.agent for u in held))]
-        assert "died" in lost[0].reason
+        victim = 0
+        for round_ in range(2):
+            units = [WorkUnit(round_, agent, 0, 2, 7, 0, 5, 0.99, delay=0.5) for agent in range(2)]
+            for work_unit in units:
+                backend.submit(work_unit)
+            actor = backend.actors[victim]
+            held, handle, incarnation = list(actor.units), actor.handle, actor.incarnation
+            assert held and incarnation is not None
+            ray.kill(handle, no_restart=False)
+            lost: list[WorkerLost] = []
+            done.update(drain(backend, units, lost))
+            assert [(e.worker, sorted(u.agent for u in e.units)) for e in lost] == [(victim, sorted(u.agent for u in held))]
+            assert "died" in lost[0].reason
+            actor = backend.actors[victim]
+            assert actor.incarnation not in (None, incarnation)  # the lost units were recomputed there
+            if round_ == 0:  # restarted by Ray: the same handle and actor id, a new incarnation
+                assert actor.handle is handle and actor.handle._actor_id == handle._actor_id
+                assert (backend.restarts, backend.replacements) == (1, 0)
+            else:  # its one restart used: dead for good, replaced by a new actor
+                assert actor.handle._actor_id != handle._actor_id
+                assert (backend.restarts, backend.replacements) == (1, 1)
     finally:
         backend.close()
+    assert len(done) == 4
     worker = GradientWorker(**args)
     with single_threaded_torch():
         worker.set_params(params)
         for work_unit, gradient in done.items():
-            expected = worker.run_unit(WorkUnit(0, work_unit.agent, 0, 2, 7, 0, 5, 0.99)).gradient
+            expected = worker.run_unit(WorkUnit(work_unit.round_index, work_unit.agent, 0, 2, 7, 0, 5, 0.99)).gradient
             assert expected.tobytes() == gradient.tobytes()
     worker.close()
 
@@ -159,12 +184,16 @@ def test_real_clock_rennala_on_ray_counts_m_per_round():
 def test_an_actor_killed_on_the_real_clock_keeps_every_count_right(tmp_path):
     marker = tmp_path / "kill"
     marker.touch()
-    model = RennalaNIGT("MlpPolicy", faulty("kill", marker, at_step=30), n_agents=2, batch_size=4, clock="real",
-                        backend="ray", n_workers=2, **SMALL)
+    # Ray fails the killed actor's outstanding poll once it has restarted it (1-2 s here): 50 ms of emulated time
+    # per trajectory keeps the run going for seconds after the kill, so that the loss is seen during learn.
+    backend = RayBackend()
+    model = RennalaNIGT("MlpPolicy", faulty("kill", marker, at_step=30), n_agents=2, compute_times=[1, 1],
+                        batch_size=4, clock="real", time_scale=0.05, backend=backend, n_workers=2, **SMALL)
     recorder = RoundRecorder()
     with pytest.warns(RuntimeWarning, match="lost"):
-        model.learn(120, callback=recorder)
+        model.learn(400, callback=recorder)
     assert not marker.exists()  # the actor really died
+    assert (backend.restarts, backend.replacements) == (1, 0)  # restarted by Ray under the same handle
     counts = [int(np.sum(r["counts"])) for r in recorder.rounds]
     assert counts and counts == [4] * len(counts)
     # Every counted gradient was summed: the steps match the counts (FaultyEnv episodes last 5 steps).
@@ -202,8 +231,11 @@ def test_bad_arguments_name_the_argument():
         RayBackend(init_kwargs="num_cpus=2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="start_timeout"):
         RayBackend(start_timeout=0)
+    with pytest.raises(ValueError, match="actor_options: max_task_retries"):
+        RayBackend(actor_options={"max_task_retries": 3})
     with pytest.raises(ValueError, match="actor_options: max_restarts"):
-        RayBackend(actor_options={"max_restarts": 3})
+        RayBackend(actor_options={"max_restarts": -2})
+    assert RayBackend(actor_options={"max_restarts": 3}).actor_options["max_restarts"] == 3
 
 
 def test_a_pickled_backend_keeps_its_configuration_only():
@@ -227,7 +259,8 @@ def test_actor_options_default_to_a_share_of_the_cpus_and_keep_the_callers_blas_
     options = backend._actor_options(ray)
     cpus = ray.cluster_resources()["CPU"]
     assert options["num_cpus"] == min(1.0, cpus / 8)
-    assert options["max_restarts"] == 0 and options["max_concurrency"] >= 4
+    assert options["max_restarts"] == -1 and options["max_task_retries"] == 0 and options["max_concurrency"] >= 4
+    assert RayBackend(actor_options={"max_restarts": 5})._actor_options(ray)["max_restarts"] == 5
     assert options["runtime_env"]["env_vars"]["FOO"] == "1"
     assert options["runtime_env"]["env_vars"]["OPENBLAS_NUM_THREADS"] == "3"
     assert RayBackend(actor_options={"num_cpus": 2})._actor_options(ray)["num_cpus"] == 2

@@ -9,11 +9,17 @@ what the loop sent); it waits on every actor's outstanding poll with ``ray.wait`
 per ``publish``: the work carries the ObjectRef, and an actor fetches it only when it needs a version it has
 not loaded.
 
-A worker is lost when its poll fails (``RayActorError``, ``ActorDiedError``, ``ActorUnavailableError``), when
-its loop ended after an error, or when a busy worker shows no progress for ``worker_timeout`` seconds. The lost
-actor is killed for good and replaced by a fresh one (Ray's own restarts are not used: a restarted actor keeps
-its handle, so calls in flight at the death could land on either incarnation), and ``wait`` returns a
-:class:`~sb3_nigt.common.backends.WorkerLost` with the live units and runs it held.
+Actors are created with Ray's own restarts (``max_restarts``, default -1: unbounded) and ``max_task_retries=0``,
+so a call in flight at a death fails instead of being run again. Every incarnation of an actor draws an id
+(``uuid4``) in its constructor; each post carries the incarnation it is meant for (another incarnation ignores
+it) and each poll answer carries the incarnation that gave it. A worker is lost when its poll fails
+(``RayActorError``: ``ActorDiedError``, ``ActorUnavailableError``), when a poll is answered by another
+incarnation than the one the work was sent to, when its loop ended after an error, or when a busy worker shows
+no progress for ``worker_timeout`` seconds (it is then killed with ``no_restart=False``, so that Ray restarts
+it). ``wait`` returns a :class:`~sb3_nigt.common.backends.WorkerLost` with the live units and runs it held; the
+driver forgets what it had sent, keeps the handle, and sends nothing more until the restarted incarnation
+answers a poll. An actor Ray reports dead for good (its restarts exhausted), or whose restart does not answer
+within ``start_timeout``, is replaced by a new actor.
 
 Ray is imported only by this module, so importing sb3_nigt never imports ray.
 """
@@ -28,6 +34,7 @@ import queue
 import threading
 import time
 import traceback
+import uuid
 from collections import deque
 from typing import Any, Callable, Optional
 
@@ -97,7 +104,9 @@ def _init_on_loopback(ray: Any, kwargs: dict[str, Any]) -> None:
 class _ActorWorker:
     """The body of a worker actor: a :class:`GradientWorker` and an event loop in a thread of its own.
 
-    Commands (``post``) are applied in sequence order; what the loop sends is collected by ``poll``.
+    Commands (``post``) are applied in sequence order; what the loop sends is collected by ``poll``. Each
+    incarnation (a first start, or a restart by Ray, which runs this constructor again) draws an id: posts meant
+    for another incarnation are ignored, and every poll answer names the incarnation that gave it.
     Messages sent: ``("result", UnitResult)``, ``("cancelled", WorkUnit)``, ``("report", epoch, stats)``,
     ``("flushed", UnitResult)``, ``("alive",)`` (a heartbeat while busy), ``("error", exc, traceback)``.
 
@@ -107,6 +116,7 @@ class _ActorWorker:
 
     def __init__(self, worker_args: dict[str, Any], heartbeat: Optional[float]) -> None:
         th.set_num_threads(1)
+        self.incarnation = uuid.uuid4().hex
         self.heartbeat = heartbeat
         self.worker = GradientWorker(**worker_args)
         self.live = 0
@@ -125,28 +135,33 @@ class _ActorWorker:
         """The actor's process id, once it is built."""
         return os.getpid()
 
-    def post(self, seq: int, live: int, message: tuple) -> None:
-        """Deliver command number ``seq`` (applied in sequence order) and raise the live epoch to ``live``."""
+    def post(self, incarnation: str, seq: int, live: int, message: tuple) -> bool:
+        """Deliver command number ``seq`` (applied in sequence order) and raise the live epoch to ``live``; ignored
+        (False) when it was meant for another incarnation (sent before a restart the driver had not seen)."""
+        if incarnation != self.incarnation:
+            return False
         with self.lock:
             self.live = max(self.live, live)
             self.early[seq] = message
             while self.next_seq in self.early:
                 self.commands.put(self.early.pop(self.next_seq))
                 self.next_seq += 1
+        return True
 
     def cancel(self, live: int) -> None:
         """Raise the live epoch to ``live`` at once (running work of lower epochs is abandoned)."""
         with self.lock:
             self.live = max(self.live, live)
 
-    def poll(self, timeout: float) -> tuple[list[tuple], Optional[str]]:
-        """What the loop sent since the last poll (waits up to ``timeout`` seconds for something), and why the
-        loop ended (None while it runs)."""
+    def poll(self, timeout: float, incarnation: Optional[str]) -> tuple[list[tuple], Optional[str], str]:
+        """What the loop sent since the last poll (waits up to ``timeout`` seconds for something, unless the
+        caller expects another ``incarnation``: then it answers at once), why the loop ended (None while it
+        runs), and this incarnation's id."""
         with self.lock:
-            if not self.outgoing and self.exited is None:
+            if not self.outgoing and self.exited is None and incarnation == self.incarnation:
                 self.lock.wait(timeout)
             out, self.outgoing = self.outgoing, []
-            return out, self.exited
+            return out, self.exited, self.incarnation
 
     # ------------------------------------------------------------------------------------- the loop
     def _send(self, message: tuple) -> None:
@@ -294,20 +309,39 @@ class _ActorWorker:
 
 # ------------------------------------------------------------------------------------------- main side
 class _Actor:
-    """The main process's handle on one worker actor and the work it holds."""
+    """The main process's handle on one worker actor and the work it holds.
 
-    def __init__(self, handle: Any, ready: Any, poll: Any) -> None:
-        self.handle = handle
-        self.ready_ref = ready  # its process id once built
-        self.poll_ref = poll  # the outstanding long poll
-        self.seq = 0
-        self.started = False  # it answered a poll: hang detection applies from then on
-        self.created = time.monotonic()
+    ``incarnation`` is the id of the incarnation the work was sent to; None while the driver waits for a (re)started
+    incarnation to answer a poll (commands are then kept in ``backlog``, and sent once it answers).
+    """
+
+    def __init__(self, handle: Any, poll_seconds: float) -> None:
         self.units: list[WorkUnit] = []
         self.runs: dict[int, AgentRun] = {}
         self.flushed: set[int] = set()
-        self.heard = time.monotonic()
         self.posts: deque = deque()  # refs of posts not yet seen to complete
+        self.attach(handle, poll_seconds)
+
+    def attach(self, handle: Any, poll_seconds: float) -> None:
+        """Use ``handle`` (a new actor) and wait for its first incarnation."""
+        self.handle = handle
+        self.ready_ref = handle.ready.remote()  # its process id once built
+        self.retired: set[str] = set()  # incarnations known dead: their answers are dropped
+        self.restart(poll_seconds)
+
+    def restart(self, poll_seconds: float) -> None:
+        """Forget what was sent to the current incarnation and wait for the next one (same handle)."""
+        previous: Optional[str] = getattr(self, "incarnation", None)
+        if previous is not None:
+            self.retired.add(previous)
+        self.incarnation: Optional[str] = None
+        self.seq = 0
+        self.backlog: list[tuple] = []  # payloads posted once the incarnation is known
+        self.posts = deque()
+        self.since = time.monotonic()  # when the driver began to wait for an incarnation
+        self.heard = time.monotonic()
+        self.retry_at = 0.0
+        self.poll_ref: Any = self.handle.poll.remote(poll_seconds, None)  # answered at once by any incarnation
 
     @property
     def busy(self) -> bool:
@@ -339,14 +373,17 @@ class RayBackend:
     :param actor_options: options of every worker actor (``.options(**actor_options)``, e.g. ``num_cpus``,
         ``num_gpus``, ``resources``, ``runtime_env``, ``scheduling_strategy``); default ``num_cpus`` is
         min(1, the cluster's CPUs / n_workers), so that every worker fits. ``max_concurrency`` is at least 4;
-        ``max_restarts`` and ``max_task_retries`` are 0 (this backend replaces lost actors itself).
+        ``max_restarts`` defaults to -1 (Ray restarts a lost actor under the same handle, without bound; when its
+        restarts are exhausted the backend creates a new actor) and ``max_task_retries`` is 0 (a call in flight at
+        a death fails, so that the lost work is known exactly).
     :param init_kwargs: extra keyword arguments of ``ray.init`` when this backend starts the runtime (e.g.
         ``num_cpus``, ``runtime_env``, ``namespace``).
     :param prefetch: units queued per actor (>= 1).
     :param start_timeout: seconds to wait for the actors to be built and scheduled at :meth:`start` (and for a
-        replacement before it counts as lost), e.g. when the cluster lacks the resources asked for.
-    :raises ValueError: for ``prefetch`` < 1, ``start_timeout`` <= 0, options that are not a dict, or a
-        nonzero ``max_restarts`` / ``max_task_retries`` in ``actor_options``.
+        restarted or new actor to answer before it counts as lost), e.g. when the cluster lacks the resources
+        asked for.
+    :raises ValueError: for ``prefetch`` < 1, ``start_timeout`` <= 0, options that are not a dict, a nonzero
+        ``max_task_retries`` or a ``max_restarts`` below -1 in ``actor_options``.
     """
 
     #: Seconds a poll waits in the actor for something to say.
@@ -356,11 +393,13 @@ class RayBackend:
                  init_kwargs: Optional[dict[str, Any]] = None, prefetch: int = 2, start_timeout: float = 120.0) -> None:
         if actor_options is not None and not isinstance(actor_options, dict):
             raise ValueError(f"actor_options: expected a dict of Ray actor options, got {actor_options!r}")
-        for key in ("max_restarts", "max_task_retries"):
-            value = (actor_options or {}).get(key, 0)
-            if value != 0:
-                raise ValueError(f"actor_options: {key} must be 0 or absent: the backend replaces a lost actor itself "
-                                 f"and counts the losses against max_failures, got {key}={value!r}")
+        value = (actor_options or {}).get("max_task_retries", 0)
+        if value != 0:
+            raise ValueError("actor_options: max_task_retries must be 0 or absent: a call retried on a restarted actor "
+                             f"would count its work twice (lost work is resubmitted by the collector), got {value!r}")
+        value = (actor_options or {}).get("max_restarts", -1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise ValueError(f"actor_options: max_restarts must be an int >= -1 (-1: unbounded), got {value!r}")
         if init_kwargs is not None and not isinstance(init_kwargs, dict):
             raise ValueError(f"init_kwargs: expected a dict of ray.init keyword arguments, got {init_kwargs!r}")
         if not isinstance(prefetch, int) or prefetch < 1:
@@ -387,10 +426,12 @@ class RayBackend:
         self.broken: Optional[str] = None
         self.owns_runtime = False
         self.actor_class: Any = None
+        self.restarts = 0  # incarnations Ray restarted under a handle, adopted since start()
+        self.replacements = 0  # new actors created for ones Ray reported dead for good (or that never answered)
 
     #: What a pickled backend leaves out: actors, refs, and what ``bind`` and ``start`` set up again.
     _RUNTIME = ("worker_args", "actors", "queue", "live", "published", "n_params", "failures", "broken",
-                "owns_runtime", "actor_class")
+                "owns_runtime", "actor_class", "restarts", "replacements")
 
     def __getstate__(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key not in self._RUNTIME}
@@ -441,13 +482,15 @@ class RayBackend:
         runtime_env["env_vars"] = env_vars
         options["runtime_env"] = runtime_env
         options["max_concurrency"] = max(4, int(options.get("max_concurrency", 4)))
-        options["max_restarts"] = 0
+        options["max_restarts"] = int(options.get("max_restarts", -1))
         options["max_task_retries"] = 0
         return options
 
+    def _new_handle(self) -> Any:
+        return self.actor_class.remote(self.worker_args, self._heartbeat())
+
     def _spawn(self) -> _Actor:
-        handle = self.actor_class.remote(self.worker_args, self._heartbeat())
-        return _Actor(handle, handle.ready.remote(), handle.poll.remote(self.POLL_SECONDS))
+        return _Actor(self._new_handle(), self.POLL_SECONDS)
 
     def start(self) -> None:
         """Connect to Ray (see the class) and start ``n_workers`` actors; returns once they are built.
@@ -475,8 +518,12 @@ class RayBackend:
                 )
             try:
                 ray.get(refs)
+                for index in range(len(self.actors)):  # the first polls, answered at once: the incarnations
+                    ray.get(self.actors[index].poll_ref, timeout=self.start_timeout)
+                    self._receive(index)
             except ray.exceptions.RayError as exc:
                 raise WorkerError(f"backend='ray': a worker actor could not be built: {exc}") from exc
+            self.restarts = self.replacements = 0
         except BaseException:
             self.close()
             raise
@@ -486,10 +533,24 @@ class RayBackend:
             raise RuntimeError("the backend is not started: call start() first")
 
     def _send(self, actor: _Actor, message: tuple, refs: Optional[list[Any]] = None) -> None:
-        """Post a small command (θ travels as an ObjectRef in ``refs``, never as a vector)."""
+        """Post a small command (θ travels as an ObjectRef in ``refs``, never as a vector) to the actor's current
+        incarnation; kept in its backlog while the driver waits for a (re)started incarnation."""
         payload = message if refs is None else (*message[:3], refs, *message[3:])
-        self._track(actor, actor.handle.post.remote(actor.seq, self.live, payload))
+        if actor.incarnation is None:
+            actor.backlog.append(payload)
+            return
+        self._track(actor, actor.handle.post.remote(actor.incarnation, actor.seq, self.live, payload))
         actor.seq += 1
+
+    def _adopt(self, actor: _Actor, incarnation: str) -> None:
+        """The actor's incarnation answered: send it the commands kept meanwhile."""
+        actor.incarnation, actor.heard = incarnation, time.monotonic()
+        if actor.retired:  # a restarted incarnation: its process id
+            actor.ready_ref = actor.handle.ready.remote()
+        backlog, actor.backlog = actor.backlog, []
+        for payload in backlog:
+            self._track(actor, actor.handle.post.remote(incarnation, actor.seq, self.live, payload))
+            actor.seq += 1
 
     def _track(self, actor: _Actor, ref: Any) -> None:
         """Keep the ref of a call whose answer nobody waits for; collect the finished ones now and then."""
@@ -601,30 +662,58 @@ class RayBackend:
     def _pending(self) -> bool:
         return any(u.epoch >= self.live for u in self.queue) or any(a.holds_live(self.live) for a in self.actors)
 
-    def _kill(self, actor: _Actor) -> None:
+    def _kill(self, actor: _Actor, restart: bool = False) -> None:
+        """``ray.kill`` the actor: for good, or (``restart``) so that Ray restarts it under the same handle."""
         import ray
 
         try:
-            ray.kill(actor.handle, no_restart=True)
+            ray.kill(actor.handle, no_restart=not restart)
         except Exception:
             pass
 
-    def _lose(self, index: int, reason: str) -> WorkerLost:
-        """Kill actor ``index`` for good and replace it; its live work is returned in a :class:`WorkerLost`."""
-        actor = self.actors[index]
+    @staticmethod
+    def _dead_for_good(actor: _Actor) -> bool:
+        """Whether Ray's GCS reports the actor DEAD (its restarts exhausted, or killed for good)."""
+        try:
+            from ray._private import state
+
+            return state.actors(actor_id=actor.handle._actor_id.hex()).get("State") == "DEAD"
+        except Exception:  # pragma: no cover - a Ray without that debugging API (e.g. Ray Client): start_timeout
+            return False
+
+    def _replace(self, actor: _Actor) -> None:
+        """Kill the actor for good and put a new one under it (its work, if any, waits in the backlog)."""
         self._kill(actor)
+        self.replacements += 1
+        actor.attach(self._new_handle(), self.POLL_SECONDS)
+
+    def _lose(self, index: int, reason: str, action: str = "none") -> WorkerLost:
+        """Actor ``index``'s incarnation is lost: its live work is returned in a :class:`WorkerLost`, the driver
+        forgets what it sent it, and waits for the next incarnation under the same handle. ``action``: "none"
+        (Ray restarts it by itself), "restart" (``ray.kill(no_restart=False)``: Ray restarts it), "replace" (a new
+        actor).
+
+        :raises WorkerError: after more than ``max_failures`` losses in a row.
+        """
+        actor = self.actors[index]
         self.failures += 1
         lost = WorkerLost(index, reason, [u for u in actor.units if u.epoch >= self.live],
                           [r for r in actor.runs.values() if r.epoch >= self.live])
         actor.units, actor.runs, actor.flushed = [], {}, set()
         if self.failures > self.options.max_failures:
+            self._kill(actor)
             self.broken = (
                 f"Ray worker actors failed {self.failures} times in a row (last: actor {index}, {reason}); "
                 f"training stopped with θ, d_t and the clock at their last good values (max_failures="
                 f"{self.options.max_failures})"
             )
             raise WorkerError(self.broken)
-        self.actors[index] = self._spawn()
+        if action == "replace":
+            self._replace(actor)
+        else:
+            if action == "restart":
+                self._kill(actor, restart=True)
+            actor.restart(self.POLL_SECONDS)
         return lost
 
     def wait(self, timeout: Optional[float] = None) -> list[Event]:
@@ -648,25 +737,49 @@ class RayBackend:
             step = 1.0
             if self.options.worker_timeout is not None:
                 step = min(step, self.options.worker_timeout / 2)
+            now = time.monotonic()
+            for actor in self.actors:  # a restarting actor whose poll failed: poll it again, 0.1 s later
+                if actor.poll_ref is None:
+                    if now >= actor.retry_at:
+                        actor.poll_ref = actor.handle.poll.remote(self.POLL_SECONDS, None)
+                    else:
+                        step = min(step, actor.retry_at - now)
             if deadline is not None:
                 step = max(0.0, min(step, deadline - time.monotonic()))
-            refs = {actor.poll_ref: i for i, actor in enumerate(self.actors)}
-            ready, _ = ray.wait(list(refs), num_returns=1, timeout=step)
-            if ready:
-                ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+            refs = {actor.poll_ref: i for i, actor in enumerate(self.actors) if actor.poll_ref is not None}
+            ready: list[Any] = []
+            if refs:
+                ready, _ = ray.wait(list(refs), num_returns=1, timeout=step)
+                if ready:
+                    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+            else:
+                time.sleep(step)
             events: list[Event] = []
             for ref in ready:
                 events.extend(self._receive(refs[ref]))
             now = time.monotonic()
             limit = self.options.worker_timeout
             for index, actor in enumerate(self.actors):
-                if not actor.started and now - actor.created > self.start_timeout:
-                    events.append(self._lose(index, f"not running after {self.start_timeout:g} s"))
-                elif actor.started and limit is not None and actor.busy and now - actor.heard > limit:
-                    events.append(self._lose(index, f"no sign of progress for {limit:g} s (hung)"))
+                if actor.incarnation is None and now - actor.since > self.start_timeout:
+                    events.append(self._lose(index, f"not running after {self.start_timeout:g} s", "replace"))
+                elif actor.incarnation is not None and limit is not None and actor.busy and now - actor.heard > limit:
+                    events.append(self._lose(index, f"no sign of progress for {limit:g} s (hung)", "restart"))
             self._dispatch()
             if events or (deadline is not None and time.monotonic() >= deadline) or not self._pending():
                 return events
+
+    def _failed(self, index: int, reason: str) -> list[Event]:
+        """Actor ``index``'s poll failed: a loss if it held an incarnation; a new actor if Ray reports it dead for
+        good; else it is polled again shortly (Ray is restarting it)."""
+        actor = self.actors[index]
+        events: list[Event] = []
+        if actor.incarnation is not None:
+            events.append(self._lose(index, reason))
+        if self._dead_for_good(actor):
+            self._replace(actor)
+        else:
+            actor.poll_ref, actor.retry_at = None, time.monotonic() + 0.1
+        return events
 
     def _receive(self, index: int) -> list[Event]:
         """Handle actor ``index``'s answered poll and poll it again."""
@@ -674,23 +787,33 @@ class RayBackend:
 
         actor = self.actors[index]
         try:
-            messages, exited = ray.get(actor.poll_ref)
+            messages, exited, incarnation = ray.get(actor.poll_ref)
         except ray.exceptions.RayActorError as exc:  # ActorDiedError, ActorUnavailableError
-            return [self._lose(index, f"actor died ({type(exc).__name__}: {_first_line(exc)})")]
+            return self._failed(index, f"actor died ({type(exc).__name__}: {_first_line(exc)})")
         except ray.exceptions.RayTaskError as exc:
             raise exc.as_instanceof_cause() from None
         except ray.exceptions.RayError as exc:  # the node or the object store failed
-            return [self._lose(index, f"actor lost ({type(exc).__name__}: {_first_line(exc)})")]
-        if not actor.started:
-            actor.started, actor.heard = True, time.monotonic()
+            return self._failed(index, f"actor lost ({type(exc).__name__}: {_first_line(exc)})")
         events: list[Event] = []
+        if incarnation in actor.retired:  # an answer of an incarnation already counted as lost
+            messages, exited = [], None
+        elif actor.incarnation is None:  # the first answer of a (re)started incarnation: it holds nothing of ours
+            if actor.retired:
+                self.restarts += 1
+            self._adopt(actor, incarnation)
+            messages = []
+        elif incarnation != actor.incarnation:  # Ray restarted it before its poll failed: what it held is lost
+            events.append(self._lose(index, "actor died (restarted by Ray, a new incarnation answered)"))
+            self.restarts += 1
+            self._adopt(actor, incarnation)
+            messages, exited = [], None
         live = self.live
         for message in messages:
             actor.heard = time.monotonic()
             kind = message[0]
             if kind == "error":
                 _, error, text = message
-                self.actors[index].poll_ref = actor.handle.poll.remote(self.POLL_SECONDS)
+                actor.poll_ref = actor.handle.poll.remote(self.POLL_SECONDS, actor.incarnation)
                 if error is not None:
                     raise error from WorkerError(f"in Ray worker actor {index}:\n{text}")
                 raise WorkerError(f"Ray worker actor {index} failed:\n{text}")
@@ -719,8 +842,8 @@ class RayBackend:
                 if run is not None and run.epoch == epoch and stats.agent not in actor.flushed and epoch >= live:
                     events.append(AgentReport(epoch, stats))
         if exited is not None:
-            return events + [self._lose(index, f"its worker loop ended ({exited})")]
-        actor.poll_ref = actor.handle.poll.remote(self.POLL_SECONDS)
+            return events + [self._lose(index, f"its worker loop ended ({exited})", "restart")]
+        actor.poll_ref = actor.handle.poll.remote(self.POLL_SECONDS, actor.incarnation)
         return events
 
     def cancel(self, epoch: int) -> None:
