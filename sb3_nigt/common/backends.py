@@ -146,7 +146,7 @@ class BackendOptions:
 # ------------------------------------------------------------------------------------------------ contract
 @runtime_checkable
 class Backend(Protocol):
-    """The contract every backend implements (inline, local processes; next Ray actors and torch.distributed).
+    """The contract every backend implements (inline, local processes, Ray actors, torch.distributed ranks).
     ``tests/test_backend_contract.py`` checks it; a new backend joins by adding its name there.
 
     Life cycle: :meth:`bind` (once, before the first start), then :meth:`start` … :meth:`close` for each
