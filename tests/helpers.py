@@ -10,7 +10,7 @@ import functools
 import math
 import multiprocessing as mp
 from fractions import Fraction
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -301,3 +301,17 @@ class RoundRecorder(BaseCallback):
             dict(stats, clock=self.model.simulated_time, counts=self.model.last_counts.copy(), mean_return=float(np.mean([ep["r"] for ep in batch])))
         )
 
+
+class SaveAndStop(BaseCallback):
+    """Saves the model at the ``at``-th environment step (inside a round's callbacks), then stops training (on
+    several ranks every rank decides alike: they see the same data)."""
+
+    def __init__(self, at: int, path: Any):
+        super().__init__()
+        self.at, self.path = at, path
+
+    def _on_step(self) -> bool:
+        if self.n_calls == self.at:
+            self.model.save(self.path)
+            return False
+        return True

@@ -24,6 +24,7 @@ from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.common.backends import WorkerError
 
 from fault_envs import FaultyEnv
+from helpers import SaveAndStop
 
 ALGORITHMS = [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT, AFedPG]
 NIGT = [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT]
@@ -170,20 +171,6 @@ def test_a_slow_agent_does_not_throttle_the_others():
 
 
 # ------------------------------------------------------------------------------------------ mid-round checkpoints
-class SaveAndStop(BaseCallback):
-    """Saves the model at the ``at``-th environment step (inside a round's callbacks), then stops training."""
-
-    def __init__(self, at: int, path: Path):
-        super().__init__()
-        self.at, self.path = at, path
-
-    def _on_step(self) -> bool:
-        if self.n_calls == self.at:
-            self.model.save(self.path)
-            return False
-        return True
-
-
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("at", [3, 20, 41, 57])  # in the initial round, at a round boundary, mid-round, ...
 def test_checkpoint_written_mid_round_resumes_bit_identically(algorithm, at, tmp_path):

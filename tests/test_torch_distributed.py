@@ -26,6 +26,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.common.distributed import DEFAULT_MASTER_ADDR, TorchDistributedBackend, default_store
 
+from helpers import SaveAndStop
+
 pytestmark = pytest.mark.timeout(300)
 
 WORLD = 2
@@ -38,20 +40,6 @@ STEP_KWARGS = dict(KWARGS, compute_times=[0.1, 0.2, 0.3], compute_time_unit="ste
 ALGORITHMS = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT}
 REAL = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT, "synchronized": SynchronizedNIGT}
 REAL_KWARGS = dict(n_agents=3, batch_size=4, horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]), clock="real")
-
-
-class SaveAndStop(BaseCallback):
-    """Saves the model at environment step ``at`` and stops training (every rank decides alike: same data)."""
-
-    def __init__(self, at: int, path: Path):
-        super().__init__()
-        self.at, self.path = at, path
-
-    def _on_step(self) -> bool:
-        if self.n_calls == self.at:
-            self.model.save(self.path)
-            return False
-        return True
 
 
 class CheckpointThenDie(BaseCallback):
