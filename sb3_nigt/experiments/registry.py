@@ -131,6 +131,11 @@ def _add(experiment: Experiment) -> None:
     EXPERIMENTS[experiment.name] = experiment
 
 
+#: Humanoid budgets, in simulated seconds: about an hour on 2 cores each. A round of M = 20 gradients takes 2 s with
+#: equal times, about 6 s with communication and about 30 s with expensive communication (Humanoid's d = 30,498: d^¼ ≈ 13.2),
+#: so these give roughly 250, 500 and 160 Rennala rounds.
+_HUMANOID_BUDGET = {"equal": 500.0, "comm": 3000.0, "expensive-comm": 5000.0}
+
 for _scenario, _figure, _claim, _expect in (
     ("equal", "Fig. 1", "with equal times all methods perform alike", "alike"),
     ("comm", "Fig. 2", "with compute = communication times (√i), Rennala NIGT is fastest", "faster"),
@@ -138,7 +143,7 @@ for _scenario, _figure, _claim, _expect in (
 ):
     _add(Experiment(
         name=f"humanoid-{_scenario}", figure=_figure, claim=_claim, env="Humanoid-v4", scenario=_scenario,
-        algorithms=("rennala", "sync", "afedpg"), simulated_seconds=1500.0 * _COMM_BUDGET[_scenario],
+        algorithms=("rennala", "sync", "afedpg"), simulated_seconds=_HUMANOID_BUDGET[_scenario],
         thresholds=(150.0, 250.0, 350.0),
         seeds=(0, 1, 2), alpha_grid=COARSE_ALPHA_GRID, expected_ratio=_expect,
         differences=_COMMON + " Humanoid is the paper's main task but costs ~1 ms per step here: 3 seeds (not 5), "
@@ -159,17 +164,23 @@ for _env, _budget, _thresholds in (
                     + " A budget far shorter than the paper's.",
     ))
 
+#: Budgets at n = 10, in simulated seconds (× 10/n for larger n). Equal times compute Σ 1/h_i = 10 gradients per
+#: second at n = 10, twice the √i scenario's 5.0, so 500 s gives agents-equal the gradients agents-heterogeneous gets
+#: in 1000 s, and keeps it to about an hour on 2 cores.
+_AGENTS_BUDGET = {"equal": 500.0, "heterogeneous": 1000.0}
+
 for _scenario, _figure, _expect in (("equal", "Fig. 4", "alike"), ("heterogeneous", "Fig. 5", "faster")):
     _add(Experiment(
         name=f"agents-{_scenario}", figure=_figure,
         claim=("with equal times the methods stay alike as n grows to 100" if _expect == "alike"
                else "with heterogeneous times (√i) Rennala NIGT stays fastest as n grows to 100"),
-        env="Reacher-v4", scenario=_scenario, algorithms=("rennala", "sync", "afedpg"), simulated_seconds=1000.0,
-        n_agents=(10, 25, 50, 100), thresholds=(-25.0, -15.0, -10.0), seeds=(0, 1, 2), alpha_grid=COARSE_ALPHA_GRID,
+        env="Reacher-v4", scenario=_scenario, algorithms=("rennala", "sync", "afedpg"),
+        simulated_seconds=_AGENTS_BUDGET[_scenario], n_agents=(10, 25, 50, 100), thresholds=(-25.0, -15.0, -10.0), seeds=(0, 1, 2), alpha_grid=COARSE_ALPHA_GRID,
         tune_at=10, expected_ratio=_expect, budget_per_agents=True,
         differences=_COMMON + " The paper's environment for this figure is not in our sources: Reacher-v4 here. "
                               "α is tuned once, at n = 10, on the coarse grid, and reused for n = 25, 50, 100; 3 seeds; "
-                              "the budget is 1000 simulated s × 10/n, about the same number of gradients for every n.",
+                              f"the budget is {_AGENTS_BUDGET[_scenario]:.0f} simulated s × 10/n, about the same number of gradients "
+                              "for every n if times are equal.",
     ))
 
 for _scenario, _figure in (("comm", "Fig. 6"), ("expensive-comm", "Fig. 7")):
