@@ -326,6 +326,178 @@ def _flush_result(worker: GradientWorker, state: _RunState, count: int) -> UnitR
     return UnitResult(unit, gradient, [t.stats for t in kept], time.perf_counter() - begin)
 
 
+class WorkerLoop:
+    """The event loop of one worker, the same wherever it runs (a process of :class:`SubprocessBackend`, a thread of
+    a Ray actor): small commands, and the agent runs it holds. Emulated waits are deadlines, not sleeps, so a flush
+    is handled at once and runs held by one worker wait concurrently.
+
+    Commands: ``("unit", WorkUnit, version, handle, obs_norm)`` (compute the unit at θ of that version),
+    ``("run", AgentRun, version, handle, obs_norm)`` (sample until flushed), ``("flush", epoch, agent, count,
+    upload_delay)``, ``("close",)``; any other raises ``ValueError``. ``handle`` is what ``fetch`` needs to get θ
+    (None for a shared-memory slot, a list holding a Ray ObjectRef). Messages sent: ``("result", UnitResult)``,
+    ``("cancelled", WorkUnit)``, ``("report", epoch, TrajectoryStats)``, ``("flushed", UnitResult)`` (its
+    ``seconds`` include the upload delay) and ``("alive",)``, when it has said nothing for ``heartbeat`` seconds
+    while busy.
+
+    :param worker: computes trajectories and gradient sums.
+    :param send: sends one message to the main process; must not block for long.
+    :param receive: the next command, waiting up to ``timeout`` seconds (None: without limit); None if none came
+        in time; raises ``EOFError`` once the channel is closed (the loop then ends as on ``close``).
+    :param live: the live epoch; work of lower epochs is abandoned.
+    :param fetch: ``fetch(slot, handle)``: θ of a slot (-1: the broadcast), a float32 vector of shape (d,).
+    :param heartbeat: seconds between heartbeats of a busy loop; None: none.
+    """
+
+    def __init__(self, worker: GradientWorker, send: Callable[[tuple], None],
+                 receive: Callable[[Optional[float]], Optional[tuple]], live: Callable[[], int],
+                 fetch: Callable[[int, Any], np.ndarray], heartbeat: Optional[float]) -> None:
+        self.worker = worker
+        self._send = send
+        self.receive = receive
+        self.live = live
+        self.fetch = fetch
+        self.heartbeat = heartbeat
+        self.last_sent = time.monotonic()
+        self.published: dict[int, tuple[int, Any, Optional[ObsNorm]]] = {}  # slot -> (version, handle, obs_norm)
+        self.loaded: Optional[tuple[int, int]] = None  # (slot, version) of the worker's θ
+        self.runs: dict[int, _RunState] = {}
+        self.outbox: list[tuple[float, int, int, tuple]] = []  # (due, order, epoch, message): emulated uploads
+        self.order = itertools.count()
+
+    def send(self, message: tuple) -> None:
+        self._send(message)
+        self.last_sent = time.monotonic()
+
+    def beat(self) -> None:
+        if self.heartbeat is not None and time.monotonic() - self.last_sent >= self.heartbeat:
+            self.send(("alive",))
+
+    def cancelled_below(self, epoch: int) -> Callable[[], bool]:
+        def cancelled() -> bool:  # called every 64 environment steps and every 10 ms of an emulated wait
+            self.beat()
+            return self.live() > epoch
+
+        return cancelled
+
+    def load(self, slot: int, epoch: int) -> None:
+        """Give the worker θ of ``slot`` (once per version); JobCancelled if a newer epoch began meanwhile."""
+        if slot not in self.published:
+            raise RuntimeError(f"worker: no θ was published to slot {slot}")
+        version, handle, obs_norm = self.published[slot]
+        if self.loaded != (slot, version):
+            self.worker.set_params(self.fetch(slot, handle), obs_norm)
+            self.loaded = (slot, version)
+        if self.live() > epoch:  # shared memory: θ may have been overwritten by a newer round while it was copied
+            self.loaded = None
+            raise JobCancelled()
+
+    def upload(self, state: _RunState, count: int, delay: float) -> None:
+        """Send the sum of the run's first ``count`` trajectories ``delay`` seconds from now."""
+        epoch = state.run.epoch
+        try:
+            self.load(-1, epoch)  # θ of the run's round: a new round's θ is published only after a cancel
+        except JobCancelled:
+            return
+        result = _flush_result(self.worker, state, count)
+        result.seconds += delay
+        heapq.heappush(self.outbox, (time.monotonic() + delay, next(self.order), epoch, ("flushed", result)))
+
+    def handle(self, message: tuple) -> bool:
+        """Apply one command; False for ``close``."""
+        command = message[0]
+        if command == "unit":
+            _, unit, version, handle, obs_norm = message
+            self.published[unit.slot] = (version, handle, obs_norm)
+            cancelled = self.cancelled_below(unit.epoch)
+            try:
+                if cancelled():
+                    raise JobCancelled()
+                self.load(unit.slot, unit.epoch)
+                result = self.worker.run_unit(unit, cancelled)
+            except JobCancelled:
+                self.send(("cancelled", unit))
+            else:
+                self.send(("result", result))
+        elif command == "run":
+            _, run, version, handle, obs_norm = message
+            self.published[-1] = (version, handle, obs_norm)
+            self.runs[run.agent] = _RunState(run, time.monotonic())
+        elif command == "flush":
+            _, epoch, agent, count, delay = message
+            state = self.runs.get(agent)
+            if state is not None and state.run.epoch == epoch:
+                del self.runs[agent]  # its trajectory in progress, if any, is dropped
+                if count > 0:
+                    self.upload(state, count, delay)
+        elif command == "close":
+            return False
+        else:
+            raise ValueError(f"worker: unknown command {command!r}")
+        return True
+
+    def step(self, state: _RunState) -> bool:
+        """Advance a run: sample its next trajectory once it may start, report it once its emulated time is over.
+        Whether anything happened."""
+        run = state.run
+        progressed = False
+        if state.pending is None:
+            if time.monotonic() < state.next_at:
+                return False
+            try:
+                self.load(-1, run.epoch)
+                state.pending = state.sample(self.worker, self.cancelled_below(run.epoch))
+            except JobCancelled:
+                self.runs.pop(run.agent, None)
+                return True
+            progressed = True
+        if time.monotonic() < state.pending[1]:
+            return progressed
+        self.send(("report", run.epoch, state.finish()))
+        if state.limit_reached:  # Synchronized NIGT: the agent stops and uploads at once
+            del self.runs[run.agent]
+            self.upload(state, len(state.trajectories), run.upload_delay)
+        return True
+
+    def run(self) -> None:
+        """Loop until ``close`` or a closed channel; an exception of the work propagates."""
+        try:
+            self._loop()
+        except EOFError:
+            pass
+
+    def _loop(self) -> None:
+        runs, outbox = self.runs, self.outbox
+        while True:
+            epoch = self.live()
+            for agent in [a for a, s in runs.items() if s.run.epoch < epoch]:
+                del runs[agent]  # abandoned: its memory is freed, a flush of it is ignored
+            if any(entry[2] < epoch for entry in outbox):
+                outbox[:] = [entry for entry in outbox if entry[2] >= epoch]
+                heapq.heapify(outbox)
+            if not runs and not outbox:  # idle: wait for a command
+                message = self.receive(None)
+                if message is not None and not self.handle(message):
+                    return
+                continue
+            while (message := self.receive(0.0)) is not None:
+                if not self.handle(message):
+                    return
+            while outbox and outbox[0][0] <= time.monotonic():
+                self.send(heapq.heappop(outbox)[3])
+            progressed = False
+            for state in list(runs.values()):
+                if runs.get(state.run.agent) is state:
+                    progressed = self.step(state) or progressed
+            if progressed:
+                continue
+            self.beat()
+            due = [entry[0] for entry in outbox[:1]] + [s.pending[1] if s.pending is not None else s.next_at for s in runs.values()]
+            wake = min(due) - time.monotonic() if due else 0.05
+            message = self.receive(min(max(wake, 0.0), 0.05))  # a command, the next deadline, or a cancellation check
+            if message is not None and not self.handle(message):
+                return
+
+
 def _event_epoch(event: Event) -> int:
     return event.unit.epoch if isinstance(event, UnitResult) else event.epoch  # type: ignore[union-attr]
 
@@ -558,162 +730,25 @@ def _refuse_if_bootstrapping() -> None:
 
 def _worker_main(remote: Connection, parent_remote: Connection, wrapped_args: CloudpickleWrapper, live: Any,
                  shm_name: str, n_slots: int, n_params: int, heartbeat: Optional[float]) -> None:
-    """Entry point of a worker process: one torch thread, SIGINT left to the main process, and an event loop over
-    small commands (``publish``, ``unit``, ``run``, ``flush``, ``close``; any other is rejected) and the agent
-    runs it holds. Emulated waits are deadlines, not sleeps, so a flush is handled at once and runs held by one
-    worker wait concurrently. Sends ``("alive",)`` when it has said nothing for ``heartbeat`` seconds while busy."""
+    """Entry point of a worker process: one torch thread, SIGINT left to the main process, and a
+    :class:`WorkerLoop` over the pipe, with θ read from the shared-memory slot each command names."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     th.set_num_threads(1)
     parent_remote.close()
     worker: Optional[GradientWorker] = None
     memory: Optional[shared_memory.SharedMemory] = None
-    last_sent = [time.monotonic()]
 
-    def send(message: tuple) -> None:
-        remote.send(message)
-        last_sent[0] = time.monotonic()
-
-    def beat() -> None:
-        if heartbeat is not None and time.monotonic() - last_sent[0] >= heartbeat:
-            send(("alive",))
-
-    def cancelled_below(epoch: int) -> Callable[[], bool]:
-        def cancelled() -> bool:  # called every 64 environment steps and every 10 ms of an emulated wait
-            beat()
-            return live.value > epoch
-
-        return cancelled
+    def receive(timeout: Optional[float]) -> Optional[tuple]:
+        if timeout is not None and not remote.poll(timeout):
+            return None
+        return remote.recv()
 
     try:
         worker = GradientWorker(**wrapped_args.var)
         memory = shared_memory.SharedMemory(name=shm_name)
         slots = np.ndarray((n_slots, n_params), dtype=np.float32, buffer=memory.buf)
-        published: dict[int, tuple[int, Optional[ObsNorm]]] = {}
-        loaded: list[Optional[tuple[int, int]]] = [None]
-        runs: dict[int, _RunState] = {}
-        outbox: list[tuple[float, int, int, tuple]] = []  # (due, order, epoch, message): emulated uploads
-        order = itertools.count()
-
-        def load(slot: int, epoch: int) -> None:
-            assert worker is not None
-            if slot not in published:
-                raise RuntimeError(f"worker: no θ was published to slot {slot}")
-            version, obs_norm = published[slot]
-            if loaded[0] != (slot, version):
-                worker.set_params(np.array(slots[slot + 1]), obs_norm)
-                loaded[0] = (slot, version)
-            if live.value > epoch:  # θ may have been overwritten by a newer round while it was copied
-                loaded[0] = None
-                raise JobCancelled()
-
-        def upload(state: _RunState, count: int, delay: float) -> None:
-            """Send the sum of the run's first ``count`` trajectories ``delay`` seconds from now."""
-            assert worker is not None
-            epoch = state.run.epoch
-            try:
-                load(-1, epoch)  # θ of the run's round: a new round's θ is published only after a cancel
-            except JobCancelled:
-                return
-            result = _flush_result(worker, state, count)
-            result.seconds += delay
-            heapq.heappush(outbox, (time.monotonic() + delay, next(order), epoch, ("flushed", result)))
-
-        def handle(message: tuple) -> bool:
-            assert worker is not None
-            command = message[0]
-            if command == "unit":
-                _, unit, version, obs_norm = message  # the unit carries the version of θ it needs
-                published[unit.slot] = (version, obs_norm)
-                cancelled = cancelled_below(unit.epoch)
-                try:
-                    if cancelled():
-                        raise JobCancelled()
-                    load(unit.slot, unit.epoch)
-                    result = worker.run_unit(unit, cancelled)
-                except JobCancelled:
-                    send(("cancelled", unit))
-                else:
-                    send(("result", result))
-            elif command == "run":
-                _, run, version, obs_norm = message
-                published[-1] = (version, obs_norm)
-                runs[run.agent] = _RunState(run, time.monotonic())
-            elif command == "flush":
-                _, epoch, agent, count, delay = message
-                state = runs.get(agent)
-                if state is not None and state.run.epoch == epoch:
-                    del runs[agent]  # its trajectory in progress, if any, is dropped
-                    if count > 0:
-                        upload(state, count, delay)
-            elif command == "close":
-                return False
-            else:
-                raise ValueError(f"worker: unknown command {command!r}")
-            return True
-
-        def step(state: _RunState) -> bool:
-            """Advance a run: sample its next trajectory once it may start, report it once its emulated time is
-            over. Whether anything happened."""
-            assert worker is not None
-            run = state.run
-            progressed = False
-            if state.pending is None:
-                if time.monotonic() < state.next_at:
-                    return False
-                try:
-                    load(-1, run.epoch)
-                    state.pending = state.sample(worker, cancelled_below(run.epoch))
-                except JobCancelled:
-                    runs.pop(run.agent, None)
-                    return True
-                progressed = True
-            if time.monotonic() < state.pending[1]:
-                return progressed
-            send(("report", run.epoch, state.finish()))
-            if state.limit_reached:  # Synchronized NIGT: the agent stops and uploads at once
-                del runs[run.agent]
-                upload(state, len(state.trajectories), run.upload_delay)
-            return True
-
-        while True:
-            epoch = live.value
-            for agent in [a for a, s in runs.items() if s.run.epoch < epoch]:
-                del runs[agent]  # abandoned: its memory is freed, a flush of it is ignored
-            if any(entry[2] < epoch for entry in outbox):
-                outbox[:] = [entry for entry in outbox if entry[2] >= epoch]
-                heapq.heapify(outbox)
-            if not runs and not outbox:
-                try:
-                    message = remote.recv()
-                except EOFError:
-                    break
-                if not handle(message):
-                    break
-                continue
-            stop = False
-            while remote.poll():
-                try:
-                    message = remote.recv()
-                except EOFError:
-                    stop = True
-                    break
-                if not handle(message):
-                    stop = True
-                    break
-            if stop:
-                break
-            while outbox and outbox[0][0] <= time.monotonic():
-                send(heapq.heappop(outbox)[3])
-            progressed = False
-            for state in list(runs.values()):
-                if runs.get(state.run.agent) is state:
-                    progressed = step(state) or progressed
-            if progressed:
-                continue
-            beat()
-            due = [entry[0] for entry in outbox[:1]] + [s.pending[1] if s.pending is not None else s.next_at for s in runs.values()]
-            wake = min(due) - time.monotonic() if due else 0.05
-            remote.poll(min(max(wake, 0.0), 0.05))  # a message, the next deadline, or a cancellation check
+        WorkerLoop(worker, remote.send, receive, lambda: int(live.value),
+                   lambda slot, _handle: np.array(slots[slot + 1]), heartbeat).run()
     except Exception as exc:  # sent to the main process, which re-raises it
         try:
             remote.send(("error", _picklable(exc), traceback.format_exc()))
@@ -779,7 +814,7 @@ class SubprocessBackend:
         self.live: Any = None
         self.memory: Optional[shared_memory.SharedMemory] = None
         self.slots: Optional[np.ndarray] = None
-        self.published: dict[int, tuple[int, Optional[ObsNorm]]] = {}
+        self.published: dict[int, tuple[int, None, Optional[ObsNorm]]] = {}
         self.failures = 0
         self.broken: Optional[str] = None
         self.ctx: Any = None
@@ -878,7 +913,7 @@ class SubprocessBackend:
             raise ValueError(f"params: expected shape ({self.slots.shape[1]},), got {params.shape}")
         self.slots[slot + 1] = params  # no worker reads this slot now: its live work was cancelled or answered
         version = self.published.get(slot, (0, None))[0] + 1
-        self.published[slot] = (version, obs_norm)  # travels with the work that needs it (not to every worker)
+        self.published[slot] = (version, None, obs_norm)  # travels with the work that needs it (not to every worker)
 
     def _home(self, agent: int) -> Optional[int]:
         return agent % self.n_workers if self.options.pin_agents else None

@@ -26,8 +26,6 @@ Ray is imported only by this module, so importing sb3_nigt never imports ray.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import os
 import queue
@@ -36,7 +34,7 @@ import time
 import traceback
 import uuid
 from collections import deque
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch as th
@@ -47,13 +45,12 @@ from sb3_nigt.common.backends import (
     BackendOptions,
     Event,
     WorkerError,
+    WorkerLoop,
     WorkerLost,
     _check_slot,
-    _flush_result,
     _picklable,
-    _RunState,
 )
-from sb3_nigt.common.estimator import GradientWorker, JobCancelled, ObsNorm, UnitResult, WorkUnit
+from sb3_nigt.common.estimator import GradientWorker, ObsNorm, UnitResult, WorkUnit
 
 INSTALL_HINT = 'the Ray backend needs ray: pip install "sb3-nigt[ray]"'
 
@@ -126,7 +123,6 @@ class _ActorWorker:
         self.commands: queue.Queue = queue.Queue()
         self.early: dict[int, tuple] = {}
         self.next_seq = 0
-        self.last_sent = time.monotonic()
         self.thread = threading.Thread(target=self._main, name="sb3-nigt-worker", daemon=True)
         self.thread.start()
 
@@ -167,24 +163,22 @@ class _ActorWorker:
     def _send(self, message: tuple) -> None:
         with self.lock:
             self.outgoing.append(message)
-            self.last_sent = time.monotonic()
             self.lock.notify_all()
 
-    def _beat(self) -> None:
-        if self.heartbeat is not None and time.monotonic() - self.last_sent >= self.heartbeat:
-            self._send(("alive",))
-
-    def _cancelled_below(self, epoch: int) -> Callable[[], bool]:
-        def cancelled() -> bool:  # every 64 environment steps and every 10 ms of an emulated wait
-            self._beat()
-            return self.live > epoch
-
-        return cancelled
+    def _receive(self, timeout: Optional[float]) -> Optional[tuple]:
+        try:
+            return self.commands.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
     def _main(self) -> None:
+        import ray
+
         th.set_num_threads(1)  # in this thread too: OpenMP keeps the number of threads per calling thread
         try:
-            self._loop()
+            WorkerLoop(self.worker, self._send, self._receive, lambda: self.live,
+                       lambda slot, refs: np.array(ray.get(refs[0]), dtype=np.float32),  # fetched once per version
+                       self.heartbeat).run()
             reason = "closed"
         except Exception as exc:  # sent to the main process, which re-raises it
             self._send(("error", _picklable(exc), traceback.format_exc()))
@@ -194,117 +188,6 @@ class _ActorWorker:
         with self.lock:
             self.exited = reason
             self.lock.notify_all()
-
-    def _loop(self) -> None:
-        import ray
-
-        worker = self.worker
-        published: dict[int, tuple[int, Any, Optional[ObsNorm]]] = {}
-        loaded: list[Optional[tuple[int, int]]] = [None]
-        runs: dict[int, _RunState] = {}
-        outbox: list[tuple[float, int, int, tuple]] = []  # (due, order, epoch, message): emulated uploads
-        order = itertools.count()
-
-        def load(slot: int) -> None:
-            version, ref, obs_norm = published[slot]
-            if loaded[0] != (slot, version):
-                worker.set_params(np.array(ray.get(ref), dtype=np.float32), obs_norm)  # fetched once per version
-                loaded[0] = (slot, version)
-
-        def upload(state: _RunState, count: int, delay: float) -> None:
-            load(-1)
-            result = _flush_result(worker, state, count)
-            result.seconds += delay
-            heapq.heappush(outbox, (time.monotonic() + delay, next(order), state.run.epoch, ("flushed", result)))
-
-        def handle(message: tuple) -> bool:
-            command = message[0]
-            if command == "unit":
-                _, unit, version, refs, obs_norm = message
-                published[unit.slot] = (version, refs[0], obs_norm)
-                cancelled = self._cancelled_below(unit.epoch)
-                try:
-                    if cancelled():
-                        raise JobCancelled()
-                    load(unit.slot)
-                    result = worker.run_unit(unit, cancelled)
-                except JobCancelled:
-                    self._send(("cancelled", unit))
-                else:
-                    self._send(("result", result))
-            elif command == "run":
-                _, run, version, refs, obs_norm = message
-                published[-1] = (version, refs[0], obs_norm)
-                runs[run.agent] = _RunState(run, time.monotonic())
-            elif command == "flush":
-                _, epoch, agent, count, delay = message
-                state = runs.get(agent)
-                if state is not None and state.run.epoch == epoch:
-                    del runs[agent]  # its trajectory in progress, if any, is dropped
-                    if count > 0:
-                        upload(state, count, delay)
-            elif command == "close":
-                return False
-            else:
-                raise ValueError(f"worker: unknown command {command!r}")
-            return True
-
-        def step(state: _RunState) -> bool:
-            run = state.run
-            progressed = False
-            if state.pending is None:
-                if time.monotonic() < state.next_at:
-                    return False
-                try:
-                    load(-1)
-                    state.pending = state.sample(worker, self._cancelled_below(run.epoch))
-                except JobCancelled:
-                    runs.pop(run.agent, None)
-                    return True
-                progressed = True
-            if time.monotonic() < state.pending[1]:
-                return progressed
-            self._send(("report", run.epoch, state.finish()))
-            if state.limit_reached:  # Synchronized NIGT: the agent stops and uploads at once
-                del runs[run.agent]
-                upload(state, len(state.trajectories), run.upload_delay)
-            return True
-
-        while True:
-            epoch = self.live
-            for agent in [a for a, s in runs.items() if s.run.epoch < epoch]:
-                del runs[agent]
-            if any(entry[2] < epoch for entry in outbox):
-                outbox[:] = [entry for entry in outbox if entry[2] >= epoch]
-                heapq.heapify(outbox)
-            if not runs and not outbox:
-                if not handle(self.commands.get()):
-                    return
-                continue
-            while True:
-                try:
-                    message = self.commands.get_nowait()
-                except queue.Empty:
-                    break
-                if not handle(message):
-                    return
-            while outbox and outbox[0][0] <= time.monotonic():
-                self._send(heapq.heappop(outbox)[3])
-            progressed = False
-            for state in list(runs.values()):
-                if runs.get(state.run.agent) is state:
-                    progressed = step(state) or progressed
-            if progressed:
-                continue
-            self._beat()
-            due = [entry[0] for entry in outbox[:1]] + [s.pending[1] if s.pending is not None else s.next_at for s in runs.values()]
-            wake = min(due) - time.monotonic() if due else 0.05
-            try:
-                message = self.commands.get(timeout=min(max(wake, 0.0), 0.05))
-            except queue.Empty:
-                continue
-            if not handle(message):
-                return
 
 
 # ------------------------------------------------------------------------------------------- main side
