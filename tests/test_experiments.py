@@ -63,6 +63,23 @@ def test_cache_is_reused_and_one_missing_seed_is_redone(tmp_path, monkeypatch):
     assert len(calls) == 1 and calls[0].seed == 1 and calls[0].phase == "report"
     assert (out / "results.csv").read_text() == before  # the redone run is bit-identical (simulated clock)
 
+    # --seeds 3: seeds 0 and 1 come from the same cache, only seed 2 runs; the report names the flag
+    calls.clear()
+    main(["decreasing", "--smoke", "--seeds", "3", "--workers", "1", "--out", str(tmp_path), "--no-progress"])
+    assert sorted((c.seed, c.phase) for c in calls) == [(2, "report")] * len(experiment.algorithms)
+    folder = tmp_path / "decreasing-smoke"
+    with open(folder / "results.csv") as f:
+        assert {row["seed"] for row in csv.DictReader(f)} == {"0", "1", "2"}
+    assert "python -m sb3_nigt.experiments decreasing --smoke --seeds 3" in (folder / "report.md").read_text()
+
+
+@pytest.mark.parametrize("seeds", ["0", "101"])
+def test_seeds_outside_the_range_are_refused_before_anything_runs(seeds, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["decreasing", "--smoke", "--seeds", seeds, "--out", str(tmp_path), "--no-progress"])
+    assert "--seeds: must be in 1..100" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
 
 def test_runs_spread_over_two_processes(tmp_path):
     experiment = EXPERIMENTS["comm"].smoke()

@@ -5,12 +5,14 @@ Usage::
     python -m sb3_nigt.experiments --list                 # experiments, settings, runs and cost
     python -m sb3_nigt.experiments reacher-expensive-comm # tune α, run the reported seeds, write the report
     python -m sb3_nigt.experiments outage --smoke         # a tiny version (seconds), as the tests run it
+    python -m sb3_nigt.experiments outage --seeds 10      # seeds 0-9 (0-4 come from the cache)
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 import sys
 import time
@@ -34,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/experiments", help="output folder (one subfolder per experiment)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="runs at once, one process each (default: the number of cores)")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N",
+                        help="report seeds 0 .. N-1 instead of the experiment's own (cached seeds are reused)")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget (two α, two seeds, a few rounds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -86,8 +90,21 @@ class Progress:
             self.bar.close()
 
 
-def run_experiment(experiment: Experiment, out: Path, workers: int, progress: bool = True) -> dict[str, Any]:
-    """Tune α, run the reported seeds, write the outputs in ``out``; return a summary (paths, α, verdicts)."""
+def with_seeds(experiment: Experiment, seeds: int) -> Experiment:
+    """The experiment with reported seeds 0 .. ``seeds`` − 1.
+
+    :raises ValueError: if ``seeds`` < 1, or if the seeds would include a tuning seed (they are kept apart).
+    """
+    if seeds < 1 or seeds > min(experiment.tuning_seeds):
+        raise ValueError(f"--seeds: must be in 1..{min(experiment.tuning_seeds)} (reported seeds 0 .. N-1 stay apart "
+                         f"from the tuning seeds {list(experiment.tuning_seeds)}), got {seeds}")
+    return dataclasses.replace(experiment, seeds=tuple(range(seeds)))
+
+
+def run_experiment(experiment: Experiment, out: Path, workers: int, progress: bool = True,
+                   seeds: Optional[int] = None) -> dict[str, Any]:
+    """Tune α, run the reported seeds, write the outputs in ``out``; return a summary (paths, α, verdicts).
+    ``seeds``: the ``--seeds`` given, if any (only named in the report's command; ``experiment`` has them)."""
     out.mkdir(parents=True, exist_ok=True)
     cache = out.parent / "cache"  # shared by the experiments of one --out: identical runs are computed once
     start = time.perf_counter()
@@ -131,7 +148,8 @@ def run_experiment(experiment: Experiment, out: Path, workers: int, progress: bo
     plot(out / "returns.png", experiment, curves)
     body, verdicts = tables(experiment, curves, alphas)
     cpu = sum(float(read_run(path)[0].get("wall_seconds", 0.0)) for path in set(paths.values()) | {tuning_paths[s] for s in tuning})
-    command = f"python -m sb3_nigt.experiments {experiment.name}{' --smoke' if experiment.simulated_seconds < 50 else ''}"
+    command = (f"python -m sb3_nigt.experiments {experiment.name}{' --smoke' if experiment.simulated_seconds < 50 else ''}"
+               f"{f' --seeds {seeds}' if seeds is not None else ''}")
     header = [
         f"## {experiment.name} ({experiment.figure})", "",
         f"Claim checked: {experiment.claim}.", "",
@@ -170,8 +188,14 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict[str, Any]]:
     experiment = EXPERIMENTS[args.name]
     if args.smoke:
         experiment = experiment.smoke()
+    if args.seeds is not None:
+        try:
+            experiment = with_seeds(experiment, args.seeds)
+        except ValueError as exc:
+            build_parser().error(str(exc))
     folder = out / (args.name + ("-smoke" if args.smoke else ""))
-    result = run_experiment(experiment, folder, args.workers, progress=not args.no_progress and sys.stderr.isatty())
+    result = run_experiment(experiment, folder, args.workers, progress=not args.no_progress and sys.stderr.isatty(),
+                            seeds=args.seeds)
     print((folder / "report.md").read_text())
     print(f"wrote {folder}/: results.csv, tuning.csv, returns.png, report.md, cache/")
     return result
