@@ -458,14 +458,15 @@ class WorkerLoop:
             self.upload(state, len(state.trajectories), run.upload_delay)
         return True
 
+    def _next(self, timeout: Optional[float]) -> Optional[tuple]:
+        """The next command (see ``receive``); a closed channel reads as ``close``."""
+        try:
+            return self.receive(timeout)
+        except EOFError:
+            return ("close",)
+
     def run(self) -> None:
         """Loop until ``close`` or a closed channel; an exception of the work propagates."""
-        try:
-            self._loop()
-        except EOFError:
-            pass
-
-    def _loop(self) -> None:
         runs, outbox = self.runs, self.outbox
         while True:
             epoch = self.live()
@@ -475,11 +476,11 @@ class WorkerLoop:
                 outbox[:] = [entry for entry in outbox if entry[2] >= epoch]
                 heapq.heapify(outbox)
             if not runs and not outbox:  # idle: wait for a command
-                message = self.receive(None)
+                message = self._next(None)
                 if message is not None and not self.handle(message):
                     return
                 continue
-            while (message := self.receive(0.0)) is not None:
+            while (message := self._next(0.0)) is not None:
                 if not self.handle(message):
                     return
             while outbox and outbox[0][0] <= time.monotonic():
@@ -493,7 +494,7 @@ class WorkerLoop:
             self.beat()
             due = [entry[0] for entry in outbox[:1]] + [s.pending[1] if s.pending is not None else s.next_at for s in runs.values()]
             wake = min(due) - time.monotonic() if due else 0.05
-            message = self.receive(min(max(wake, 0.0), 0.05))  # a command, the next deadline, or a cancellation check
+            message = self._next(min(max(wake, 0.0), 0.05))  # a command, the next deadline, or a cancellation check
             if message is not None and not self.handle(message):
                 return
 
