@@ -131,8 +131,8 @@ def _add(experiment: Experiment) -> None:
     EXPERIMENTS[experiment.name] = experiment
 
 
-#: Humanoid budgets, in simulated seconds (humanoid-expensive-comm took 13 CPU minutes, near its estimate: Humanoid's
-#: trajectories stay short at these budgets, so all three could grow). A round of M = 20 gradients takes 2 s with
+#: Humanoid budgets, in simulated seconds (the three took 13 to 88 CPU minutes, 1.2 to 3.7 times their estimates, on
+#: a shared machine). A round of M = 20 gradients takes 2 s with
 #: equal times, about 6 s with communication and about 30 s with expensive communication (Humanoid's d = 30,498: d^¼ ≈ 13.2),
 #: so these give roughly 250, 500 and 160 Rennala rounds.
 _HUMANOID_BUDGET = {"equal": 500.0, "comm": 3000.0, "expensive-comm": 5000.0}
