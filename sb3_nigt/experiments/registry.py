@@ -167,7 +167,8 @@ for _env, _budget, _thresholds in (
 
 #: Budgets at n = 10, in simulated seconds (× 10/n for larger n). Equal times compute Σ 1/h_i = 10 gradients per
 #: second at n = 10, twice the √i scenario's 5.0, so 500 s gives agents-equal the gradients agents-heterogeneous gets
-#: in 1000 s, and keeps it to about an hour on 2 cores.
+#: in 1000 s; its --list estimate, times the 1.9 by which agents-heterogeneous overran its own, is about 45 wall
+#: minutes on 2 cores.
 _AGENTS_BUDGET = {"equal": 500.0, "heterogeneous": 1000.0}
 
 for _scenario, _figure, _expect in (("equal", "Fig. 4", "alike"), ("heterogeneous", "Fig. 5", "faster")):
