@@ -18,10 +18,17 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory):
+    """One output folder, and so one run cache, for every smoke experiment: `expensive-comm` (Fig. 7) has the very
+    settings of `reacher-expensive-comm` (Fig. 3), and the second reads the first's runs, as on the command line."""
+    return tmp_path_factory.mktemp("smoke")
+
+
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
-def test_every_experiment_runs_end_to_end_in_smoke_form(name, tmp_path):
+def test_every_experiment_runs_end_to_end_in_smoke_form(name, smoke_root):
     experiment = EXPERIMENTS[name].smoke()
-    out = tmp_path / name
+    out = smoke_root / name
     result = run_experiment(experiment, out, workers=1, progress=False)
     for file in ("results.csv", "tuning.csv", "returns.png", "report.md"):
         assert (out / file).stat().st_size > 0, file
@@ -88,9 +95,8 @@ def test_runs_spread_over_two_processes(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.csv"))) == experiment.runs()
 
 
-def test_command_line_smoke_and_list(tmp_path, capsys):
-    main(["heterogeneous-envs", "--smoke", "--workers", "1", "--out", str(tmp_path), "--no-progress"])
-    assert (tmp_path / "heterogeneous-envs-smoke" / "report.md").exists()
+def test_command_line_list(tmp_path, capsys):
+    # a smoke run from the command line is in test_cache_is_reused_and_one_missing_seed_is_redone (--seeds 3)
     main(["--list", "--out", str(tmp_path)])
     listing = capsys.readouterr().out
     for name in EXPERIMENTS:
@@ -212,3 +218,21 @@ def test_sigterm_leaves_no_run_behind(tmp_path):
     while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.2)
     assert not [pid for pid in workers if _alive(pid)]
+
+
+def test_agent_budgets_give_every_n_the_gradients_of_ten_agents():
+    """Budgets scale by the compute rate Σ 1/h_i, checked against 40-digit decimals and exact fractions."""
+    from decimal import Decimal, getcontext
+    from fractions import Fraction
+
+    getcontext().prec = 40
+    equal, sqrt = EXPERIMENTS["agents-equal"], EXPERIMENTS["agents-heterogeneous"]
+    rate = {n: sum(1 / Decimal(i).sqrt() for i in range(1, n + 1)) for n in (10, 25, 50, 100)}
+    for n in (2, 10):
+        assert equal.seconds_for(n) == equal.simulated_seconds and sqrt.seconds_for(n) == sqrt.simulated_seconds
+    for n in (25, 50, 100):
+        assert Fraction(equal.seconds_for(n)) == Fraction(int(equal.simulated_seconds)) * 10 / n
+        seconds = Decimal(sqrt.seconds_for(n))
+        assert seconds == seconds.to_integral_value()
+        # rounded to a whole second: the gradients differ from ten agents' by at most half a second's worth
+        assert abs(seconds * rate[n] - Decimal(int(sqrt.simulated_seconds)) * rate[10]) <= rate[n] / 2

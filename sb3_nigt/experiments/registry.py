@@ -54,15 +54,22 @@ class Experiment:
     :param tune_at: the n at which α is tuned (reused for the other n); None: the first of ``n_agents``.
     :param max_steps: a cap on environment steps per run (a safety net; the simulated budget ends runs first).
     :param differences: how this experiment differs from the paper's.
-    :param budget_per_agents: scale the budget as ``simulated_seconds`` × min(1, 10/n), so that every n gets about
-        the same number of gradients (n agents compute about n/10 times as many per second as 10).
+    :param budget_per_agents: scale the budget of n > 10 agents by the agents' compute rate Σ 1/h_i at n = 10
+        over that at n (see :meth:`seconds_for`), so that every n gets about the same number of gradients.
     :param expected_ratio: what the claim expects of time(other) / time(reference): ``"faster"`` (above 1),
         ``"alike"`` (near 1) or ``"outage"`` (the reference and its no-outage twin alike, the others slower).
     """
 
     def seconds_for(self, n_agents: int) -> float:
-        """The budget of a run with n agents, in simulated seconds."""
-        return self.simulated_seconds * (min(1.0, 10.0 / n_agents) if self.budget_per_agents else 1.0)
+        """The budget of a run with n agents, in simulated seconds.
+
+        With ``budget_per_agents`` and n > 10: ``simulated_seconds`` × Σ_{i≤10} 1/h_i / Σ_{i≤n} 1/h_i, rounded to
+        whole seconds, so that n agents compute about as many gradients as 10 do in ``simulated_seconds``
+        (10/n for equal times; for h_i = √i, 1000 s at n = 10 becomes 581, 394 and 270 s at n = 25, 50, 100).
+        """
+        if not self.budget_per_agents or n_agents <= 10:
+            return self.simulated_seconds
+        return float(round(self.simulated_seconds * compute_rate(self, 10) / compute_rate(self, n_agents)))
 
     name: str
     figure: str
@@ -165,10 +172,11 @@ for _env, _budget, _thresholds in (
                     + " A budget far shorter than the paper's.",
     ))
 
-#: Budgets at n = 10, in simulated seconds (× 10/n for larger n). Equal times compute Σ 1/h_i = 10 gradients per
-#: second at n = 10, twice the √i scenario's 5.0, so 500 s gives agents-equal the gradients agents-heterogeneous gets
-#: in 1000 s; its --list estimate, times the 1.9 by which agents-heterogeneous overran its own, is about 45 wall
-#: minutes on 2 cores.
+#: Budgets at n = 10, in simulated seconds (scaled for larger n by Experiment.seconds_for: × 10/n for equal times;
+#: 581, 394 and 270 s at n = 25, 50, 100 for h_i = √i). Equal times compute Σ 1/h_i = 10 gradients per second at
+#: n = 10, twice the √i scenario's 5.0, so 500 s gives agents-equal the gradients agents-heterogeneous gets in
+#: 1000 s. agents-heterogeneous's first run scaled by 10/n for √i too, which gave n = 100 only 37% of n = 10's
+#: gradients (docs/reproduction.md).
 _AGENTS_BUDGET = {"equal": 500.0, "heterogeneous": 1000.0}
 
 for _scenario, _figure, _expect in (("equal", "Fig. 4", "alike"), ("heterogeneous", "Fig. 5", "faster")):
@@ -181,8 +189,8 @@ for _scenario, _figure, _expect in (("equal", "Fig. 4", "alike"), ("heterogeneou
         tune_at=10, expected_ratio=_expect, budget_per_agents=True,
         differences=_COMMON + " The paper's environment for this figure is not in our sources: Reacher-v4 here. "
                               "α is tuned once, at n = 10, on the coarse grid, and reused for n = 25, 50, 100; 3 seeds; "
-                              f"the budget is {_AGENTS_BUDGET[_scenario]:.0f} simulated s × 10/n, about the same number of gradients "
-                              "for every n if times are equal.",
+                              f"the budget is {_AGENTS_BUDGET[_scenario]:.0f} simulated s at n = 10, scaled for larger n by "
+                              "the agents' compute rate Σ 1/h_i so that every n gets about the same number of gradients.",
     ))
 
 for _scenario, _figure in (("comm", "Fig. 6"), ("expensive-comm", "Fig. 7")):
@@ -233,20 +241,32 @@ ENV_COST: dict[str, tuple[float, float]] = {
 }
 
 
+def compute_times_of(experiment: Experiment, n_agents: int) -> list[float]:
+    """h_1, …, h_n of the experiment's agents (seconds per gradient): its ``compute_times`` or its scenario's."""
+    from sb3_nigt.compare import scenario_times
+
+    compute, _ = scenario_times(experiment.scenario, n_agents)
+    if experiment.compute_times is not None:
+        return [float(x) for x in experiment.compute_times]
+    if isinstance(compute, list):
+        return [float(x) for x in compute]
+    return [math.sqrt(i) if compute == "sqrt" else 1.0 for i in range(1, n_agents + 1)]
+
+
+def compute_rate(experiment: Experiment, n_agents: int) -> float:
+    """Σ_i 1/h_i: the gradients n agents compute per simulated second when none waits (communication aside)."""
+    return sum(1.0 / h for h in compute_times_of(experiment, n_agents))
+
+
 def gradients_per_second(experiment: Experiment, algorithm: str, n_agents: int) -> float:
     """Gradients per simulated second, roughly: M / (M / Σ_i 1/h_i + 2 min_i κ_i) for Rennala and Malenia (a round
     of M gradients, plus a broadcast and an upload), Σ_i 1/(h_i + 2κ_i) for AFedPG (every agent cycles),
     n / max_i (h_i + 2κ_i) for Synchronized NIGT (one gradient per agent per round)."""
     from sb3_nigt.compare import scenario_times
 
-    compute, communication = scenario_times(experiment.scenario, n_agents)
+    _, communication = scenario_times(experiment.scenario, n_agents)
     agents = range(1, n_agents + 1)
-    if experiment.compute_times is not None:
-        h = [float(x) for x in experiment.compute_times]
-    elif isinstance(compute, list):
-        h = [float(x) for x in compute]
-    else:
-        h = [math.sqrt(i) if compute == "sqrt" else 1.0 for i in agents]
+    h = compute_times_of(experiment, n_agents)
     kappa_of = {"sqrt": lambda i: math.sqrt(i), "expensive": lambda i: math.sqrt(i) * 5000 ** 0.25,
                 "equal": lambda i: 1.0}
     kappa = [kappa_of[communication](i) if isinstance(communication, str) and communication in kappa_of else 0.0 for i in agents]
