@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from typing import Any, Callable, Optional
 
 import gymnasium as gym
@@ -23,6 +24,21 @@ def pytest_configure(config) -> None:
     # worker start in a fraction of a second instead of re-importing torch each time (several seconds on two
     # busy cores). test_determinism.py also runs one "spawn" configuration, which preloads nothing.
     mp.set_forkserver_preload(["sb3_nigt.common.backends"])
+
+
+@pytest.fixture(scope="session")
+def ray_runtime() -> Any:
+    """One local Ray runtime (loopback, two CPUs, no dashboard) for every Ray test of the session, shut down at its
+    end: starting one takes several seconds. The actors import this folder's modules (contract_envs, fault_envs) by
+    name, as subprocess workers do."""
+    ray = pytest.importorskip("ray", reason='the Ray backend needs ray: pip install "sb3-nigt[ray]"')
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 job_config=ray.job_config.JobConfig(code_search_path=[os.path.dirname(os.path.abspath(__file__))]))
+    yield ray
+    if started_here:
+        ray.shutdown()
 
 
 # Small settings that keep every test fast on 2 shared cores.

@@ -283,19 +283,6 @@ class RayFaults:
 FAULTS: dict[str, Any] = {"subprocess": SubprocessFaults, **({"ray": RayFaults} if HAVE_RAY else {})}
 
 
-@pytest.fixture(scope="module")
-def ray_runtime() -> Any:
-    """One local Ray runtime (loopback, no dashboard) for every Ray test of this module, shut down at its end."""
-    ray = pytest.importorskip("ray")
-    started_here = not ray.is_initialized()
-    if started_here:  # the workers import this folder's modules (contract_envs) by name, as subprocess workers do
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 job_config=ray.job_config.JobConfig(code_search_path=[os.path.dirname(os.path.abspath(__file__))]))
-    yield ray
-    if started_here:
-        ray.shutdown()
-
-
 def close_and_check(name: str, backend: Backend) -> None:
     """Close the backend; where an adapter knows its resources, check that none is left."""
     resources = FAULTS[name].resources(backend) if name in FAULTS else None

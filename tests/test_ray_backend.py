@@ -35,21 +35,13 @@ from step_envs import InfoEnv  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
 SMALL = dict(horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_runtime():
-    """One local Ray runtime for the module: two CPUs, no dashboard, this folder importable by the actors (the
-    fault and step environments are pickled by reference, as for subprocess workers)."""
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 job_config=ray.job_config.JobConfig(code_search_path=[TESTS]))
-    yield ray
-    if started_here:
-        ray.shutdown()
+@pytest.fixture(autouse=True)
+def _ray(ray_runtime):
+    """Every test here runs in the session's Ray runtime (conftest.py)."""
+    yield ray_runtime
 
 
 def faulty(mode: str = "none", marker=None, **kwargs):

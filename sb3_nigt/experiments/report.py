@@ -131,7 +131,7 @@ def plot(path: Path, experiment: Experiment, curves: dict[tuple[str, int], dict[
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     median = np.nanmedian(values, axis=0)
-                    low, high = np.nanpercentile(values, 20, axis=0), np.nanpercentile(values, 80, axis=0)
+                    low, high = np.nanpercentile(values, [20, 80], axis=0)
                 line, = ax.plot(grid, median, label=f"{LABELS.get(algorithm, algorithm)} ({len(runs)} seeds)")
                 ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2)
             for threshold in experiment.thresholds:
