@@ -139,9 +139,9 @@ def _add(experiment: Experiment) -> None:
 
 
 #: Humanoid budgets, in simulated seconds (the three took 13 to 88 CPU minutes, 1.2 to 3.7 times their estimates, on
-#: a shared machine). A round of M = 20 gradients takes 2 s with
-#: equal times, about 6 s with communication and about 30 s with expensive communication (Humanoid's d = 30,498: d^¼ ≈ 13.2),
-#: so these give roughly 250, 500 and 160 Rennala rounds.
+#: a shared machine). By the time model's arithmetic a round of M = 20 gradients takes 2 s with equal times, about
+#: 6 s with communication and about 30 s with expensive communication (Humanoid's d = 30,498: d^¼ ≈ 13.2), so these
+#: give roughly 250, 500 and 160 Rennala rounds.
 _HUMANOID_BUDGET = {"equal": 500.0, "comm": 3000.0, "expensive-comm": 5000.0}
 
 for _scenario, _figure, _claim, _expect in (
@@ -242,15 +242,14 @@ ENV_COST: dict[str, tuple[float, float]] = {
 
 
 def compute_times_of(experiment: Experiment, n_agents: int) -> list[float]:
-    """h_1, …, h_n of the experiment's agents (seconds per gradient): its ``compute_times`` or its scenario's."""
+    """h_1, …, h_n of the experiment's agents (seconds per gradient): its ``compute_times`` or its scenario's, read
+    by :class:`~sb3_nigt.common.timing.TimingModel` as the algorithms read them, then rounded to floats."""
+    from sb3_nigt.common.timing import TimingModel
     from sb3_nigt.compare import scenario_times
 
-    compute, _ = scenario_times(experiment.scenario, n_agents)
-    if experiment.compute_times is not None:
-        return [float(x) for x in experiment.compute_times]
-    if isinstance(compute, list):
-        return [float(x) for x in compute]
-    return [math.sqrt(i) if compute == "sqrt" else 1.0 for i in range(1, n_agents + 1)]
+    compute = list(experiment.compute_times) if experiment.compute_times is not None else scenario_times(experiment.scenario, n_agents)[0]
+    model = TimingModel(len(compute) if isinstance(compute, list) else n_agents, compute)
+    return [float(model.compute_time(agent)) for agent in range(model.n_agents)]
 
 
 def compute_rate(experiment: Experiment, n_agents: int) -> float:
