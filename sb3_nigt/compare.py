@@ -459,118 +459,178 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    overrides = args.override_map
-    thresholds = list(args.threshold or [])
+def resolve_metric(args: argparse.Namespace) -> str:
+    """The return the threshold and the plot use: ``--metric``, or ``eval`` when there is an evaluation.
+
+    Raises ``ValueError`` for ``--metric eval`` without ``--eval-episodes``.
+    """
     metric = args.metric or ("eval" if args.eval_episodes > 0 else "train")
     if metric == "eval" and args.eval_episodes <= 0:
         raise ValueError("--metric eval needs --eval-episodes > 0")
+    return metric
 
-    compute, communication = args.compute, args.communication
+
+def build_model(name: str, args: argparse.Namespace, env: Any, seed: int, trace: bool) -> Any:
+    """One algorithm's model on the shared agents, times and hyperparameters, then its ``--set`` overrides."""
+    kwargs = dict(
+        learning_rate=args.learning_rate, momentum=args.momentum, batch_size=args.batch_size, horizon=args.horizon,
+        gamma=args.gamma, n_agents=args.n_agents, compute_times=args.compute, communication_times=args.communication,
+        backend=args.backend, n_workers=args.n_workers, seed=seed,
+    )
+    if trace:
+        kwargs["record_trace"] = True
+    kwargs.update(args.override_map.get(name, {}))
+    run_env = env
+    if args.normalize:
+        base = AgentVecEnv(env) if isinstance(env, list) else make_vec_env(env, n_envs=1, seed=seed)
+        run_env = VecNormalize(base, norm_obs=True, norm_reward=False)
+    return ALGORITHMS[name]("MlpPolicy", run_env, **kwargs)
+
+
+def build_eval_envs(args: argparse.Namespace, seed: int) -> Optional[list[Any]]:
+    """The evaluation environments (one per agent environment, seeded ``10_000 + seed``), or None without evaluation."""
+    if args.eval_episodes <= 0:
+        return None
+    sources = heterogeneous_envs(args.env, args.n_agents) if args.heterogeneous_envs else [args.env]
+    eval_envs = [make_vec_env(source, n_envs=1, seed=10_000 + seed) for source in sources]
+    if args.normalize:
+        eval_envs = [VecNormalize(e, training=False, norm_obs=True, norm_reward=False) for e in eval_envs]
+    return eval_envs
+
+
+def train_recorded(model: Any, args: argparse.Namespace, seed: int) -> tuple[Recorder, float]:
+    """Train ``model`` for ``--timesteps`` under a :class:`Recorder`; returns it and the wall time in seconds."""
+    eval_envs = build_eval_envs(args, seed)
+    recorder = Recorder(args.window, args.max_simulated_seconds, eval_envs, args.eval_episodes, args.eval_every)
+    start = time.perf_counter()
+    model.learn(args.timesteps, callback=recorder, progress_bar=args.progress_bar)
+    wall = time.perf_counter() - start
+    for eval_env in eval_envs or []:
+        eval_env.close()
+    return recorder, wall
+
+
+def summarize_run(name: str, seed: int, model: Any, chosen: list[tuple], thresholds: list[float], wall: float) -> list[tuple]:
+    """The run's ``summary.csv`` rows (one per threshold, one NaN row without any), printed as one line."""
+    simulated = float(model.simulated_time)
+    final = chosen[-1][3] if chosen else math.nan
+    reaches = {threshold: first_reach(chosen, threshold) for threshold in (thresholds or [math.nan])}
+    rows = [(name, seed, threshold, *reach, final, simulated, model.num_timesteps, model.n_communications, wall)
+            for threshold, reach in reaches.items()]
+    reached = ", ".join(f"{t:g}: {format_seconds(r[0])}" for t, r in reaches.items() if thresholds)
+    print(f"{LABELS[name]:>18} seed {seed}: final return {final:9.1f}; {simulated:10.1f} simulated s, "
+          f"{model.num_timesteps} env steps, {model.n_communications} communications; "
+          f"{'time to threshold ' + reached + '; ' if reached else ''}{wall:.0f} wall s", flush=True)
+    return rows
+
+
+def write_csv(path: Path, header: Sequence[str], rows: list[tuple]) -> None:
+    """Write ``rows`` under ``header`` to the CSV file ``path``."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def plot_title(args: argparse.Namespace) -> str:
+    """The returns plot's title: environment, scenario, the overridden times, n and the number of seeds."""
+    times = "".join([
+        f", h = {describe_times(args.compute)}" if args.compute_times is not None else "",
+        f", κ = {describe_times(args.communication)}" if args.communication_times is not None else "",
+    ])
+    return (f"{args.env}{' (App. H.3 agents)' if args.heterogeneous_envs else ''}, scenario {args.scenario}{times}, "
+            f"n = {args.n_agents}, {len(args.seeds)} seeds")
+
+
+def write_timeline(traces: dict[str, list], out: Path, rounds: int) -> list[str]:
+    """Write ``timeline.csv`` and, when any event was recorded, ``timeline.png`` of the first ``rounds`` rounds.
+
+    Returns the names of the files written.
+    """
+    from sb3_nigt.timeline import plot_timelines, write_trace_csv
+
+    # The CSV's algorithm column uses the runner's short names (as results.csv); the plot the full labels.
+    write_trace_csv(traces, out / "timeline.csv")
+    drawn = {LABELS[name]: events for name, events in traces.items() if events}
+    if not drawn:
+        warnings.warn("--timeline: no algorithm recorded any event in its first rounds; timeline.png not drawn", stacklevel=3)
+        return ["timeline.csv"]
+    plot_timelines(drawn, out / "timeline.png", rounds=(0, rounds - 1))
+    return ["timeline.csv", "timeline.png"]
+
+
+def report_thresholds(summary: list[tuple], algorithms: Sequence[str], thresholds: list[float],
+                      n_seeds: int) -> dict[float, dict[str, float]]:
+    """Print and return, per threshold and algorithm, the median simulated seconds to reach it over the seeds.
+
+    A seed that never reached the threshold counts as infinitely slow; the ratio is to the first algorithm's.
+    """
+    reference = algorithms[0]
+    medians: dict[float, dict[str, float]] = {}
+    for threshold in thresholds:
+        print(f"\ntime to reach return {threshold:g} (median over seeds; simulated seconds):")
+        times = {name: [row[3] for row in summary if row[0] == name and row[2] == threshold] for name in algorithms}
+        medians[threshold] = {name: float(np.median([math.inf if math.isnan(t) else t for t in seconds]))
+                              for name, seconds in times.items()}
+        reference_seconds = medians[threshold][reference]
+        for name in algorithms:
+            n_reached = sum(1 for t in times[name] if not math.isnan(t))
+            print(f"  {LABELS[name]:>18}: {format_seconds(medians[threshold][name]):>12}  ({n_reached}/{n_seeds} "
+                  f"seeds reached; {format_ratio(medians[threshold][name], reference_seconds, LABELS[reference])})")
+    return medians
+
+
+def report_finals(summary: list[tuple], algorithms: Sequence[str], thresholds: list[float]) -> None:
+    """Print each algorithm's median final return over the seeds."""
+    print("\nmedian final return:")
+    for name in algorithms:
+        finals = [row[6] for row in summary if row[0] == name and (not thresholds or row[2] == thresholds[0])]
+        print(f"  {LABELS[name]:>18}: {np.median(finals):.1f}")
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    """Run every algorithm on every seed, write the files of ``--out`` and print the times to each threshold.
+
+    Returns ``{"medians": ..., "medians_by_threshold": ..., "summary": ...}``: the median simulated seconds to
+    the first threshold per algorithm, the same per threshold, and the ``summary.csv`` rows.
+    Raises ``RuntimeError`` if a seed gives the algorithms different initial θ_0.
+    """
+    args = parse_args(argv)
+    thresholds = list(args.threshold or [])
+    metric = resolve_metric(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env: Any = heterogeneous_envs(args.env, args.n_agents) if args.heterogeneous_envs else args.env
-    results, summary = [], []
+    results: list[tuple] = []
+    summary: list[tuple] = []
     curves: dict[str, list[list[tuple]]] = {name: [] for name in args.algorithms}
     traces: dict[str, list] = {}
     for seed_index, seed in enumerate(args.seeds):
         initial = None
         trace = args.timeline is not None and seed_index == 0
         for name in args.algorithms:
-            kwargs = dict(
-                learning_rate=args.learning_rate, momentum=args.momentum, batch_size=args.batch_size, horizon=args.horizon,
-                gamma=args.gamma, n_agents=args.n_agents, compute_times=compute, communication_times=communication,
-                backend=args.backend, n_workers=args.n_workers, seed=seed,
-            )
-            if trace:
-                kwargs["record_trace"] = True
-            kwargs.update(overrides.get(name, {}))
-            run_env = env
-            if args.normalize:
-                base = AgentVecEnv(env) if isinstance(env, list) else make_vec_env(env, n_envs=1, seed=seed)
-                run_env = VecNormalize(base, norm_obs=True, norm_reward=False)
-            model = ALGORITHMS[name]("MlpPolicy", run_env, **kwargs)
+            model = build_model(name, args, env, seed, trace)
             theta0 = model.get_flat_params()
             if initial is None:
                 initial = theta0
             elif not np.array_equal(initial, theta0):
                 raise RuntimeError(f"{name}: seed {seed} gave a different initial θ than {args.algorithms[0]}")
-            eval_envs = None
-            if args.eval_episodes > 0:
-                sources = (heterogeneous_envs(args.env, args.n_agents) if args.heterogeneous_envs else [args.env])
-                eval_envs = [make_vec_env(source, n_envs=1, seed=10_000 + seed) for source in sources]
-                if args.normalize:
-                    eval_envs = [VecNormalize(e, training=False, norm_obs=True, norm_reward=False) for e in eval_envs]
-            recorder = Recorder(args.window, args.max_simulated_seconds, eval_envs, args.eval_episodes, args.eval_every)
-            start = time.perf_counter()
-            model.learn(args.timesteps, callback=recorder, progress_bar=args.progress_bar)
-            wall = time.perf_counter() - start
-            for eval_env in eval_envs or []:
-                eval_env.close()
+            recorder, wall = train_recorded(model, args, seed)
             if trace:
                 traces[name] = [event for event in (getattr(model, "trace", None) or []) if event.round < args.timeline]
-            simulated = float(model.simulated_time)
             chosen = metric_rows(recorder.rows, metric)
             curves[name].append(chosen)
             results += [(name, seed, *row) for row in recorder.rows]
-            final = chosen[-1][3] if chosen else math.nan
-            reaches = {threshold: first_reach(chosen, threshold) for threshold in (thresholds or [math.nan])}
-            for threshold, reach in reaches.items():
-                summary.append((name, seed, threshold, *reach, final, simulated, model.num_timesteps,
-                                model.n_communications, wall))
-            reached = ", ".join(f"{t:g}: {format_seconds(r[0])}" for t, r in reaches.items() if thresholds)
-            print(f"{LABELS[name]:>18} seed {seed}: final return {final:9.1f}; {simulated:10.1f} simulated s, "
-                  f"{model.num_timesteps} env steps, {model.n_communications} communications; "
-                  f"{'time to threshold ' + reached + '; ' if reached else ''}{wall:.0f} wall s", flush=True)
+            summary += summarize_run(name, seed, model, chosen, thresholds, wall)
 
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        writer.writerows(results)
-    with open(out / "summary.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(SUMMARY_COLUMNS)
-        writer.writerows(summary)
-    times = "".join([
-        f", h = {describe_times(compute)}" if args.compute_times is not None else "",
-        f", κ = {describe_times(communication)}" if args.communication_times is not None else "",
-    ])
-    title = (f"{args.env}{' (App. H.3 agents)' if args.heterogeneous_envs else ''}, scenario {args.scenario}{times}, "
-             f"n = {args.n_agents}, {len(args.seeds)} seeds")
-    plot(curves, out / "returns.png", title, thresholds, metric)
+    write_csv(out / "results.csv", COLUMNS, results)
+    write_csv(out / "summary.csv", SUMMARY_COLUMNS, summary)
+    plot(curves, out / "returns.png", plot_title(args), thresholds, metric)
     written = ["results.csv", "summary.csv", "returns.png"]
     if args.timeline is not None:
-        from sb3_nigt.timeline import plot_timelines, write_trace_csv
-
-        # The CSV's algorithm column uses the runner's short names (as results.csv); the plot the full labels.
-        write_trace_csv(traces, out / "timeline.csv")
-        written.append("timeline.csv")
-        drawn = {LABELS[name]: events for name, events in traces.items() if events}
-        if drawn:
-            plot_timelines(drawn, out / "timeline.png", rounds=(0, args.timeline - 1))
-            written.append("timeline.png")
-        else:
-            warnings.warn("--timeline: no algorithm recorded any event in its first rounds; timeline.png not drawn", stacklevel=2)
-
-    reference = args.algorithms[0]
-    medians: dict[float, dict[str, float]] = {}
-    for threshold in thresholds:
-        print(f"\ntime to reach return {threshold:g} (median over seeds; simulated seconds):")
-        medians[threshold] = {}
-        for name in args.algorithms:
-            times_ = [row[3] for row in summary if row[0] == name and row[2] == threshold]
-            # A seed that never reached the threshold counts as infinitely slow.
-            medians[threshold][name] = float(np.median([t if not math.isnan(t) else math.inf for t in times_]))
-        reference_seconds = medians[threshold][reference]
-        for name in args.algorithms:
-            n_reached = sum(1 for row in summary if row[0] == name and row[2] == threshold and not math.isnan(row[3]))
-            print(f"  {LABELS[name]:>18}: {format_seconds(medians[threshold][name]):>12}  ({n_reached}/{len(args.seeds)} "
-                  f"seeds reached; {format_ratio(medians[threshold][name], reference_seconds, LABELS[reference])})")
-    print("\nmedian final return:")
-    for name in args.algorithms:
-        finals = [row[6] for row in summary if row[0] == name and (not thresholds or row[2] == thresholds[0])]
-        print(f"  {LABELS[name]:>18}: {np.median(finals):.1f}")
+        written += write_timeline(traces, out, args.timeline)
+    medians = report_thresholds(summary, args.algorithms, thresholds, len(args.seeds))
+    report_finals(summary, args.algorithms, thresholds)
     print(f"wrote {out}/: {', '.join(written)}")
     return {"medians": medians[thresholds[0]] if thresholds else {}, "medians_by_threshold": medians, "summary": summary}
 

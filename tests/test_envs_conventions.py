@@ -1,4 +1,4 @@
-"""SB3's ``env`` conventions: an unregistered instance, a class, a DummyVecEnv, a SubprocVecEnv (issue 11).
+"""SB3's ``env`` conventions: an unregistered instance, a class, a DummyVecEnv, a SubprocVecEnv.
 
 The environment classes live in this module, which workers import by name (cloudpickle pickles an importable
 class by reference), so they also work with the subprocess backend.

@@ -1,4 +1,4 @@
-"""Stable-Baselines3's generic algorithm tests, adapted to the four algorithms of this library (project issue 11).
+"""Stable-Baselines3's generic algorithm tests, adapted to the four algorithms of this library.
 
 SB3 checks every algorithm against the same conventions in its ``tests/`` folder (test_save_load, test_predict,
 test_deterministic, test_callbacks, test_logger, test_tensorboard, test_run, test_vec_normalize,
@@ -642,7 +642,9 @@ def test_logger_writes_sb3_keys_to_every_format(algo, backend, tmp_path):
 
     last = records[-1]
     assert last["time/total_timesteps"] == model.num_timesteps == 5 * ROUND
-    assert int(last["time/fps"]) >= 0
+    # fps = int(steps / elapsed) and time_elapsed = int(elapsed), so fps·⌊t⌋ <= steps < (fps + 1)(⌊t⌋ + 1).
+    fps, elapsed = int(last["time/fps"]), int(last["time/time_elapsed"])
+    assert fps > 0 and fps * elapsed <= model.num_timesteps < (fps + 1) * (elapsed + 1), (fps, elapsed)
     assert last["rollout/ep_len_mean"] == HORIZON
     assert last["rollout/ep_rew_mean"] == pytest.approx(safe_mean([ep["r"] for ep in model.ep_info_buffer]))
     steps = [int(float(r["time/total_timesteps"])) for r in rows]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
@@ -25,11 +26,15 @@ def test_warning_points_at_the_callers_line(algorithm, case):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = algorithm("MlpPolicy", env, **kwargs)
+        theta_0 = model.get_flat_params().copy()
         if case == "budget":
             model.learn(1)
     ours = [w for w in caught if issubclass(w.category, UserWarning) and "sb3_nigt" not in w.filename
             and "site-packages" not in w.filename]
     if case == "budget" and algorithm is AFedPG:
-        return  # AFedPG updates on every gradient: no budget warning
+        # AFedPG updates on every gradient: a one-step budget still updates θ, so nothing warns about it.
+        assert not caught, [(w.filename, str(w.message)[:60]) for w in caught]
+        assert not np.array_equal(model.get_flat_params(), theta_0)
+        return
     assert ours, [(w.filename, str(w.message)[:60]) for w in caught]
     assert all(w.filename == __file__ for w in ours)
