@@ -42,15 +42,20 @@ Writes, in ``--out``:
   needed to reach it (NaN if never), the final return and the wall time;
 - ``returns.png``: return against simulated time, the median over seeds and the 20–80% band per algorithm;
 - with ``--timeline N``: ``timeline.csv`` and ``timeline.png``, the clock's event trace (broadcasts, gradients,
-  uploads of every agent) of the first N rounds of each algorithm's first seed (:mod:`sb3_nigt.timeline`).
+  uploads of every agent) of each algorithm's first seed over one shared time window, the time the first N rounds
+  took (the longest among the round-based algorithms); AFedPG, whose "rounds" are server versions (one per
+  gradient), is drawn over the same window (:mod:`sb3_nigt.timeline`).
+
+``--env`` must have a continuous (``Box``) action space; ``--progress-bar`` shows SB3's progress bar (tqdm and
+rich) for each run.
 
 It prints, for each ``--threshold``, the simulated time each algorithm needed to reach it (median over seeds;
 "never" when the median seed did not reach it) and its ratio to the first algorithm's.
 
 Usage::
 
-    python -m sb3_nigt.compare --env Pendulum-v1 --scenario heterogeneous --algorithms rennala afedpg sync \\
-        --seeds 0 1 2 --timesteps 200000 --threshold -600 --out runs/compare
+    python -m sb3_nigt.compare --env InvertedPendulum-v5 --scenario heterogeneous --algorithms rennala afedpg sync \\
+        --seeds 0 1 2 --timesteps 200000 --threshold 500 --out runs/compare
 
     # App. H.3: two agents on different environments, h = (1, 10)
     python -m sb3_nigt.compare --env Hopper-v4 --heterogeneous-envs --n-agents 2 --compute-times 1 10 \\
@@ -111,6 +116,10 @@ _UNSET = object()
 RESERVED_KEYS = ("policy", "env")
 
 TimeSpec = Union[str, float, list]
+#: ``--env``'s default: a task the algorithms visibly learn at the default budget (docs/baselines.md).
+DEFAULT_ENV = "InvertedPendulum-v5"
+#: The algorithm whose trace's "round" is the server version θ_k the agent downloaded (one per gradient).
+SERVER_VERSIONED = ("afedpg",)
 
 
 class Recorder(BaseCallback):
@@ -357,7 +366,8 @@ def plot(curves: dict[str, list[list[tuple]]], path: Path, title: str, threshold
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m sb3_nigt.compare`` (checks beyond types: :func:`parse_args`)."""
     parser = argparse.ArgumentParser(prog="python -m sb3_nigt.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="Pendulum-v1", help="gymnasium env id")
+    parser.add_argument("--env", default=DEFAULT_ENV,
+                        help=f"gymnasium env id with a continuous (Box) action space (default: {DEFAULT_ENV})")
     parser.add_argument("--heterogeneous-envs", action="store_true",
                         help="give agent i the App. H.3 environment [(−1)^i · obs, i] (sb3_nigt.envs.heterogeneous_envs)")
     parser.add_argument("--normalize", action="store_true",
@@ -402,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="inline", help="a registered backend name (sb3_nigt.common.backends.BACKENDS: inline, subprocess, ...)")
     parser.add_argument("--n-workers", type=int, default=None)
     parser.add_argument("--out", default="runs/compare")
-    parser.add_argument("--progress-bar", action="store_true")
+    parser.add_argument("--progress-bar", action="store_true",
+                        help="show SB3's progress bar (environment steps) during each run")
     return parser
 
 
@@ -424,6 +435,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             communication = parse_times(args.communication_times, "--communication-times", COMMUNICATION_PRESETS,
                                         args.n_agents, positive=False)
         args.override_map = parse_overrides(args.overrides, args.algorithms)
+        check_env(args.env)
     except ValueError as exc:
         parser.error(str(exc))
     args.compute, args.communication = compute, communication
@@ -457,6 +469,25 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             if keys is not None and "record_trace" not in keys:
                 parser.error(f"--timeline: {ALGORITHMS[name].__name__} cannot record an event trace (no record_trace)")
     return args
+
+
+def check_env(env_id: str) -> None:
+    """Check that ``env_id`` is a registered gymnasium id whose action space is continuous (``Box``).
+
+    :param env_id: the ``--env`` value; the environment is made once and closed.
+    :raises ValueError: naming ``--env``, for an unknown id or a discrete (or other non-``Box``) action space.
+    """
+    import gymnasium as gym
+
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as exc:
+        raise ValueError(f"--env: cannot make {env_id!r} ({exc})") from None
+    space = env.action_space
+    env.close()
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"--env: {env_id} has a {type(space).__name__} action space; the algorithms need a continuous "
+                         f"(Box) action space, e.g. {DEFAULT_ENV} or Pendulum-v1")
 
 
 def resolve_metric(args: argparse.Namespace) -> str:
@@ -542,20 +573,46 @@ def plot_title(args: argparse.Namespace) -> str:
             f"n = {args.n_agents}, {len(args.seeds)} seeds")
 
 
+def timeline_window(traces: dict[str, list], rounds: int) -> dict[str, list]:
+    """Cut every trace to one shared time window: the seconds the first ``rounds`` rounds took.
+
+    The window ends where the last of the first ``rounds`` rounds ends, the latest such end among the round-based
+    algorithms (Rennala, Malenia, Synchronized); AFedPG's "round" is the server version θ_k an agent downloaded
+    (one per gradient), so its first ``rounds`` versions last a fraction of a round: it keeps instead every event
+    that starts inside the window. Without a round-based algorithm, AFedPG's first ``rounds`` versions are kept.
+
+    :param traces: ``{short name: TraceEvent list}`` (whole traces for AFedPG, the first rounds for the others).
+    :param rounds: N of ``--timeline N``, >= 1.
+    :return: ``{short name: the events drawn}``.
+    """
+    from sb3_nigt.timeline import round_ends
+
+    first = {name: [e for e in events if e.round < rounds] for name, events in traces.items()}
+    ends = [end for name, events in first.items() if name not in SERVER_VERSIONED and events
+            for end in round_ends(events).values()]
+    if not ends:
+        return first
+    until = max(ends)
+    return {name: [e for e in events if float(e.start) < until] if name in SERVER_VERSIONED else first[name]
+            for name, events in traces.items()}
+
+
 def write_timeline(traces: dict[str, list], out: Path, rounds: int) -> list[str]:
-    """Write ``timeline.csv`` and, when any event was recorded, ``timeline.png`` of the first ``rounds`` rounds.
+    """Write ``timeline.csv`` and, when any event was recorded, ``timeline.png`` over one time window
+    (:func:`timeline_window`), every panel on the same time axis.
 
     Returns the names of the files written.
     """
     from sb3_nigt.timeline import plot_timelines, write_trace_csv
 
+    window = timeline_window(traces, rounds)
     # The CSV's algorithm column uses the runner's short names (as results.csv); the plot the full labels.
-    write_trace_csv(traces, out / "timeline.csv")
-    drawn = {LABELS[name]: events for name, events in traces.items() if events}
+    write_trace_csv(window, out / "timeline.csv")
+    drawn = {LABELS[name]: events for name, events in window.items() if events}
     if not drawn:
         warnings.warn("--timeline: no algorithm recorded any event in its first rounds; timeline.png not drawn", stacklevel=3)
         return ["timeline.csv"]
-    plot_timelines(drawn, out / "timeline.png", rounds=(0, rounds - 1))
+    plot_timelines(drawn, out / "timeline.png", sharex=True, server_versions=[LABELS[name] for name in SERVER_VERSIONED])
     return ["timeline.csv", "timeline.png"]
 
 
@@ -617,7 +674,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 raise RuntimeError(f"{name}: seed {seed} gave a different initial θ than {args.algorithms[0]}")
             recorder, wall = train_recorded(model, args, seed)
             if trace:
-                traces[name] = [event for event in (getattr(model, "trace", None) or []) if event.round < args.timeline]
+                events = getattr(model, "trace", None) or []
+                traces[name] = events if name in SERVER_VERSIONED else [e for e in events if e.round < args.timeline]
             chosen = metric_rows(recorder.rows, metric)
             curves[name].append(chosen)
             results += [(name, seed, *row) for row in recorder.rows]

@@ -22,7 +22,7 @@ import argparse
 import csv
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union, cast
 
@@ -58,6 +58,13 @@ CATEGORY_STYLES: dict[str, dict[str, Any]] = {
     "down": {"facecolor": "0.6", "edgecolor": "0.45", "linewidth": 0.3},
 }
 _BOUNDARY_STYLE: dict[str, Any] = {"color": "0.25", "linestyle": "--", "linewidth": 0.7}
+#: The boundary line's legend text: a round's end, or (AFedPG, whose "round" is the server version) a server update.
+BOUNDARY_LABELS = ("round end", "server update")
+#: Style of a server update line (AFedPG): one per gradient, so thinner and lighter than a round end.
+_UPDATE_STYLE: dict[str, Any] = {"color": "tab:red", "linestyle": "-", "linewidth": 0.5, "alpha": 0.6}
+#: Panel names (as in :func:`read_trace_csv`'s ``algorithm`` column or the labels of ``sb3_nigt.compare``) whose
+#: "round" is the server version θ_k: the command line draws them as :func:`plot_timelines`'s ``server_versions``.
+SERVER_VERSION_NAMES = ("afedpg", "AFedPG")
 _BAR_HEIGHT = 0.8
 _DPI = 110
 
@@ -365,10 +372,13 @@ def _draw(
     rounds: Sequence[int] | None,
     max_agents: int | None,
     title: str | None,
+    boundary: str = "round end",
 ) -> tuple[set[str], tuple[float, float] | None]:
     """Draw one checked trace (:func:`as_events`) into ``ax`` (no legend).
 
-    :return: the categories drawn (and ``"round end"`` when a boundary was drawn), and the drawn time span.
+    :param boundary: one of :data:`BOUNDARY_LABELS`: ``"round end"`` (a dashed line where each round ends) or
+        ``"server update"`` (AFedPG: its "round" is the server version, so a thin line at each server update).
+    :return: the categories drawn (and ``boundary`` when a boundary was drawn), and the drawn time span.
     :raises ValueError: for an empty trace or invalid arguments.
     """
     window = _check_rounds(rounds)
@@ -393,8 +403,8 @@ def _draw(
     ends = _round_ends(trace)  # a round ends for everyone: its end uses every agent's events
     for r, end in ends.items():
         if window is None or window[0] <= r <= window[1]:
-            ax.axvline(end, gid="round end", **_BOUNDARY_STYLE)
-            drawn.add("round end")
+            ax.axvline(end, gid=boundary, **(_BOUNDARY_STYLE if boundary == "round end" else _UPDATE_STYLE))
+            drawn.add(boundary)
 
     span = None
     if shown:
@@ -431,6 +441,8 @@ def _legend(ax: Axes, drawn: set[str]) -> None:
     ]
     if "round end" in drawn:
         handles.append(Line2D([], [], label="round end", **_BOUNDARY_STYLE))
+    if "server update" in drawn:
+        handles.append(Line2D([], [], label="server update (AFedPG: rounds are server versions)", **_UPDATE_STYLE))
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
@@ -496,6 +508,7 @@ def plot_timelines(
     rounds: Sequence[int] | None = None,
     max_agents: int | None = None,
     sharex: bool = False,
+    server_versions: Collection[str] = (),
 ) -> Figure:
     """Draw several traces, one panel per algorithm stacked vertically (titled with its name), one legend.
 
@@ -505,6 +518,8 @@ def plot_timelines(
     :param rounds: ``(first, last)``: draw only these rounds in every panel.
     :param max_agents: draw only agents ``0 .. max_agents - 1`` in every panel.
     :param sharex: one time axis for every panel (spanning them all); otherwise each panel fits its own trace.
+    :param server_versions: names of the panels whose "round" is the server version θ_k (AFedPG: one version per
+        gradient): their boundaries are drawn as thin "server update" lines and their title says so.
     :return: the figure.
     :raises ValueError: when ``traces`` is empty or one of them is (:func:`plot_timeline`), or for invalid
         ``rounds`` or ``max_agents``.
@@ -520,7 +535,9 @@ def plot_timelines(
     drawn: set[str] = set()
     spans = []
     for ax, (name, trace) in zip(axes[:, 0], checked.items()):
-        categories, span = _draw(ax, trace, rounds, max_agents, name or "(unnamed)")
+        versions = name in server_versions
+        title = f"{name or '(unnamed)'}{' (rounds are server versions: one update per gradient)' if versions else ''}"
+        categories, span = _draw(ax, trace, rounds, max_agents, title, "server update" if versions else "round end")
         drawn |= categories
         if span is not None:
             spans.append(span)
@@ -566,7 +583,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         (name, events), = traces.items()
         plot_timeline(events, path=args.out, title=args.title or name or None, rounds=rounds, max_agents=args.max_agents)
     else:
-        plot_timelines(traces, args.out, rounds=rounds, max_agents=args.max_agents, sharex=args.sharex)
+        plot_timelines(traces, args.out, rounds=rounds, max_agents=args.max_agents, sharex=args.sharex,
+                       server_versions=[name for name in traces if name in SERVER_VERSION_NAMES])
     print(f"wrote {args.out}")
     return Path(args.out)
 

@@ -3,10 +3,10 @@
 Usage (rl-zoo3's own arguments, unchanged; the algorithm names are ``rennala_nigt``, ``malenia_nigt``,
 ``synchronized_nigt`` and ``afedpg``)::
 
-    python -m sb3_nigt.zoo train --algo rennala_nigt --env Pendulum-v1 -f logs/
-    python -m sb3_nigt.zoo enjoy --algo rennala_nigt --env Pendulum-v1 -f logs/ --no-render
-    python -m sb3_nigt.zoo train --algo rennala_nigt --env Pendulum-v1 -optimize --n-trials 10 --n-jobs 1
-    sb3-nigt-zoo plot_train --algo rennala_nigt --env Pendulum-v1 -f logs/
+    python -m sb3_nigt.zoo train --algo rennala_nigt --env InvertedPendulum-v5 -f logs/
+    python -m sb3_nigt.zoo enjoy --algo rennala_nigt --env InvertedPendulum-v5 -f logs/ --no-render
+    python -m sb3_nigt.zoo train --algo rennala_nigt --env InvertedPendulum-v5 -optimize --n-trials 10 --n-jobs 1
+    sb3-nigt-zoo plot_train --algo rennala_nigt --env InvertedPendulum-v5 -f logs/
 
 :func:`register` (called by :func:`main`) adds the four algorithms to ``rl_zoo3.ALGOS``, an Optuna sampler and a
 converter for each to ``rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER``/``HYPERPARAMS_CONVERTER``, and makes
@@ -23,6 +23,11 @@ sampled: they describe the system being simulated and come from the hyperparamet
 A trial whose training raises ``ValueError`` (a NaN or infinite reward or gradient) or whose evaluation return
 is not finite is pruned, with a log line naming the trial and the reason; a study whose every trial was pruned
 ends with a message (rl-zoo3 alone would raise from ``study.best_trial``).
+
+Before training, ``train`` prints how many trajectories and environment steps the first update needs
+(:func:`first_update_steps`) and, when ``-n`` may be below that, a warning (:func:`budget_message`); after a
+training that made no update, a warning that the saved model is the initial policy (:func:`no_update_message`).
+At verbosity 1 (the zoo's default) it prints a progress line about every tenth of the budget (:class:`ZooProgress`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
+
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import safe_mean
 
 from sb3_nigt.afedpg import AFedPG
 from sb3_nigt.common.nigt import NIGTAlgorithm
@@ -80,6 +88,129 @@ SCRIPTS = {
 }
 
 _PATCHED = "_sb3_nigt_zoo_patched"
+
+#: Progress lines per training run (about one every tenth of ``-n``).
+PROGRESS_LINES = 10
+
+
+def _round_gradients(model: NIGTAlgorithm, batch: int) -> int:
+    """The fewest gradients that end a round with batch parameter ``batch`` (M or M_init) for ``model``'s algorithm:
+    Rennala M; Malenia at least one per agent and about M in all, max(n, M); Synchronized n; AFedPG 1 (it updates on
+    every gradient)."""
+    if isinstance(model, AFedPG):
+        return 1
+    if isinstance(model, SynchronizedNIGT):
+        return int(model.n_agents)
+    if isinstance(model, MaleniaNIGT):
+        return max(int(model.n_agents), batch)
+    return batch
+
+
+def _fresh_observation_statistics(model: NIGTAlgorithm) -> bool:
+    """Whether the model's VecNormalize normalizes observations from fresh statistics (a warm-up round comes first)."""
+    vec_normalize = model.get_vec_normalize_env()
+    if vec_normalize is None or not vec_normalize.norm_obs or not vec_normalize.training:
+        return False
+    rms = vec_normalize.obs_rms
+    counts = [r.count for r in rms.values()] if isinstance(rms, dict) else [rms.count]
+    return min(counts) <= 1 + 16 * vec_normalize.num_envs
+
+
+def first_update_steps(model: NIGTAlgorithm) -> tuple[int, int, str]:
+    """How many trajectories, and at most how many environment steps, ``model`` needs before its first update.
+
+    The rounds before the first θ update: the observation warm-up round (M_init trajectories, only with fresh
+    VecNormalize statistics), the initial round that forms d_{−1} (M_init; Algorithm 1 of the paper; not when the
+    model already trained), then one round of M (:func:`_round_gradients`). Each trajectory (one gradient) takes
+    between 1 and H environment steps: exactly H on an environment that never terminates early (Pendulum).
+
+    :param model: a built sb3-nigt model (``horizon`` H resolved from the env's time limit).
+    :return: ``(trajectories, steps, detail)``: the trajectories, the steps at most (trajectories × H) and a text
+        listing the rounds.
+    """
+    initial = _round_gradients(model, int(model.initial_batch_size))
+    rounds = []
+    if _fresh_observation_statistics(model):
+        rounds.append(("observation warm-up", int(model.initial_batch_size)))
+    if getattr(model, "momentum_buffer", None) is None and not isinstance(model, AFedPG):
+        rounds.append(("initial round (M_init)", initial))
+    rounds.append(("first update round" + ("" if isinstance(model, AFedPG) else " (M)"),
+                   _round_gradients(model, int(model.batch_size))))
+    trajectories = sum(count for _, count in rounds)
+    horizon = int(model.horizon)
+    detail = " + ".join(f"{name} {count}" for name, count in rounds)
+    return trajectories, trajectories * horizon, f"{detail} trajectories of up to H = {horizon} steps"
+
+
+def budget_message(algo: str, env_id: str, n_timesteps: int, model: NIGTAlgorithm) -> tuple[str, bool]:
+    """The line ``train`` prints before training: what the first update needs, and whether ``-n`` falls short.
+
+    Three cases, with T trajectories and at most S = T × H steps before the first update (:func:`first_update_steps`):
+    ``-n`` >= S: an information line; T <= ``-n`` < S: a note that training ends before the first update if the
+    trajectories last H steps (Pendulum's always do; InvertedPendulum's end early); ``-n`` < T: a warning that
+    it will end before any update (every trajectory takes at least one step).
+
+    :param algo: the zoo's algorithm name.
+    :param env_id: the environment id.
+    :param n_timesteps: the budget ``-n`` (environment steps).
+    :param model: the built model.
+    :return: ``(message, certain)``; ``certain`` when ``-n`` < T: no update can happen.
+    """
+    trajectories, steps, detail = first_update_steps(model)
+    needs = f"the first update of {algo} on {env_id} needs {trajectories} trajectories ({detail}), up to {steps:,} environment steps"
+    if n_timesteps >= steps:
+        return f"[sb3-nigt] {n_timesteps:,} environment steps; {needs}", False
+    if n_timesteps >= trajectories:
+        return (f"[sb3-nigt] WARNING: -n {n_timesteps:,} may be too small: {needs}. Training ends before any update "
+                f"unless the trajectories average under {n_timesteps // trajectories:,} steps (episodes that end before "
+                f"H); use -n {steps} to be sure.", False)
+    return (f"[sb3-nigt] WARNING: -n {n_timesteps:,} is too small for one update: {needs}. Training will end before "
+            f"any update and save the initial policy; use -n {steps} or more.", True)
+
+
+def no_update_message(algo: str, env_id: str, model: NIGTAlgorithm) -> str:
+    """The warning ``train`` prints after a training that made no update: the saved model is the initial policy.
+
+    :param algo: the zoo's algorithm name.
+    :param env_id: the environment id.
+    :param model: the trained model.
+    :return: the message, naming the steps used and what the first update needs.
+    """
+    trajectories, steps, detail = first_update_steps(model)
+    return (f"[sb3-nigt] WARNING: training made no update in {model.num_timesteps:,} environment steps: the saved "
+            f"{algo} model is the initial policy θ_0. The first update on {env_id} needs {trajectories} trajectories "
+            f"({detail}), up to {steps:,} steps; raise -n.")
+
+
+class ZooProgress(BaseCallback):
+    """Print one progress line about every ``every`` environment steps, at the end of a round (AFedPG: an update).
+
+    The line: environment steps done of the budget, updates (rounds; AFedPG: server updates), simulated seconds on
+    the clock, and the mean return of the last trajectories (SB3's ``ep_info_buffer``, up to 100).
+
+    :param total: the budget ``-n`` (environment steps).
+    :param every: environment steps between lines (>= 1).
+    """
+
+    def __init__(self, total: int, every: int) -> None:
+        super().__init__(verbose=0)
+        self.total, self.every = int(total), max(1, int(every))
+        self._next = self.every
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.num_timesteps < self._next:
+            return
+        self._next = (self.num_timesteps // self.every + 1) * self.every
+        returns = [info["r"] for info in self.model.ep_info_buffer or []]
+        mean = f"{safe_mean(returns):.1f}" if returns else "n/a"
+        updates = getattr(self.model, "_n_updates", 0)
+        simulated = float(getattr(self.model, "simulated_time", 0.0))
+        print(f"[sb3-nigt] {self.num_timesteps:,}/{self.total:,} env steps ({100 * self.num_timesteps / max(self.total, 1):.0f}%), "
+              f"{updates} updates, {simulated:.1f} simulated s, mean return {mean} (last {len(returns)} trajectories)",
+              flush=True)
 
 
 def hyperparams_path(algo: str) -> Path:
@@ -164,6 +295,29 @@ def _time_limit(env_id: str) -> Optional[int]:
     return int(steps) if steps else None
 
 
+def _patch_learn(ExperimentManager: Any) -> None:
+    """Make ``ExperimentManager.learn`` print the first update's needs (:func:`budget_message`) before training and,
+    at verbosity >= 1 without ``-P``, add a :class:`ZooProgress` callback; idempotent."""
+    learn = ExperimentManager.learn
+    if getattr(learn, _PATCHED, False):
+        return
+
+    @functools.wraps(learn)
+    def learn_wrapper(self, model: Any) -> None:
+        if self.algo in ALGOS:
+            message, _ = budget_message(self.algo, self.env_name.gym_id, int(self.n_timesteps), model)
+            print(message, file=sys.stderr if "WARNING" in message else sys.stdout, flush=True)
+            if self.verbose > 0 and not self.show_progress:
+                self.callbacks.append(ZooProgress(self.n_timesteps, self.n_timesteps // PROGRESS_LINES))
+        updates = getattr(model, "_n_updates", 0)
+        learn(self, model)
+        if self.algo in ALGOS and getattr(model, "_n_updates", 0) == updates:
+            print(no_update_message(self.algo, self.env_name.gym_id, model), file=sys.stderr, flush=True)
+
+    setattr(learn_wrapper, _PATCHED, True)
+    ExperimentManager.learn = learn_wrapper  # deliberate patch of rl-zoo3's class
+
+
 def _patch_experiment_manager() -> None:
     from rl_zoo3.exp_manager import ExperimentManager
 
@@ -207,6 +361,8 @@ def _patch_experiment_manager() -> None:
 
         setattr(objective_wrapper, _PATCHED, True)
         ExperimentManager.objective = objective_wrapper  # type: ignore[method-assign]  # a deliberate patch of rl-zoo3's class
+
+    _patch_learn(ExperimentManager)
 
     optimization = ExperimentManager.hyperparameters_optimization
     if not getattr(optimization, _PATCHED, False):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -356,3 +357,43 @@ def test_timeline_needs_a_positive_number_of_rounds(monkeypatch, tmp_path, capsy
     with pytest.raises(SystemExit):
         compare.main(TINY + ["--timeline", "0", "--out", str(tmp_path)])
     assert "--timeline" in capsys.readouterr().err
+
+
+def test_a_discrete_action_space_is_a_one_line_error_naming_env(monkeypatch, tmp_path, capsys):
+    forbid_runs(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--env", "CartPole-v1", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--env: CartPole-v1 has a Discrete action space" in error and "continuous (Box) action space" in error
+    with pytest.raises(SystemExit):
+        compare.main(["--env", "NoSuchEnv-v0", "--out", str(tmp_path)])
+    assert "--env: cannot make 'NoSuchEnv-v0'" in capsys.readouterr().err
+
+
+def test_default_env_is_learned_and_progress_bar_is_documented():
+    parser = compare.build_parser()
+    assert parser.get_default("env") == compare.DEFAULT_ENV == "InvertedPendulum-v5"
+    assert "progress bar" in parser.format_help()
+    page = (Path(__file__).resolve().parents[1] / "docs" / "baselines.md").read_text()
+    assert "`--progress-bar`" in page and f"`{compare.DEFAULT_ENV}`" in page
+
+
+def test_timeline_shares_one_time_window_and_shows_afedpg_updates(tmp_path, monkeypatch):
+    drawn = {}
+
+    def record(traces, path, **kwargs):
+        drawn.update(traces=traces, **kwargs)
+
+    monkeypatch.setattr("sb3_nigt.timeline.plot_timelines", record)
+    compare.main(["--env", "Pendulum-v1", "--seeds", "0", "--timesteps", "400", "--horizon", "10", "--n-agents", "3",
+                  "--algorithms", "rennala", "afedpg", "--batch-size", "4", "--timeline", "2", "--out", str(tmp_path)])
+    assert drawn["sharex"] is True and drawn["server_versions"] == ["AFedPG"]
+    rennala, afedpg = drawn["traces"]["Rennala NIGT"], drawn["traces"]["AFedPG"]
+    until = max(float(e.end) for e in rennala if e.kind == "upload")
+    # AFedPG is drawn over Rennala's first two rounds: many server versions, not just its first two.
+    assert len({e.round for e in afedpg}) > 2 and all(float(e.start) < until for e in afedpg)
+    assert max(float(e.end) for e in afedpg) >= 0.5 * until
+    rows = read(tmp_path / "timeline.csv")
+    assert {int(r["round"]) for r in rows if r["algorithm"] == "rennala"} == {0, 1}
+    assert len({int(r["round"]) for r in rows if r["algorithm"] == "afedpg"}) > 2

@@ -44,7 +44,16 @@ def test_every_experiment_runs_end_to_end_in_smoke_form(name, smoke_root):
     assert sum(int(r["chosen"]) for r in tuning) == len(experiment.algorithms) * len(experiment.tuning_seeds)
     assert result["same_start"], "algorithms started from different θ_0 under one seed"
     report = (out / "report.md").read_text()
-    assert experiment.claim in report and "How it differs from the paper" in report
+    assert experiment.claim in report and "How the full experiment differs from the paper" in report
+    # The report describes the smoke run it reports, says its figures are meaningless, and names the full settings.
+    assert "Smoke run: its figures are meaningless" in report
+    assert f"this smoke run (budget {experiment.simulated_seconds:g} simulated s" in report
+    full = EXPERIMENTS[name]
+    assert f"the full experiment's settings (budget {full.simulated_seconds:g} simulated s" in report
+    assert f"M = {experiment.batch_size}, η" in report and f"```bash\npython -m sb3_nigt.experiments {name} --smoke\n" in report
+    assert "| nan" not in report and "nan |" not in report
+    if experiment.outages:
+        assert "Caveat:" in report
 
 
 def test_cache_is_reused_and_one_missing_seed_is_redone(tmp_path, monkeypatch):
@@ -77,7 +86,33 @@ def test_cache_is_reused_and_one_missing_seed_is_redone(tmp_path, monkeypatch):
     folder = tmp_path / "decreasing-smoke"
     with open(folder / "results.csv") as f:
         assert {row["seed"] for row in csv.DictReader(f)} == {"0", "1", "2"}
-    assert "python -m sb3_nigt.experiments decreasing --smoke --seeds 3" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "python -m sb3_nigt.experiments decreasing --smoke --seeds 3" in report
+    assert "seeds [0, 1, 2], tuning seeds" in report and "seeds [0, 1, 2], α grid" in report  # the run's seeds
+
+
+def test_a_warning_of_every_run_is_shown_once(recwarn):
+    import warnings
+
+    from sb3_nigt.experiments.runner import module_name, replay_warnings
+
+    registration = gym_registration_file()
+    text = f"WARN: The environment Reacher-v4 is out of date ({id(recwarn)})"  # new text: no earlier "once" record
+    facts = {"warnings": [(text, DeprecationWarning, registration, 511, module_name(registration))]}
+    assert module_name(registration) == "gymnasium.envs.registration"
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.resetwarnings()
+        warnings.filterwarnings("once", "", DeprecationWarning, module=r"^gymnasium\.")  # gymnasium's own filter
+        warnings.simplefilter("ignore", DeprecationWarning, append=True)
+        for _ in range(16):  # one fresh process per run: each warned once
+            replay_warnings(facts)
+    assert [str(w.message) for w in shown] == [text]
+
+
+def gym_registration_file():
+    import gymnasium.envs.registration
+
+    return gymnasium.envs.registration.__file__
 
 
 @pytest.mark.parametrize("seeds", ["0", "101"])

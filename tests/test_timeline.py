@@ -310,3 +310,27 @@ def test_cli_single_and_several_algorithms(tmp_path, capsys):
     empty.write_text(",".join(COLUMNS) + "\n")
     with pytest.raises(ValueError, match="empty"):
         main([str(empty), "--out", str(tmp_path / "empty.png")])
+
+
+def test_server_version_panels_draw_and_label_every_update(tmp_path):
+    traces = {"Rennala NIGT": three_rounds(), "AFedPG": three_rounds()}
+    fig = plot_timelines(traces, tmp_path / "versions.png", sharex=True, server_versions=["AFedPG"])
+    rennala, afedpg = fig.axes
+    assert rennala.get_title() == "Rennala NIGT"
+    assert afedpg.get_title() == "AFedPG (rounds are server versions: one update per gradient)"
+    assert boundaries(rennala) == [2.3, 4.5, 5.0] and boundaries(afedpg) == []
+    updates = sorted(float(line.get_xdata()[0]) for line in afedpg.lines if line.get_gid() == "server update")
+    assert updates == [2.3, 4.5, 5.0]
+    assert rennala.get_xlim() == afedpg.get_xlim()  # one time axis
+    labels = [text.get_text() for text in rennala.get_legend().get_texts()]
+    assert "round end" in labels and "server update (AFedPG: rounds are server versions)" in labels
+
+
+def test_cli_labels_afedpg_rounds_as_server_versions(tmp_path, monkeypatch):
+    import sb3_nigt.timeline as timeline
+
+    seen = {}
+    monkeypatch.setattr(timeline, "plot_timelines", lambda traces, path, **kwargs: seen.update(kwargs))
+    several = write_trace_csv({"rennala": three_rounds(), "afedpg": exact_trace()}, tmp_path / "several.csv")
+    main([str(several), "--out", str(tmp_path / "several.png"), "--sharex"])
+    assert seen["server_versions"] == ["afedpg"] and seen["sharex"] is True

@@ -238,3 +238,46 @@ def test_nan_trial_is_pruned_not_fatal(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[sb3-nigt] trial 0 pruned: training raised ValueError" in out and "non-finite" in out
     assert "[sb3-nigt] no trial completed" in out
+
+
+# ------------------------------------------------------------------------------------- budget and progress
+@pytest.mark.parametrize(("algo", "trajectories"), [("rennala_nigt", 4 + 4), ("malenia_nigt", 4 + 4),
+                                                    ("synchronized_nigt", 2 + 2), ("afedpg", 1)])
+def test_first_update_steps_counts_the_rounds_before_the_first_update(algo, trajectories):
+    model = zoo.ALGOS[algo]("MlpPolicy", "Pendulum-v1", n_agents=2, batch_size=4, horizon=20)
+    assert zoo.first_update_steps(model)[:2] == (trajectories, trajectories * 20)
+
+
+def test_the_pendulum_budget_of_the_report_is_too_small_and_says_so():
+    # rennala_nigt's Pendulum entry: M = M_init = 20, H = 200, fresh VecNormalize: warm-up 20 + initial 20 + update 20.
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), norm_obs=True, norm_reward=False)
+    model = zoo.ALGOS["rennala_nigt"]("MlpPolicy", env, n_agents=10, batch_size=20)
+    trajectories, steps, detail = zoo.first_update_steps(model)
+    assert (trajectories, steps) == (60, 12_000) and "observation warm-up 20" in detail
+    message, certain = zoo.budget_message("rennala_nigt", "Pendulum-v1", 5000, model)
+    assert not certain and "WARNING: -n 5,000 may be too small" in message and "12,000" in message
+    assert "average under 83 steps" in message and "-n 12000" in message
+    message, certain = zoo.budget_message("rennala_nigt", "Pendulum-v1", 50, model)
+    assert certain and "WARNING: -n 50 is too small for one update" in message
+    message, certain = zoo.budget_message("rennala_nigt", "Pendulum-v1", 12_000, model)
+    assert not certain and "WARNING" not in message and "needs 60 trajectories" in message
+
+
+def test_train_says_before_and_after_when_the_budget_is_too_small(tmp_path, capsys):
+    # SMALL, fresh VecNormalize: warm-up 4 + initial 4 + update 4 trajectories of H = 20 steps = 240 steps.
+    run_zoo("train", "--algo", "rennala_nigt", "--env", "Pendulum-v1", "-f", tmp_path / "logs", "-n", 100,
+            "--eval-freq", -1, "--verbose", 0, *SMALL)
+    err = capsys.readouterr().err
+    assert "[sb3-nigt] WARNING: -n 100 may be too small: the first update of rennala_nigt" in err and "240" in err
+    assert "[sb3-nigt] WARNING: training made no update in 160 environment steps" in err
+
+
+def test_train_prints_progress_at_the_default_verbosity(tmp_path, capsys):
+    run_zoo("train", "--algo", "rennala_nigt", "--env", "Pendulum-v1", "-f", tmp_path / "logs", "-n", 800,
+            "--eval-freq", -1, *SMALL)
+    captured = capsys.readouterr()
+    assert "needs 12 trajectories" in captured.out and "WARNING" not in captured.out + captured.err
+    lines = [line for line in captured.out.splitlines() if line.startswith("[sb3-nigt]") and "/800 env steps" in line]
+    assert len(lines) >= 3 and "updates" in lines[-1] and "simulated s" in lines[-1]

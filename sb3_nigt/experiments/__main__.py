@@ -101,6 +101,37 @@ def with_seeds(experiment: Experiment, seeds: int) -> Experiment:
     return dataclasses.replace(experiment, seeds=tuple(range(seeds)))
 
 
+def report_header(experiment: Experiment, seeds: Optional[int], same_start: bool) -> list[str]:
+    """The report's first lines, from the settings of the run reported: title, claim, command, settings, and how
+    it differs from the paper; a smoke run (``experiment.is_smoke``) says first that its figures are meaningless.
+
+    :param experiment: the experiment as run (its smoke form for ``--smoke``).
+    :param seeds: the ``--seeds`` given, if any (named in the command).
+    :param same_start: whether every algorithm started from the same θ_0 under each seed.
+    :return: Markdown lines.
+    """
+    command = (f"python -m sb3_nigt.experiments {experiment.name}{' --smoke' if experiment.is_smoke else ''}"
+               f"{f' --seeds {seeds}' if seeds is not None else ''}")
+    smoke = ([f"**Smoke run: its figures are meaningless.** It only checks that the pipeline runs end to end, with "
+              f"{experiment.simulated_seconds:g} simulated seconds, M = {experiment.batch_size}, two α values and "
+              f"seeds {list(experiment.seeds)}: a few rounds, far too few to learn or to compare the algorithms. "
+              f"Run `python -m sb3_nigt.experiments {experiment.name}` for the experiment itself.", ""]
+             if experiment.is_smoke else [])
+    return [
+        f"## {experiment.name} ({experiment.figure}){' — smoke run' if experiment.is_smoke else ''}", "", *smoke,
+        f"Claim checked{' (by the full experiment)' if experiment.is_smoke else ''}: {experiment.claim}.", "",
+        f"```bash\n{command}\n```", "",
+        f"{experiment.env}, times `{experiment.scenario}`"
+        + (f" with h = {list(experiment.compute_times)}" if experiment.compute_times else "")
+        + (f", outages {experiment.outages}" if experiment.outages else "")
+        + f", M = {experiment.batch_size}, η = {experiment.momentum}, budget {experiment.simulated_seconds:g} simulated s, "
+          f"seeds {list(experiment.seeds)}, tuning seeds {list(experiment.tuning_seeds)}. "
+          f"Every algorithm started from the same θ_0 under each seed: {'yes' if same_start else 'NO'}.", "",
+        (f"Smoke settings: {experiment.settings()} stand for {experiment.differences}" if experiment.is_smoke
+         else f"How it differs from the paper: {experiment.differences}"), "",
+    ]
+
+
 def run_experiment(experiment: Experiment, out: Path, workers: int, progress: bool = True,
                    seeds: Optional[int] = None) -> dict[str, Any]:
     """Tune α, run the reported seeds, write the outputs in ``out``; return a summary (paths, α, verdicts).
@@ -148,19 +179,8 @@ def run_experiment(experiment: Experiment, out: Path, workers: int, progress: bo
     plot(out / "returns.png", experiment, curves)
     body, verdicts = tables(experiment, curves, alphas)
     cpu = sum(float(read_run(path)[0].get("wall_seconds", 0.0)) for path in set(paths.values()) | {tuning_paths[s] for s in tuning})
-    command = (f"python -m sb3_nigt.experiments {experiment.name}{' --smoke' if experiment.simulated_seconds < 50 else ''}"
-               f"{f' --seeds {seeds}' if seeds is not None else ''}")
-    header = [
-        f"## {experiment.name} ({experiment.figure})", "",
-        f"Claim checked: {experiment.claim}.", "",
-        f"```bash\n{command}\n```", "",
-        f"{experiment.env}, times `{experiment.scenario}`"
-        + (f" with h = {list(experiment.compute_times)}" if experiment.compute_times else "")
-        + (f", outages {experiment.outages}" if experiment.outages else "")
-        + f", M = {experiment.batch_size}, η = {experiment.momentum}, budget {experiment.simulated_seconds:g} simulated s, "
-          f"seeds {list(experiment.seeds)}, tuning seeds {list(experiment.tuning_seeds)}. "
-          f"Every algorithm started from the same θ_0 under each seed: {'yes' if same_start else 'NO'}.", "",
-        f"How it differs from the paper: {experiment.differences}", "",
+    header = report_header(experiment, seeds, same_start)
+    header += [
         "α chosen: " + ", ".join(f"{LABELS.get(a, a)} {format_alpha(chosen[a])}" for a in experiment.algorithms)
         + f" (tuning.csv). {len(paths) + len(tuning)} runs, {cpu:,.0f} CPU seconds in all "
           f"({time.perf_counter() - start:,.0f} wall seconds for this command, cached runs excluded).", "",

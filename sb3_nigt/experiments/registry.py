@@ -7,7 +7,7 @@ and per algorithm on the grid 2^-10 … 2^-1 with seeds kept apart from the repo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 #: α grid of the paper (App. H): 2^-10, 2^-9, …, 2^-1.
@@ -58,6 +58,8 @@ class Experiment:
         over that at n (see :meth:`seconds_for`), so that every n gets about the same number of gradients.
     :param expected_ratio: what the claim expects of time(other) / time(reference): ``"faster"`` (above 1),
         ``"alike"`` (near 1) or ``"outage"`` (the reference and its no-outage twin alike, the others slower).
+    :param is_smoke: a smoke run (:meth:`smoke`): a pipeline check whose figures are meaningless; ``differences``
+        then describes the full experiment it stands for.
     """
 
     def seconds_for(self, n_agents: int) -> float:
@@ -95,6 +97,7 @@ class Experiment:
     budget_per_agents: bool = False
     expected_ratio: str = "faster"  # "faster": the reference should need less time; "alike": about the same
     notes: tuple[str, ...] = field(default_factory=tuple)
+    is_smoke: bool = False
 
     def runs(self) -> int:
         """Runs in all: tuning (algorithms × α × tuning seeds, at one n) and reported (algorithms × n × seeds)."""
@@ -108,15 +111,25 @@ class Experiment:
         # A few rounds: a round with expensive communication takes tens of seconds (κ_i = √i·d^¼). With h = (1, 10)
         # a Rennala round needs M >= 11 for the slow agent to contribute (the equal-weighted return needs both).
         smoke_seconds = {"expensive-comm": 120.0, "comm": 15.0}.get(self.scenario, 10.0) if compute is None else 45.0
-        return Experiment(
+        tiny = Experiment(
             name=self.name, figure=self.figure, claim=self.claim, env=self.env, scenario=self.scenario,
             algorithms=self.algorithms, simulated_seconds=smoke_seconds, n_agents=n_agents,
             compute_times=compute, heterogeneous_envs=self.heterogeneous_envs, outages=outages, batch_size=4 if compute is None else 12,
             momentum=self.momentum, thresholds=self.thresholds, seeds=(0, 1), tuning_seeds=(100,),
             alpha_grid=(2.0**-6, 2.0**-4), tuning_fraction=0.5, tune_at=None, max_steps=5_000,
-            differences=self.differences, expected_ratio=self.expected_ratio, notes=self.notes,
-            budget_per_agents=self.budget_per_agents,
+            expected_ratio=self.expected_ratio, notes=self.notes, budget_per_agents=self.budget_per_agents, is_smoke=True,
         )
+        return replace(tiny, differences=f"the full experiment's {self.settings()}. How the full experiment differs "
+                                         f"from the paper: {self.differences}")
+
+    def settings(self) -> str:
+        """The run's settings in words: budget, n, M, outages, seeds and α grid (the report's header uses them)."""
+        outages = "".join(f", agent {agent} away {', '.join(f'{a:g}–{b:g} s' for a, b in windows)}"
+                          for agent, windows in (self.outages or {}).items())
+        grid = ", ".join(format_alpha(alpha) for alpha in self.alpha_grid)
+        return (f"{'this smoke run' if self.is_smoke else 'settings'} (budget {self.simulated_seconds:g} simulated s, "
+                f"n = {', '.join(map(str, self.n_agents))}, M = {self.batch_size}{outages}, seeds "
+                f"{list(self.seeds)}, α grid {grid})")
 
 
 # Budgets: chosen so that every experiment takes about an hour or less on 2 cores of this project's machine (the

@@ -214,19 +214,32 @@ def steps_at(curve: Curve, seconds: float) -> int:
 
 def outage_table(experiment: Experiment, curves: dict[tuple[str, int], dict[int, Curve]], n: int, seeds: list[int]) -> str:
     """Environment steps per simulated second before the first outage window and inside it (median over seeds):
-    how much of its pace each algorithm keeps while an agent is away."""
+    how much of its pace each algorithm keeps while an agent is away.
+
+    The pace before the outage needs a round that ended before it: without one its cell and the ratio read "n/a"
+    and a caveat under the table says so (a run too short to measure it, as every smoke run is), instead of a bare
+    0.0 or nan. A pace of 0.0 while the agent is away is a measurement: no round ended (a rule waiting for it).
+    """
     assert experiment.outages
     begin, end = min(w[0] for ws in experiment.outages.values() for w in ws), max(w[1] for ws in experiment.outages.values() for w in ws)
     end = min(end, experiment.seconds_for(n))
     rows = [f"Environment steps per simulated second (median over seeds) before the outage (0–{begin:g} s) and while "
             f"the agent is away ({begin:g}–{end:g} s), counted at round ends:", "",
             "| algorithm | before | during | during / before |", "|---|---:|---:|---:|"]
+    missing = False
     for algorithm in experiment.algorithms:
-        before = [steps_at(curves[(algorithm, n)][s], begin) / begin for s in seeds]
-        during = [(steps_at(curves[(algorithm, n)][s], end) - steps_at(curves[(algorithm, n)][s], begin)) / (end - begin)
-                  for s in seeds]
-        b, d = float(np.median(before)), float(np.median(during))
-        rows.append(f"| {LABELS.get(algorithm, algorithm)} | {b:.1f} | {d:.1f} | {d / b if b > 0 else math.nan:.2f} |")
+        runs = [curves[(algorithm, n)][s] for s in seeds]
+        before = float(np.median([steps_at(curve, begin) / begin for curve in runs]))
+        during = float(np.median([(steps_at(curve, end) - steps_at(curve, begin)) / (end - begin) for curve in runs]))
+        # No round before the outage: no pace to compare with. (No round during it is a measurement: 0.0.)
+        cells = [f"{before:.1f}" if before > 0 else "n/a", f"{during:.1f}", f"{during / before:.2f}" if before > 0 else "n/a"]
+        missing = missing or "n/a" in cells
+        rows.append(f"| {LABELS.get(algorithm, algorithm)} | " + " | ".join(cells) + " |")
+    if missing or experiment.is_smoke:
+        rows += ["", "Caveat: " + ("n/a = no round ended before the outage in the median seed, so there is no pace to "
+                                   "compare with. " if missing else "")
+                 + ("This smoke run is far too short for these paces to mean anything." if experiment.is_smoke
+                    else "A longer budget measures it.")]
     return "\n".join(rows) + "\n"
 
 

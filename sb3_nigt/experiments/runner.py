@@ -12,7 +12,9 @@ import csv
 import hashlib
 import math
 import os
+import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -88,7 +90,9 @@ def run_one(experiment: Experiment, spec: RunSpec, path: str) -> dict[str, Any]:
     the equal-weighted return (1/n) Σ_i (mean of agent i's last 100 trajectories), the paper's objective J, which
     the plain mean would bias towards the fast agents' environments.
 
-    Returns the run's facts: wall seconds, environment steps, simulated seconds and a digest of θ_0.
+    Returns the run's facts: wall seconds, environment steps, simulated seconds, a digest of θ_0, and the
+    warnings the run raised (``warnings``: (text, category, file name, line, module) each), for
+    :func:`replay_warnings`.
     """
     import torch as th
 
@@ -107,12 +111,14 @@ def run_one(experiment: Experiment, spec: RunSpec, path: str) -> dict[str, Any]:
                               int(self.model.n_communications), float(sum(means) / len(means)), math.nan))
 
     th.set_num_threads(1)
-    model = build_model(experiment, spec)
-    theta0 = hashlib.sha256(model.get_flat_params().tobytes()).hexdigest()[:12]
-    recorder = (EqualWeightRecorder if experiment.heterogeneous_envs else Recorder)(window=100, max_seconds=spec.seconds)
-    start = time.perf_counter()
-    model.learn(experiment.max_steps, callback=recorder)
-    wall = time.perf_counter() - start
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # every warning is kept, and shown by the main process's filters
+        model = build_model(experiment, spec)
+        theta0 = hashlib.sha256(model.get_flat_params().tobytes()).hexdigest()[:12]
+        recorder = (EqualWeightRecorder if experiment.heterogeneous_envs else Recorder)(window=100, max_seconds=spec.seconds)
+        start = time.perf_counter()
+        model.learn(experiment.max_steps, callback=recorder)
+        wall = time.perf_counter() - start
     target = Path(path)
     partial = target.with_suffix(".partial")
     with open(partial, "w", newline="") as f:
@@ -122,7 +128,35 @@ def run_one(experiment: Experiment, spec: RunSpec, path: str) -> dict[str, Any]:
         writer.writerows([row[:4] for row in recorder.rows])
     os.replace(partial, target)
     return {"wall_seconds": wall, "env_steps": int(model.num_timesteps), "simulated_seconds": float(model.simulated_time),
-            "theta0": theta0}
+            "theta0": theta0, "warnings": [(str(w.message), w.category, w.filename, w.lineno, module_name(w.filename)) for w in caught]}
+
+
+def module_name(filename: str) -> Optional[str]:
+    """The dotted module name of a source file found under ``sys.path`` (what a warning filter's module matches),
+    or None."""
+    path = Path(filename).with_suffix("")
+    for entry in sorted((Path(e).resolve() for e in sys.path if e), key=lambda e: len(e.parts), reverse=True):
+        if path.is_relative_to(entry):
+            parts = path.relative_to(entry).parts
+            return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or None
+    return None
+
+
+#: The registry of :func:`replay_warnings`: a warning shown once stays shown once for the whole command.
+_SHOWN: dict = {}
+
+
+def replay_warnings(facts: dict[str, Any]) -> None:
+    """Warn, in this process, what one run warned (:func:`run_one`'s ``warnings``), through this process's filters.
+
+    Each run of a pool works in a fresh process (``maxtasksperchild=1``), so a warning shown once per process (a
+    gymnasium deprecation of Reacher-v4, say) would come back once per run; replayed here with one registry for the
+    whole command, the usual "default"/"once" filters show it once.
+
+    :param facts: a run's facts.
+    """
+    for text, category, filename, lineno, module in facts.get("warnings", ()):
+        warnings.warn_explicit(text, category, filename, lineno, module=module, registry=_SHOWN)
 
 
 def read_run(path: Path) -> tuple[dict[str, str], list[tuple[float, int, int, float]]]:
@@ -152,7 +186,7 @@ def execute(experiment: Experiment, specs: list[RunSpec], cache: Path, workers: 
         return paths
     if workers <= 1:
         for spec in todo:
-            run_one(experiment, spec, str(paths[spec]))
+            replay_warnings(run_one(experiment, spec, str(paths[spec])))
             if progress is not None:
                 progress(spec, False)
         return paths
@@ -174,7 +208,7 @@ def execute(experiment: Experiment, specs: list[RunSpec], cache: Path, workers: 
             for spec in finished:
                 result = pending.pop(spec)
                 try:
-                    result.get()
+                    replay_warnings(result.get())
                 except Exception as error:  # reported with the others below
                     failures.append(f"{spec}: {type(error).__name__}: {error}")
                     continue
