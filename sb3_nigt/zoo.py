@@ -168,18 +168,19 @@ def budget_message(algo: str, env_id: str, n_timesteps: int, model: NIGTAlgorith
             f"any update and save the initial policy; use -n {steps} or more.", True)
 
 
-def no_update_message(algo: str, env_id: str, model: NIGTAlgorithm) -> str:
+def no_update_message(algo: str, env_id: str, steps_used: int, needs: tuple[int, int, str]) -> str:
     """The warning ``train`` prints after a training that made no update: the saved model is the initial policy.
 
     :param algo: the zoo's algorithm name.
     :param env_id: the environment id.
-    :param model: the trained model.
+    :param steps_used: environment steps the training took.
+    :param needs: :func:`first_update_steps` of the model before training.
     :return: the message, naming the steps used and what the first update needs.
     """
-    trajectories, steps, detail = first_update_steps(model)
-    return (f"[sb3-nigt] WARNING: training made no update in {model.num_timesteps:,} environment steps: the saved "
-            f"{algo} model is the initial policy θ_0. The first update on {env_id} needs {trajectories} trajectories "
-            f"({detail}), up to {steps:,} steps; raise -n.")
+    trajectories, steps, detail = needs
+    return (f"[sb3-nigt] WARNING: training made no update in {steps_used:,} environment steps: the saved {algo} model "
+            f"is the initial policy θ_0. The first update on {env_id} needs {trajectories} trajectories ({detail}), "
+            f"up to {steps:,} steps; raise -n.")
 
 
 class ZooProgress(BaseCallback):
@@ -304,15 +305,17 @@ def _patch_learn(ExperimentManager: Any) -> None:
 
     @functools.wraps(learn)
     def learn_wrapper(self, model: Any) -> None:
-        if self.algo in ALGOS:
-            message, _ = budget_message(self.algo, self.env_name.gym_id, int(self.n_timesteps), model)
-            print(message, file=sys.stderr if "WARNING" in message else sys.stdout, flush=True)
-            if self.verbose > 0 and not self.show_progress:
-                self.callbacks.append(ZooProgress(self.n_timesteps, self.n_timesteps // PROGRESS_LINES))
-        updates = getattr(model, "_n_updates", 0)
-        learn(self, model)
-        if self.algo in ALGOS and getattr(model, "_n_updates", 0) == updates:
-            print(no_update_message(self.algo, self.env_name.gym_id, model), file=sys.stderr, flush=True)
+        if self.algo not in ALGOS:
+            return learn(self, model)
+        message, _ = budget_message(self.algo, self.env_name.gym_id, int(self.n_timesteps), model)
+        print(message, file=sys.stderr if "WARNING" in message else sys.stdout, flush=True)
+        if self.verbose > 0 and not self.show_progress:
+            self.callbacks.append(ZooProgress(self.n_timesteps, self.n_timesteps // PROGRESS_LINES))
+        updates, needs = getattr(model, "_n_updates", 0), first_update_steps(model)
+        learn(self, model)  # rl-zoo3 resets num_timesteps: it counts this training's steps
+        if getattr(model, "_n_updates", 0) == updates:
+            print(no_update_message(self.algo, self.env_name.gym_id, model.num_timesteps, needs), file=sys.stderr, flush=True)
+        return None
 
     setattr(learn_wrapper, _PATCHED, True)
     ExperimentManager.learn = learn_wrapper  # deliberate patch of rl-zoo3's class
