@@ -9,9 +9,10 @@ and the first ``wait`` after a batch of submits exchanges every unit's result in
 bit for bit what the inline backend computes, and the collector, adding each agent's units in index order, ends
 every round with the same θ on every rank.
 
-On the real clock (:meth:`TorchDistributedBackend.real_round`) each rank runs its own agents and counts their
-finished trajectories with atomic ``TCPStore.add`` calls on the process group's store (no server); a round ends
-with one collective that combines the ranks' sums, counts and statistics.
+On the real clock the round is :class:`~sb3_nigt.clock.real.RealRound`'s, as on every backend; this backend only
+supplies its :class:`StoreCounter` (:meth:`TorchDistributedBackend.arrival_counter`): each rank runs its own agents
+and counts their finished trajectories with atomic ``TCPStore.add`` calls on the process group's store (no
+server); a round ends with one collective that combines the ranks' tallies (sums, counts and statistics).
 
 What is not here: AFedPG (no AllReduce: refused), emulated times (``time_scale``) over ranks, and agent runs
 driven directly through :meth:`~TorchDistributedBackend.start_run` on more than one rank (at world size 1 they go
@@ -226,8 +227,8 @@ class TorchDistributedBackend:
     computed on rank i mod world size by a local backend; the first :meth:`wait` after a batch of submits
     waits for this rank's units, then exchanges all of the batch's results in one ``all_gather_object``
     (:attr:`collectives` counts them) and returns every unit's :class:`UnitResult`, in submission order, on every
-    rank. Gradients travel as float64 ``(d,)`` vectors, pickled: bit for bit. On the real clock the collector
-    calls :meth:`real_round` instead (trajectories counted with ``TCPStore.add``, one collective per round).
+    rank. Gradients travel as float64 ``(d,)`` vectors, pickled: bit for bit. On the real clock the round driver
+    counts through :meth:`arrival_counter` instead (``TCPStore.add``, one collective per round).
 
     :param local: the backend that computes this rank's units: ``"inline"`` (default) or ``"subprocess"``
         (``n_workers`` local processes, for several cores per rank).
@@ -340,7 +341,7 @@ class TorchDistributedBackend:
     def _single(self, what: str) -> None:
         if self.world_size > 1:
             raise ValueError(f"{what}: agent runs driven one by one are not supported by the 'torch_distributed' backend "
-                             f"at world size {self.world_size} > 1 (the real clock uses real_round)")
+                             f"at world size {self.world_size} > 1 (the real clock runs this rank's agents on its local backend)")
 
     def start_run(self, run: AgentRun) -> None:
         """World size 1 only: the run goes to the local backend.
