@@ -1,24 +1,15 @@
-"""The real clock (docs/time.md, "The real clock"): one round driver for every backend.
+"""The real clock (docs/time.md): one round driver for every backend (paper, Algorithms 2 and 3).
 
-Paper, Algorithms 2 and 3: every agent i samples trajectories at the broadcast θ̃_t until the aggregation rule is
-met, accumulates its M_i gradients locally, and sends its sum ḡ_i once. On the real clock the gradients count in
-the order they physically finish. :class:`RealRound` plays one such round:
+Every agent i samples trajectories at the broadcast θ̃_t until the rule is met, in the order they physically
+finish, accumulates its M_i gradients locally and sends its sum ḡ_i once. :class:`RealRound` launches every
+agent's run (θ delayed by κ_i), counts the finished trajectories as an :class:`ArrivalCounter` says, flushes the
+running agents when the rule is met, and collects each contributing agent's one vector. An agent whose worker is
+lost before its vector arrived loses its counted gradients: they are uncounted and it starts again (here only).
 
-1. launch every agent's run (an :class:`~sb3_nigt.common.backends.AgentRun`), its θ delayed by κ_i;
-2. count each finished trajectory, as an :class:`ArrivalCounter` says, until the rule is met;
-3. stop: flush every running agent, which then sends the sum of its counted trajectories;
-4. collect each contributing agent's one vector;
-5. an agent whose worker was lost before its vector arrived loses its counted gradients (they never reached the
-   server): they are uncounted and the agent starts again (lost work is handled here, and only here).
-
-How arrivals are counted is the only thing a backend supplies. In the main process (inline, subprocess and Ray:
-every report comes back through ``backend.wait()``) :class:`LocalCounter` asks the rule. Over torch.distributed
-ranks (``sb3_nigt.common.distributed``) each rank runs its own agents and counts them through torch's
-``TCPStore``; a backend with an ``arrival_counter(rule, round_index, epoch, time_scale)`` method supplies that
-counter, whose :meth:`ArrivalCounter.combine` then merges the ranks' :class:`Tally` in one collective.
-
-``time_scale`` emulates h_i and κ_i with sleeps (:class:`WallClock`); AFedPG's real-clock server uses the same
-clock and :func:`lost_work`.
+A backend supplies only how arrivals are counted: in the main process (inline, subprocess, Ray: reports come
+through ``backend.wait()``) :class:`LocalCounter` asks the rule; torch.distributed ranks count through torch's
+``TCPStore`` with the counter of their backend's ``arrival_counter(rule, round_index, epoch, time_scale)``.
+``time_scale`` emulates h_i and κ_i with sleeps (:class:`WallClock`, also used by AFedPG's real-clock server).
 """
 
 from __future__ import annotations
@@ -34,9 +25,6 @@ from sb3_nigt.common.aggregation import AggregationRule
 from sb3_nigt.common.backends import AgentReport, AgentRun, Backend, Event, WorkerLost
 from sb3_nigt.common.estimator import TrajectoryStats, UnitResult
 from sb3_nigt.common.trace import TraceEvent
-
-#: Seconds to sleep when this process has nothing running but the round is not over (another rank's agents).
-IDLE_SLEEP = 0.005
 
 
 class WallClock:
@@ -64,15 +52,12 @@ class WallClock:
         return float(self.timing.communication_time(agent, at, counter)) * self.scale
 
     def computes(self, agent: int, at: float, count: int) -> tuple[float, ...]:
-        """Seconds of sleep for the agent's next ``count`` gradients (h_i · scale, or per environment step with
+        """Seconds of sleep for the agent's next ``count`` gradients (h_i · scale; per environment step with
         per-step times), the first starting at ``at``."""
-        units = []
-        for _ in range(count):
-            counter = self.counters.compute[agent]
-            self.counters.compute[agent] += 1
-            units.append(self.timing.compute_time(agent, at, counter))
-        per_step = self.timing.per_step
-        return tuple(float(u if per_step else self.timing.duration(u)) * self.scale for u in units)
+        first, timing = self.counters.compute[agent], self.timing
+        self.counters.compute[agent] += count
+        units = [timing.compute_time(agent, at, first + k) for k in range(count)]
+        return tuple(float(u if timing.per_step else timing.duration(u)) * self.scale for u in units)
 
 
 def lost_work(collector: Any, event: WorkerLost) -> WorkerLost:
@@ -87,8 +72,8 @@ def lost_work(collector: Any, event: WorkerLost) -> WorkerLost:
 
 @dataclass
 class Counted:
-    """One counted gradient: ``agent``'s trajectory ``index``, the ``order``-th to arrive in the round (global over
-    ranks), at ``at`` seconds on the clock, with its trajectory's statistics."""
+    """One counted gradient: ``agent``'s trajectory ``index``, the ``order``-th to arrive (over every rank), at
+    ``at`` seconds on the clock."""
 
     order: int
     at: float
@@ -130,11 +115,8 @@ class Tally:
 
 
 class ArrivalCounter(Protocol):
-    """How a real-clock round counts its arrivals (a backend may supply one; :class:`LocalCounter` otherwise).
-
-    :attr backend: the backend that runs this process's agents (``start_run``, ``flush``, ``wait``).
-    :attr poll: seconds a ``wait`` may block before :meth:`done` is asked again.
-    """
+    """How a real-clock round counts arrivals. ``backend`` runs this process's agents; ``poll``: seconds a ``wait``
+    may block before :meth:`done` is asked again."""
 
     backend: Backend
     poll: float
@@ -143,26 +125,22 @@ class ArrivalCounter(Protocol):
         """Whether ``agent`` runs in this process."""
 
     def arrive(self, agent: int) -> Optional[int]:
-        """One of this process's agents finished a trajectory: count it on the rule (``rule.add``) if it counts
-        and return its place in the round's arrival order (from 1), else None (the round is already over)."""
+        """Count the agent's finished trajectory on the rule (``rule.add``) and return its place in the round's
+        arrival order (from 1); None: it does not count (the round is over)."""
 
     def done(self) -> bool:
         """Whether the round is over (the rule is met, here or on another rank)."""
 
     def forget(self, agent: int) -> None:
-        """Uncount ``agent``'s gradients: its worker was lost before its sum arrived.
-
-        :raises RuntimeError: where counted gradients cannot be taken back (another rank may have stopped)."""
+        """Uncount the agent's gradients (its worker was lost). :raises RuntimeError: where they cannot be."""
 
     def combine(self, tally: Tally, error: Optional[BaseException]) -> Tally:
         """The whole round from this process's ``tally``; the rule then holds every agent's count.
-
-        :raises BaseException: ``error`` (this process failed during the round) or another rank's error."""
+        :raises BaseException: ``error``, or another rank's."""
 
 
 class LocalCounter:
-    """Arrivals counted in the main process, in the order ``backend.wait()`` returns the agents' reports: the
-    rule itself decides (inline, subprocess and Ray backends)."""
+    """Arrivals counted in the main process, in the order ``backend.wait()`` returns them: the rule decides."""
 
     poll = 1.0
 
@@ -194,8 +172,7 @@ class LocalCounter:
 
 @dataclass
 class RealRoundResult:
-    """A real-clock round: the counted gradients in arrival order, ḡ_i of every contributing agent (agent order),
-    the stop and end times (seconds) and the vectors that reached this process."""
+    """The counted gradients in arrival order, ḡ_i by contributing agent, stop and end (seconds), vectors."""
 
     counted: list[Counted]
     sums: dict[int, np.ndarray]
@@ -291,8 +268,8 @@ class RealRound:
     # ----------------------------------------------------------------------------------------------- events
     def _step(self) -> None:
         """Wait for the backend's next events (or idle: this rank's agents are done) and handle them."""
-        if not self._owed():
-            time.sleep(IDLE_SLEEP)
+        if not self._owed():  # the round goes on on other ranks
+            time.sleep(0.005)
             return
         for event in self.counter.backend.wait(timeout=self.counter.poll):
             self._handle(event)
