@@ -4,11 +4,11 @@ gradient, on the simulated or the real clock. A small unit of its own on top of 
 from __future__ import annotations
 
 import heapq
-import time
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from sb3_nigt.clock.real import WallClock, lost_work
 from sb3_nigt.common.backends import WorkerLost
 from sb3_nigt.common.collector import _BOUND, _FINISH, Arrival, Collector
 from sb3_nigt.common.estimator import ObsNorm, UnitResult
@@ -139,36 +139,30 @@ class AsyncServer:
                 return
 
     def _serve_real(self, params, obs_norm, base: float, first_index, on_arrival, version: int, trace) -> None:
-        scale = self.time_scale or 0.0
-        wall_start = time.perf_counter()
+        collector = self.collector
+        clock = WallClock(collector, base)
         downloaded: dict[tuple[int, int], tuple[float, int]] = {}
 
-        def now() -> float:
-            return base + (time.perf_counter() - wall_start)
-
         def begin(agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], k: int) -> None:
-            at = now()
-            kappa = float(self._transfer(agent, at)) * scale
-            unit = self._compute_unit(agent, at + kappa)
-            minimum = float(unit if self.timing.per_step else self.timing.duration(unit)) * scale
-            upload = float(self._transfer(agent, at + kappa)) * scale  # drawn ahead: the worker sleeps it
-            self._send_job(agent, index, theta, norm, delay=kappa, min_duration=minimum, per_step=self.timing.per_step,
+            at = clock.now()
+            kappa = clock.transfer(agent, at)
+            minimum = clock.computes(agent, at + kappa, 1)[0]
+            upload = clock.transfer(agent, at + kappa)  # drawn ahead: the worker sleeps it
+            self._send_job(agent, index, theta, norm, delay=kappa, min_duration=minimum, per_step=clock.timing.per_step,
                            upload_delay=upload)
             downloaded[(agent, index)] = (at, k)
 
-        for agent in range(self.n_agents):
+        for agent in range(collector.n_agents):
             begin(agent, first_index[agent], params, obs_norm, version)
         while True:
-            for event in self.backend.wait(timeout=1.0):
+            for event in collector.backend.wait(timeout=1.0):
                 if isinstance(event, WorkerLost):
-                    self._lost(event)
-                    for unit in event.units:
-                        if unit.epoch == self.epoch:
-                            self.backend.submit(unit)
+                    for unit in lost_work(collector, event).units:  # the agent's slot still holds its θ
+                        collector.backend.submit(unit)
                     continue
-                if not isinstance(event, UnitResult) or event.unit.epoch != self.epoch:
+                if not isinstance(event, UnitResult) or event.unit.epoch != collector.epoch:
                     continue
-                at = now()
+                at = clock.now()
                 unit = event.unit
                 key = (unit.agent, unit.first)
                 if key not in downloaded:  # a stale result

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import heapq
 import math
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 
+from sb3_nigt.clock.real import RealRound
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
-from sb3_nigt.common.backends import AgentReport, AgentRun, Backend, WorkerLost
+from sb3_nigt.common.backends import Backend, WorkerLost
 from sb3_nigt.common.estimator import CHUNK_SIZE, ObsMoments, ObsNorm, TrajectoryStats, UnitResult, WorkUnit
 from sb3_nigt.common.exact import ZERO, ExactTime
 from sb3_nigt.common.timing import TimeCounters, TimingModel
@@ -202,11 +202,7 @@ class Collector:
                 until = end if up == math.inf or up > end else up
                 trace.append(TraceEvent(round_index, agent, "compute", -1, down, max(down, until), "down"))
         else:
-            distributed = getattr(self.backend, "real_round", None)  # a backend with its own real clock (torch_distributed)
-            if distributed is not None:
-                arrivals, sums, stop, end, vectors = distributed(self, rule, round_index, start, trace)
-            else:
-                arrivals, sums, stop, end, vectors = self._real(rule, round_index, start, trace)
+            arrivals, sums, stop, end, vectors = self._real(rule, round_index, start, trace)
         self._next_epoch()
         ordered = sorted(arrivals, key=lambda a: (a.agent, a.index))
         moments = [a.result.obs_moments for a in ordered if a.result.obs_moments is not None]
@@ -458,108 +454,7 @@ class Collector:
         return sums, stats, len(counted)
 
     def _real(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
-        """True asynchrony: each agent runs until told to stop and reports every finished trajectory with a small
-        message; gradients count in the order the reports arrive; each contributing agent then sends one vector,
-        the sum of its counted trajectories. ``time_scale`` emulates h_i and κ_i with sleeps.
-
-        A lost worker's agents lose their counted but unsent gradients: they are uncounted and the agents start
-        again, so no gradient is counted twice or counted without being summed."""
-        scale = self.time_scale or 0.0
-        wall_start = time.perf_counter()
-        base = float(start)
-
-        def now() -> float:
-            return base + (time.perf_counter() - wall_start)
-
-        first = [0] * self.n_agents  # each restart of an agent starts past its earlier trajectories
-        arrivals: dict[int, list[Arrival]] = {agent: [] for agent in range(self.n_agents)}
-        sums: dict[int, np.ndarray] = {}
-        stops: dict[int, float] = {}
-        uploaded: dict[int, float] = {}
-        limit = rule.max_per_agent
-        vectors = 0
-
-        def launch(agent: int, at: float, broadcast: bool) -> None:
-            delay = float(self._transfer(agent, at)) * scale if broadcast else 0.0
-            if broadcast:
-                trace.append(TraceEvent(round_index, agent, "broadcast", -1, at, at + delay, "sent"))
-            durations: tuple[float, ...] = ()
-            if scale > 0:  # drawn ahead: the agent emulates them itself
-                count = 2 * rule.batch_size + 8
-                units = [self._compute_unit(agent, at + delay) for _ in range(count)]
-                durations = tuple(float(u if self.timing.per_step else self.timing.duration(u)) * scale for u in units)
-            upload = float(self._transfer(agent, at)) * scale if limit is not None else 0.0
-            self.backend.start_run(AgentRun(self.epoch, round_index, agent, first[agent], self.seed, self.agent_env_index[agent],
-                                            self.horizon, self.gamma, delay, durations, self.timing.per_step, limit, upload))
-
-        def restart(agent: int) -> None:
-            """The agent's worker was lost: its counted gradients never reached the server. Uncount them and start
-            the agent again, past every trajectory it may have begun."""
-            rule.forget(agent)
-            first[agent] = max([first[agent]] + [a.index + 2 for a in arrivals[agent]])
-            arrivals[agent] = []
-            for book in (sums, stops, uploaded):
-                book.pop(agent, None)
-            launch(agent, now(), True)
-            running.add(agent)
-
-        for agent in range(self.n_agents):
-            launch(agent, base, True)
-        running = set(range(self.n_agents))
-        while True:
-            while not rule.done():
-                for event in self.backend.wait(timeout=1.0):
-                    if isinstance(event, WorkerLost):
-                        self._lost(event)
-                        for run in event.runs:
-                            if run.epoch != self.epoch:
-                                continue
-                            restart(run.agent)
-                    elif isinstance(event, AgentReport):
-                        stats = event.stats
-                        if event.epoch != self.epoch or rule.done() or stats.agent not in running:
-                            continue
-                        at = now()
-                        rule.add(stats.agent)
-                        arrivals[stats.agent].append(Arrival(ExactTime.of(at), stats.agent, stats.index, stats))
-                        trace.append(TraceEvent(round_index, stats.agent, "compute", stats.index, at, at, "counted"))
-                        if not rule.wants_more(stats.agent):
-                            stops[stats.agent] = at
-                            running.discard(stats.agent)
-                    elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch:  # an early upload (Sync)
-                        sums[event.unit.agent] = event.gradient
-                        uploaded[event.unit.agent] = now()
-                        vectors += 1
-            stop = now()
-            counts = {int(a): int(c) for a, c in enumerate(rule.counts)}
-            for agent in sorted(running):
-                upload = float(self._transfer(agent, stop)) * scale if counts[agent] else 0.0
-                self.backend.flush(self.epoch, agent, counts[agent], upload)
-            running.clear()
-            missing = {a for a, c in counts.items() if c and a not in sums}
-            restarted = False
-            while missing:
-                for event in self.backend.wait(timeout=1.0):
-                    if isinstance(event, WorkerLost):
-                        self._lost(event)
-                        for run in event.runs:
-                            if run.epoch == self.epoch and run.agent in missing:  # lost before its vector arrived
-                                missing.discard(run.agent)
-                                restart(run.agent)
-                                restarted = True
-                    elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch and event.unit.agent in missing:
-                        sums[event.unit.agent] = event.gradient
-                        uploaded[event.unit.agent] = now()
-                        missing.discard(event.unit.agent)
-                        vectors += 1
-            if not restarted:
-                break
-        end = max([stop] + list(uploaded.values()))
-        for agent in sorted(uploaded):
-            begin = stops.get(agent, stop)
-            trace.append(TraceEvent(round_index, agent, "upload", -1, begin, max(begin, uploaded[agent]), "sent"))
-        if scale == 0:  # no draws were taken: count the counted gradients plus the one in flight
-            for agent in range(self.n_agents):
-                self.counters.compute[agent] += len(arrivals[agent]) + 1
-        ordered = sorted((a for agent in arrivals.values() for a in agent), key=lambda a: float(a.time))
-        return ordered, {a: sums[a] for a in sorted(sums) if rule.counts[a] > 0}, stop, end, vectors
+        """True asynchrony, on every backend: :class:`~sb3_nigt.clock.real.RealRound` plays the round."""
+        played = RealRound(self, rule, round_index, float(start), trace).run()
+        arrivals = [Arrival(ExactTime.of(c.at), c.agent, c.index, c.stats) for c in played.counted]
+        return arrivals, played.sums, played.stop, played.end, played.vectors
