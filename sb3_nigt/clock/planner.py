@@ -1,9 +1,6 @@
-"""The round planner on the simulated clock (docs/time.md): Rennala, Malenia and Synchronized NIGT play a round's
-events in exact time and learn which gradients count, when, and when each agent stops.
-
-Time model (paper, Assumption 2.5 and App. H): a round starts at T0 and broadcasts θ, which reaches agent i at
-T0 + κ_i; each gradient then takes h_i seconds (or h_i per environment step, or h_i·H); an agent stops when the
-rule no longer wants its gradients, or when the rule is met (in-flight work is abandoned).
+"""The round planner on the simulated clock (docs/time.md, and the time model in :mod:`sb3_nigt.common.collector`):
+Rennala, Malenia and Synchronized NIGT play a round's events in exact time and learn which gradients count, when,
+and when each agent stops.
 
 Outages (docs/time.md, "Outages"): a down agent neither computes nor communicates; the gradient it was computing is
 lost, and so are the gradients it had counted but not yet uploaded (held locally): they are uncounted and the round
@@ -41,11 +38,8 @@ class Agents(Protocol):
     record_trace: bool
 
     def transfer(self, agent: int, start: Any) -> ExactTime: ...
-
     def compute_unit(self, agent: int, start: Any) -> ExactTime: ...
-
     def unit(self, round_index: int, agent: int, first: int, count: int, **extra: Any) -> WorkUnit: ...
-
     def await_unit(self, key: tuple[int, int], results: dict[tuple[int, int], UnitResult]) -> UnitResult: ...
 
 
@@ -245,3 +239,20 @@ def plan_vectorized(agents: Agents, rule: AggregationRule, start: ExactTime) -> 
     counters.communication[:] = (np.asarray(counters.communication) + 1).tolist()
     counters.compute[:] = (np.asarray(counters.compute) + rule.counts + started).tolist()
     return Plan(counted, {}, stop)
+
+
+def upload(agents: Agents, rule: AggregationRule, plan: Plan, round_index: int, trace: list[TraceEvent]) -> ExactTime:
+    """Each contributing agent uploads when it stops (``plan.stops[i]``, else ``plan.stop``), κ_i; the outages felt
+    during the round are traced up to its end. Returns the round's end, the last upload's arrival (seconds, exact)."""
+    end: Optional[ExactTime] = None
+    for flat in np.flatnonzero(rule.counts):
+        agent = int(flat)
+        begin = plan.stops.get(agent, plan.stop)
+        arrive = begin + agents.transfer(agent, begin)
+        trace.append(TraceEvent(round_index, agent, "upload", -1, begin, arrive, "sent"))
+        end = arrive if end is None or arrive > end else end
+    assert end is not None  # the rule is met: some agent contributes
+    for agent, down, up in plan.downs:
+        until = end if up == math.inf or up > end else up
+        trace.append(TraceEvent(round_index, agent, "compute", -1, down, max(down, until), "down"))
+    return end

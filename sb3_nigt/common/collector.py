@@ -16,7 +16,6 @@ On the simulated clock the round is planned by :mod:`sb3_nigt.clock.planner` (ex
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sb3_nigt.clock.planner import Counted, plan_round
+from sb3_nigt.clock.planner import Counted, plan_round, upload
 from sb3_nigt.common.aggregation import AggregationRule
 from sb3_nigt.common.backends import AgentReport, AgentRun, Backend, WorkerLost
 from sb3_nigt.common.estimator import CHUNK_SIZE, ObsMoments, ObsNorm, TrajectoryStats, UnitResult, WorkUnit
@@ -219,7 +218,7 @@ class Collector:
 
     def _simulated(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
         """Plan the round (:func:`~sb3_nigt.clock.planner.plan_round`), have the counted gradients computed (with
-        per-step times they already are, speculatively), then play the uploads and the outages' trace."""
+        per-step times they already are, speculatively), then play the uploads."""
         results: dict[tuple[int, int], UnitResult] = {}
         plan = plan_round(self, rule, round_index, start, trace, results)
         if self.timing.per_step:
@@ -228,11 +227,7 @@ class Collector:
             keys = self._submit_counted(round_index, plan.counted)
         sums, stats = self._sum_units(keys, results)
         arrivals = [Arrival(at, agent, index, stats[(agent, index)]) for at, agent, index in plan.counted]
-        end = self._uploads(rule, plan.stops, plan.stop, round_index, trace)
-        for agent, down, up in plan.downs:
-            until = end if up == math.inf or up > end else up
-            trace.append(TraceEvent(round_index, agent, "compute", -1, down, max(down, until), "down"))
-        return arrivals, sums, plan.stop, end, len(keys)
+        return arrivals, sums, plan.stop, upload(self, rule, plan, round_index, trace), len(keys)
 
     def _submit_counted(self, round_index: int, counted: list[Counted]) -> list[tuple[int, int]]:
         """Submit the planned counts: each agent's M_i gradients (consecutive indices) as units of at most
@@ -259,21 +254,6 @@ class Collector:
             for trajectory in result.trajectories:
                 stats[(agent, trajectory.index)] = trajectory
         return sums, stats
-
-    def _uploads(self, rule: AggregationRule, stops: dict[int, Any], stop: Any, round_index: int, trace: list[TraceEvent],
-                 scale: Optional[float] = None) -> Any:
-        """Each contributing agent uploads when it stops (``stops[i]``, else ``stop``); returns the last arrival.
-
-        Exact on the simulated clock (``scale`` None); on the real clock the upload lasts κ_i · ``scale`` seconds."""
-        end = None
-        for flat in np.flatnonzero(rule.counts):
-            agent = int(flat)
-            begin = stops.get(agent, stop)
-            kappa = self._transfer(agent, begin)
-            arrive = begin + kappa if scale is None else begin + float(kappa) * scale
-            trace.append(TraceEvent(round_index, agent, "upload", -1, begin, arrive, "sent"))
-            end = arrive if end is None or arrive > end else end
-        return end
 
     def _real(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
         """True asynchrony: each agent runs until told to stop and reports every finished trajectory with a small
