@@ -48,7 +48,8 @@ class AFedPG(NIGTAlgorithm):
         observation space and a Box action space with finite bounds.
     :param learning_rate: α > 0, the length of each normalized server step; a float or an SB3 schedule of the
         remaining progress (checked at every update: finite and > 0, or 0 at the end of training).
-    :param eta: η ∈ (0, 1], the constant weight of the new gradient (and the lookahead's η); formerly ``momentum``.
+    :param eta: η ∈ (0, 1], the constant weight of the new gradient (and the lookahead's η); default 0.1; formerly
+        ``momentum``.
     :param round_size: not used (every arriving gradient is a step); giving it warns. Default 20, which only
         sizes the default ``initial_round_size``.
     :param initial_round_size: gradients of the observation warm-up round (fresh VecNormalize statistics only);
@@ -114,7 +115,7 @@ class AFedPG(NIGTAlgorithm):
         policy: Union[str, type[NIGTPolicy]] = "MlpPolicy",
         env: Union[GymEnv, str, Callable, None] = None,
         learning_rate: Union[float, Schedule] = 2**-6,
-        eta: float = 0.1,
+        eta: Optional[float] = None,
         round_size: Optional[int] = None,
         initial_round_size: Optional[int] = None,
         horizon: Optional[int] = None,

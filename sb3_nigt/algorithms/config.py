@@ -21,6 +21,9 @@ from sb3_nigt.common.warn import user_stacklevel
 
 CLOCKS = ("simulated", "real")
 
+#: The defaults of the renamed arguments whose signature default is None (so that an old name given with its new
+#: one is noticed): η and M.
+DEFAULTS = {"eta": 0.1, "round_size": 20}
 #: Old argument name → new name.
 RENAMED = {"momentum": "eta", "batch_size": "round_size", "initial_batch_size": "initial_round_size"}
 _MEANING = {
@@ -164,14 +167,26 @@ def warn_renamed(name: str) -> None:
 
 def with_old_names(values: dict[str, Any], old_values: dict[str, Any]) -> dict[str, Any]:
     """``values`` where each old name given (not None) in ``old_values`` replaces its new name, with a
-    ``FutureWarning``: the checks then name the argument as the user wrote it."""
+    ``FutureWarning``: the checks then name the argument as the user wrote it.
+
+    :raises ValueError: starting with the old name, when its new name is given too (not None).
+    """
     values = dict(values)
     for name, value in old_values.items():
-        if value is not None:
-            warn_renamed(name)
-            del values[RENAMED[name]]
-            values[name] = value
+        if value is None:
+            continue
+        new = RENAMED[name]
+        if values[new] is not None:
+            raise ValueError(f"{name}: the old name of {new}; give only {new} (got {name}={value!r} and {new}={values[new]!r})")
+        warn_renamed(name)
+        del values[new]
+        values[name] = value
     return values
+
+
+def with_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` where η and M left at None (and not given by an old name) take their defaults, 0.1 and 20."""
+    return {**values, **{name: default for name, default in DEFAULTS.items() if name in values and values[name] is None}}
 
 
 def renamed_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +194,9 @@ def renamed_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
 
     :raises ValueError: as :func:`check_settings`.
     """
-    for name in RENAMED:
+    for name, new in RENAMED.items():
+        if name in kwargs and new in kwargs:
+            raise ValueError(f"{name}: the old name of {new}; give only {new}")
         if name in kwargs:
             warn_renamed(name)
     checked = check_settings(kwargs)

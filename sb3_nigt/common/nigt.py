@@ -44,7 +44,7 @@ from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from sb3_nigt.algorithms.config import CLOCKS, RENAMED, check_int, check_settings, renamed_overrides, with_old_names
+from sb3_nigt.algorithms.config import CLOCKS, RENAMED, check_int, check_settings, renamed_overrides, with_defaults, with_old_names
 from sb3_nigt.common import distributed as _distributed  # noqa: F401  (registers backend="torch_distributed")
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
 from sb3_nigt.common.backends import BACKENDS, Backend, BackendOptions, InlineBackend, make_backend
@@ -63,9 +63,6 @@ from sb3_nigt.policies import NIGTPolicy, check_action_space, check_observation_
 SelfNIGT = TypeVar("SelfNIGT", bound="NIGTAlgorithm")
 
 __all__ = ["CLOCKS", "NIGTAlgorithm", "PendingRound", "RoundKind"]
-
-#: M, trajectories per round, when ``round_size`` is not given.
-DEFAULT_ROUND_SIZE = 20
 
 
 class RoundKind(str, Enum):
@@ -159,7 +156,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         remaining progress, whose value is checked (finite, > 0; 0 only at the end of training, as linear
         schedules give) at every update, before θ changes.
     :param eta: η ∈ (0, 1], the weight of the new gradient in d_t = (1 − η) d_{t−1} + η g_t (and the lookahead's
-        η); formerly ``momentum``.
+        η); default 0.1; formerly ``momentum``.
     :param round_size: M >= 1, trajectories (gradients) per aggregation round (S for MaleniaNIGT; unused by
         SynchronizedNIGT and AFedPG, which warn when it is given); default 20; formerly ``batch_size``.
     :param initial_round_size: M_init >= 1, gradients of the initial round that forms d_{−1}; default M; formerly
@@ -206,9 +203,11 @@ class NIGTAlgorithm(BaseAlgorithm):
     :param seed: the seed of the policy's initialisation and of every job (seed, round, agent, index); an
         integer in [0, 2**32 - 1], or None.
     :param device: torch device of the main policy (default ``"cpu"``; workers always use the CPU).
-    :param momentum: the old name of ``eta`` (still accepted, with a ``FutureWarning``).
-    :param batch_size: the old name of ``round_size`` (still accepted, with a ``FutureWarning``).
-    :param initial_batch_size: the old name of ``initial_round_size`` (still accepted, with a ``FutureWarning``).
+    :param momentum: the old name of ``eta`` (still accepted, with a ``FutureWarning``; not with ``eta``).
+    :param batch_size: the old name of ``round_size`` (still accepted, with a ``FutureWarning``; not with
+        ``round_size``).
+    :param initial_batch_size: the old name of ``initial_round_size`` (still accepted, with a ``FutureWarning``;
+        not with ``initial_round_size``).
     :raises ValueError: naming the argument, raised before any environment is built or any state changes where
         it can be: ``policy:`` for an unknown alias or a class that is not a ``NIGTPolicy``; ``policy_kwargs:``
         (or the key: ``net_arch:``, ``activation_fn:``, ``min_std:``) for bad policy arguments, and for a built
@@ -259,7 +258,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         policy: Union[str, type[NIGTPolicy]] = "MlpPolicy",
         env: Union[GymEnv, str, Callable, None] = None,
         learning_rate: Union[float, Schedule] = 2**-6,
-        eta: float = 0.1,
+        eta: Optional[float] = None,
         round_size: Optional[int] = None,
         initial_round_size: Optional[int] = None,
         horizon: Optional[int] = None,
@@ -291,14 +290,13 @@ class NIGTAlgorithm(BaseAlgorithm):
     ):
         # Arguments first: nothing is built, opened or changed before they are all known to be valid.
         self._warn_if_round_size_unused(round_size, batch_size)
-        settings = check_settings(with_old_names(
-            dict(learning_rate=learning_rate, eta=eta, round_size=DEFAULT_ROUND_SIZE if round_size is None else round_size,
-                 initial_round_size=initial_round_size, horizon=horizon, gamma=gamma, n_agents=n_agents, seed=seed,
+        settings = check_settings(with_defaults(with_old_names(
+            dict(learning_rate=learning_rate, eta=eta, round_size=round_size, initial_round_size=initial_round_size, horizon=horizon, gamma=gamma, n_agents=n_agents, seed=seed,
                  clock=clock, worker_timeout=worker_timeout, max_failures=max_failures, n_workers=n_workers,
                  time_scale=time_scale, start_method=start_method, stats_window_size=stats_window_size, verbose=verbose,
                  step_data=step_data),
             dict(momentum=momentum, batch_size=batch_size, initial_batch_size=initial_batch_size),
-        ))
+        )))
         for name in ("eta", "round_size", "initial_round_size", "horizon", "gamma", "clock", "worker_timeout",
                      "max_failures", "n_workers", "time_scale", "start_method", "step_data"):
             setattr(self, name, settings[name])
