@@ -32,7 +32,6 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, TypeVa
 import gymnasium as gym
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm, maybe_make_env
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
@@ -369,8 +368,9 @@ class NIGTAlgorithm(BaseAlgorithm):
         try:
             if isinstance(env, str):
                 env = maybe_make_env(env, verbose)  # as SB3 would, so that the spaces are checked before SB3 sees them
-            if env is not None:
-                self._check_spaces(env.observation_space, env.action_space)
+            if env is not None:  # a flat Box observation space, a Box action space with finite bounds
+                check_action_space(env.action_space)
+                check_observation_space(env.observation_space)
             self.n_agents = n_agents if n_agents is not None else len(factories) if factories else 1
             self._check_real_clock_emulation()
             # Validate the time specifications now, before SB3 wraps the environment (_setup_model builds the
@@ -509,16 +509,6 @@ class NIGTAlgorithm(BaseAlgorithm):
             f"policy: {cls.__name__} accepts {accepted} (the Gaussian tanh-squashed policy whose log-probability the "
             f"gradient needs), got {name}; policies of other algorithms (e.g. stable_baselines3.ppo.MlpPolicy) do not work"
         )
-
-    @staticmethod
-    def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
-        """A flat Box observation space and a Box action space with finite bounds (see
-        :func:`~sb3_nigt.policies.check_observation_space`); checked before SB3 wraps the environment.
-
-        :raises ValueError: starting ``observation_space:`` or ``action_space:``.
-        """
-        check_action_space(action_space)
-        check_observation_space(observation_space)
 
     def _check_saved_algorithm(self) -> None:
         """After ``load`` filled the model from a file: the file must have been saved by this class or a class it
