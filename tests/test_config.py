@@ -108,9 +108,12 @@ def test_non_finite_environment_error_pickles_and_renames_its_round():
 
 
 @pytest.mark.parametrize("old, new", [("momentum", "eta"), ("batch_size", "round_size"), ("initial_batch_size", "initial_round_size")])
-def test_an_old_name_with_its_new_name_is_refused(old, new, tmp_path):
-    with pytest.raises(ValueError, match=rf"^{old}: the old name of {new}; give only {new}"):
-        RennalaNIGT("MlpPolicy", "Pendulum-v1", **{old: 1, new: 1}, **SMALL)
-    RennalaNIGT("MlpPolicy", "Pendulum-v1", **SMALL).save(tmp_path / "model.zip")
-    with pytest.raises(ValueError, match=rf"^{old}: the old name of {new}"):
-        RennalaNIGT.load(tmp_path / "model.zip", **{old: 1, new: 1})
+def test_an_old_name_given_with_its_new_name_wins_and_says_so(old, new, tmp_path):
+    """As rl-zoo3's ``--hyperparams batch_size:4`` merged into a zoo file's ``round_size: 20``."""
+    with pytest.warns(FutureWarning, match=rf"^{old} is now called {new}.*it overrides {new}=1, given too"):
+        model = RennalaNIGT("MlpPolicy", "Pendulum-v1", **{old: 1 if old == "momentum" else 2, new: 1}, **SMALL)
+    assert getattr(model, new) == (1 if old == "momentum" else 2)
+    model.save(tmp_path / "model.zip")
+    with pytest.warns(FutureWarning, match=rf"^{old} is now called {new}.*it overrides {new}=3"):
+        loaded = RennalaNIGT.load(tmp_path / "model.zip", **{old: 1, new: 3})
+    assert getattr(loaded, new) == 1 and old not in loaded.__dict__

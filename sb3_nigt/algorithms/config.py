@@ -155,11 +155,14 @@ def check_settings(values: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def warn_renamed(name: str) -> None:
-    """The ``FutureWarning`` for an argument given by its old name, at the user's line."""
+def warn_renamed(name: str, replaced: Any = None) -> None:
+    """The ``FutureWarning`` for an argument given by its old name, at the user's line; ``replaced``: the value of
+    the new name that the old one overrides (None: the new name was not given)."""
     new = RENAMED[name]
+    also = "" if replaced is None else f"; it overrides {new}={replaced!r}, given too"
     warnings.warn(
-        f"{name} is now called {new} ({_MEANING[new]}); {name}= still works but will be removed in a future version",
+        f"{name} is now called {new} ({_MEANING[new]}); {name}= still works but will be removed in a future "
+        f"version{also}",
         FutureWarning,
         stacklevel=user_stacklevel(),
     )
@@ -169,18 +172,14 @@ def with_old_names(values: dict[str, Any], old_values: dict[str, Any]) -> dict[s
     """``values`` where each old name given (not None) in ``old_values`` replaces its new name, with a
     ``FutureWarning``: the checks then name the argument as the user wrote it.
 
-    :raises ValueError: starting with the old name, when its new name is given too (not None).
+    An old name given with its new one wins (the warning says so): rl-zoo3 merges a command line's
+    ``--hyperparams batch_size:4`` into a file's ``round_size: 20``, and the command line is meant.
     """
     values = dict(values)
     for name, value in old_values.items():
-        if value is None:
-            continue
-        new = RENAMED[name]
-        if values[new] is not None:
-            raise ValueError(f"{name}: the old name of {new}; give only {new} (got {name}={value!r} and {new}={values[new]!r})")
-        warn_renamed(name)
-        del values[new]
-        values[name] = value
+        if value is not None:
+            warn_renamed(name, values.pop(RENAMED[name]))
+            values[name] = value
     return values
 
 
@@ -190,14 +189,13 @@ def with_defaults(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def renamed_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``load``'s overrides, checked, under their new names (an old name warns once, as in the constructor).
+    """``load``'s overrides, checked, under their new names (an old name warns, and wins, as in the constructor).
 
     :raises ValueError: as :func:`check_settings`.
     """
+    kwargs = dict(kwargs)
     for name, new in RENAMED.items():
-        if name in kwargs and new in kwargs:
-            raise ValueError(f"{name}: the old name of {new}; give only {new}")
         if name in kwargs:
-            warn_renamed(name)
+            warn_renamed(name, kwargs.pop(new, None))
     checked = check_settings(kwargs)
     return {**{key: value for key, value in kwargs.items() if key not in RENAMED}, **checked}

@@ -202,11 +202,11 @@ class NIGTAlgorithm(BaseAlgorithm):
     :param seed: the seed of the policy's initialisation and of every job (seed, round, agent, index); an
         integer in [0, 2**32 - 1], or None.
     :param device: torch device of the main policy (default ``"cpu"``; workers always use the CPU).
-    :param momentum: the old name of ``eta`` (still accepted, with a ``FutureWarning``; not with ``eta``).
-    :param batch_size: the old name of ``round_size`` (still accepted, with a ``FutureWarning``; not with
-        ``round_size``).
+    :param momentum: the old name of ``eta`` (still accepted, with a ``FutureWarning``; it wins over ``eta``).
+    :param batch_size: the old name of ``round_size`` (still accepted, with a ``FutureWarning``; it wins over
+        ``round_size``, as a command line's ``--hyperparams batch_size:4`` over a zoo file's ``round_size``).
     :param initial_batch_size: the old name of ``initial_round_size`` (still accepted, with a ``FutureWarning``;
-        not with ``initial_round_size``).
+        it wins over ``initial_round_size``).
     :raises ValueError: naming the argument, raised before any environment is built or any state changes where
         it can be: ``policy:`` for an unknown alias or a class that is not a ``NIGTPolicy``; ``policy_kwargs:``
         (or the key: ``net_arch:``, ``activation_fn:``, ``min_std:``) for bad policy arguments, and for a built
