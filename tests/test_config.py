@@ -117,3 +117,15 @@ def test_an_old_name_given_with_its_new_name_wins_and_says_so(old, new, tmp_path
     with pytest.warns(FutureWarning, match=rf"^{old} is now called {new}.*it overrides {new}=3"):
         loaded = RennalaNIGT.load(tmp_path / "model.zip", **{old: 1, new: 3})
     assert getattr(loaded, new) == 1 and old not in loaded.__dict__
+
+
+def test_afedpg_names_its_server_round_in_a_typed_environment_error(monkeypatch):
+    from sb3_nigt.afedpg import afedpg
+
+    def serve(self, *args, **kwargs):
+        raise NonFiniteEnvironmentError("observations", [float("nan")], 1, 0, 3)
+
+    monkeypatch.setattr(afedpg.AsyncServer, "serve", serve)
+    model = AFedPG("MlpPolicy", "Pendulum-v1", **SMALL)
+    with pytest.raises(NonFiniteEnvironmentError, match=r"^observations: .*\(agent 1, AFedPG round 0 \(server update 0\), step 3\)"):
+        model.learn(50)
