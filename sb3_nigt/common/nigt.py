@@ -140,6 +140,11 @@ def _renamed_property(new: str, doc: str) -> property:
     return property(lambda self: getattr(self, new), lambda self, value: setattr(self, new, value), doc=doc)
 
 
+def _step_property(field: str, doc: str) -> property:
+    """A property reading and writing ``field`` of the model's :class:`NIGTStep` (the saved names of before)."""
+    return property(lambda self: getattr(self._nigt, field), lambda self, value: setattr(self._nigt, field, value), doc=doc)
+
+
 class NIGTAlgorithm(BaseAlgorithm):
     """Base class of the NIGT family: Algorithm 1 of the paper over a delay-aware asynchronous collector.
 
@@ -247,6 +252,9 @@ class NIGTAlgorithm(BaseAlgorithm):
     momentum = _renamed_property("eta", "The old name of ``eta``.")
     batch_size = _renamed_property("round_size", "The old name of ``round_size``.")
     initial_batch_size = _renamed_property("initial_round_size", "The old name of ``initial_round_size``.")
+    # Algorithm 1's state, held by NIGTStep, under the names the model always had.
+    momentum_buffer = _step_property("direction", "d_t, float64 ``(d,)``; None before the first round.")
+    previous_params = _step_property("previous", "θ_{t−1}, float32 ``(d,)``; None before the first round.")
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": NIGTPolicy}
     policy: NIGTPolicy
@@ -453,24 +461,6 @@ class NIGTAlgorithm(BaseAlgorithm):
             spec = self.env.get_attr("spec", indices=[0])[0]
             steps = getattr(spec, "max_episode_steps", None)
             self.horizon = int(steps) if steps else 1000
-
-    @property
-    def momentum_buffer(self) -> Optional[np.ndarray]:
-        """d_t, float64 ``(d,)``; None before the first round (kept under its old name; see :class:`NIGTStep`)."""
-        return self._nigt.direction
-
-    @momentum_buffer.setter
-    def momentum_buffer(self, value: Optional[np.ndarray]) -> None:
-        self._nigt.direction = value
-
-    @property
-    def previous_params(self) -> Optional[np.ndarray]:
-        """θ_{t−1}, float32 ``(d,)``; None before the first round (see :class:`NIGTStep`)."""
-        return self._nigt.previous
-
-    @previous_params.setter
-    def previous_params(self, value: Optional[np.ndarray]) -> None:
-        self._nigt.previous = value
 
     def _adopt_saved_names(self, overrides: dict[str, Any]) -> None:
         """After ``load`` filled the model from a file saved before the renaming: move its old fields
