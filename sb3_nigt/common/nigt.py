@@ -298,10 +298,10 @@ class NIGTAlgorithm(BaseAlgorithm):
         # Arguments first: nothing is built, opened or changed before they are all known to be valid.
         self._warn_if_round_size_unused(round_size, batch_size)
         settings = check_settings(with_defaults(with_old_names(
-            dict(learning_rate=learning_rate, eta=eta, round_size=round_size, initial_round_size=initial_round_size, horizon=horizon, gamma=gamma, n_agents=n_agents, seed=seed,
-                 clock=clock, worker_timeout=worker_timeout, max_failures=max_failures, n_workers=n_workers,
-                 time_scale=time_scale, start_method=start_method, stats_window_size=stats_window_size, verbose=verbose,
-                 step_data=step_data),
+            dict(learning_rate=learning_rate, eta=eta, round_size=round_size, initial_round_size=initial_round_size,
+                 horizon=horizon, gamma=gamma, n_agents=n_agents, seed=seed, clock=clock, worker_timeout=worker_timeout,
+                 max_failures=max_failures, n_workers=n_workers, time_scale=time_scale, start_method=start_method,
+                 stats_window_size=stats_window_size, verbose=verbose, step_data=step_data),
             dict(momentum=momentum, batch_size=batch_size, initial_batch_size=initial_batch_size),
         )))
         for name in ("eta", "round_size", "initial_round_size", "horizon", "gamma", "clock", "worker_timeout",
