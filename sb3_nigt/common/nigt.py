@@ -43,7 +43,7 @@ from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from sb3_nigt.algorithms.config import CLOCKS, RENAMED, check_int, check_settings, renamed_overrides, with_defaults, with_old_names
+from sb3_nigt.algorithms.config import RENAMED, check_int, check_settings, renamed_overrides, with_defaults, with_old_names
 from sb3_nigt.common import distributed as _distributed  # noqa: F401  (registers backend="torch_distributed")
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
 from sb3_nigt.common.backends import BACKENDS, Backend, BackendOptions, InlineBackend, make_backend
@@ -60,8 +60,6 @@ from sb3_nigt.core.nigt import NIGTStep
 from sb3_nigt.policies import NIGTPolicy, check_action_space, check_observation_space, check_policy_kwargs, running_statistics_modules
 
 SelfNIGT = TypeVar("SelfNIGT", bound="NIGTAlgorithm")
-
-__all__ = ["CLOCKS", "NIGTAlgorithm", "PendingRound", "RoundKind"]
 
 
 class RoundKind(str, Enum):
