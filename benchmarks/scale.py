@@ -13,8 +13,8 @@ For each n it measures, in one run:
   counters), after one untimed warm-up round that builds the environment. ``GradientWorker.run_unit`` is wrapped with a timer (monkeypatched
   on the class inside this script), so each round's wall time splits into the time computing the units and the
   rest, the *overhead*: (round time − unit compute time) / round time;
-- the same split per collector phase (the methods that exist: ``_plan_vectorized``, ``_plan``, ``_compute_planned`` less the units,
-  ``_uploads``, the rule's ``aggregate``, θ loading);
+- the same split per collector phase (``plan_vectorized``, ``RoundPlanner.run``, ``Collector._sum_units`` less the
+  units, ``upload``, the rule's ``aggregate``, θ loading);
 - ``estimate_gradient(n_rounds=k)`` end to end (collector construction, start and environment build included),
   with its own unit time, as a cross-check;
 - a cProfile of one more round: the top functions by own time and the library functions by cumulative time.
@@ -66,20 +66,21 @@ def instrument() -> list[str]:
 
     Returns the labels that could be wrapped (the collector's private phases may change; missing ones are skipped).
     """
+    from sb3_nigt.clock import planner
     from sb3_nigt.common import aggregation, collector, estimator
 
     targets = [
         ("run_unit", estimator.GradientWorker, "run_unit"),
         ("set_params (θ load)", estimator.GradientWorker, "set_params"),
-        ("_plan_vectorized", collector.Collector, "_plan_vectorized"),
-        ("_plan", collector.Collector, "_plan"),
-        ("_compute_planned", collector.Collector, "_compute_planned"),
-        ("_uploads", collector.Collector, "_uploads"),
+        ("plan_vectorized", planner, "plan_vectorized"),
+        ("RoundPlanner.run", planner.RoundPlanner, "run"),
+        ("_sum_units", collector.Collector, "_sum_units"),
+        ("upload", planner, "upload"),
         ("rule.aggregate", aggregation.RennalaAggregation, "aggregate"),
     ]
     wrapped = []
     for label, owner, name in targets:
-        original = owner.__dict__.get(name)
+        original = vars(owner).get(name)
         if original is None:
             continue
 
@@ -127,18 +128,17 @@ PLANNERS = ("default", "event-loop")
 
 
 def measure(n: int, k: int, profile_lines: int, planner: str) -> ScaleResult:
-    """``planner``: "default" (whatever the collector chooses) or "event-loop" (``Collector._plan_vectorized``
-    patched to decline, so the general event loop plans every round, as before the vectorized planner)."""
-    from sb3_nigt.common.collector import Collector
+    """``planner``: "default" (whatever the collector chooses) or "event-loop" (``planner.plan_vectorized``
+    patched to decline, so the event engine plans every round, as before the vectorized planner)."""
+    from sb3_nigt.clock import planner as planner_module
 
-    wrapped = Collector.__dict__.get("_plan_vectorized")
-    if planner == "event-loop" and wrapped is not None:
-        Collector._plan_vectorized = lambda self, *args, **kwargs: None
+    wrapped = planner_module.plan_vectorized
+    if planner == "event-loop":
+        planner_module.plan_vectorized = lambda *args, **kwargs: None
     try:
         return _measure(n, k, profile_lines, planner)
     finally:
-        if wrapped is not None:
-            Collector._plan_vectorized = wrapped
+        planner_module.plan_vectorized = wrapped
 
 
 def _measure(n: int, k: int, profile_lines: int, planner: str) -> ScaleResult:
@@ -187,7 +187,7 @@ def _measure(n: int, k: int, profile_lines: int, planner: str) -> ScaleResult:
     model.estimate_gradient(n_rounds=k)
     end_to_end_s = time.perf_counter() - start
     end_to_end_units_s = TIMERS.seconds.get("run_unit", 0.0)
-    used = "event loop (_plan)" if sum(r.phases.get("_plan", 0.0) for r in rounds) > 0 else "vectorized (_plan_vectorized)"
+    used = "event engine (RoundPlanner.run)" if sum(r.phases.get("RoundPlanner.run", 0.0) for r in rounds) > 0 else "vectorized (plan_vectorized)"
     return ScaleResult(n, f"{planner}: {used}", build_s, warmup_s, rounds, end_to_end_s, end_to_end_units_s, profile_top, profile_library)
 
 
@@ -246,17 +246,17 @@ def render(results: list[ScaleResult], wrapped: list[str], load: tuple[tuple, tu
             f"{sum(r.contributors for r in res.rounds) / m:.1f} | {100 * min(fractions):.1f}–{100 * max(fractions):.1f}% | "
             f"{res.end_to_end_s:.2f} ({res.end_to_end_units_s:.2f}) |"
         )
-    lines += ["", "Where a round's time goes (seconds per round, mean over the timed rounds; phases nest: `_compute_planned` "
+    lines += ["", "Where a round's time goes (seconds per round, mean over the timed rounds; phases nest: `_sum_units` "
               "includes `run_unit` and `set_params`, so its own share is given less those):", ""]
-    labels = [label for label in ("_plan_vectorized", "_plan", "_compute_planned", "run_unit", "set_params (θ load)", "_uploads", "rule.aggregate") if label in wrapped]
-    lines.append("| n agents | planner | round wall | " + " | ".join(labels) + " | `_compute_planned` less units and θ load | rest of `collect` |")
+    labels = [label for label in ("plan_vectorized", "RoundPlanner.run", "_sum_units", "run_unit", "set_params (θ load)", "upload", "rule.aggregate") if label in wrapped]
+    lines.append("| n agents | planner | round wall | " + " | ".join(labels) + " | `_sum_units` less units and θ load | rest of `collect` |")
     lines.append("|---:|---|" + "---:|" * (len(labels) + 3))
     for res in results:
         m = len(res.rounds)
         mean = {label: sum(r.phases.get(label, 0.0) for r in res.rounds) / m for label in labels}
         wall = sum(r.wall for r in res.rounds) / m
-        own_compute = mean.get("_compute_planned", 0.0) - mean.get("run_unit", 0.0) - mean.get("set_params (θ load)", 0.0)
-        rest = wall - sum(mean.get(label, 0.0) for label in ("_plan_vectorized", "_plan", "_compute_planned", "_uploads", "rule.aggregate"))
+        own_compute = mean.get("_sum_units", 0.0) - mean.get("run_unit", 0.0) - mean.get("set_params (θ load)", 0.0)
+        rest = wall - sum(mean.get(label, 0.0) for label in ("plan_vectorized", "RoundPlanner.run", "_sum_units", "upload", "rule.aggregate"))
         cells = " | ".join(f"{mean[label]:.4f} ({100 * mean[label] / wall:.0f}%)" for label in labels)
         lines.append(f"| {res.n:,} | {res.planner} | {wall:.4f} | {cells} | {own_compute:.4f} ({100 * own_compute / wall:.0f}%) | {rest:.4f} ({100 * rest / wall:.0f}%) |")
     for res in results:

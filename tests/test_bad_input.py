@@ -14,11 +14,28 @@ from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
+from sb3_nigt import RennalaNIGT
+from sb3_nigt.algorithms.config import RENAMED
 from sb3_nigt.common.envs import AgentVecEnv
 
 from helpers import ConstantBandit, FailsOutsideProcess, assert_no_worker_alive, quadratic_reward
 
 NAN = float("nan")
+
+
+@pytest.fixture
+def make_model():
+    """A small RennalaNIGT on Pendulum-v1 under the new argument names (an old name given replaces its new one)."""
+
+    def factory(env="Pendulum-v1", **kwargs):
+        config = dict(round_size=4, horizon=20, n_agents=2, seed=0)
+        for old, new in RENAMED.items():
+            if old in kwargs:
+                config.pop(new, None)
+        config.update(kwargs)
+        return RennalaNIGT("MlpPolicy", env, **config)
+
+    return factory
 
 
 @pytest.mark.parametrize(
@@ -31,6 +48,16 @@ NAN = float("nan")
         (dict(momentum=0), "momentum"),
         (dict(momentum=1.5), "momentum"),
         (dict(momentum=-0.1), "momentum"),
+        (dict(round_size=0), "round_size"),
+        (dict(round_size=2.5), "round_size"),
+        (dict(initial_round_size=0), "initial_round_size"),
+        (dict(eta=0), "eta"),
+        (dict(eta=1.5), "eta"),
+        (dict(eta=True), "eta"),
+        (dict(step_data="yes"), "step_data"),
+        (dict(worker_timeout=-1.0), "worker_timeout"),
+        (dict(max_failures=-1), "max_failures"),
+        (dict(verbose=-1), "verbose"),
         (dict(horizon=0), "horizon"),
         (dict(gamma=1.5), "gamma"),
         (dict(learning_rate=0.0), "learning_rate"),
@@ -128,8 +155,8 @@ def test_env_without_spec_that_cannot_be_copied_asks_for_a_factory(make_model):
         make_model(env=env)
 
 
-def test_momentum_one_is_accepted(make_model):
-    model = make_model(momentum=1.0)
+def test_eta_one_is_accepted(make_model):
+    model = make_model(eta=1.0)
     model.learn(3 * 4 * 20)
     assert model.n_rounds == 3
 

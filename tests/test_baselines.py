@@ -57,15 +57,17 @@ def test_synchronized_round_with_communication():
 
 def test_synchronized_aggregate_is_the_mean_of_one_gradient_per_agent():
     # With equal times, Rennala with M = n also takes one gradient per agent: the same aggregate.
-    common = dict(n_agents=3, compute_times="equal", batch_size=3, **SMALL)
+    common = dict(n_agents=3, compute_times="equal", **SMALL)
     g_sync, c_sync = SynchronizedNIGT("MlpPolicy", "Pendulum-v1", **common).estimate_gradient(n_rounds=3)
-    g_ren, c_ren = RennalaNIGT("MlpPolicy", "Pendulum-v1", **common).estimate_gradient(n_rounds=3)
+    g_ren, c_ren = RennalaNIGT("MlpPolicy", "Pendulum-v1", round_size=3, **common).estimate_gradient(n_rounds=3)
     np.testing.assert_array_equal(c_sync, [[1, 1, 1]] * 3)
     np.testing.assert_array_equal(g_sync, g_ren)
 
 
-def test_synchronized_ignores_batch_size():
-    _, counts = SynchronizedNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 5], batch_size=50, **SMALL).estimate_gradient()
+def test_synchronized_ignores_round_size_and_warns():
+    with pytest.warns(FutureWarning, match="^round_size: SynchronizedNIGT does not use it"):
+        model = SynchronizedNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 5], round_size=50, **SMALL)
+    _, counts = model.estimate_gradient()
     np.testing.assert_array_equal(counts, [[1, 1]])
 
 
@@ -138,7 +140,7 @@ def reference_afedpg(model_kwargs: dict, schedule: list[tuple[int, int]], alpha:
 
 
 def test_afedpg_update_rule_matches_a_hand_replay():
-    kwargs = dict(n_agents=2, compute_times=[1.0, 3.0], momentum=0.3, learning_rate=0.05, **SMALL)
+    kwargs = dict(n_agents=2, compute_times=[1.0, 3.0], eta=0.3, learning_rate=0.05, **SMALL)
     model = AFedPG("MlpPolicy", "Pendulum-v1", **kwargs).learn(8 * HORIZON)
     expected = reference_afedpg(kwargs, [0, 0, 0, 1, 0, 0, 0, 1], alpha=0.05, eta=0.3)
     np.testing.assert_allclose(model.get_flat_params(), expected, rtol=0, atol=1e-6)
@@ -218,8 +220,8 @@ def test_every_algorithm_learns_a_bandit(algorithm):
     # r(a) = a on [−1, 1]: the deterministic action tanh(μ) must move to the upper bound.
     env = functools.partial(ConstantBandit, identity_reward, length=1)
     model = algorithm(
-        "MlpPolicy", env, n_agents=3, compute_times="sqrt", communication_times=0.1, batch_size=6, horizon=1,
-        learning_rate=0.05, seed=0, policy_kwargs=dict(net_arch=[]),
+        "MlpPolicy", env, n_agents=3, compute_times="sqrt", communication_times=0.1, horizon=1,
+        learning_rate=0.05, seed=0, policy_kwargs=dict(net_arch=[]), **(dict(round_size=6) if algorithm.uses_round_size else {}),
     )
     obs = np.ones((1, 1), dtype=np.float32)
     before = float(model.predict(obs, deterministic=True)[0][0, 0])

@@ -30,7 +30,7 @@ HORIZON = 5
 
 
 def make_malenia(env="Pendulum-v1", **kwargs) -> MaleniaNIGT:
-    config = dict(batch_size=4, horizon=HORIZON, seed=0, policy_kwargs=dict(net_arch=[8]))
+    config = dict(round_size=4, horizon=HORIZON, seed=0, policy_kwargs=dict(net_arch=[8]))
     config.update(kwargs)
     return MaleniaNIGT("MlpPolicy", env, **config)
 
@@ -41,7 +41,7 @@ def make_malenia(env="Pendulum-v1", **kwargs) -> MaleniaNIGT:
     [((1.0, 10.0), (20, 2)), ((1.5, 10.0), (13, 2))],  # docs/algorithms.md: both rounds stop at t = 20
 )
 def test_paper_examples_through_the_model(h, expected_counts):
-    model = make_malenia(n_agents=2, compute_times=list(h), batch_size=4)
+    model = make_malenia(n_agents=2, compute_times=list(h), round_size=4)
     recorder = RoundRecorder()
     model.learn(3 * sum(expected_counts) * HORIZON, callback=recorder)
     assert len(recorder.rounds) == 3  # the initial round, then two updates
@@ -52,7 +52,7 @@ def test_paper_examples_through_the_model(h, expected_counts):
 
 
 def test_paper_example_through_estimate_gradient():
-    model = make_malenia(n_agents=2, compute_times=[1.0, 10.0], batch_size=4)
+    model = make_malenia(n_agents=2, compute_times=[1.0, 10.0], round_size=4)
     _, counts = model.estimate_gradient(n_rounds=3)
     np.testing.assert_array_equal(counts, [[20, 2]] * 3)
 
@@ -132,7 +132,7 @@ def test_aggregate_is_the_equal_weighted_mean_of_local_means():
 
 def test_equal_speeds_with_s_equal_n_coincide_with_rennala():
     # Every agent finishes exactly one gradient at t = h: both rules average the same n gradients.
-    kwargs = dict(n_agents=3, compute_times="equal", batch_size=3, horizon=HORIZON, seed=4, policy_kwargs=dict(net_arch=[8]))
+    kwargs = dict(n_agents=3, compute_times="equal", round_size=3, horizon=HORIZON, seed=4, policy_kwargs=dict(net_arch=[8]))
     malenia = MaleniaNIGT("MlpPolicy", "Pendulum-v1", **kwargs).learn(6 * 3 * HORIZON)
     rennala = RennalaNIGT("MlpPolicy", "Pendulum-v1", **kwargs).learn(6 * 3 * HORIZON)
     np.testing.assert_array_equal(malenia.last_counts, [1, 1, 1])
@@ -146,9 +146,9 @@ def test_malenia_is_unbiased_and_rennala_is_speed_weighted():
     # M = 11 takes counts (10, 1) and estimates (10·1 + 1·(−3))/11 ∇E[tanh u] = (7/11) ∇E[tanh u] instead.
     envs = [functools.partial(ConstantBandit, functools.partial(scaled_identity_reward, c)) for c in (1.0, -3.0)]
     common = dict(n_agents=2, compute_times=[1.0, 10.0], horizon=2, seed=0, policy_kwargs=dict(net_arch=[], min_std=1e-3))
-    malenia = MaleniaNIGT("MlpPolicy", envs, batch_size=4, **common)
+    malenia = MaleniaNIGT("MlpPolicy", envs, round_size=4, **common)
     with pytest.warns(UserWarning, match="speed-weighted"):
-        rennala = RennalaNIGT("MlpPolicy", envs, batch_size=11, **common)
+        rennala = RennalaNIGT("MlpPolicy", envs, round_size=11, **common)
     theta = malenia.get_flat_params().astype(np.float64)
     np.testing.assert_array_equal(rennala.get_flat_params(), theta)  # same seed, same initial θ
     grad = expected_tanh_gradient(theta, min_std=1e-3)
@@ -192,7 +192,7 @@ gym.register("sb3_nigt_tests/Bandit-v0", entry_point=bandit, kwargs=dict(value=0
 )
 def test_agent_i_samples_from_environment_i(make_env):
     # Agent i's bandit pays i + 1 per episode: the per-agent returns show which environment each agent used.
-    model = make_malenia(make_env(), compute_times=[1.0, 2.0, 3.0], batch_size=3, horizon=1)
+    model = make_malenia(make_env(), compute_times=[1.0, 2.0, 3.0], round_size=3, horizon=1)
     assert model.n_agents == 3 and model.heterogeneous
     model.learn(200)
     for agent, value in enumerate((1.0, 2.0, 3.0)):
@@ -243,7 +243,7 @@ def test_number_of_environments_must_be_one_or_n():
 
 
 def test_same_environment_shared_by_more_agents_is_accepted():
-    model = MaleniaNIGT("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2), n_agents=5, horizon=HORIZON, batch_size=5)
+    model = MaleniaNIGT("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2), n_agents=5, horizon=HORIZON, round_size=5)
     assert model._agent_env_index() == [0] * 5
 
 

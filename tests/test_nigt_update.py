@@ -8,9 +8,26 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
+from sb3_nigt import RennalaNIGT
+from sb3_nigt.algorithms.config import RENAMED
 from sb3_nigt.common.collector import Collector
 
 from helpers import ConstantBandit, zero_reward
+
+
+@pytest.fixture
+def make_model():
+    """A small RennalaNIGT on Pendulum-v1 under the new argument names (an old name given replaces its new one)."""
+
+    def factory(env="Pendulum-v1", **kwargs):
+        config = dict(round_size=4, horizon=20, n_agents=2, seed=0)
+        for old, new in RENAMED.items():
+            if old in kwargs:
+                config.pop(new, None)
+        config.update(kwargs)
+        return RennalaNIGT("MlpPolicy", env, **config)
+
+    return factory
 
 
 @pytest.fixture
@@ -28,15 +45,14 @@ def collect_spy(monkeypatch) -> list:
     return rounds
 
 
-@pytest.mark.parametrize("momentum", [0.1, 0.5, 1.0])
-def test_algorithm_1_replayed(make_model, collect_spy, momentum):
+@pytest.mark.parametrize("eta", [0.1, 0.5, 1.0])
+def test_algorithm_1_replayed(make_model, collect_spy, eta):
     alpha = 0.05
-    model = make_model(learning_rate=alpha, momentum=momentum, batch_size=3, initial_batch_size=5, horizon=15)
+    model = make_model(learning_rate=alpha, eta=eta, round_size=3, initial_round_size=5, horizon=15)
     theta0 = model.get_flat_params().astype(np.float64)
     model.learn(5 * 15 + 6 * 3 * 15)
     assert len(collect_spy) == 7
 
-    eta = momentum
     # d_{-1} = Aggregate(θ_0, M_init); θ_{-1} = θ_0.
     sent, g = collect_spy[0]
     np.testing.assert_array_equal(sent, theta0.astype(np.float32))

@@ -23,12 +23,14 @@ from torch import nn
 from sb3_nigt import AFedPG, MaleniaNIGT, NIGTPolicy, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.common.nigt import NIGTAlgorithm
 
-TINY = dict(batch_size=2, horizon=5, n_agents=2, seed=0, policy_kwargs=dict(net_arch=[8]))
+TINY = dict(round_size=2, horizon=5, n_agents=2, seed=0, policy_kwargs=dict(net_arch=[8]))
 ALGORITHMS = [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT, AFedPG]
 
 
 def tiny(cls=RennalaNIGT, env="Pendulum-v1", policy="MlpPolicy", **kwargs):
     config = dict(TINY)
+    if not cls.uses_round_size:  # SynchronizedNIGT and AFedPG have no M (giving one warns)
+        del config["round_size"]
     config.update(kwargs)
     return cls(policy, env, **config)
 
@@ -250,11 +252,11 @@ def test_a_flat_box_with_finite_bounds_is_accepted():
 # ------------------------------------------------------------------------------------ argument types
 @pytest.mark.parametrize("scalar", [np.float32, np.float64], ids=["float32", "float64"])
 def test_numpy_scalars_are_accepted_and_stored_as_python_floats(scalar):
-    model = tiny(learning_rate=scalar(0.5), momentum=scalar(0.5), gamma=scalar(0.9), batch_size=np.int64(2))
-    for name, value in [("learning_rate", 0.5), ("momentum", 0.5), ("gamma", 0.9)]:
+    model = tiny(learning_rate=scalar(0.5), eta=scalar(0.5), gamma=scalar(0.9), round_size=np.int64(2))
+    for name, value in [("learning_rate", 0.5), ("eta", 0.5), ("momentum", 0.5), ("gamma", 0.9)]:
         assert type(getattr(model, name)) is float, name
         assert getattr(model, name) == pytest.approx(value)
-    assert type(model.batch_size) is int
+    assert type(model.round_size) is int and type(model.batch_size) is int
     model.learn(2 * 2 * 5)
     assert model.round_stats["learning_rate"] == 0.5
 
@@ -264,7 +266,9 @@ def test_numpy_scalar_overrides_at_load_are_checked_and_converted(tmp_path):
     loaded = RennalaNIGT.load(tmp_path / "model.zip", learning_rate=np.float32(0.25), gamma=np.float64(0.5))
     assert type(loaded.learning_rate) is float and loaded.learning_rate == 0.25
     assert type(loaded.gamma) is float and loaded.gamma == 0.5
-    with pytest.raises(ValueError, match=r"^momentum\b"):
+    with pytest.raises(ValueError, match=r"^eta\b"):
+        RennalaNIGT.load(tmp_path / "model.zip", eta=np.float32(2.0))
+    with pytest.warns(FutureWarning, match="^momentum is now called eta"), pytest.raises(ValueError, match=r"^momentum\b"):
         RennalaNIGT.load(tmp_path / "model.zip", momentum=np.float32(2.0))
 
 
@@ -418,11 +422,11 @@ def test_a_file_of_another_library_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "cls, kwargs, needed",
     [
-        (RennalaNIGT, dict(batch_size=50), 50),
-        (RennalaNIGT, dict(batch_size=2, initial_batch_size=30), 30),
-        (MaleniaNIGT, dict(batch_size=1, n_agents=6), 6),  # every agent must contribute: at least n
-        (MaleniaNIGT, dict(batch_size=40, n_agents=2), 40),
-        (SynchronizedNIGT, dict(batch_size=50, n_agents=7), 7),  # batch_size is ignored: one per agent
+        (RennalaNIGT, dict(round_size=50), 50),
+        (RennalaNIGT, dict(round_size=2, initial_round_size=30), 30),
+        (MaleniaNIGT, dict(round_size=1, n_agents=6), 6),  # every agent must contribute: at least n
+        (MaleniaNIGT, dict(round_size=40, n_agents=2), 40),
+        (SynchronizedNIGT, dict(n_agents=7), 7),  # one gradient per agent
     ],
     ids=["rennala-M", "rennala-M_init", "malenia-n", "malenia-S", "synchronized-n"],
 )
@@ -437,7 +441,7 @@ def test_budget_warning_when_the_rounds_before_the_first_update_exceed_total_tim
 
 def test_budget_warning_states_a_true_rule():
     """When the helper warns, learn indeed makes no update (the claim in the message)."""
-    model = tiny(batch_size=6)
+    model = tiny(round_size=6)
     with pytest.warns(UserWarning, match="^total_timesteps"):
         model._warn_if_budget_too_small(6)
     model.learn(6)
@@ -447,7 +451,7 @@ def test_budget_warning_states_a_true_rule():
 def test_no_budget_warning_for_afedpg_or_once_d_exists():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        tiny(AFedPG, batch_size=1000)._warn_if_budget_too_small(5)
+        tiny(AFedPG, initial_round_size=1000)._warn_if_budget_too_small(5)
         model = tiny()
         model.learn(2 * 2 * 5)
         model._warn_if_budget_too_small(model.num_timesteps + 1)
@@ -475,9 +479,9 @@ def test_every_constructor_parameter_is_documented(cls):
 
 
 def test_afedpg_passes_its_arguments_through():
-    model = AFedPG("MlpPolicy", "Pendulum-v1", learning_rate=0.25, momentum=0.3, horizon=5, gamma=0.5, n_agents=3,
+    model = AFedPG("MlpPolicy", "Pendulum-v1", learning_rate=0.25, eta=0.3, horizon=5, gamma=0.5, n_agents=3,
                    compute_times="sqrt", seed=7, policy_kwargs=dict(net_arch=[4]), momentum_schedule=lambda s, k: 0.5)
-    assert (model.learning_rate, model.momentum, model.horizon, model.gamma, model.n_agents) == (0.25, 0.3, 5, 0.5, 3)
+    assert (model.learning_rate, model.eta, model.horizon, model.gamma, model.n_agents) == (0.25, 0.3, 5, 0.5, 3)
     assert model.seed == 7 and model.policy.net_arch == [4] and model.momentum_schedule(0, 0) == 0.5
 
 

@@ -15,7 +15,9 @@ from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
 @pytest.mark.parametrize("algorithm", [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT, AFedPG])
 @pytest.mark.parametrize("case", ["norm_reward", "net_arch_vf", "time_scale", "budget"])
 def test_warning_points_at_the_callers_line(algorithm, case):
-    kwargs = dict(n_agents=2, batch_size=2, horizon=5, seed=0)
+    kwargs = dict(n_agents=2, horizon=5, seed=0)
+    if algorithm.uses_round_size:
+        kwargs["round_size"] = 2
     env = "Pendulum-v1"
     if case == "norm_reward":
         env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1))

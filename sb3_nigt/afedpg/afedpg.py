@@ -13,8 +13,9 @@ from sb3_nigt.afedpg.server import AsyncServer, new_job
 from sb3_nigt.common.aggregation import AggregationRule
 from sb3_nigt.common.backends import Backend
 from sb3_nigt.common.collector import Arrival, Collector
-from sb3_nigt.common.nigt import NIGTAlgorithm, PendingRound, _obs_rms
+from sb3_nigt.common.nigt import NIGTAlgorithm, PendingRound, RoundKind, _obs_rms
 from sb3_nigt.common.timing import TimeSpec
+from sb3_nigt.core.errors import NonFiniteEnvironmentError
 from sb3_nigt.policies import NIGTPolicy
 
 
@@ -36,8 +37,8 @@ class AFedPG(NIGTAlgorithm):
     round). d starts as the first arriving gradient.
 
     The shared parameters mean what they mean for the NIGT algorithms
-    (:class:`~sb3_nigt.common.nigt.NIGTAlgorithm`, whose checks they go through); ``batch_size`` is accepted and
-    ignored (a batch is one gradient), and ``initial_batch_size`` only sizes the observation warm-up round that
+    (:class:`~sb3_nigt.common.nigt.NIGTAlgorithm`, whose checks they go through); ``round_size`` is not used (a
+    batch is one gradient: giving it warns), and ``initial_round_size`` only sizes the observation warm-up round that
     fresh VecNormalize statistics trigger (docs/algorithms.md, "Where this library departs from the paper, or
     reads it"). A "round" here is n consecutive server updates: the callbacks' ``on_rollout_start``/
     ``on_rollout_end`` and the ``log_interval`` count those.
@@ -47,10 +48,12 @@ class AFedPG(NIGTAlgorithm):
         observation space and a Box action space with finite bounds.
     :param learning_rate: α > 0, the length of each normalized server step; a float or an SB3 schedule of the
         remaining progress (checked at every update: finite and > 0, or 0 at the end of training).
-    :param momentum: η ∈ (0, 1], the constant momentum (and the lookahead's η).
-    :param batch_size: accepted for a common signature and ignored: every arriving gradient is a step.
-    :param initial_batch_size: gradients of the observation warm-up round (fresh VecNormalize statistics only);
-        default ``batch_size``.
+    :param eta: η ∈ (0, 1], the constant weight of the new gradient (and the lookahead's η); default 0.1; formerly
+        ``momentum``.
+    :param round_size: not used (every arriving gradient is a step); giving it warns. Default 20, which only
+        sizes the default ``initial_round_size``.
+    :param initial_round_size: gradients of the observation warm-up round (fresh VecNormalize statistics only);
+        default ``round_size``.
     :param horizon: H >= 1, environment steps per trajectory at most; default the env's ``max_episode_steps``,
         else 1000.
     :param gamma: γ ∈ [0, 1], the discount factor.
@@ -76,10 +79,13 @@ class AFedPG(NIGTAlgorithm):
     :param verbose: 0 silent, 1 training information.
     :param seed: seed of the policy's initialisation and of every job, an integer in [0, 2**32 - 1], or None.
     :param device: torch device of the main policy (default ``"cpu"``).
+    :param momentum: the old name of ``eta`` (with a ``FutureWarning``).
+    :param batch_size: the old name of ``round_size`` (with a ``FutureWarning``; not used either).
+    :param initial_batch_size: the old name of ``initial_round_size`` (with a ``FutureWarning``).
     :param momentum_schedule: the momentum hook: a callable ``(staleness, update_index) -> η`` giving the η_k of
         each update from the arriving gradient's staleness (int, >= 0) and the server's update counter k (int);
-        None (default) keeps the constant ``momentum``. A delay-adaptive schedule plugs in here. The lookahead
-        point θ̃ = θ_k + ((1 − η)/η)(θ_k − θ_{k−1}) uses the constant ``momentum`` η, not η_k: θ̃ is formed when
+        None (default) keeps the constant ``eta``. A delay-adaptive schedule plugs in here. The lookahead
+        point θ̃ = θ_k + ((1 − η)/η)(θ_k − θ_{k−1}) uses the constant ``eta``, not η_k: θ̃ is formed when
         the server replies to the agent, and the η_k of the update that the agent's gradient will feed depends on
         that gradient's staleness, which is only known when it arrives (docs/algorithms.md, "AFedPG (our inferred
         reading)").
@@ -101,15 +107,17 @@ class AFedPG(NIGTAlgorithm):
 
     speed_weighted = True  # fast agents update the server more often
     per_agent_params = True  # each agent computes at its own θ̃ (published to its own slot)
+    uses_round_size = False
+    _round_size_note = "every arriving gradient is a server step"
 
     def __init__(
         self,
         policy: Union[str, type[NIGTPolicy]] = "MlpPolicy",
         env: Union[GymEnv, str, Callable, None] = None,
         learning_rate: Union[float, Schedule] = 2**-6,
-        momentum: float = 0.1,
-        batch_size: int = 20,
-        initial_batch_size: Optional[int] = None,
+        eta: Optional[float] = None,
+        round_size: Optional[int] = None,
+        initial_round_size: Optional[int] = None,
         horizon: Optional[int] = None,
         gamma: float = 0.99,
         n_agents: Optional[int] = None,
@@ -133,6 +141,9 @@ class AFedPG(NIGTAlgorithm):
         seed: Optional[int] = None,
         device: Union[th.device, str] = "cpu",
         momentum_schedule: Optional[Callable[[int, int], float]] = None,
+        momentum: Optional[float] = None,
+        batch_size: Optional[int] = None,
+        initial_batch_size: Optional[int] = None,
         _init_setup_model: bool = True,
     ):
         if momentum_schedule is not None and not callable(momentum_schedule):
@@ -144,16 +155,17 @@ class AFedPG(NIGTAlgorithm):
         self._window: list[int] = []  # staleness of the current round's updates
         self._in_round = 0  # updates in the current round of n
         super().__init__(
-            policy=policy, env=env, learning_rate=learning_rate, momentum=momentum, batch_size=batch_size,
-            initial_batch_size=initial_batch_size, horizon=horizon, gamma=gamma, n_agents=n_agents,
+            policy=policy, env=env, learning_rate=learning_rate, eta=eta, round_size=round_size,
+            initial_round_size=initial_round_size, horizon=horizon, gamma=gamma, n_agents=n_agents,
             compute_times=compute_times, communication_times=communication_times, compute_time_unit=compute_time_unit,
             outages=outages, clock=clock, backend=backend, n_workers=n_workers, worker_timeout=worker_timeout,
             max_failures=max_failures, time_scale=time_scale, start_method=start_method, record_trace=record_trace,
             step_data=step_data, stats_window_size=stats_window_size, tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs,
-            verbose=verbose, seed=seed, device=device, _init_setup_model=_init_setup_model,
+            verbose=verbose, seed=seed, device=device, momentum=momentum, batch_size=batch_size,
+            initial_batch_size=initial_batch_size, _init_setup_model=_init_setup_model,
         )
 
-    def _make_rule(self, batch_size: int) -> AggregationRule:
+    def _make_rule(self, round_size: int) -> AggregationRule:
         raise NotImplementedError("AFedPG updates on every arrival; it has no aggregation round")
 
     def estimate_gradient(self, *args: Any, **kwargs: Any):
@@ -163,10 +175,10 @@ class AFedPG(NIGTAlgorithm):
         """
         raise NotImplementedError("AFedPG updates on every arrival; it has no aggregation round to estimate")
 
-    def _momentum(self, staleness: int) -> float:
+    def _eta_of_update(self, staleness: int) -> float:
         """η_k of the next update (the hook): ``momentum_schedule(staleness, k)``, else the constant η."""
         if self.momentum_schedule is None:
-            return self.momentum
+            return self.eta
         eta = self.momentum_schedule(int(staleness), int(self._n_updates))
         if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating)) or not (0 < eta <= 1):
             raise ValueError(f"momentum_schedule: returned η = {eta!r} for staleness {staleness}; η must be in (0, 1]")
@@ -194,8 +206,8 @@ class AFedPG(NIGTAlgorithm):
             self._rollout_open = True
 
     def _serve_updates(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: int) -> None:
-        if self.previous_params is None:
-            self.previous_params = self.get_flat_params()  # θ_{−1} = θ_0
+        if self._nigt.previous is None:
+            self._nigt.start(self.get_flat_params())  # θ_{−1} = θ_0; d starts as the first arriving gradient
         if self.next_job_index is None or len(self.next_job_index) != self.n_agents:
             self.next_job_index = [0] * self.n_agents
         if self.clock != "simulated" or self._server_jobs is None:
@@ -210,46 +222,65 @@ class AFedPG(NIGTAlgorithm):
                 )
             self._clock = arrival.time
             self._update_observation_statistics(arrival)  # before the trajectory's on_step calls, as in the others
-            self._pending = PendingRound("arrival", arrival.gradient.astype(np.float64), None, [arrival])
+            self._pending = PendingRound(RoundKind.ARRIVAL, arrival.gradient.astype(np.float64), None, [arrival])
             self._open_rollout(callback)
             if not self._replay_pending_arrival(callback):
                 self._stopped_by_callback = True
                 return None, True
             return self._finish_arrival(total_timesteps, callback, log_interval)
 
-        if self._pending is not None:  # an arrival whose callbacks were interrupted (a checkpoint or a False)
-            arrival = self._pending.arrivals[0]
-            self._open_rollout(callback)
-            if not self._replay_pending_arrival(callback):
-                self._stopped_by_callback = True
-                return
-            reply, stop = self._finish_arrival(total_timesteps, callback, log_interval)
-            if self.clock == "simulated":
-                self._server_jobs[arrival.agent] = new_job(arrival.agent, arrival.index + 1, arrival.time, *reply)
-            if stop:
-                return
-        if self.momentum_buffer is None and not self._server_jobs and self._needs_observation_warmup():
-            warmed = self._warm_up_observation_statistics(collector, callback)
-            # The warm-up used job indices 0..M_i (the last one possibly in flight): start past them.
-            assert self.last_counts is not None
-            self.next_job_index = [i + int(c) + 1 for i, c in zip(self.next_job_index, self.last_counts)]
-            self.round_stats = {}  # AFedPG's statistics are its own (staleness, updates)
-            if not warmed:
-                self._stopped_by_callback = True
-                return
+        if self._pending is not None and not self._resume_pending_arrival(total_timesteps, callback, log_interval):
+            return
+        if not self._warm_up_before_serving(collector, callback):
+            self._stopped_by_callback = True
+            return
         fresh = self.n_agents - len(self._server_jobs)  # agents that download θ now
         self.n_communications += fresh
         self.bytes_sent += fresh * 4 * self.n_params
         try:
-            AsyncServer(collector).serve(self._extrapolated_params().astype(np.float32), self._obs_norm(), self._clock,
-                                         list(self.next_job_index), on_arrival, first_version=self._n_updates,
+            AsyncServer(collector).serve(self._lookahead(), self._obs_norm(), self._clock, list(self.next_job_index),
+                                         on_arrival, first_version=self._n_updates,
                                          trace=self.trace if self.record_trace else None, jobs=self._server_jobs)
+        except NonFiniteEnvironmentError as exc:  # the worker names job round 0 (every AFedPG job seed has round 0)
+            raise exc.at_round(f"AFedPG round {self.n_rounds} (server update {self._n_updates})") from exc
         except ValueError as exc:
-            # The worker names job round 0 (every AFedPG job seed has round 0): name the server's round instead.
+            # A rollout worker that raises a plain ValueError for a non-finite reward or observation: the same
+            # renaming, from its text, until every worker raises NonFiniteEnvironmentError.
             text = str(exc)
             if text.startswith(("reward:", "observations:")) and ", round 0, " in text:
                 raise ValueError(text.replace(", round 0, ", f", AFedPG round {self.n_rounds} (server update {self._n_updates}), ", 1)) from exc
             raise
+
+    def _lookahead(self) -> np.ndarray:
+        """θ̃ = θ_k + ((1 − η)/η)(θ_k − θ_{k−1}) with the constant η, as the float32 vector sent to an agent."""
+        return self._nigt.lookahead(self.get_flat_params(), self.eta).astype(np.float32)
+
+    def _resume_pending_arrival(self, total_timesteps: int, callback: BaseCallback, log_interval: int) -> bool:
+        """An arrival whose callbacks were interrupted (a checkpoint or a False): the rest of its callbacks, its
+        update, and (simulated clock) the agent's next job. Returns False when serving must stop (a callback's
+        False, or the budget is spent)."""
+        assert self._pending is not None and self._server_jobs is not None
+        arrival = self._pending.arrivals[0]
+        self._open_rollout(callback)
+        if not self._replay_pending_arrival(callback):
+            self._stopped_by_callback = True
+            return False
+        reply, stop = self._finish_arrival(total_timesteps, callback, log_interval)
+        if self.clock == "simulated":
+            self._server_jobs[arrival.agent] = new_job(arrival.agent, arrival.index + 1, arrival.time, *reply)
+        return not stop
+
+    def _warm_up_before_serving(self, collector: Collector, callback: BaseCallback) -> bool:
+        """The observation warm-up round of fresh VecNormalize statistics, before the first gradient (as in the
+        other algorithms); the agents' next jobs start past the indices it used. False if a callback stopped."""
+        if self._nigt.direction is not None or self._server_jobs or not self._needs_observation_warmup():
+            return True
+        warmed = self._warm_up_observation_statistics(collector, callback)
+        # The warm-up used job indices 0..M_i (the last one possibly in flight): start past them.
+        assert self.last_counts is not None and self.next_job_index is not None
+        self.next_job_index = [i + int(c) + 1 for i, c in zip(self.next_job_index, self.last_counts)]
+        self.round_stats = {}  # AFedPG's statistics are its own (staleness, updates)
+        return warmed
 
     def _update_observation_statistics(self, arrival: Arrival) -> None:
         """Merge the arrival's raw-observation moments into VecNormalize's statistics (when it is training), once,
@@ -277,10 +308,9 @@ class AFedPG(NIGTAlgorithm):
         staleness = self._n_updates - arrival.version
         assert self.next_job_index is not None  # set when learn starts
         self.next_job_index[arrival.agent] = arrival.index + 1
-        eta = self._momentum(staleness)
-        if self.momentum_buffer is None:
-            self.momentum_buffer = gradient.copy()  # d starts as the first gradient, then takes the step
-            eta = 1.0
+        eta = self._eta_of_update(staleness)
+        if self._nigt.direction is None:
+            self._nigt.direction, eta = gradient.copy(), 1.0  # d starts as the first gradient, then takes the step
         self._nigt_step(gradient, eta, alpha)
         self.n_communications += 2  # the upload and the reply
         self.bytes_sent += 8 * self.n_params + 4 * self.n_params
@@ -293,7 +323,7 @@ class AFedPG(NIGTAlgorithm):
             self._end_round(self._window, callback, log_interval)
             self._window = []
             self._in_round = 0
-        reply = (self._extrapolated_params().astype(np.float32), self._obs_norm(), self._n_updates)
+        reply = (self._lookahead(), self._obs_norm(), self._n_updates)
         return reply, self.num_timesteps >= total_timesteps
 
     def _end_round(self, window: list[int], callback: Any, log_interval: int) -> None:

@@ -1,33 +1,31 @@
 """AFedPG's asynchronous server (docs/algorithms.md, "AFedPG (our inferred reading)"): one update per arriving
-gradient, on the simulated or the real clock. A small unit of its own on top of the collector's clock helpers."""
+gradient, on the simulated clock (over :class:`~sb3_nigt.clock.events.EventEngine`) or the real one, through a
+started :class:`~sb3_nigt.common.collector.Collector`'s public backend, timing model, work counters and units."""
 
 from __future__ import annotations
 
-import heapq
-import time
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from sb3_nigt.clock.events import EventEngine, Order
+from sb3_nigt.clock.real import WallClock, lost_work
 from sb3_nigt.common.backends import WorkerLost
-from sb3_nigt.common.collector import _BOUND, _FINISH, Arrival, Collector
+from sb3_nigt.common.collector import Arrival, Collector
 from sb3_nigt.common.estimator import ObsNorm, UnitResult
 from sb3_nigt.common.exact import ExactTime
 from sb3_nigt.common.trace import TraceEvent
 
 
 class AsyncServer:
-    """Serves agents one gradient at a time, each at its own θ, through a started :class:`Collector`'s backend,
-    timing model and work counters (its attributes are read through).
+    """Serves agents one gradient at a time, each at its own θ, through a started :class:`Collector`.
 
-    :param collector: the collector whose backend, clock and counters are used.
+    :param collector: the collector whose backend, clock, counters and units are used (its public methods
+        ``transfer``, ``compute_unit``, ``unit``, ``await_unit`` and ``next_epoch``).
     """
 
     def __init__(self, collector: Collector):
         self.collector = collector
-
-    def __getattr__(self, name: str) -> Any:  # the collector's backend, timing, counters and clock helpers
-        return getattr(self.collector, name)
 
     def serve(
         self,
@@ -60,115 +58,93 @@ class AsyncServer:
         :param jobs: simulated clock: each agent's work in flight, kept between calls (and saved with the model),
             so that serving resumes exactly where it stopped; updated in place.
         """
-        self._next_epoch()
+        self.collector.next_epoch()
         events = trace if trace is not None else []
-        if self.clock == "simulated":
+        if self.collector.clock == "simulated":
             self._serve_simulated(params, obs_norm, ExactTime.of(start_time), first_index, on_arrival, first_version, events,
                                   {} if jobs is None else jobs)
         else:
             self._serve_real(params, obs_norm, float(start_time), first_index, on_arrival, first_version, events)
-        self._next_epoch()
+        self.collector.next_epoch()
 
     def _send_job(self, agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], **emulation: Any) -> None:
         """Publish θ to agent ``agent``'s slot and submit its gradient ``index`` (a unit of one, round index 0)."""
-        self.backend.publish(theta, norm, slot=agent)
-        self.backend.submit(self._unit(0, agent, index, 1, slot=agent, **emulation))
+        self.collector.backend.publish(theta, norm, slot=agent)
+        self.collector.backend.submit(self.collector.unit(0, agent, index, 1, slot=agent, **emulation))
 
     def _serve_simulated(self, params, obs_norm, start: ExactTime, first_index, on_arrival, version: int, trace, jobs) -> None:
-        timing = self.timing
-        known = timing.known_in_advance
+        """Arrivals in exact time: each job's download (κ_i), gradient (h_i) and upload (κ_i) on the event engine;
+        an arrival's :attr:`~sb3_nigt.clock.events.Order.FINISH` event is its time at the server."""
+        collector = self.collector
         results: dict[tuple[int, int], UnitResult] = {}
-        events: list[tuple[ExactTime, int, int, int]] = []  # (arrival time or its lower bound, order, agent, index)
 
-        def upload(job: dict, finish: ExactTime) -> None:
+        def uploaded(agent: int, index: int, finish: ExactTime) -> None:
+            job = jobs[agent]
             job["finish"] = finish
-            job["arrival"] = finish + self._transfer(job["agent"], finish)
-            heapq.heappush(events, (job["arrival"], _FINISH, job["agent"], job["index"]))
+            job["arrival"] = finish + collector.transfer(agent, finish)
+            engine.push(job["arrival"], Order.FINISH, agent, index)
 
-        def launch(job: dict) -> None:
-            """Start (or, after a pause, restart computing) an agent's job; times already drawn are kept."""
-            agent = job["agent"]
-            if job["computing"] is None:
-                job["computing"] = job["download"] + self._transfer(agent, job["download"])
-                job["unit"] = self._compute_unit(agent, job["computing"])
-            self._send_job(agent, job["index"], job["params"], job["obs_norm"])
-            if job["arrival"] is not None:
-                heapq.heappush(events, (job["arrival"], _FINISH, agent, job["index"]))
-            elif known:
-                upload(job, job["computing"] + timing.duration(job["unit"]))
-            else:
-                heapq.heappush(events, (job["computing"] + timing.duration(job["unit"], 1), _BOUND, agent, job["index"]))
-
-        def fetch(key: tuple[int, int]) -> UnitResult:
-            while key not in results:
-                for event in self.backend.wait():
-                    if isinstance(event, WorkerLost):
-                        self._lost(event)
-                        for unit in event.units:  # the agent's slot still holds its θ: resubmit as is
-                            if unit.epoch == self.epoch:
-                                self.backend.submit(unit)
-                    elif isinstance(event, UnitResult) and event.unit.epoch == self.epoch:
-                        results[(event.unit.agent, event.unit.first)] = event
-            return results[key]
-
-        for agent in range(self.n_agents):
+        engine = EventEngine(collector.timing, collector.compute_unit, lambda a, i: collector.await_unit((a, i), results).n_steps, uploaded)
+        for agent in range(collector.n_agents):
             if agent not in jobs:
                 jobs[agent] = new_job(agent, first_index[agent], start, params, obs_norm, version)
         for agent in sorted(jobs):
-            launch(jobs[agent])
+            self._launch(engine, jobs[agent])
         while True:
-            at, order, agent, index = heapq.heappop(events)
-            job = jobs[agent]
-            if order == _BOUND:  # per-step times: the finish depends on the trajectory's length
-                upload(job, job["computing"] + timing.duration(job["unit"], fetch((agent, index)).n_steps))
-                continue
-            del jobs[agent]
+            event = engine.next_event()
+            assert event is not None  # every agent has a job in flight
+            at, agent, index = event.time, event.agent, event.gradient
+            job = jobs.pop(agent)
             k = job["version"]
             trace.append(TraceEvent(k, agent, "broadcast", -1, job["download"], job["computing"], "sent"))
             trace.append(TraceEvent(k, agent, "compute", index, job["computing"], job["finish"], "counted"))
             trace.append(TraceEvent(k, agent, "upload", -1, job["finish"], at, "sent"))
-            result = fetch((agent, index))
+            result = collector.await_unit((agent, index), results)
             del results[(agent, index)]
             reply, stop = on_arrival(Arrival(at, agent, index, result.trajectories[0], result.gradient, k))
-            if reply is not None:
-                theta, norm, new_version = reply
-                jobs[agent] = new_job(agent, index + 1, at, theta, norm, new_version)
-                if not stop:
-                    launch(jobs[agent])
-            if stop or reply is None:
+            if reply is None:
                 return
+            jobs[agent] = new_job(agent, index + 1, at, *reply)
+            if stop:
+                return
+            self._launch(engine, jobs[agent])
+
+    def _launch(self, engine: EventEngine, job: dict) -> None:
+        """Start (or, after a pause, restart computing) an agent's job; times already drawn are kept."""
+        agent = job["agent"]
+        if job["computing"] is None:
+            job["computing"] = job["download"] + self.collector.transfer(agent, job["download"])
+        self._send_job(agent, job["index"], job["params"], job["obs_norm"])
+        if job["arrival"] is not None:
+            engine.push(job["arrival"], Order.FINISH, agent, job["index"])
+        else:
+            job["unit"] = engine.compute(agent, job["index"], job["computing"], job["unit"])
 
     def _serve_real(self, params, obs_norm, base: float, first_index, on_arrival, version: int, trace) -> None:
-        scale = self.time_scale or 0.0
-        wall_start = time.perf_counter()
+        collector = self.collector
+        clock = WallClock(collector, base)
         downloaded: dict[tuple[int, int], tuple[float, int]] = {}
 
-        def now() -> float:
-            return base + (time.perf_counter() - wall_start)
-
         def begin(agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], k: int) -> None:
-            at = now()
-            kappa = float(self._transfer(agent, at)) * scale
-            unit = self._compute_unit(agent, at + kappa)
-            minimum = float(unit if self.timing.per_step else self.timing.duration(unit)) * scale
-            upload = float(self._transfer(agent, at + kappa)) * scale  # drawn ahead: the worker sleeps it
-            self._send_job(agent, index, theta, norm, delay=kappa, min_duration=minimum, per_step=self.timing.per_step,
+            at = clock.now()
+            kappa = clock.transfer(agent, at)
+            minimum = clock.computes(agent, at + kappa, 1)[0]
+            upload = clock.transfer(agent, at + kappa)  # drawn ahead: the worker sleeps it
+            self._send_job(agent, index, theta, norm, delay=kappa, min_duration=minimum, per_step=clock.timing.per_step,
                            upload_delay=upload)
             downloaded[(agent, index)] = (at, k)
 
-        for agent in range(self.n_agents):
+        for agent in range(collector.n_agents):
             begin(agent, first_index[agent], params, obs_norm, version)
         while True:
-            for event in self.backend.wait(timeout=1.0):
+            for event in collector.backend.wait(timeout=1.0):
                 if isinstance(event, WorkerLost):
-                    self._lost(event)
-                    for unit in event.units:
-                        if unit.epoch == self.epoch:
-                            self.backend.submit(unit)
+                    for unit in lost_work(collector, event).units:  # the agent's slot still holds its θ
+                        collector.backend.submit(unit)
                     continue
-                if not isinstance(event, UnitResult) or event.unit.epoch != self.epoch:
+                if not isinstance(event, UnitResult) or event.unit.epoch != collector.epoch:
                     continue
-                at = now()
+                at = clock.now()
                 unit = event.unit
                 key = (unit.agent, unit.first)
                 if key not in downloaded:  # a stale result
@@ -183,8 +159,6 @@ class AsyncServer:
                     return
                 theta, norm, new_version = reply
                 begin(unit.agent, unit.first + 1, theta, norm, new_version)
-
-
 
 
 def new_job(agent: int, index: int, download: ExactTime, params: np.ndarray, obs_norm: Optional[ObsNorm], version: int) -> dict:

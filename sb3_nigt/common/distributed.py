@@ -9,9 +9,10 @@ and the first ``wait`` after a batch of submits exchanges every unit's result in
 bit for bit what the inline backend computes, and the collector, adding each agent's units in index order, ends
 every round with the same θ on every rank.
 
-On the real clock (:meth:`TorchDistributedBackend.real_round`) each rank runs its own agents and counts their
-finished trajectories with atomic ``TCPStore.add`` calls on the process group's store (no server); a round ends
-with one collective that combines the ranks' sums, counts and statistics.
+On the real clock the round is :class:`~sb3_nigt.clock.real.RealRound`'s, as on every backend; this backend only
+supplies its :class:`StoreCounter` (:meth:`TorchDistributedBackend.arrival_counter`): each rank runs its own agents
+and counts their finished trajectories with atomic ``TCPStore.add`` calls on the process group's store (no
+server); a round ends with one collective that combines the ranks' tallies (sums, counts and statistics).
 
 What is not here: AFedPG (no AllReduce: refused), emulated times (``time_scale``) over ranks, and agent runs
 driven directly through :meth:`~TorchDistributedBackend.start_run` on more than one rank (at world size 1 they go
@@ -32,13 +33,12 @@ import warnings
 from collections import deque
 from typing import Any, Optional
 
-import numpy as np
 import torch as th
 import torch.distributed as dist
 
+from sb3_nigt.clock.real import Tally
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
 from sb3_nigt.common.backends import (
-    AgentReport,
     AgentRun,
     Backend,
     BackendOptions,
@@ -48,10 +48,7 @@ from sb3_nigt.common.backends import (
     WorkerLost,
     register_backend,
 )
-from sb3_nigt.common.collector import Arrival
-from sb3_nigt.common.estimator import ObsNorm, TrajectoryStats, UnitResult, WorkUnit
-from sb3_nigt.common.exact import ExactTime
-from sb3_nigt.common.trace import TraceEvent
+from sb3_nigt.common.estimator import ObsNorm, UnitResult, WorkUnit
 
 #: The address rank 0's store binds to, and every rank connects to, when ``MASTER_ADDR`` is not set: loopback.
 DEFAULT_MASTER_ADDR = "127.0.0.1"
@@ -230,8 +227,8 @@ class TorchDistributedBackend:
     computed on rank i mod world size by a local backend; the first :meth:`wait` after a batch of submits
     waits for this rank's units, then exchanges all of the batch's results in one ``all_gather_object``
     (:attr:`collectives` counts them) and returns every unit's :class:`UnitResult`, in submission order, on every
-    rank. Gradients travel as float64 ``(d,)`` vectors, pickled: bit for bit. On the real clock the collector
-    calls :meth:`real_round` instead (trajectories counted with ``TCPStore.add``, one collective per round).
+    rank. Gradients travel as float64 ``(d,)`` vectors, pickled: bit for bit. On the real clock the round driver
+    counts through :meth:`arrival_counter` instead (``TCPStore.add``, one collective per round).
 
     :param local: the backend that computes this rank's units: ``"inline"`` (default) or ``"subprocess"``
         (``n_workers`` local processes, for several cores per rank).
@@ -344,7 +341,7 @@ class TorchDistributedBackend:
     def _single(self, what: str) -> None:
         if self.world_size > 1:
             raise ValueError(f"{what}: agent runs driven one by one are not supported by the 'torch_distributed' backend "
-                             f"at world size {self.world_size} > 1 (the real clock uses real_round)")
+                             f"at world size {self.world_size} > 1 (the real clock runs this rank's agents on its local backend)")
 
     def start_run(self, run: AgentRun) -> None:
         """World size 1 only: the run goes to the local backend.
@@ -439,152 +436,20 @@ class TorchDistributedBackend:
             self.nonce = str(box[0])
         return self.nonce
 
-    def real_round(self, collector: Any, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
-        """The real clock over ranks: the distributed variant of ``Collector._real`` (docs/torch_distributed.md).
+    def arrival_counter(self, rule: AggregationRule, round_index: int, epoch: int, time_scale: Optional[float]) -> "StoreCounter":
+        """The real clock's hook (:class:`~sb3_nigt.clock.real.RealRound`): this rank's agents, counted through the
+        process group's ``TCPStore``.
 
-        Each rank runs its own agents (``AgentRun`` on its local backend) and counts every finished trajectory
-        with an atomic ``TCPStore.add`` on the process group's store, no server: ``v = add(order_key, 1)`` gives
-        the trajectory's global arrival order, and for Rennala it counts iff v <= M, so a round stops at exactly
-        M. For the other rules each agent's count is kept in the store too (``add(agent_key, 1)``), and the rank
-        whose trajectory makes the rule done (read from every agent's count) sets the stop key; counts only grow
-        after that, which keeps Malenia's condition true (its harmonic mean only rises). Every rank then flushes
-        its runs and the ranks combine their sums, counts and trajectory statistics in one collective.
-
-        :return: as ``Collector._real``: (arrivals in arrival order, sums by agent, stop, end, vectors).
         :raises ValueError: for ``time_scale`` > 0 (not emulated over ranks).
-        :raises RuntimeError: when the round does not end within the backend's ``timeout`` (a dead rank).
+        :raises RuntimeError: when the process group has no ``TCPStore``.
         """
-        if collector.time_scale:
+        if time_scale:
             raise ValueError("time_scale: emulated times are not supported on the real clock with the 'torch_distributed' "
                              "backend; leave time_scale=None")
         store = default_store()
         if store is None:
             raise RuntimeError("torch_distributed: the real clock needs the process group's TCPStore, and none was found")
-        n, epoch, base = collector.n_agents, collector.epoch, float(start)
-        prefix = f"sb3_nigt/{self._round_nonce()}/{round_index}/{epoch}"
-        order_key, stop_key = f"{prefix}/order", f"{prefix}/stop"
-        rennala = isinstance(rule, RennalaAggregation)
-        limit = rule.max_per_agent
-        mine = [agent for agent in range(n) if self._owns(agent)]
-        wall = time.perf_counter()
-        counts = {agent: 0 for agent in mine}
-        counted: list[tuple[int, int, int, TrajectoryStats, float]] = []  # (order, agent, index, stats, elapsed)
-        sums: dict[int, np.ndarray] = {}
-        uploaded: dict[int, float] = {}
-        error: Optional[BaseException] = None
-        for agent in range(n):  # every rank advances every agent's counters alike
-            collector._transfer(agent, base)
-            if limit is not None:
-                collector._transfer(agent, base)
-        running = set(mine)
-
-        def global_done() -> bool:
-            probe = type(rule)(n, rule.batch_size)
-            for agent in range(n):
-                for _ in range(int(store.add(f"{prefix}/agent/{agent}", 0))):
-                    probe.add(agent)
-            return probe.done()
-
-        stopped = False
-        stop_elapsed = 0.0
-        try:
-            for agent in mine:
-                self.local.start_run(AgentRun(epoch, round_index, agent, 0, collector.seed, collector.agent_env_index[agent],
-                                              collector.horizon, collector.gamma, 0.0, (), collector.timing.per_step, limit, 0.0))
-            while not stopped:
-                if time.perf_counter() - wall > self.timeout:
-                    raise RuntimeError(f"torch_distributed: the real-clock round {round_index} did not end within "
-                                       f"timeout={self.timeout:g} s (a dead or stuck rank?)")
-                events: list[Event] = []
-                if running or any(counts[a] and a not in sums for a in mine if limit is not None):
-                    events = self.local.wait(timeout=0.02)
-                else:
-                    time.sleep(0.005)
-                for event in events:
-                    if isinstance(event, WorkerLost):
-                        raise RuntimeError(f"rank {self.rank}: local worker {event.worker} lost ({event.reason}) on the real "
-                                           "clock; the round cannot go on without its agents")
-                    if isinstance(event, UnitResult) and event.unit.epoch == epoch:  # an early upload (Synchronized)
-                        sums[event.unit.agent] = event.gradient
-                        uploaded[event.unit.agent] = time.perf_counter() - wall
-                        continue
-                    if not isinstance(event, AgentReport) or event.epoch != epoch or stopped:
-                        continue
-                    agent = event.stats.agent
-                    if agent not in running:
-                        continue
-                    order = int(store.add(order_key, 1))
-                    if rennala and order > rule.batch_size:  # the M-th was counted elsewhere: this one is not
-                        stopped = True
-                        continue
-                    elapsed = time.perf_counter() - wall
-                    counts[agent] += 1
-                    counted.append((order, agent, event.stats.index, event.stats, elapsed))
-                    if limit is not None and counts[agent] >= limit:
-                        running.discard(agent)
-                    if rennala:
-                        done = order >= rule.batch_size
-                    else:
-                        store.add(f"{prefix}/agent/{agent}", 1)
-                        done = global_done()
-                    if done:  # later reports of this batch are not counted; an early upload in it still is
-                        store.set(stop_key, "done")
-                        stopped = True
-                if not stopped:
-                    stopped = store.check([stop_key])
-            stop_elapsed = time.perf_counter() - wall
-            for agent in sorted(running):
-                self.local.flush(epoch, agent, counts[agent], 0.0)
-            missing = {agent for agent in mine if counts[agent] and agent not in sums}
-            while missing:
-                for event in self.local.wait(timeout=1.0):
-                    if isinstance(event, UnitResult) and event.unit.epoch == epoch and event.unit.agent in missing:
-                        sums[event.unit.agent] = event.gradient
-                        uploaded[event.unit.agent] = time.perf_counter() - wall
-                        missing.discard(event.unit.agent)
-                    elif isinstance(event, WorkerLost):
-                        raise RuntimeError(f"rank {self.rank}: local worker {event.worker} lost ({event.reason}) on the "
-                                           "real clock before its agents' sums were sent")
-        except Exception as exc:  # every rank must hear of it: stop the round, then raise after the collective
-            error = exc
-            store.set(stop_key, "error")
-        end_elapsed = max([stop_elapsed, *uploaded.values()])
-        payload = (_shareable(error), counts, sums, counted, stop_elapsed, end_elapsed)
-        gathered: list[Any] = [None] * self.world_size
-        self.collectives += 1
-        dist.all_gather_object(gathered, payload, group=self.group)
-        for rank, entry in enumerate(gathered):
-            if entry[0] is not None:
-                if rank == self.rank and error is not None:
-                    raise error
-                raise entry[0] from RuntimeError(f"raised on rank {rank} in the real-clock round {round_index}")
-        all_counts: dict[int, int] = {}
-        all_sums: dict[int, np.ndarray] = {}
-        everything: list[tuple[int, int, int, TrajectoryStats, float]] = []
-        for _, rank_counts, rank_sums, rank_counted, _, _ in gathered:
-            all_counts.update(rank_counts)
-            all_sums.update(rank_sums)
-            everything.extend(rank_counted)
-        for agent in range(n):  # canonical order
-            for _ in range(all_counts.get(agent, 0)):
-                rule.add(agent)
-        everything.sort(key=lambda entry: entry[0])  # the store's global arrival order
-        stop = base + max(entry[4] for entry in gathered)
-        end = base + max(entry[5] for entry in gathered)
-        arrivals = [Arrival(ExactTime.of(base + elapsed), agent, index, stats) for _, agent, index, stats, elapsed in everything]
-        for arrival in arrivals:
-            trace.append(TraceEvent(round_index, arrival.agent, "compute", arrival.index, float(arrival.time),
-                                    float(arrival.time), "counted"))
-        if limit is None:
-            for agent in range(n):
-                if all_counts.get(agent, 0):
-                    collector._transfer(agent, stop)
-        for agent in range(n):  # as Collector._real without emulation: the counted gradients plus the one in flight
-            collector.counters.compute[agent] += all_counts.get(agent, 0) + 1
-        for agent in sorted(all_sums):
-            trace.append(TraceEvent(round_index, agent, "upload", -1, stop, end, "sent"))
-        sums_out = {agent: all_sums[agent] for agent in sorted(all_sums) if rule.counts[agent] > 0}
-        return arrivals, sums_out, stop, end, len(sums_out)
+        return StoreCounter(self, store, rule, f"sb3_nigt/{self._round_nonce()}/{round_index}/{epoch}")
 
     def cancel(self, epoch: int) -> None:
         self.live = max(self.live, epoch)
@@ -601,6 +466,94 @@ class TorchDistributedBackend:
         self.started = False
         self.local.close()
         self._reset()
+
+
+class StoreCounter:
+    """A real-clock round's arrivals counted over ranks with atomic ``TCPStore.add`` calls, no server
+    (docs/torch_distributed.md, "The real clock"); the round itself is :class:`~sb3_nigt.clock.real.RealRound`'s.
+
+    ``v = add(order_key, 1)`` is a trajectory's place in the global arrival order. Rennala counts it iff v <= M, so
+    a round holds exactly M. For the other rules each agent's count is kept in the store too (``add(agent_key,
+    1)``), and the rank whose trajectory makes the rule done (read from every agent's count) sets the stop key;
+    counts only grow after that, which keeps Malenia's condition true (its harmonic mean only rises). The ranks'
+    tallies are combined in one ``all_gather_object``.
+
+    :param owner: the backend: its rank, local backend, timeout, group and collective count.
+    :param store: the process group's store.
+    :param rule: the round's rule; it counts this rank's agents as they arrive, the others' at :meth:`combine`.
+    :param prefix: the round's store keys' prefix (the backend's nonce, the round and the epoch).
+    """
+
+    poll = 0.02
+
+    def __init__(self, owner: TorchDistributedBackend, store: dist.TCPStore, rule: AggregationRule, prefix: str):
+        self.owner, self.store, self.rule, self.prefix = owner, store, rule, prefix
+        self.backend = owner.local
+        self.stop_key = f"{prefix}/stop"
+        self.stopped = False
+        self.deadline = time.perf_counter() + owner.timeout
+
+    def owns(self, agent: int) -> bool:
+        return self.owner._owns(agent)
+
+    def _agent_key(self, agent: int) -> str:
+        return f"{self.prefix}/agent/{agent}"
+
+    def _met_everywhere(self) -> bool:
+        """Whether the rule is met by every agent's count in the store (n small store reads)."""
+        probe = type(self.rule)(self.rule.n_agents, self.rule.batch_size)
+        for agent in range(self.rule.n_agents):
+            for _ in range(int(self.store.add(self._agent_key(agent), 0))):
+                probe.add(agent)
+        return probe.done()
+
+    def arrive(self, agent: int) -> Optional[int]:
+        if self.stopped:
+            return None
+        order = int(self.store.add(f"{self.prefix}/order", 1))
+        rennala = isinstance(self.rule, RennalaAggregation)
+        if rennala and order > self.rule.batch_size:
+            self.stopped = True  # the M-th was counted elsewhere: this one is not
+            return None
+        self.rule.add(agent)
+        if not rennala:
+            self.store.add(self._agent_key(agent), 1)
+        if order >= self.rule.batch_size if rennala else self._met_everywhere():
+            self.store.set(self.stop_key, "done")  # later reports are not counted; an early upload still is
+            self.stopped = True
+        return order
+
+    def done(self) -> bool:
+        """:raises RuntimeError: when the round has not ended within the backend's timeout (a dead rank)."""
+        if time.perf_counter() > self.deadline:
+            raise RuntimeError(f"torch_distributed: a real-clock round did not end within timeout={self.owner.timeout:g} s "
+                               "(a dead or stuck rank?)")
+        self.stopped = self.stopped or self.store.check([self.stop_key])
+        return self.stopped
+
+    def forget(self, agent: int) -> None:
+        raise RuntimeError(f"rank {self.owner.rank}: a local worker running agent {agent} was lost on the real clock; the "
+                           "round cannot go on without its agents (resume from a checkpoint)")
+
+    def combine(self, tally: Tally, error: Optional[BaseException]) -> Tally:
+        """Every rank's tally in one collective; the rule counts the other ranks' agents in agent order.
+
+        :raises BaseException: this rank's error, or another rank's (chained to a note naming the rank)."""
+        if error is not None:
+            self.store.set(self.stop_key, "error")  # the other ranks stop counting
+        gathered: list[Any] = [None] * self.owner.world_size
+        self.owner.collectives += 1
+        dist.all_gather_object(gathered, (_shareable(error), tally), group=self.owner.group)
+        for rank, (rank_error, _) in enumerate(gathered):
+            if rank_error is not None:
+                if rank == self.owner.rank and error is not None:
+                    raise error
+                raise rank_error from RuntimeError(f"raised on rank {rank} in a real-clock round")
+        whole = Tally.merged([entry[1] for entry in gathered])
+        for agent in sorted(whole.counted):
+            for _ in range(0 if self.owns(agent) else len(whole.counted[agent])):
+                self.rule.add(agent)
+        return whole
 
 
 register_backend("torch_distributed", TorchDistributedBackend)

@@ -1,6 +1,8 @@
 """The NIGT outer loop (paper, Algorithm 1), written once, plus the Stable-Baselines3 glue.
 
-Variants (Rennala, Malenia, ...) only choose the aggregation rule through :meth:`NIGTAlgorithm._make_rule`.
+Variants (Rennala, Malenia, ...) only choose the aggregation rule through :meth:`NIGTAlgorithm._make_rule`; the
+update itself is :class:`~sb3_nigt.core.nigt.NIGTStep`, and the settings are checked by
+:mod:`sb3_nigt.algorithms.config`.
 
 Algorithm 1 (Cutkosky & Mehta 2020; Fatkhullin et al. 2023), ascent form::
 
@@ -15,7 +17,6 @@ Algorithm 1 (Cutkosky & Mehta 2020; Fatkhullin et al. 2023), ascent form::
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import signal
 import sys
@@ -25,12 +26,12 @@ import warnings
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, TypeVar, Union
 
 import gymnasium as gym
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm, maybe_make_env
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
@@ -42,20 +43,32 @@ from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from sb3_nigt.algorithms.config import RENAMED, check_int, check_settings, renamed_overrides, with_defaults, with_old_names
 from sb3_nigt.common import distributed as _distributed  # noqa: F401  (registers backend="torch_distributed")
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
 from sb3_nigt.common.backends import BACKENDS, Backend, BackendOptions, InlineBackend, make_backend
 from sb3_nigt.common.callbacks import count_environment_steps
 from sb3_nigt.common.collector import Arrival, Collector
-from sb3_nigt.common.envs import is_heterogeneous, resolve_env
+from sb3_nigt.common.envs import env_factories, is_heterogeneous, resolve_env
 from sb3_nigt.common.estimator import ObsNorm
 from sb3_nigt.common.exact import ZERO, ExactTime
 from sb3_nigt.common.timing import TimeCounters, TimeSpec, TimingModel
 from sb3_nigt.common.trace import TraceEvent
 from sb3_nigt.common.warn import user_stacklevel
+from sb3_nigt.core.errors import PolicyError
+from sb3_nigt.core.nigt import NIGTStep
 from sb3_nigt.policies import NIGTPolicy, check_action_space, check_observation_space, check_policy_kwargs, running_statistics_modules
 
 SelfNIGT = TypeVar("SelfNIGT", bound="NIGTAlgorithm")
+
+
+class RoundKind(str, Enum):
+    """What a collected round is for (a ``str``, so files saved with the plain strings still load)."""
+
+    WARMUP = "warmup"  # the observation warm-up round: its gradient is discarded
+    INITIAL = "initial"  # d_{−1} = Aggregate(θ_0, M_init), θ_{−1} = θ_0
+    UPDATE = "update"  # g_t of Algorithm 1: the NIGT step
+    ARRIVAL = "arrival"  # AFedPG: one arriving gradient, one server update
 
 
 @dataclass
@@ -63,7 +76,7 @@ class PendingRound:
     """A collected round whose callbacks have not all fired, or whose update is not yet applied (saved with the
     model, so a checkpoint written mid-round resumes exactly).
 
-    :param kind: ``"update"``, ``"initial"`` or ``"warmup"``.
+    :param kind: a :class:`RoundKind` (or its string value, in older files).
     :param aggregate: the round's aggregate, float64 ``(d,)``.
     :param params: θ_0 for the initial round (θ_{−1} = θ_0), else None.
     :param arrivals: the counted gradients' statistics, in arrival order.
@@ -77,10 +90,6 @@ class PendingRound:
     arrivals: list[Arrival]
     arrival: int = 0
     step: int = 0
-
-CLOCKS = ("simulated", "real")
-
-
 
 
 @contextmanager
@@ -101,22 +110,6 @@ def _terminate_like_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _check_int(value: Any, name: str, minimum: int, maximum: Optional[int] = None) -> int:
-    """``value`` as a Python int, if it is an integer (Python or NumPy, not a bool) in [minimum, maximum].
-
-    :raises ValueError: starting ``name:``, stating the accepted range.
-    """
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, (int, np.integer))
-        or value < minimum
-        or (maximum is not None and value > maximum)
-    ):
-        accepted = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name}: must be an integer {accepted}, got {value!r}")
-    return int(value)
-
-
 def _obs_rms(vec_normalize: VecNormalize) -> RunningMeanStd:
     """VecNormalize's observation statistics: one RunningMeanStd, as NIGT refuses Dict observation spaces (whose
     statistics are a dict of them, the type SB3 annotates)."""
@@ -125,41 +118,29 @@ def _obs_rms(vec_normalize: VecNormalize) -> RunningMeanStd:
     return rms
 
 
-def _is_real(value: Any) -> bool:
-    """Whether ``value`` is a real number: a Python or NumPy int or float, not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+def _refuse_nested_spaces(env: Any) -> None:
+    """After SB3's DummyVecEnv refused ``env`` with ``NotImplementedError``: when the reason is an observation
+    space that is not a flat Box (SB3 refuses nested Dict/Tuple spaces), raise our ``observation_space:`` error
+    instead (one environment is built to look at its space); otherwise return, and the caller re-raises.
 
-
-def _check_hyperparameters(values: dict[str, Any]) -> dict[str, Any]:
-    """Check the given hyperparameters (constructor arguments, or ``load(..., **kwargs)`` overrides, which SB3
-    writes into the model directly, as rl-zoo3's ``-i`` does). None means "default" for the optional integers.
-    NumPy scalars are accepted.
-
-    :return: the checked values present in ``values``, as Python ints and floats (a schedule stays as is).
-    :raises ValueError: naming the first argument outside its accepted range.
+    :raises ValueError: starting ``observation_space:``.
     """
-    checked: dict[str, Any] = {}
-    if "batch_size" in values:
-        checked["batch_size"] = _check_int(values["batch_size"], "batch_size", 1)
-    for name in ("initial_batch_size", "n_agents", "horizon"):
-        if name in values:
-            checked[name] = None if values[name] is None else _check_int(values[name], name, 1)
-    if "momentum" in values:
-        momentum = values["momentum"]
-        if not _is_real(momentum) or not (0 < momentum <= 1):
-            raise ValueError(f"momentum: η must be a float in (0, 1], got {momentum!r}")
-        checked["momentum"] = float(momentum)
-    if "gamma" in values:
-        gamma = values["gamma"]
-        if not _is_real(gamma) or not (0 <= gamma <= 1):
-            raise ValueError(f"gamma: γ must be a float in [0, 1], got {gamma!r}")
-        checked["gamma"] = float(gamma)
-    if "learning_rate" in values:
-        rate = values["learning_rate"]
-        if not callable(rate) and (not _is_real(rate) or not (math.isfinite(rate) and rate > 0)):
-            raise ValueError(f"learning_rate: α must be a finite float > 0 or a schedule, got {rate!r}")
-        checked["learning_rate"] = rate if callable(rate) else float(rate)
-    return checked
+    for factory in env_factories(env):
+        probe = factory()
+        try:
+            check_observation_space(probe.observation_space)
+        finally:
+            probe.close()
+
+
+def _renamed_property(new: str, doc: str) -> property:
+    """A property reading and writing the attribute ``new`` (an old argument name kept readable)."""
+    return property(lambda self: getattr(self, new), lambda self, value: setattr(self, new, value), doc=doc)
+
+
+def _step_property(field: str, doc: str) -> property:
+    """A property reading and writing ``field`` of the model's :class:`NIGTStep` (the saved names of before)."""
+    return property(lambda self: getattr(self._nigt, field), lambda self, value: setattr(self._nigt, field, value), doc=doc)
 
 
 class NIGTAlgorithm(BaseAlgorithm):
@@ -176,9 +157,12 @@ class NIGTAlgorithm(BaseAlgorithm):
     :param learning_rate: α, the length of each normalized step (> 0); a float or an SB3 schedule of the
         remaining progress, whose value is checked (finite, > 0; 0 only at the end of training, as linear
         schedules give) at every update, before θ changes.
-    :param momentum: η ∈ (0, 1], the momentum of d_t = (1 − η) d_{t−1} + η g_t.
-    :param batch_size: M >= 1, gradients per aggregation round.
-    :param initial_batch_size: M_init >= 1, gradients of the initial round that forms d_{−1}; default M.
+    :param eta: η ∈ (0, 1], the weight of the new gradient in d_t = (1 − η) d_{t−1} + η g_t (and the lookahead's
+        η); default 0.1; formerly ``momentum``.
+    :param round_size: M >= 1, trajectories (gradients) per aggregation round (S for MaleniaNIGT; unused by
+        SynchronizedNIGT and AFedPG, which warn when it is given); default 20; formerly ``batch_size``.
+    :param initial_round_size: M_init >= 1, gradients of the initial round that forms d_{−1}; default M; formerly
+        ``initial_batch_size``.
     :param horizon: H >= 1, environment steps per trajectory at most; default: the env's
         ``max_episode_steps``, else 1000.
     :param gamma: γ ∈ [0, 1], the discount factor.
@@ -221,6 +205,11 @@ class NIGTAlgorithm(BaseAlgorithm):
     :param seed: the seed of the policy's initialisation and of every job (seed, round, agent, index); an
         integer in [0, 2**32 - 1], or None.
     :param device: torch device of the main policy (default ``"cpu"``; workers always use the CPU).
+    :param momentum: the old name of ``eta`` (still accepted, with a ``FutureWarning``; it wins over ``eta``).
+    :param batch_size: the old name of ``round_size`` (still accepted, with a ``FutureWarning``; it wins over
+        ``round_size``, as a command line's ``--hyperparams batch_size:4`` over a zoo file's ``round_size``).
+    :param initial_batch_size: the old name of ``initial_round_size`` (still accepted, with a ``FutureWarning``;
+        it wins over ``initial_round_size``).
     :raises ValueError: naming the argument, raised before any environment is built or any state changes where
         it can be: ``policy:`` for an unknown alias or a class that is not a ``NIGTPolicy``; ``policy_kwargs:``
         (or the key: ``net_arch:``, ``activation_fn:``, ``min_std:``) for bad policy arguments, and for a built
@@ -231,6 +220,8 @@ class NIGTAlgorithm(BaseAlgorithm):
         1 nor n; and any other argument outside its accepted range (``seed``, ``time_scale``, ``start_method``,
         ``compute_times`` above 1e15 seconds, ...).
     :warns UserWarning: for ``net_arch`` keys ``vf``/``qf`` (ignored).
+    :warns FutureWarning: for an old argument name (``momentum``, ``batch_size``, ``initial_batch_size``), and for
+        a round size given to an algorithm that does not use it.
     """
 
     #: Whether the aggregate weights agents by speed (fast agents count more). Such an algorithm optimises a
@@ -238,6 +229,30 @@ class NIGTAlgorithm(BaseAlgorithm):
     speed_weighted = False
     #: Whether every agent gets its own θ (AFedPG) rather than one broadcast per round.
     per_agent_params = False
+    #: Whether the aggregation rule reads M (``round_size``); SynchronizedNIGT and AFedPG do not.
+    uses_round_size = True
+
+    # The checked settings (sb3_nigt.algorithms.config), each stored under its own name and saved with the model.
+    eta: float
+    round_size: int
+    initial_round_size: int
+    horizon: int  # None until the environment's time limit gives the default
+    gamma: float
+    clock: str
+    worker_timeout: Optional[float]
+    max_failures: int
+    n_workers: Optional[int]
+    time_scale: Optional[float]
+    start_method: Optional[str]
+    step_data: bool
+
+    # The old argument names, kept readable and writable (rl-zoo3, Optuna, scripts that read them).
+    momentum = _renamed_property("eta", "The old name of ``eta``.")
+    batch_size = _renamed_property("round_size", "The old name of ``round_size``.")
+    initial_batch_size = _renamed_property("initial_round_size", "The old name of ``initial_round_size``.")
+    # Algorithm 1's state, held by NIGTStep, under the names the model always had.
+    momentum_buffer = _step_property("direction", "d_t, float64 ``(d,)``; None before the first round.")
+    previous_params = _step_property("previous", "θ_{t−1}, float32 ``(d,)``; None before the first round.")
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": NIGTPolicy}
     policy: NIGTPolicy
@@ -248,9 +263,9 @@ class NIGTAlgorithm(BaseAlgorithm):
         policy: Union[str, type[NIGTPolicy]] = "MlpPolicy",
         env: Union[GymEnv, str, Callable, None] = None,
         learning_rate: Union[float, Schedule] = 2**-6,
-        momentum: float = 0.1,
-        batch_size: int = 20,
-        initial_batch_size: Optional[int] = None,
+        eta: Optional[float] = None,
+        round_size: Optional[int] = None,
+        initial_round_size: Optional[int] = None,
         horizon: Optional[int] = None,
         gamma: float = 0.99,
         n_agents: Optional[int] = None,
@@ -273,105 +288,146 @@ class NIGTAlgorithm(BaseAlgorithm):
         verbose: int = 0,
         seed: Optional[int] = None,
         device: Union[th.device, str] = "cpu",
+        momentum: Optional[float] = None,
+        batch_size: Optional[int] = None,
+        initial_batch_size: Optional[int] = None,
         _init_setup_model: bool = True,
     ):
         # Arguments first: nothing is built, opened or changed before they are all known to be valid.
-        checked = _check_hyperparameters(dict(
-            learning_rate=learning_rate, momentum=momentum, batch_size=batch_size, initial_batch_size=initial_batch_size,
-            horizon=horizon, gamma=gamma, n_agents=n_agents,
-        ))
-        learning_rate, n_agents = checked["learning_rate"], checked["n_agents"]
-        self.momentum = checked["momentum"]
-        self.batch_size = checked["batch_size"]
-        self.initial_batch_size = self.batch_size if checked["initial_batch_size"] is None else checked["initial_batch_size"]
-        self.horizon = checked["horizon"]
-        self.gamma = checked["gamma"]
+        self._warn_if_round_size_unused(round_size, batch_size)
+        settings = check_settings(with_defaults(with_old_names(
+            dict(learning_rate=learning_rate, eta=eta, round_size=round_size, initial_round_size=initial_round_size,
+                 horizon=horizon, gamma=gamma, n_agents=n_agents, seed=seed, clock=clock, worker_timeout=worker_timeout,
+                 max_failures=max_failures, n_workers=n_workers, time_scale=time_scale, start_method=start_method,
+                 stats_window_size=stats_window_size, verbose=verbose, step_data=step_data),
+            dict(momentum=momentum, batch_size=batch_size, initial_batch_size=initial_batch_size),
+        )))
+        for name in ("eta", "round_size", "initial_round_size", "horizon", "gamma", "clock", "worker_timeout",
+                     "max_failures", "n_workers", "time_scale", "start_method", "step_data"):
+            setattr(self, name, settings[name])
+        if self.initial_round_size is None:
+            self.initial_round_size = self.round_size
         policy_class = self._check_policy(policy)
         policy_kwargs = check_policy_kwargs(policy_class, policy_kwargs)
-        if seed is not None:
-            seed = _check_int(seed, "seed", 0, 2**32 - 1)
-        if clock not in CLOCKS:
-            raise ValueError(f"clock: must be one of {CLOCKS}, got {clock!r}")
-        if not (isinstance(backend, Backend) or (isinstance(backend, str) and backend in BACKENDS)):
-            raise ValueError(f"backend: must be one of {sorted(BACKENDS)} or a Backend instance, got {backend!r}")
-        if worker_timeout is not None and not (_is_real(worker_timeout) and math.isfinite(worker_timeout) and worker_timeout > 0):
-            raise ValueError(f"worker_timeout: must be None or a finite number of seconds > 0, got {worker_timeout!r}")
-        self.worker_timeout = None if worker_timeout is None else float(worker_timeout)
-        self.max_failures = _check_int(max_failures, "max_failures", 0)
-        self.clock, self.backend = clock, backend
-        refuse = getattr(BACKENDS[backend] if isinstance(backend, str) else backend, "check_algorithm", None)
-        if refuse is not None:  # a backend that cannot run this algorithm or clock says so (e.g. torch_distributed)
-            refuse(type(self).__name__, clock=clock, per_agent_params=self.per_agent_params)
-        self.n_workers = None if n_workers is None else _check_int(n_workers, "n_workers", 1)
-        if time_scale is not None and not (_is_real(time_scale) and math.isfinite(time_scale) and time_scale >= 0):
-            raise ValueError(f"time_scale: must be None or a finite number >= 0, got {time_scale!r}")
-        self.time_scale = None if time_scale is None else float(time_scale)
-        methods = multiprocessing.get_all_start_methods()
-        if start_method is not None and start_method not in methods:
-            raise ValueError(f"start_method: must be None or one of this platform's start methods {methods}, got {start_method!r}")
-        stats_window_size = _check_int(stats_window_size, "stats_window_size", 1)
-        verbose = _check_int(verbose, "verbose", 0)
-        if clock == "simulated" and time_scale is not None:
+        self.backend = self._check_backend(backend)
+        if self.clock == "simulated" and self.time_scale is not None:
             warnings.warn("time_scale only applies to clock='real'; the simulated clock ignores it", stacklevel=user_stacklevel())
         self.record_trace = bool(record_trace)
-        if not isinstance(step_data, (bool, np.bool_)):
-            raise ValueError(f"step_data: must be True or False, got {step_data!r}")
-        self.step_data = bool(step_data)
-        self.start_method = start_method
-        self.compute_times = compute_times
-        self.communication_times = communication_times
-        self.compute_time_unit = compute_time_unit
+        self.compute_times, self.communication_times = compute_times, communication_times
+        self.compute_time_unit, self.outages = compute_time_unit, outages
         self._algorithm_name = type(self).__qualname__  # saved: load refuses another algorithm's file
 
+        env, factories = self._check_environment(env, settings["n_agents"], settings["verbose"])
+        self._init_state(settings["seed"])
+        super().__init__(
+            policy=policy_class, env=env, learning_rate=settings["learning_rate"], policy_kwargs=policy_kwargs,
+            stats_window_size=settings["stats_window_size"], tensorboard_log=tensorboard_log, verbose=settings["verbose"],
+            device=device, support_multi_env=True, seed=settings["seed"],
+        )
+        if self.env is not None:
+            self._adopt_env(factories)
+        if _init_setup_model:
+            self._setup_model()
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _warn_if_round_size_unused(self, round_size: Optional[int], batch_size: Optional[int]) -> None:
+        """SynchronizedNIGT and AFedPG have no M: warn when one is given (it has no effect)."""
+        given = "round_size" if round_size is not None else "batch_size" if batch_size is not None else None
+        if given is not None and not self.uses_round_size:
+            warnings.warn(
+                f"{given}: {type(self).__name__} does not use it ({self._round_size_note}), so it has no effect; "
+                "leave it out (passing it may be refused in a future version)",
+                FutureWarning,
+                stacklevel=user_stacklevel(),
+            )
+
+    #: Why ``round_size`` is unused, for the warning (algorithms with ``uses_round_size = False``).
+    _round_size_note = ""
+
+    def _check_backend(self, backend: Any) -> Union[str, Backend]:
+        """A registered backend name or a Backend instance, and one that can run this algorithm on this clock.
+
+        :raises ValueError: starting ``backend:``.
+        """
+        if not (isinstance(backend, Backend) or (isinstance(backend, str) and backend in BACKENDS)):
+            raise ValueError(f"backend: must be one of {sorted(BACKENDS)} or a Backend instance, got {backend!r}")
+        refuse = getattr(BACKENDS[backend] if isinstance(backend, str) else backend, "check_algorithm", None)
+        if refuse is not None:  # a backend that cannot run this algorithm or clock says so (e.g. torch_distributed)
+            refuse(type(self).__name__, clock=self.clock, per_agent_params=self.per_agent_params)
+        return backend
+
+    def _check_environment(self, env: Any, n_agents: Optional[int], verbose: int) -> tuple[Union[GymEnv, str, None], Optional[list[Callable]]]:
+        """Resolve ``env`` (:func:`~sb3_nigt.common.envs.resolve_env`), check its spaces, set n, and check what
+        depends on n (the time specifications, outages, the real-clock emulation, the number of environments).
+        An environment built here is closed if a check fails.
+
+        :return: ``(env for BaseAlgorithm, the workers' factories)``.
+        :raises ValueError: naming the argument (``observation_space:``, ``action_space:``, ``env:``,
+            ``compute_times:``, ``outages:``, ``time_scale:``, ``n_workers:``, ...).
+        """
         given = env
         try:
             env, factories = resolve_env(env)
-        except NotImplementedError as exc:  # SB3's DummyVecEnv refuses nested Dict/Tuple spaces this way
-            if "Nested observation spaces" not in str(exc):
-                raise
-            raise ValueError(
-                "observation_space: NIGT needs a flat gymnasium.spaces.Box observation space; nested Dict/Tuple spaces "
-                "are not supported (flatten them with gymnasium.wrappers.FlattenObservation)"
-            ) from exc
+        except NotImplementedError:  # SB3's DummyVecEnv refuses nested Dict/Tuple spaces this way
+            _refuse_nested_spaces(given)
+            raise
         try:
             if isinstance(env, str):
                 env = maybe_make_env(env, verbose)  # as SB3 would, so that the spaces are checked before SB3 sees them
-            if env is not None:
-                self._check_spaces(env.observation_space, env.action_space)
-            if n_agents is None:
-                n_agents = len(factories) if factories else 1
-            self.n_agents = n_agents
-            if clock == "real" and time_scale:
-                if backend == "inline" or isinstance(backend, InlineBackend):
-                    raise ValueError(
-                        "time_scale: the inline backend runs the agents' work one job after another, so it cannot "
-                        "emulate agents that compute at the same time; use backend='subprocess' (one worker process per agent)"
-                    )
-                if self.n_workers is not None and self.n_workers < self.n_agents:
-                    raise ValueError(
-                        f"n_workers: emulating times on the real clock (time_scale) needs one worker per agent, "
-                        f"n_workers >= n_agents = {self.n_agents}, got {self.n_workers}; leave n_workers=None for that default"
-                    )
-            # Validate the time specifications now, before SB3 wraps the environment.
-            TimingModel(self.n_agents, compute_times, communication_times, compute_time_unit, horizon=self.horizon, outages=outages)
-            if outages:
-                if clock != "simulated":
-                    raise ValueError("outages: only the simulated clock models outages; on the real clock a lost worker is the outage")
-                if compute_time_unit == "step":
-                    raise ValueError("outages: need durations known in advance, compute_time_unit 'gradient' or 'horizon', not 'step'")
-                if self.per_agent_params:
-                    raise ValueError(f"outages: not modelled for {type(self).__name__}'s per-arrival server")
+            if env is not None:  # a flat Box observation space, a Box action space with finite bounds
+                check_action_space(env.action_space)
+                check_observation_space(env.observation_space)
+            self.n_agents = n_agents if n_agents is not None else len(factories) if factories else 1
+            self._check_real_clock_emulation()
+            # Validate the time specifications now, before SB3 wraps the environment (_setup_model builds the
+            # clock's TimingModel once d, the number of parameters, is known).
+            TimingModel(self.n_agents, self.compute_times, self.communication_times, self.compute_time_unit,
+                        horizon=self.horizon, outages=self.outages)
+            self._check_outages()
             if factories is not None:
                 self._check_env_count(factories, env)
         except BaseException:
             if env is not None and env is not given and hasattr(env, "close"):
                 env.close()  # built here: nobody else will close it
             raise
-        self.outages = outages
+        return env, factories
 
-        # NIGT state (saved): d_t, θ_{t−1}, the clock, and the round counter used in the job seeds.
-        self.momentum_buffer: Optional[np.ndarray] = None
-        self.previous_params: Optional[np.ndarray] = None
+    def _check_real_clock_emulation(self) -> None:
+        """Emulated times on the real clock (``time_scale``) need one worker process per agent.
+
+        :raises ValueError: starting ``time_scale:`` (inline backend) or ``n_workers:`` (fewer workers than agents).
+        """
+        if self.clock != "real" or not self.time_scale:
+            return
+        if self.backend == "inline" or isinstance(self.backend, InlineBackend):
+            raise ValueError(
+                "time_scale: the inline backend runs the agents' work one job after another, so it cannot "
+                "emulate agents that compute at the same time; use backend='subprocess' (one worker process per agent)"
+            )
+        if self.n_workers is not None and self.n_workers < self.n_agents:
+            raise ValueError(
+                f"n_workers: emulating times on the real clock (time_scale) needs one worker per agent, "
+                f"n_workers >= n_agents = {self.n_agents}, got {self.n_workers}; leave n_workers=None for that default"
+            )
+
+    def _check_outages(self) -> None:
+        """Outages are modelled on the simulated clock, with durations known in advance, for round-based algorithms.
+
+        :raises ValueError: starting ``outages:``.
+        """
+        if not self.outages:
+            return
+        if self.clock != "simulated":
+            raise ValueError("outages: only the simulated clock models outages; on the real clock a lost worker is the outage")
+        if self.compute_time_unit == "step":
+            raise ValueError("outages: need durations known in advance, compute_time_unit 'gradient' or 'horizon', not 'step'")
+        if self.per_agent_params:
+            raise ValueError(f"outages: not modelled for {type(self).__name__}'s per-arrival server")
+
+    def _init_state(self, seed: Optional[int]) -> None:
+        """The training state, saved with the model: Algorithm 1's θ_{t−1} and d_t, the clock, the round counter
+        of the job seeds, and the statistics."""
+        self._nigt = NIGTStep()  # θ_{t−1} and d_t
         self._clock: ExactTime = ZERO  # the simulated clock, exact (docs/time.md, "Exact time")
         self.time_counters = TimeCounters.zeros(self.n_agents)  # the ``counter`` of time specifications
         self.trace: list[TraceEvent] = []
@@ -387,35 +443,39 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.agent_ep_info_buffer: Optional[list[deque]] = None
         self._agent_monitors: list[Optional[Monitor]] = []
 
-        super().__init__(
-            policy=policy_class,
-            env=env,
-            learning_rate=learning_rate,
-            policy_kwargs=policy_kwargs,
-            stats_window_size=stats_window_size,
-            tensorboard_log=tensorboard_log,
-            verbose=verbose,
-            device=device,
-            support_multi_env=True,
-            seed=seed,
-        )
-        if self.env is not None:
-            vec_normalize = self._vec_normalize_env
-            if vec_normalize is not None and vec_normalize.norm_reward:
-                warnings.warn(
-                    "VecNormalize(norm_reward=True): workers use raw rewards in g_H; the normalized step α d/‖d‖ "
-                    "does not depend on the reward scale. Observation normalization is applied and its statistics merged.",
-                    stacklevel=user_stacklevel(),
-                )
-            self._env_factories = factories
-            if self.horizon is None:
-                spec = self.env.get_attr("spec", indices=[0])[0]
-                steps = getattr(spec, "max_episode_steps", None)
-                self.horizon = int(steps) if steps else 1000
-        if _init_setup_model:
-            self._setup_model()
+    def _adopt_env(self, factories: Optional[list[Callable]]) -> None:
+        """After SB3 wrapped the environment: the workers' factories, H from the env's time limit when not given,
+        and a warning for VecNormalize's reward normalization (the workers use raw rewards)."""
+        assert self.env is not None
+        vec_normalize = self._vec_normalize_env
+        if vec_normalize is not None and vec_normalize.norm_reward:
+            warnings.warn(
+                "VecNormalize(norm_reward=True): workers use raw rewards in g_H; the normalized step α d/‖d‖ "
+                "does not depend on the reward scale. Observation normalization is applied and its statistics merged.",
+                stacklevel=user_stacklevel(),
+            )
+        self._env_factories = factories
+        if self.horizon is None:
+            spec = self.env.get_attr("spec", indices=[0])[0]
+            steps = getattr(spec, "max_episode_steps", None)
+            self.horizon = int(steps) if steps else 1000
 
-    # ----------------------------------------------------------------------------------------------- set-up
+    def _adopt_saved_names(self, overrides: dict[str, Any]) -> None:
+        """After ``load`` filled the model from a file saved before the renaming: move its old fields
+        (``momentum``, ``batch_size``, ``initial_batch_size``, ``momentum_buffer``, ``previous_params``) to where
+        they live now, unless ``overrides`` (``load``'s keyword arguments) set the new name; and read a pending
+        round's kind as a :class:`RoundKind`."""
+        state = self.__dict__
+        for old, new in RENAMED.items():
+            if old in state:
+                value = state.pop(old)
+                if new not in overrides:
+                    setattr(self, new, value)
+        if "momentum_buffer" in state or "previous_params" in state:
+            self._nigt = NIGTStep(state.pop("momentum_buffer", None), state.pop("previous_params", None))
+        if self._pending is not None:
+            self._pending.kind = RoundKind(self._pending.kind)
+
     @classmethod
     def _check_policy(cls, policy: Any) -> type[NIGTPolicy]:
         """The policy class of ``policy``: an alias of ``policy_aliases`` or a subclass of ``NIGTPolicy``.
@@ -423,30 +483,20 @@ class NIGTAlgorithm(BaseAlgorithm):
         Another algorithm's policy (``stable_baselines3.ppo.MlpPolicy``, an actor-critic) has neither the
         pre-squash ``log_prob`` nor the NumPy forward the workers use, so it is refused.
 
-        :raises ValueError: starting ``policy:``, stating which policies are accepted.
+        :raises PolicyError: (a ``ValueError``) starting ``policy:``, stating which policies are accepted.
         """
         accepted = f"one of {sorted(cls.policy_aliases)} or a subclass of sb3_nigt.NIGTPolicy"
         if isinstance(policy, str):
             if policy not in cls.policy_aliases:
-                raise ValueError(f"policy: unknown policy {policy!r}; {cls.__name__} accepts {accepted}")
+                raise PolicyError(f"policy: unknown policy {policy!r}; {cls.__name__} accepts {accepted}")
             return cls.policy_aliases[policy]  # type: ignore[return-value]
         if isinstance(policy, type) and issubclass(policy, NIGTPolicy):
             return policy
         name = f"{policy.__module__}.{policy.__qualname__}" if isinstance(policy, type) else repr(policy)
-        raise ValueError(
+        raise PolicyError(
             f"policy: {cls.__name__} accepts {accepted} (the Gaussian tanh-squashed policy whose log-probability the "
             f"gradient needs), got {name}; policies of other algorithms (e.g. stable_baselines3.ppo.MlpPolicy) do not work"
         )
-
-    @staticmethod
-    def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
-        """A flat Box observation space and a Box action space with finite bounds (see
-        :func:`~sb3_nigt.policies.check_observation_space`); checked before SB3 wraps the environment.
-
-        :raises ValueError: starting ``observation_space:`` or ``action_space:``.
-        """
-        check_action_space(action_space)
-        check_observation_space(observation_space)
 
     def _check_saved_algorithm(self) -> None:
         """After ``load`` filled the model from a file: the file must have been saved by this class or a class it
@@ -473,20 +523,20 @@ class NIGTAlgorithm(BaseAlgorithm):
         updates on every gradient and never warns.
 
         :param total_timesteps: the step count ``learn`` trains up to (what SB3's ``_setup_learn`` returns).
-        :warns UserWarning: naming ``batch_size``/``initial_batch_size`` (or ``n_agents``) and the rule.
+        :warns UserWarning: naming ``round_size``/``initial_round_size`` (or ``n_agents``) and the rule.
         """
-        if self.per_agent_params or self.momentum_buffer is not None or self._pending is not None:
+        if self.per_agent_params or self._nigt.direction is not None or self._pending is not None:
             return
         left = int(total_timesteps) - int(self.num_timesteps)
-        needed = self._min_round_gradients(self._make_rule(self.initial_batch_size), left)
+        needed = self._min_round_gradients(self._make_rule(self.initial_round_size), left)
         if self._needs_observation_warmup():
-            needed += self.initial_batch_size
+            needed += self.initial_round_size
         if needed >= left:
             warnings.warn(
                 f"total_timesteps: {left} environment steps are left, but the rounds before the first update need at "
-                f"least {needed} gradients (initial_batch_size={self.initial_batch_size}, batch_size={self.batch_size}, "
+                f"least {needed} gradients (initial_round_size={self.initial_round_size}, round_size={self.round_size}, "
                 f"n_agents={self.n_agents}), each of at least one environment step, so learn will end before the first "
-                "update; lower batch_size or initial_batch_size, or raise total_timesteps",
+                "update; lower round_size or initial_round_size, or raise total_timesteps",
                 UserWarning,
                 stacklevel=user_stacklevel(),
             )
@@ -595,27 +645,28 @@ class NIGTAlgorithm(BaseAlgorithm):
 
         :param path: the saved zip file (a path or a file-like object).
         :param env: the environment to train on, as the constructor's ``env``; None: the model can only predict.
-        :param kwargs: hyperparameters to override (checked as the constructor's; NumPy scalars accepted).
+        :param kwargs: settings to override (checked as the constructor's; NumPy scalars accepted; the old names
+            ``momentum``, ``batch_size`` and ``initial_batch_size`` are accepted with a ``FutureWarning``).
         :raises ValueError: starting ``path:`` for a file saved by another algorithm (naming both classes) or with
             another library's policy; naming the argument for an override outside its accepted range.
         """
-        kwargs.update(_check_hyperparameters(kwargs))
+        kwargs = renamed_overrides(kwargs)
         env, _ = resolve_env(env)
         if isinstance(env, str):
             env = gym.make(env)
         try:
-            return super().load(path, env=env, device=device, custom_objects=custom_objects, print_system_info=print_system_info,
-                                force_reset=force_reset, **kwargs)
-        except ValueError as exc:
-            if str(exc).startswith("policy:"):  # the only policy at load is the file's: another library's algorithm
-                raise ValueError(
-                    f"path: this file was not saved by {cls.__name__} (its policy is not a NIGTPolicy); load it with "
-                    f"the algorithm that saved it. {exc}"
-                ) from exc
-            raise
+            model = super().load(path, env=env, device=device, custom_objects=custom_objects,
+                                 print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+        except PolicyError as exc:  # the only policy at load is the file's: another library's algorithm
+            raise ValueError(
+                f"path: this file was not saved by {cls.__name__} (its policy is not a NIGTPolicy); load it with "
+                f"the algorithm that saved it. {exc}"
+            ) from exc
+        model._adopt_saved_names(kwargs)
+        return model
 
-    def _make_rule(self, batch_size: int) -> AggregationRule:
-        """The aggregation rule of one round with batch parameter ``batch_size`` (M or M_init)."""
+    def _make_rule(self, round_size: int) -> AggregationRule:
+        """The aggregation rule of one round with round size ``round_size`` (M, S or M_init)."""
         raise NotImplementedError
 
     def _agent_env_index(self) -> list[int]:
@@ -697,7 +748,8 @@ class NIGTAlgorithm(BaseAlgorithm):
             vector_to_parameters(th.as_tensor(np.asarray(params, dtype=np.float32), device=self.device), self.policy.parameters())
 
     def estimate_gradient(
-        self, n_rounds: int = 1, batch_size: Optional[int] = None, params: Optional[np.ndarray] = None, seed: Optional[int] = None,
+        self, n_rounds: int = 1, round_size: Optional[int] = None, params: Optional[np.ndarray] = None, seed: Optional[int] = None,
+        batch_size: Optional[int] = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Run ``n_rounds`` independent aggregation rounds at one θ and return their aggregates, without any update.
 
@@ -706,16 +758,19 @@ class NIGTAlgorithm(BaseAlgorithm):
         counters) is left unchanged. Useful to check unbiasedness or to measure the variance of the estimator.
 
         :param n_rounds: rounds to run (>= 1); round r uses the job seeds of round index r.
-        :param batch_size: M (>= 1); default the model's ``batch_size``.
+        :param round_size: M (>= 1); default the model's ``round_size``.
         :param params: θ, float, shape ``(d,)``; default the current policy parameters θ_t.
         :param seed: base seed of the jobs; default the model's seed.
+        :param batch_size: the old name of ``round_size`` (with a ``FutureWarning``).
         :return: ``(gradients, counts)``: the aggregates g (float64, shape ``(n_rounds, d)``) and the counts M_i
             (int64, shape ``(n_rounds, n)``).
-        :raises ValueError: for ``n_rounds`` or ``batch_size`` < 1, ``params`` of the wrong shape, no environment,
+        :raises ValueError: for ``n_rounds`` or ``round_size`` < 1, ``params`` of the wrong shape, no environment,
             or a NaN reward.
         """
-        n_rounds = _check_int(n_rounds, "n_rounds", 1)
-        batch_size = self.batch_size if batch_size is None else _check_int(batch_size, "batch_size", 1)
+        n_rounds = check_int(n_rounds, "n_rounds", 1)
+        given = with_old_names(dict(round_size=round_size), dict(batch_size=batch_size))
+        name, value = next(iter(given.items()))
+        round_size = self.round_size if value is None else check_int(value, name, 1)
         theta = self.get_flat_params() if params is None else np.asarray(params, dtype=np.float64).reshape(-1)
         if theta.shape != (self.n_params,):
             assert params is not None  # θ_t always has d entries
@@ -730,7 +785,7 @@ class NIGTAlgorithm(BaseAlgorithm):
                 collector.start()
                 for r in range(n_rounds):
                     collector.counters = TimeCounters.zeros(self.n_agents)  # every round starts a fresh clock at 0
-                    result = collector.collect(theta.astype(np.float32), self._make_rule(batch_size), r, ZERO, self._obs_norm())
+                    result = collector.collect(theta.astype(np.float32), self._make_rule(round_size), r, ZERO, self._obs_norm())
                     gradients[r], counts[r] = result.aggregate, result.counts
             finally:
                 collector.close()
@@ -745,19 +800,19 @@ class NIGTAlgorithm(BaseAlgorithm):
         return ObsNorm(np.array(rms.mean, dtype=np.float64), np.array(rms.var, dtype=np.float64), float(vec_normalize.clip_obs),
                        float(vec_normalize.epsilon))
 
-    def _run_round(self, collector: Collector, params: np.ndarray, batch_size: int, callback: BaseCallback,
-                   rule: Optional[AggregationRule] = None, kind: str = "update") -> bool:
-        """One aggregation round at ``params`` (the algorithm's rule unless ``rule`` is given), then the callbacks
-        for every environment step it consumed. Returns False if a callback asked to stop.
+    def _collect_round(self, collector: Collector, params: np.ndarray, rule: AggregationRule, callback: BaseCallback,
+                       kind: RoundKind) -> bool:
+        """One aggregation round of ``rule`` at ``params``, then the callbacks for every environment step it consumed
+        (``on_rollout_start``, ``on_step``s, ``on_rollout_end``). Returns False if a callback asked to stop.
 
-        The round's outcome waits in ``self._pending`` (saved with the model) until :meth:`_apply_pending` uses it,
+        The round's outcome waits in ``self._pending`` (saved with the model) until an ``_apply_*`` method uses it,
         so a checkpoint written by a callback mid-round resumes exactly where it was written.
 
-        :param kind: ``"update"`` (g_t of Algorithm 1), ``"initial"`` (d_{−1}) or ``"warmup"`` (the observation
-            warm-up round, whose gradient is discarded).
+        :param params: θ̃_t (or θ_0), float ``(d,)``; sent to the agents as float32.
+        :param kind: what the round is for: the update's g_t, d_{−1}, or the observation warm-up.
+        :raises ValueError: starting ``gradient:`` for a non-finite aggregate (θ is unchanged).
         """
         callback.on_rollout_start()
-        rule = self._make_rule(batch_size) if rule is None else rule
         result = collector.collect(params.astype(np.float32), rule, self.n_rounds, self._clock, self._obs_norm())
         if not np.all(np.isfinite(result.aggregate)):
             raise ValueError(
@@ -785,10 +840,10 @@ class NIGTAlgorithm(BaseAlgorithm):
             "agents_lost": len(result.lost),  # agents whose worker died this round (their work was redone)
             "steps_per_round": result.n_steps,
         }
-        if kind == "warmup":
+        if kind is RoundKind.WARMUP:
             self.round_stats["observation_warmup"] = 1  # for callbacks at this round's on_rollout_end
             self._warmup_unlogged = True  # and in the next log written
-        self._pending = PendingRound(kind, result.aggregate, params.copy() if kind == "initial" else None, result.arrivals)
+        self._pending = PendingRound(kind, result.aggregate, params.copy() if kind is RoundKind.INITIAL else None, result.arrivals)
         return self._replay_pending(callback)
 
     def _replay_pending(self, callback: BaseCallback) -> bool:
@@ -802,17 +857,28 @@ class NIGTAlgorithm(BaseAlgorithm):
         callback.on_rollout_end()
         return True
 
-    def _apply_pending(self, total_timesteps: int) -> None:
-        """Use the pending round: d_{−1} (initial), the NIGT step (update), or nothing (warm-up)."""
+    def _take_pending(self) -> PendingRound:
+        """The pending round, now used (no longer pending)."""
         pending = self._pending
         assert pending is not None
         self._pending = None
-        if pending.kind == "initial":
-            self.momentum_buffer = pending.aggregate.astype(np.float64)
-            self.previous_params = pending.params
-        elif pending.kind == "update":
-            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
-            self._nigt_step(pending.aggregate)
+        return pending
+
+    def _apply_warmup(self, total_timesteps: int) -> None:
+        """Use the warm-up round: nothing (its gradient is discarded; the statistics were merged on collection)."""
+        self._take_pending()
+
+    def _apply_initial(self, total_timesteps: int) -> None:
+        """Use the initial round: the first step, d_{−1} = Aggregate(θ_0, M_init) and θ_{−1} = θ_0."""
+        pending = self._take_pending()
+        assert pending.params is not None  # the initial round keeps θ_0
+        self._nigt.start(pending.params, pending.aggregate)
+
+    def _apply_update(self, total_timesteps: int) -> None:
+        """Use an update round: the NIGT step with g_t = its aggregate, at the remaining progress of now."""
+        pending = self._take_pending()
+        self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+        self._nigt_step(pending.aggregate)
 
     def _replay_arrival(self, arrival: Arrival, callback: BaseCallback, pending: Optional["PendingRound"] = None) -> bool:
         """Count one used gradient's trajectory: the episode buffers, then ``on_step`` once per environment step,
@@ -883,12 +949,6 @@ class NIGTAlgorithm(BaseAlgorithm):
                     monitor.results_writer.write_row({"r": round(job.episode_return, 6), "l": job.episode_length, "t": round(elapsed, 6)})
         self._episode_num += 1
 
-    def _extrapolated_params(self) -> np.ndarray:
-        """θ̃_t = θ_t + ((1 − η)/η)(θ_t − θ_{t−1}) (Algorithm 1, implicit gradient transport), float64 ``(d,)``."""
-        assert self.previous_params is not None  # set with d_{−1} by the initial round
-        theta = self.get_flat_params().astype(np.float64)
-        return theta + ((1.0 - self.momentum) / self.momentum) * (theta - self.previous_params)
-
     def _checked_learning_rate(self) -> float:
         """α at the current remaining progress, from the learning-rate schedule.
 
@@ -915,24 +975,19 @@ class NIGTAlgorithm(BaseAlgorithm):
             )
         return alpha
 
-    def _nigt_step(self, aggregate: np.ndarray, eta: Optional[float] = None, alpha: Optional[float] = None) -> None:
-        """d_t = (1 − η) d_{t−1} + η g_t;  θ_{t+1} = θ_t + α d_t/‖d_t‖ (no step when ‖d_t‖ = 0).
+    def _nigt_step(self, gradient: np.ndarray, eta: Optional[float] = None, alpha: Optional[float] = None) -> None:
+        """d_t = (1 − η) d_{t−1} + η g_t;  θ_{t+1} = θ_t + α d_t/‖d_t‖ (no step when ‖d_t‖ = 0), by :class:`NIGTStep`.
 
-        :param aggregate: g_t, float64 ``(d,)``.
-        :param eta: η of this update; default the constant ``momentum``.
+        :param gradient: g_t, float64 ``(d,)``.
+        :param eta: η of this update; default the constant ``eta``.
         :param alpha: α, already checked by :meth:`_checked_learning_rate`; default: the schedule's value now.
         :raises ValueError: starting ``learning_rate:`` when the schedule's α is NaN, infinite, < 0 or 0 before
             the end of training, before θ, θ_{t−1} or d_t change.
         """
         alpha = self._checked_learning_rate() if alpha is None else alpha  # before any state changes
-        eta = self.momentum if eta is None else eta
-        assert self.momentum_buffer is not None  # d_{−1} is set before the first step
-        self.momentum_buffer = (1.0 - eta) * self.momentum_buffer + eta * aggregate
-        theta = self.get_flat_params()
-        self.previous_params = theta.copy()
-        norm = float(np.linalg.norm(self.momentum_buffer))
-        if norm > 0:
-            self.set_flat_params(theta.astype(np.float64) + alpha * self.momentum_buffer / norm)
+        theta, norm = self._nigt.step(self.get_flat_params(), gradient, self.eta if eta is None else eta, alpha)
+        if theta is not None:
+            self.set_flat_params(theta)
         self.round_stats.update(d_norm=norm, learning_rate=alpha)
         self._n_updates += 1
 
@@ -1025,33 +1080,44 @@ class NIGTAlgorithm(BaseAlgorithm):
         assert vec_normalize is not None
         # SB3 annotates obs_rms as the dict of a Dict observation space; for a Box it is one RunningMeanStd.
         vec_normalize.obs_rms = RunningMeanStd(shape=_obs_rms(vec_normalize).mean.shape)  # type: ignore[assignment]
-        rule = RennalaAggregation(self.n_agents, self.initial_batch_size)
-        if not self._run_round(collector, self.get_flat_params(), self.initial_batch_size, callback, rule, kind="warmup"):
+        rule = RennalaAggregation(self.n_agents, self.initial_round_size)
+        if not self._collect_round(collector, self.get_flat_params(), rule, callback, RoundKind.WARMUP):
             return False
-        self._apply_pending(0)
+        self._apply_warmup(0)
         return True
 
     def _train(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: int) -> None:
-        """The training loop of :meth:`learn` on a started collector: Algorithm 1, one aggregation round per update."""
-        if self._pending is not None:  # a round whose callbacks were interrupted (a checkpoint, or a callback's False)
-            if not self._replay_pending(callback):
-                return
-            kind = self._pending.kind
-            self._apply_pending(total_timesteps)
-            if kind == "update":
-                self._maybe_dump_logs(log_interval)
-        if self.momentum_buffer is None:  # d_{−1} = Aggregate(θ_0, M_init);  θ_{−1} = θ_0
+        """The training loop of :meth:`learn` on a started collector: Algorithm 1, one aggregation round per update
+        (each ``_collect_round`` fires the round's callbacks; False: a callback stopped training)."""
+        if self._pending is not None and not self._resume_pending(callback, total_timesteps, log_interval):
+            return
+        if self._nigt.direction is None:  # the first step: d_{−1} = Aggregate(θ_0, M_init);  θ_{−1} = θ_0
             if not self._warm_up_observation_statistics(collector, callback):
                 return
-            theta = self.get_flat_params()
-            if not self._run_round(collector, theta, self.initial_batch_size, callback, kind="initial"):
+            rule = self._make_rule(self.initial_round_size)
+            if not self._collect_round(collector, self.get_flat_params(), rule, callback, RoundKind.INITIAL):
                 return
-            self._apply_pending(total_timesteps)
+            self._apply_initial(total_timesteps)
         while self.num_timesteps < total_timesteps:
-            if not self._run_round(collector, self._extrapolated_params(), self.batch_size, callback):
+            lookahead = self._nigt.lookahead(self.get_flat_params(), self.eta)  # θ̃_t
+            rule = self._make_rule(self.round_size)
+            if not self._collect_round(collector, lookahead, rule, callback, RoundKind.UPDATE):  # g_t = Aggregate(θ̃_t, M)
                 return
-            self._apply_pending(total_timesteps)
+            self._apply_update(total_timesteps)  # d_t, then θ_{t+1}
             self._maybe_dump_logs(log_interval)
+
+    def _resume_pending(self, callback: BaseCallback, total_timesteps: int, log_interval: int) -> bool:
+        """A round whose callbacks were interrupted (a checkpoint written mid-round, or a callback's False): fire the
+        rest of its callbacks, then use it as its kind says. Returns False if a callback stopped training again."""
+        assert self._pending is not None
+        kind = RoundKind(self._pending.kind)
+        if not self._replay_pending(callback):
+            return False
+        apply = {RoundKind.WARMUP: self._apply_warmup, RoundKind.INITIAL: self._apply_initial, RoundKind.UPDATE: self._apply_update}
+        apply[kind](total_timesteps)
+        if kind is RoundKind.UPDATE:
+            self._maybe_dump_logs(log_interval)
+        return True
 
     def _maybe_dump_logs(self, log_interval: Optional[int]) -> None:
         if log_interval is not None and log_interval > 0 and self._n_updates % log_interval == 0:

@@ -199,11 +199,6 @@ class TimingModel:
         self._communication = self._parse(communication_times, "communication_times", n_params, strictly_positive=False)
         self.outages = parse_outages(outages, n_agents)
 
-    @property
-    def known_in_advance(self) -> bool:
-        """Whether a gradient's duration is known before its trajectory is sampled (not with ``"step"``)."""
-        return not self.per_step
-
     def _parse(self, spec: TimeSpec, arg: str, n_params: Optional[int], strictly_positive: bool):
         if isinstance(spec, dict):
             fields = ("distribution", "mean", "sigma")

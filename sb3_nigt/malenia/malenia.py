@@ -13,7 +13,7 @@ class MaleniaNIGT(NIGTAlgorithm):
     Reinforcement Learning", ICLR 2026 (arXiv 2509.24305), Algorithms 1 and 3. The goal is
     J(θ) = (1/n) Σ_i J_i(θ), where agent i samples from its own environment. Each round broadcasts θ̃_t; every
     agent samples trajectories at θ̃_t and accumulates ḡ_i and M_i; the round goes on until every M_i >= 1 and
-    ((1/n) Σ_i 1/M_i)^(−1) >= S/n (S = ``batch_size``); the aggregate is (1/n) Σ_i ḡ_i/M_i. Fast agents still
+    ((1/n) Σ_i 1/M_i)^(−1) >= S/n (S = ``round_size``); the aggregate is (1/n) Σ_i ḡ_i/M_i. Fast agents still
     compute more gradients (which lowers their variance) but every agent's environment weighs 1/n.
 
     Unlike RennalaNIGT, a round waits for the slowest agent's first gradient; with equal speeds and S = n the
@@ -25,7 +25,7 @@ class MaleniaNIGT(NIGTAlgorithm):
     ``rollout/ep_rew_mean_agent_{i}`` (agent i's return on its own environment) and
     ``rollout/ep_rew_mean_equal_weight`` (their mean, the objective J).
 
-    Every argument is documented in :class:`~sb3_nigt.common.nigt.NIGTAlgorithm`; here ``batch_size`` is S.
+    Every argument is documented in :class:`~sb3_nigt.common.nigt.NIGTAlgorithm`; here ``round_size`` is S.
 
     Example::
 
@@ -33,9 +33,9 @@ class MaleniaNIGT(NIGTAlgorithm):
         from sb3_nigt.envs import heterogeneous_envs
 
         model = MaleniaNIGT("MlpPolicy", heterogeneous_envs("Pendulum-v1", 2), compute_times=[1.0, 10.0],
-                            batch_size=4, seed=0)
+                            round_size=4, seed=0)
         model.learn(20_000)
     """
 
-    def _make_rule(self, batch_size: int) -> AggregationRule:
-        return MaleniaAggregation(self.n_agents, batch_size)
+    def _make_rule(self, round_size: int) -> AggregationRule:
+        return MaleniaAggregation(self.n_agents, round_size)

@@ -31,5 +31,5 @@ class RennalaNIGT(NIGTAlgorithm):
 
     speed_weighted = True
 
-    def _make_rule(self, batch_size: int) -> AggregationRule:
-        return RennalaAggregation(self.n_agents, batch_size)
+    def _make_rule(self, round_size: int) -> AggregationRule:
+        return RennalaAggregation(self.n_agents, round_size)

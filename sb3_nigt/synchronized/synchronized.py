@@ -14,9 +14,9 @@ class SynchronizedNIGT(NIGTAlgorithm):
     Distributed Reinforcement Learning", ICLR 2026 (arXiv 2509.24305), Section 6: the NIGT outer loop
     (Algorithm 1) with Aggregate(θ̃_t) = (1/n) Σ_i g_H(τ_i, θ̃_t). Each agent uploads as soon as its one gradient is
     done, so a round costs max_i (2κ_i + h_i) and the slowest agent sets the pace (h = (1, 2, 4), κ = 0: 4 simulated
-    seconds per round; h = (1, 10), κ = (5, 0): 11 s; docs/time.md). The batch size is n: ``batch_size`` is
-    ignored, and ``initial_batch_size`` only sizes the observation warm-up round (fresh VecNormalize statistics,
-    docs/time.md). Each environment weighs 1/n, so it is unbiased with heterogeneous environments too.
+    seconds per round; h = (1, 10), κ = (5, 0): 11 s; docs/time.md). A round is n gradients: ``round_size`` is
+    not used (giving it warns), and ``initial_round_size`` only sizes the observation warm-up round (fresh
+    VecNormalize statistics, docs/time.md). Each environment weighs 1/n, so it is unbiased with heterogeneous environments too.
 
     Every argument is documented in :class:`~sb3_nigt.common.nigt.NIGTAlgorithm`.
 
@@ -28,5 +28,8 @@ class SynchronizedNIGT(NIGTAlgorithm):
         model.learn(20_000)
     """
 
-    def _make_rule(self, batch_size: int) -> AggregationRule:
+    uses_round_size = False
+    _round_size_note = "a round is one gradient per agent, n in all"
+
+    def _make_rule(self, round_size: int) -> AggregationRule:
         return SynchronizedAggregation(self.n_agents, 1)

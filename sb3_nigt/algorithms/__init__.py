@@ -1,0 +1,1 @@
+"""The algorithms layer: the validated configuration shared by the SB3 algorithms."""
