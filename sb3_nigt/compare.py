@@ -118,6 +118,8 @@ RESERVED_KEYS = ("policy", "env")
 TimeSpec = Union[str, float, list]
 #: ``--env``'s default: a task the algorithms visibly learn at the default budget (docs/baselines.md).
 DEFAULT_ENV = "InvertedPendulum-v5"
+#: The algorithms whose round collects M = ``--batch-size`` gradients (``round_size``).
+ROUND_SIZED = ("rennala", "malenia")
 #: The algorithm whose trace's "round" is the server version θ_k the agent downloaded (one per gradient).
 SERVER_VERSIONED = ("afedpg",)
 
@@ -504,10 +506,12 @@ def resolve_metric(args: argparse.Namespace) -> str:
 def build_model(name: str, args: argparse.Namespace, env: Any, seed: int, trace: bool) -> Any:
     """One algorithm's model on the shared agents, times and hyperparameters, then its ``--set`` overrides."""
     kwargs = dict(
-        learning_rate=args.learning_rate, momentum=args.momentum, batch_size=args.batch_size, horizon=args.horizon,
+        learning_rate=args.learning_rate, eta=args.momentum, horizon=args.horizon,
         gamma=args.gamma, n_agents=args.n_agents, compute_times=args.compute, communication_times=args.communication,
         backend=args.backend, n_workers=args.n_workers, seed=seed,
     )
+    # M sizes Rennala's and Malenia's rounds; the others only size their observation warm-up round with it (M_init).
+    kwargs["round_size" if name in ROUND_SIZED else "initial_round_size"] = args.batch_size
     if trace:
         kwargs["record_trace"] = True
     kwargs.update(args.override_map.get(name, {}))

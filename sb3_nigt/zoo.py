@@ -71,6 +71,9 @@ MOMENTUM_CHOICES = (0.001, 0.01, 0.1)
 BATCH_SIZE_CHOICES = (20, 30, 50)
 HORIZON_GRID = (100, 200, 500, 1000)
 
+#: Optuna parameter names (kept from the studies made before the rename) → the model's argument names.
+STUDY_NAMES = {"momentum": "eta", "batch_size": "round_size"}
+
 #: Trial user attribute holding the environment's ``max_episode_steps`` (set before sampling).
 TIME_LIMIT_ATTR = "max_episode_steps"
 
@@ -128,14 +131,14 @@ def first_update_steps(model: NIGTAlgorithm) -> tuple[int, int, str]:
     :return: ``(trajectories, steps, detail)``: the trajectories, the steps at most (trajectories × H) and a text
         listing the rounds.
     """
-    initial = _round_gradients(model, int(model.initial_batch_size))
+    initial = _round_gradients(model, int(model.initial_round_size))
     rounds = []
     if _fresh_observation_statistics(model):
-        rounds.append(("observation warm-up", int(model.initial_batch_size)))
+        rounds.append(("observation warm-up", int(model.initial_round_size)))
     if getattr(model, "momentum_buffer", None) is None and not isinstance(model, AFedPG):
         rounds.append(("initial round (M_init)", initial))
     rounds.append(("first update round" + ("" if isinstance(model, AFedPG) else " (M)"),
-                   _round_gradients(model, int(model.batch_size))))
+                   _round_gradients(model, int(model.round_size))))
     trajectories = sum(count for _, count in rounds)
     horizon = int(model.horizon)
     detail = " + ".join(f"{name} {count}" for name, count in rounds)
@@ -273,14 +276,16 @@ def sample_unbatched_params(trial: Any, n_actions: int, n_envs: int, additional_
 def convert_nigt_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     """rl-zoo3's ``HYPERPARAMS_CONVERTER``: a trial's parameters to model keyword arguments.
 
-    The parameters are already the model's arguments; numbers are cast to the types the model checks
-    (``learning_rate`` and ``momentum`` float, ``batch_size`` and ``horizon`` int).
+    The study's parameter names (``momentum`` for η, ``batch_size`` for M, as in studies made before the rename)
+    become the model's arguments ``eta`` and ``round_size`` (the names of the hyperparameter files, so a trial's
+    value replaces the file's without a warning); numbers are cast to the types the model checks
+    (``learning_rate`` and ``eta`` float, ``round_size`` and ``horizon`` int).
 
     :param sampled_params: ``trial.params`` of a study (keys among learning_rate, momentum, batch_size, horizon).
     :return: a new dict of keyword arguments.
     """
-    params = dict(sampled_params)
-    for key, cast in (("learning_rate", float), ("momentum", float), ("batch_size", int), ("horizon", int)):
+    params = {STUDY_NAMES.get(key, key): value for key, value in sampled_params.items()}
+    for key, cast in (("learning_rate", float), ("eta", float), ("round_size", int), ("horizon", int)):
         if key in params and params[key] is not None:
             params[key] = cast(params[key])
     return params

@@ -27,7 +27,12 @@ from sb3_nigt import zoo  # noqa: E402
 ALGO_NAMES = ["rennala_nigt", "malenia_nigt", "synchronized_nigt", "afedpg"]
 REPO = Path(__file__).resolve().parents[1]
 # 2 agents, M = 4 gradients of H = 20 steps: 80 environment steps per round.
-SMALL = ["--hyperparams", "n_agents:2", "batch_size:4", "horizon:20", "compute_times:'sqrt'", "communication_times:0.5"]
+SMALL = ["--hyperparams", "n_agents:2", "round_size:4", "horizon:20", "compute_times:'sqrt'", "communication_times:0.5"]
+
+
+def small(algo: str) -> list[str]:
+    """SMALL without ``round_size`` for the algorithms that do not use it (they warn that it has no effect)."""
+    return SMALL if algo in zoo.BATCHED else [item for item in SMALL if not item.startswith("round_size")]
 ZOO_KEYS = {"n_timesteps", "policy", "normalize", "n_envs", "env_wrapper", "vec_env_wrapper", "frame_stack", "callback",
             "env_kwargs", "monitor_kwargs"}
 REQUIRED_ENVS = ["Hopper", "Walker2d", "HalfCheetah", "Humanoid", "Reacher", "InvertedPendulum"]
@@ -124,7 +129,7 @@ def test_hyperparameter_files(algo):
 def test_train_enjoy_continue(algo, tmp_path, capsys):
     logs = tmp_path / "logs"
     run_zoo("train", "--algo", algo, "--env", "Pendulum-v1", "-f", logs, "-n", 320, "--eval-freq", 160,
-            "--eval-episodes", 1, "--save-freq", 160, "--seed", 3, "--verbose", 0, "-tb", tmp_path / "tb", *SMALL)
+            "--eval-episodes", 1, "--save-freq", 160, "--seed", 3, "--verbose", 0, "-tb", tmp_path / "tb", *small(algo))
     run_dir = logs / algo / "Pendulum-v1_1"
     for name in ("Pendulum-v1.zip", "best_model.zip", "evaluations.npz", "rl_model_160_steps.zip",
                  "Pendulum-v1/config.yml", "Pendulum-v1/args.yml", "Pendulum-v1/vecnormalize.pkl"):
@@ -147,7 +152,7 @@ def test_train_enjoy_continue(algo, tmp_path, capsys):
     run_zoo("enjoy", "--algo", algo, "--env", "Pendulum-v1", "-f", logs, "--no-render", "-n", 10, "--load-best", "--verbose", 0)
 
     run_zoo("train", "--algo", algo, "--env", "Pendulum-v1", "-f", logs, "-n", 80, "--eval-freq", -1, "--seed", 4,
-            "--verbose", 0, "-i", run_dir / "Pendulum-v1.zip", *SMALL)
+            "--verbose", 0, "-i", run_dir / "Pendulum-v1.zip", *small(algo))
     continued = load_algo(algo).load(logs / algo / "Pendulum-v1_2" / "Pendulum-v1.zip")
     # Continued: the clock, the rounds and θ go on from the trained agent.
     assert continued.simulated_time > model.simulated_time and continued.n_rounds > model.n_rounds
@@ -163,7 +168,7 @@ def _dummy_env():
 def test_subproc_vec_env_and_no_normalize(tmp_path):
     conf = tmp_path / "conf.yml"
     conf.write_text(yaml.safe_dump({"Pendulum-v1": {
-        "n_timesteps": 160, "policy": "MlpPolicy", "n_agents": 2, "batch_size": 4, "horizon": 20,
+        "n_timesteps": 160, "policy": "MlpPolicy", "n_agents": 2, "horizon": 20,
         "compute_times": "equal", "communication_times": 0.0, "clock": "simulated", "backend": "inline"}}))
     run_zoo("train", "--algo", "synchronized_nigt", "--env", "Pendulum-v1", "-f", tmp_path / "logs", "-conf", conf,
             "--vec-env", "subproc", "--eval-freq", 80, "--eval-episodes", 1, "--verbose", 0, "--seed", 0)
@@ -189,13 +194,14 @@ def test_samplers_and_converter():
     trial = study.ask()
     trial.set_user_attr(zoo.TIME_LIMIT_ATTR, 1000)
     params = zoo.sample_nigt_params(trial, 1, 1, {})
-    assert set(params) == {"learning_rate", "momentum", "batch_size", "horizon"}
-    assert 2**-10 <= params["learning_rate"] <= 2**-1 and params["momentum"] in zoo.MOMENTUM_CHOICES
-    assert params["batch_size"] in zoo.BATCH_SIZE_CHOICES and params["horizon"] in (100, 200, 500, 1000)
+    assert set(params) == {"learning_rate", "eta", "round_size", "horizon"}  # the model's argument names
+    assert set(trial.params) == {"learning_rate", "momentum", "batch_size", "horizon"}  # the study's, as before
+    assert 2**-10 <= params["learning_rate"] <= 2**-1 and params["eta"] in zoo.MOMENTUM_CHOICES
+    assert params["round_size"] in zoo.BATCH_SIZE_CHOICES and params["horizon"] in (100, 200, 500, 1000)
     assert zoo.convert_nigt_params(trial.params) == params
     trial = study.ask()
     trial.set_user_attr(zoo.TIME_LIMIT_ATTR, 50)  # Reacher: nothing shorter than the time limit on the grid
-    assert set(zoo.sample_unbatched_params(trial, 1, 1, {})) == {"learning_rate", "momentum"}
+    assert set(zoo.sample_unbatched_params(trial, 1, 1, {})) == {"learning_rate", "eta"}
     assert zoo._horizon_choices(200) == [100, 200] and zoo._horizon_choices(None) == list(zoo.HORIZON_GRID)
 
 
@@ -244,7 +250,8 @@ def test_nan_trial_is_pruned_not_fatal(tmp_path, capsys):
 @pytest.mark.parametrize(("algo", "trajectories"), [("rennala_nigt", 4 + 4), ("malenia_nigt", 4 + 4),
                                                     ("synchronized_nigt", 2 + 2), ("afedpg", 1)])
 def test_first_update_steps_counts_the_rounds_before_the_first_update(algo, trajectories):
-    model = zoo.ALGOS[algo]("MlpPolicy", "Pendulum-v1", n_agents=2, batch_size=4, horizon=20)
+    sizes = {"round_size": 4} if algo in zoo.BATCHED else {"initial_round_size": 4}  # only what the algorithm uses
+    model = zoo.ALGOS[algo]("MlpPolicy", "Pendulum-v1", n_agents=2, horizon=20, **sizes)
     assert zoo.first_update_steps(model)[:2] == (trajectories, trajectories * 20)
 
 
@@ -253,7 +260,7 @@ def test_the_pendulum_budget_of_the_report_is_too_small_and_says_so():
     from stable_baselines3.common.env_util import make_vec_env
 
     env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), norm_obs=True, norm_reward=False)
-    model = zoo.ALGOS["rennala_nigt"]("MlpPolicy", env, n_agents=10, batch_size=20)
+    model = zoo.ALGOS["rennala_nigt"]("MlpPolicy", env, n_agents=10, round_size=20)
     trajectories, steps, detail = zoo.first_update_steps(model)
     assert (trajectories, steps) == (60, 12_000) and "observation warm-up 20" in detail
     message, certain = zoo.budget_message("rennala_nigt", "Pendulum-v1", 5000, model)

@@ -65,7 +65,7 @@ def settings_digest(experiment: Experiment) -> str:
 
 def build_model(experiment: Experiment, spec: RunSpec) -> Any:
     """The model of a run (not yet trained)."""
-    from sb3_nigt.compare import ALGORITHMS, scenario_times
+    from sb3_nigt.compare import ALGORITHMS, ROUND_SIZED, scenario_times
     from sb3_nigt.envs import heterogeneous_envs
 
     key, extra = VARIANTS.get(spec.algorithm, ("rennala", {}))
@@ -75,8 +75,10 @@ def build_model(experiment: Experiment, spec: RunSpec) -> Any:
     # The outage is the experiment's treatment, not a setting to tune for: tuning runs have every agent.
     outages = experiment.outages if spec.algorithm != "rennala-no-outage" and spec.phase != "tune" else None
     env: Any = heterogeneous_envs(experiment.env, spec.n_agents) if experiment.heterogeneous_envs else experiment.env
-    kwargs: dict[str, Any] = dict(learning_rate=spec.alpha, momentum=experiment.momentum, batch_size=experiment.batch_size,
+    kwargs: dict[str, Any] = dict(learning_rate=spec.alpha, eta=experiment.momentum,
                   n_agents=spec.n_agents, compute_times=compute, communication_times=communication, seed=spec.seed)
+    # M sizes Rennala's and Malenia's rounds; the others only size an observation warm-up round with it (M_init).
+    kwargs["round_size" if key in ROUND_SIZED else "initial_round_size"] = experiment.batch_size
     if outages is not None:
         kwargs["outages"] = outages
     kwargs.update(extra)
