@@ -42,7 +42,6 @@ from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from sb3_nigt.common import distributed as _distributed  # noqa: F401  (registers backend="torch_distributed")
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
 from sb3_nigt.common.backends import BACKENDS, Backend, BackendOptions, InlineBackend, make_backend
 from sb3_nigt.common.callbacks import count_environment_steps
