@@ -324,7 +324,7 @@ class RemoteDriver(BackendHooks):
         events: list[Event] = []
         for message in messages:
             worker.heard = time.monotonic()
-            event = dispatch(message, self._HANDLERS, "main process", self, index, worker)
+            event = dispatch(message, self._handlers(), "main process", index, worker)
             if event is not None:
                 events.append(event)
         return events
@@ -364,10 +364,10 @@ class RemoteDriver(BackendHooks):
             raise message.error from WorkerError(f"in {self.NAME} {index}:\n{message.text}")
         raise WorkerError(f"{self.NAME} {index} failed:\n{message.text}")
 
-    _HANDLERS: dict[type, Callable[..., Optional[Event]]] = {
-        UnitDone: _on_unit, RunFlushed: _on_flushed, TrajectoryDone: _on_report, UnitCancelled: _on_cancelled,
-        Alive: _on_alive, Failed: _on_failed,
-    }
+    def _handlers(self) -> dict[type, Callable[..., Optional[Event]]]:
+        """The handler of each message a worker sends: ``handler(message, index, worker)`` -> its event or None."""
+        return {UnitDone: self._on_unit, RunFlushed: self._on_flushed, TrajectoryDone: self._on_report,
+                UnitCancelled: self._on_cancelled, Alive: self._on_alive, Failed: self._on_failed}
 
 
 def bounded(step: float, deadline: Optional[float]) -> float:
