@@ -16,15 +16,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch as th
 
-from sb3_nigt.backends.contract import (
-    BackendHooks,
-    BackendOptions,
-    Event,
-    WorkerError,
-    WorkerLost,
-    check_params,
-    check_slot,
-)
+from sb3_nigt.backends.contract import BackendHooks, BackendOptions, Event, WorkerError, WorkerLost, check_params, check_slot
 from sb3_nigt.common.estimator import ObsNorm, WorkUnit
 from sb3_nigt.workers.messages import (
     AgentReport,
