@@ -23,7 +23,6 @@ import multiprocessing as mp
 import os
 import signal
 import time
-import traceback
 from collections import deque
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
@@ -48,8 +47,8 @@ from sb3_nigt.backends.contract import (
 from sb3_nigt.backends.registry import BACKENDS, LazyBackend, hooks_of, make_backend, register_backend
 from sb3_nigt.backends.remote import RemoteDriver, RemoteWorker, bounded
 from sb3_nigt.common.estimator import GradientWorker, ObsNorm, UnitResult, WorkUnit
-from sb3_nigt.workers.loop import RunState, WorkerLoop, flush_result
-from sb3_nigt.workers.messages import AgentReport, AgentRun, Close, Failed, picklable
+from sb3_nigt.workers.loop import RunState, WorkerLoop, flush_result, serve
+from sb3_nigt.workers.messages import AgentReport, AgentRun, Close
 
 __all__ = [
     "BACKENDS", "AgentReport", "AgentRun", "Backend", "BackendHooks", "BackendOptions", "Event", "InlineBackend",
@@ -276,7 +275,6 @@ def _refuse_if_bootstrapping() -> None:
         os._exit(_MAIN_GUARD_EXIT)
 
 
-
 def _worker_main(remote: Connection, parent_remote: Connection, wrapped_args: CloudpickleWrapper, live: Any,
                  shm_name: str, n_slots: int, n_params: int, heartbeat: Optional[float]) -> None:
     """Entry point of a worker process: one torch thread, SIGINT left to the main process, and a
@@ -286,8 +284,13 @@ def _worker_main(remote: Connection, parent_remote: Connection, wrapped_args: Cl
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     th.set_num_threads(1)
     parent_remote.close()
-    worker: Optional[GradientWorker] = None
     memory: Optional[shared_memory.SharedMemory] = None
+
+    def build() -> tuple[GradientWorker, Callable[[int, Any], np.ndarray]]:
+        nonlocal memory
+        memory = shared_memory.SharedMemory(name=shm_name)
+        slots = np.ndarray((n_slots, n_params), dtype=np.float32, buffer=memory.buf)
+        return GradientWorker(**wrapped_args.var), lambda slot, _handle: np.array(slots[slot + 1])
 
     def receive(timeout: Optional[float]) -> Any:
         if timeout is not None and not remote.poll(timeout):
@@ -295,19 +298,8 @@ def _worker_main(remote: Connection, parent_remote: Connection, wrapped_args: Cl
         return remote.recv()
 
     try:
-        worker = GradientWorker(**wrapped_args.var)
-        memory = shared_memory.SharedMemory(name=shm_name)
-        slots = np.ndarray((n_slots, n_params), dtype=np.float32, buffer=memory.buf)
-        WorkerLoop(worker, remote.send, receive, lambda: int(live.value),
-                   lambda slot, _handle: np.array(slots[slot + 1]), heartbeat).run()
-    except Exception as exc:  # sent to the main process, which re-raises it
-        try:
-            remote.send(Failed(picklable(exc), traceback.format_exc()))
-        except (BrokenPipeError, OSError):
-            pass
+        serve(build, remote.send, receive, lambda: int(live.value), heartbeat)
     finally:
-        if worker is not None:
-            worker.close()
         if memory is not None:
             memory.close()
         remote.close()

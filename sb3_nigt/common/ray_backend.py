@@ -32,7 +32,6 @@ import os
 import queue
 import threading
 import time
-import traceback
 import uuid
 from collections import deque
 from typing import Any, Optional
@@ -43,8 +42,8 @@ import torch as th
 from sb3_nigt.backends.contract import Event, WorkerError
 from sb3_nigt.backends.remote import RemoteDriver, RemoteWorker, bounded
 from sb3_nigt.common.estimator import GradientWorker
-from sb3_nigt.workers.loop import WorkerLoop
-from sb3_nigt.workers.messages import Failed, Theta, picklable
+from sb3_nigt.workers.loop import serve
+from sb3_nigt.workers.messages import Theta
 
 INSTALL_HINT = 'the Ray backend needs ray: pip install "sb3-nigt[ray]"'
 
@@ -94,7 +93,8 @@ def _init_on_loopback(ray: Any, kwargs: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------------ actor
 class _ActorWorker:
-    """The body of a worker actor: a :class:`GradientWorker` and a :class:`WorkerLoop` in a thread of its own.
+    """The body of a worker actor: a :class:`GradientWorker` and a :class:`~sb3_nigt.workers.loop.WorkerLoop` in a thread of
+    its own.
 
     Commands (``post``) are applied in sequence order; the messages the loop sends
     (:mod:`sb3_nigt.workers.messages`) are collected by ``poll``. Each incarnation (a first start, or a restart by
@@ -169,16 +169,11 @@ class _ActorWorker:
         import ray
 
         th.set_num_threads(1)  # in this thread too: OpenMP keeps the number of threads per calling thread
-        try:
-            WorkerLoop(self.worker, self._send, self._receive, lambda: self.live,
-                       lambda slot, ref: np.array(ray.get(ref), dtype=np.float32),  # fetched once per version
-                       self.heartbeat).run()
-            reason = "closed"
-        except Exception as exc:  # sent to the main process, which re-raises it
-            self._send(Failed(picklable(exc), traceback.format_exc()))
-            reason = f"its loop stopped: {type(exc).__name__}: {exc}"
-        finally:
-            self.worker.close()
+
+        def fetch(slot: int, ref: Any) -> np.ndarray:  # once per version
+            return np.array(ray.get(ref), dtype=np.float32)
+
+        reason = serve(lambda: (self.worker, fetch), self._send, self._receive, lambda: self.live, self.heartbeat)
         with self.lock:
             self.exited = reason
             self.lock.notify_all()

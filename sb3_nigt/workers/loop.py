@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+import traceback
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -16,6 +17,7 @@ from sb3_nigt.workers.messages import (
     Alive,
     Close,
     ComputeUnit,
+    Failed,
     Flush,
     RunFlushed,
     StartRun,
@@ -24,6 +26,7 @@ from sb3_nigt.workers.messages import (
     UnitCancelled,
     UnitDone,
     dispatch,
+    picklable,
 )
 
 
@@ -273,3 +276,27 @@ class WorkerLoop:
             message = self._next(self._idle_timeout())
             if message is not None and not self.handle(message):
                 return
+
+
+def serve(build: Callable[[], tuple[GradientWorker, Callable[[int, Any], np.ndarray]]], send: Callable[[Any], None],
+          receive: Callable[[Optional[float]], Any], live: Callable[[], int], heartbeat: Optional[float]) -> str:
+    """Build a worker and its ``fetch`` with ``build()``, run a :class:`WorkerLoop` over them (the other arguments
+    are the loop's) until it ends, then close the worker. An exception (of the build or the work) is sent to the
+    main process as :class:`Failed`, which re-raises it there, instead of propagating.
+
+    :return: why the loop ended: ``"closed"``, or the exception.
+    """
+    worker: Optional[GradientWorker] = None
+    try:
+        worker, fetch = build()
+        WorkerLoop(worker, send, receive, live, fetch, heartbeat).run()
+        return "closed"
+    except Exception as exc:
+        try:
+            send(Failed(picklable(exc), traceback.format_exc()))
+        except (BrokenPipeError, OSError):  # the main process closed the channel
+            pass
+        return f"its loop stopped: {type(exc).__name__}: {exc}"
+    finally:
+        if worker is not None:
+            worker.close()
