@@ -37,9 +37,11 @@ from sb3_nigt.common.backends import (
     Backend,
     BackendOptions,
     InlineBackend,
+    LazyBackend,
     SubprocessBackend,
     WorkerError,
     WorkerLost,
+    hooks_of,
     make_backend,
     register_backend,
     single_threaded_torch,
@@ -719,3 +721,20 @@ def test_a_started_backend_pickles_without_its_workers(started, name):
     finally:
         close_and_check(name, copy)
     assert same_bits(result.gradient, reference_units(args, [(params, unit(0, 0, 1))])[0].gradient)
+
+
+def test_optional_hooks_have_declared_defaults():
+    for spec in ("inline", "subprocess", InlineBackend(), object()):  # object(): a backend that declares no hook
+        hooks = hooks_of(spec)
+        assert hooks.is_primary() is True and hooks.real_round is None
+        hooks.check_algorithm("AFedPG", clock="real", per_agent_params=True)  # accepts everything
+    with pytest.raises(ValueError, match="torch_distributed"):  # a lazy entry reads its class's hooks
+        hooks_of("torch_distributed").check_algorithm("AFedPG", clock="simulated", per_agent_params=True)
+
+
+def test_a_lazy_entry_imports_its_module_when_built(monkeypatch):
+    monkeypatch.setattr(registry, "BACKENDS", dict(BACKENDS))
+    register_backend("lazy-probe", LazyBackend("sb3_nigt.common.backends", "InlineBackend"))
+    assert isinstance(make_backend("lazy-probe", worker_args(), BackendOptions()), InlineBackend)
+    with pytest.raises(ImportError):
+        LazyBackend("sb3_nigt.no_such_module", "Nothing")()
