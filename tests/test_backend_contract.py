@@ -726,7 +726,7 @@ def test_a_started_backend_pickles_without_its_workers(started, name):
 def test_optional_hooks_have_declared_defaults():
     for spec in ("inline", "subprocess", InlineBackend(), object()):  # object(): a backend that declares no hook
         hooks = hooks_of(spec)
-        assert hooks.is_primary() is True and hooks.real_round is None
+        assert hooks.is_primary() is True and hooks.arrival_counter is None
         hooks.check_algorithm("AFedPG", clock="real", per_agent_params=True)  # accepts everything
     with pytest.raises(ValueError, match="torch_distributed"):  # a lazy entry reads its class's hooks
         hooks_of("torch_distributed").check_algorithm("AFedPG", clock="simulated", per_agent_params=True)

@@ -28,11 +28,26 @@ def module_files() -> dict[str, Path]:
     return modules
 
 
-def imported_names(name: str, path: Path) -> set[str]:
-    """The dotted names a module imports (``from a import b`` gives ``a.b`` and ``a``), relative ones resolved."""
+def import_nodes(tree: ast.AST, at_import: bool) -> list[ast.AST]:
+    """Every import statement of the tree; with ``at_import``, only those run when the module is imported (not the
+    ones inside a function)."""
+    if not at_import:
+        return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    found: list[ast.AST] = []
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            found.extend(import_nodes(node, True))
+    return found
+
+
+def imported_names(name: str, path: Path, at_import: bool = False) -> set[str]:
+    """The dotted names a module imports (``from a import b`` gives ``a.b`` and ``a``), relative ones resolved;
+    function-level imports too, unless ``at_import``."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in import_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path)), at_import):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -88,6 +103,9 @@ def test_the_graph_sees_relative_and_function_level_imports():
     assert find_cycle({"a": {"b"}, "b": set()}) == []
     graph = import_graph()
     assert "sb3_nigt.afedpg" in graph["sb3_nigt"]
+    path = module_files()["sb3_nigt.common.ray_backend"]
+    assert "ray" in imported_names("sb3_nigt.common.ray_backend", path)  # inside functions only
+    assert "ray" not in imported_names("sb3_nigt.common.ray_backend", path, at_import=True)
     assert any(targets for name, targets in graph.items() if name.startswith("sb3_nigt.common."))
 
 
@@ -96,12 +114,16 @@ def test_the_package_has_no_import_cycle():
     assert not cycle, "import cycle: " + " -> ".join(cycle)
 
 
+def imports(names: set[str], root: str) -> bool:
+    return any(name == root or name.startswith(root + ".") for name in names)
+
+
 def optional_modules() -> set[str]:
-    """The package's modules that import ray or torch.distributed themselves (at any level)."""
-    heavy = ("ray", "torch.distributed")
+    """The package's optional backends: the modules that import ray (anywhere: ray is an optional dependency) or
+    that import torch.distributed when they are imported."""
     return {
         name for name, path in module_files().items()
-        if any(imported == h or imported.startswith(h + ".") for imported in imported_names(name, path) for h in heavy)
+        if imports(imported_names(name, path), "ray") or imports(imported_names(name, path, at_import=True), "torch.distributed")
     }
 
 

@@ -152,12 +152,13 @@ class BackendHooks:
     """The optional hooks of a backend, with their defaults (every built-in backend derives from this class; a
     backend that does not gets these defaults through :func:`~sb3_nigt.backends.registry.hooks_of`).
 
-    :cvar real_round: a backend with its own real clock (torch_distributed) sets this to a method
-        ``real_round(collector, rule, round_index, start, trace)`` that runs a whole real-clock round; None (the
-        default): the collector runs the round on its own real clock over :meth:`Backend.wait`.
+    :cvar arrival_counter: a backend that counts the real clock's arrivals itself (torch_distributed, through the
+        process group's ``TCPStore``) sets this to a method ``arrival_counter(rule, round_index, epoch, time_scale)``
+        returning the round's counter; None (the default): arrivals are counted in the main process, from the
+        events of :meth:`Backend.wait`.
     """
 
-    real_round: Optional[Callable[..., Any]] = None
+    arrival_counter: Optional[Callable[..., Any]] = None
 
     @staticmethod
     def check_algorithm(algorithm: str, clock: str, per_agent_params: bool) -> None:

@@ -74,7 +74,7 @@ class _DefaultHooks(BackendHooks):
     """The hooks of a backend that declares none of its own (only the ones it has replace the defaults)."""
 
     def __init__(self, backend: Any) -> None:
-        for hook in ("check_algorithm", "is_primary", "real_round"):
+        for hook in ("check_algorithm", "is_primary", "arrival_counter"):
             if hasattr(backend, hook):
                 setattr(self, hook, getattr(backend, hook))
 
