@@ -12,8 +12,8 @@ Measures, in one run, and prints a Markdown table:
    consecutive groups;
 3. the per-step cost on 1000-step trajectories: Hopper without early termination (every trajectory, random
    actions or the policy's, lasts the time limit), alternating every unit of ``CHUNK_SIZE`` trajectories:
-   ``GradientWorker.run_unit`` (one batched backward per unit: what the engine runs), ``GradientWorker.run``
-   (one trajectory, one backward: the single-job path), the replay of the same trajectories and as many
+   ``GradientWorker.run_unit`` (one batched backward per unit: what the engine runs), ``run_unit`` on units
+   of one trajectory (one trajectory, one backward), the replay of the same trajectories and as many
    random-action steps;
 4. RennalaNIGT with ``backend="inline"``: ``model.learn`` rate (wall clock, and after the first round) and the
    collection-only rate at θ after the learn run (the same θ for every backend on the simulated clock;
@@ -329,7 +329,7 @@ def measure_same_states(env_id: str, steps: int, groups: int) -> tuple[list[Row]
     Four sessions on the same trajectories (same job seeds), alternating every unit of ``CHUNK_SIZE``
     trajectories (the order rotates), all in this process with torch on one thread:
     ``GradientWorker.run_unit`` (one batched forward/backward for the unit: what the engine runs),
-    ``GradientWorker.run`` on each trajectory (its own backward: the single-job path), the replay of the unit's
+    ``run_unit`` on a unit of each single trajectory (its own backward), the replay of the unit's
     trajectories (same states, recorded in an untimed pass) and as many raw steps with random actions.
     """
     import numpy as np
@@ -337,7 +337,7 @@ def measure_same_states(env_id: str, steps: int, groups: int) -> tuple[list[Row]
 
     from sb3_nigt.common.backends import single_threaded_torch
     from sb3_nigt.common.envs import EnvFactory
-    from sb3_nigt.common.estimator import CHUNK_SIZE, GradientWorker, Job, WorkUnit, job_seed
+    from sb3_nigt.common.estimator import CHUNK_SIZE, GradientWorker, WorkUnit
     from sb3_nigt.policies import NIGTPolicy
 
     factory = EnvFactory(env_id, {"terminate_when_unhealthy": False})
@@ -362,7 +362,7 @@ def measure_same_states(env_id: str, steps: int, groups: int) -> tuple[list[Row]
     raw = Row(f"raw env.step, random actions, {label}", "main process", "1", 0, 0.0)
     replay = Row(f"raw env.step replaying the policy's trajectories (same states), {label}", "main process", "1", 0, 0.0)
     unit_row = Row(f"GradientWorker.run_unit (rollout + batched g_H), {label}", "main process", "1", 0, 0.0)
-    job_row = Row(f"GradientWorker.run (rollout + per-trajectory g_H), {label}", "main process", "1", 0, 0.0)
+    job_row = Row(f"GradientWorker.run_unit, one trajectory per unit (per-trajectory g_H), {label}", "main process", "1", 0, 0.0)
 
     def add(key: str, gradient: np.ndarray) -> None:
         gradient = gradient.astype(np.float64)
@@ -379,7 +379,7 @@ def measure_same_states(env_id: str, steps: int, groups: int) -> tuple[list[Row]
         done, seconds = 0, 0.0
         for k in unit.indices:
             start = time.perf_counter()
-            result = job_worker.run(Job(0, 0, k, job_seed(seed, 0, 0, k), 0, horizon, gamma))
+            result = job_worker.run_unit(WorkUnit(0, 0, k, 1, seed, 0, horizon, gamma))
             seconds += time.perf_counter() - start
             done += result.n_steps
             add("job", result.gradient)

@@ -29,7 +29,7 @@ import torch as th
 from torch.nn.utils import parameters_to_vector
 
 from sb3_nigt import NIGTPolicy
-from sb3_nigt.common import backends as backends_module
+from sb3_nigt.backends import registry
 from sb3_nigt.common.backends import (
     BACKENDS,
     AgentReport,
@@ -37,9 +37,11 @@ from sb3_nigt.common.backends import (
     Backend,
     BackendOptions,
     InlineBackend,
+    LazyBackend,
     SubprocessBackend,
     WorkerError,
     WorkerLost,
+    hooks_of,
     make_backend,
     register_backend,
     single_threaded_torch,
@@ -183,13 +185,13 @@ class SubprocessFaults:
     @staticmethod
     def record_messages(backend: SubprocessBackend, sizes: list[int]) -> None:
         """Record the pickled size of every message the main process sends to a worker."""
-        send = backend._send
+        post = backend._post
 
-        def spy(worker: Any, message: tuple) -> bool:
+        def spy(worker: Any, message: Any) -> bool:
             sizes.append(len(pickle.dumps(message)))
-            return send(worker, message)
+            return post(worker, message)
 
-        backend._send = spy  # type: ignore[method-assign]
+        backend._post = spy  # type: ignore[method-assign]
 
     @staticmethod
     def resources(backend: SubprocessBackend) -> tuple[list, Optional[str]]:
@@ -247,19 +249,22 @@ class RayFaults:
 
     @staticmethod
     def send_raw(backend: Any, index: int, message: tuple) -> None:
-        backend._send(backend.actors[index], message)
+        backend._post(backend.actors[index], message)
 
     @staticmethod
     def record_messages(backend: Any, sizes: list[int]) -> None:
         """Record the pickled size of every command posted to an actor (θ travels beside it as an ObjectRef)."""
-        send = backend._send
+        post = backend._post
 
-        def spy(actor: Any, message: tuple, refs: Optional[list] = None) -> None:
+        def spy(actor: Any, message: Any) -> None:
+            theta = getattr(message, "theta", None)
+            if theta is not None:
+                assert type(theta.handle).__name__ == "ObjectRef"
+                message = dataclasses.replace(message, theta=dataclasses.replace(theta, handle=None))
             sizes.append(len(pickle.dumps(message)))
-            assert refs is None or all(type(ref).__name__ == "ObjectRef" for ref in refs)
-            send(actor, message, refs)
+            post(actor, message if theta is None else dataclasses.replace(message, theta=theta))
 
-        backend._send = spy
+        backend._post = spy
 
     @staticmethod
     def resources(backend: Any) -> tuple[list, Optional[str]]:
@@ -566,9 +571,9 @@ def test_registry(monkeypatch):
         make_backend("nope", args, BackendOptions())
     with pytest.raises(ValueError, match="backend"):
         make_backend(object(), args, BackendOptions())  # type: ignore[arg-type]
-    monkeypatch.setattr(backends_module, "BACKENDS", dict(BACKENDS))  # restored after the test
+    monkeypatch.setattr(registry, "BACKENDS", dict(BACKENDS))  # restored after the test
     register_backend("contract-probe", InlineBackend)
-    assert "contract-probe" in backends_module.BACKENDS
+    assert "contract-probe" in registry.BACKENDS
     assert isinstance(make_backend("contract-probe", args, BackendOptions()), InlineBackend)
     instance = InlineBackend()
     assert make_backend(instance, args, BackendOptions()) is instance  # an instance is bound and used as is
@@ -716,3 +721,20 @@ def test_a_started_backend_pickles_without_its_workers(started, name):
     finally:
         close_and_check(name, copy)
     assert same_bits(result.gradient, reference_units(args, [(params, unit(0, 0, 1))])[0].gradient)
+
+
+def test_optional_hooks_have_declared_defaults():
+    for spec in ("inline", "subprocess", InlineBackend(), object()):  # object(): a backend that declares no hook
+        hooks = hooks_of(spec)
+        assert hooks.is_primary() is True and hooks.arrival_counter is None
+        hooks.check_algorithm("AFedPG", clock="real", per_agent_params=True)  # accepts everything
+    with pytest.raises(ValueError, match="torch_distributed"):  # a lazy entry reads its class's hooks
+        hooks_of("torch_distributed").check_algorithm("AFedPG", clock="simulated", per_agent_params=True)
+
+
+def test_a_lazy_entry_imports_its_module_when_built(monkeypatch):
+    monkeypatch.setattr(registry, "BACKENDS", dict(BACKENDS))
+    register_backend("lazy-probe", LazyBackend("sb3_nigt.common.backends", "InlineBackend"))
+    assert isinstance(make_backend("lazy-probe", worker_args(), BackendOptions()), InlineBackend)
+    with pytest.raises(ImportError):
+        LazyBackend("sb3_nigt.no_such_module", "Nothing")()

@@ -11,7 +11,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.common.envs import EnvFactory
-from sb3_nigt.common.estimator import GradientWorker, Job, job_seed
+from sb3_nigt.common.estimator import GradientWorker, WorkUnit
 from sb3_nigt.envs import heterogeneous_envs
 
 from helpers import ConstantBandit, RandomLengthEnv, RoundRecorder, identity_reward
@@ -129,8 +129,7 @@ def reference_afedpg(model_kwargs: dict, schedule: list[tuple[int, int]], alpha:
     index = {agent: 0 for agent in range(model.n_agents)}
     for agent in schedule:
         worker.set_params(job_params[agent])
-        job = Job(0, agent, index[agent], job_seed(0, 0, agent, index[agent]), 0, HORIZON, model.gamma)
-        g = worker.run(job).gradient.astype(np.float64)
+        g = worker.run_unit(WorkUnit(0, agent, index[agent], 1, 0, 0, HORIZON, model.gamma)).gradient
         d = g.copy() if d is None else (1 - eta) * d + eta * g
         previous = theta.copy()
         theta = (theta + alpha * d / np.linalg.norm(d)).astype(np.float32).astype(np.float64)

@@ -13,7 +13,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from sb3_nigt import NIGTPolicy
 from sb3_nigt.common.envs import EnvFactory
-from sb3_nigt.common.estimator import GradientWorker, Job, discounted_returns_to_go, job_seed, policy_gradient
+from sb3_nigt.common.estimator import GradientWorker, TrajectoryStats, WorkUnit, discounted_returns_to_go, policy_gradient
 
 from helpers import ConstantBandit, FixedLengthEnv, identity_reward, logpdf_grad_reference, quadratic_reward
 
@@ -39,8 +39,15 @@ def make_worker(env_factory, policy: NIGTPolicy, policy_kwargs: dict) -> Gradien
     return worker
 
 
-def job(index: int, horizon: int = 5, gamma: float = 0.9, seed: int = 123) -> Job:
-    return Job(0, 0, index, job_seed(seed, 0, 0, index), 0, horizon, gamma)
+def job(index: int, horizon: int = 5, gamma: float = 0.9, seed: int = 123) -> WorkUnit:
+    """Gradient ``index`` of agent 0 in round 0, alone: a unit of one."""
+    return WorkUnit(0, 0, index, 1, seed, 0, horizon, gamma)
+
+
+def run(worker: GradientWorker, unit: WorkUnit) -> tuple[np.ndarray, TrajectoryStats]:
+    """g_H of the unit's one trajectory (float64 ``(d,)``) and its statistics."""
+    result = worker.run_unit(unit)
+    return result.gradient, result.trajectories[0]
 
 
 # ----------------------------------------------------------------------------------------- returns-to-go
@@ -133,10 +140,9 @@ def test_worker_gradient_is_consistent_with_the_sampled_action():
     z = w_s * x + b_s
     sigma = np.log1p(np.exp(z)) + min_std
     for k in range(20):
-        result = worker.run(job(k))
-        r = result.episode_return
-        g = result.gradient.astype(np.float64)
-        assert result.episode_length == 2 and result.n_steps == 2
+        g, stats = run(worker, job(k))
+        r = stats.episode_return
+        assert stats.episode_length == 2 and stats.n_steps == 2
         assert g[0] == pytest.approx(x * g[1], rel=1e-5)
         assert g[2] == pytest.approx(x * g[3], rel=1e-5)
         u = mu + g[1] * sigma**2 / r
@@ -165,7 +171,7 @@ def test_expected_worker_gradient_matches_the_derivative_of_the_expected_return(
     worker = make_worker(functools.partial(ConstantBandit, quadratic_reward), policy, {"net_arch": [], "min_std": min_std})
 
     n = 2000
-    grads = np.array([worker.run(job(k, horizon=3, gamma=0.5)).gradient for k in range(n)], dtype=np.float64)
+    grads = np.array([run(worker, job(k, horizon=3, gamma=0.5))[0] for k in range(n)], dtype=np.float64)
     mean, se = grads.mean(axis=0), grads.std(axis=0, ddof=1) / np.sqrt(n)
 
     eps = 1e-5
@@ -193,21 +199,21 @@ def test_trajectory_stops_at_horizon_or_episode_end(env_factory, horizon, expect
     policy = NIGTPolicy(probe.observation_space, probe.action_space, None, net_arch=[8])
     worker = make_worker(env_factory, policy, {"net_arch": [8]})
     for k in range(3):
-        result = worker.run(job(k, horizon=horizon))
-        assert result.episode_length == expected_length
-        assert result.n_steps == expected_length
-        assert result.gradient.dtype == np.float32
-        assert result.gradient.shape == (sum(p.numel() for p in policy.parameters()),)
+        gradient, stats = run(worker, job(k, horizon=horizon))
+        assert stats.episode_length == expected_length
+        assert stats.n_steps == expected_length
+        assert gradient.dtype == np.float64
+        assert gradient.shape == (sum(p.numel() for p in policy.parameters()),)
     if isinstance(probe, FixedLengthEnv):
-        assert result.episode_return == pytest.approx(float(expected_length))  # undiscounted, 1 per step
+        assert stats.episode_return == pytest.approx(float(expected_length))  # undiscounted, 1 per step
 
 
 def test_worker_jobs_are_deterministic_in_their_seed():
     policy = linear_policy(1, 1)
     worker = make_worker(functools.partial(ConstantBandit, quadratic_reward), policy, {"net_arch": []})
-    a, b, c = worker.run(job(7)), worker.run(job(7)), worker.run(job(8))
-    assert np.array_equal(a.gradient, b.gradient) and a.episode_return == b.episode_return
-    assert not np.array_equal(a.gradient, c.gradient)
+    a, b, c = run(worker, job(7)), run(worker, job(7)), run(worker, job(8))
+    assert np.array_equal(a[0], b[0]) and a[1].episode_return == b[1].episode_return
+    assert not np.array_equal(a[0], c[0])
 
 
 # ---------------------------------------------------------------------------- length-1 trajectories
@@ -223,8 +229,8 @@ def test_policy_gradient_of_a_single_step_trajectory():
 def test_one_step_bandit_episode_through_the_worker():
     policy = linear_policy(1, 1)
     worker = make_worker(functools.partial(ConstantBandit, quadratic_reward, length=1), policy, {"net_arch": []})
-    result = worker.run(job(0))
-    assert result.episode_length == 1
+    _, stats = run(worker, job(0))
+    assert stats.episode_length == 1
 
 
 def test_horizon_one_is_accepted_and_trains(make_model):

@@ -12,7 +12,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_nigt import NIGTPolicy, RandomTimes, TimingModel
 from sb3_nigt.common.aggregation import RennalaAggregation
-from sb3_nigt.common.estimator import GradientWorker, Job, job_seed
+from sb3_nigt.common.estimator import GradientWorker, WorkUnit
 from sb3_nigt.common.exact import ExactTime
 
 from helpers import RandomLengthEnv, reference_round
@@ -93,7 +93,7 @@ def test_aggregate_is_the_mean_of_the_counted_gradients(make_collector):
     worker = GradientWorker(args["env_factories"], args["policy_class"], args["observation_space"], args["action_space"], args["policy_kwargs"])
     worker.set_params(params)
     gradients = np.array([
-        worker.run(Job(0, a.agent, a.index, job_seed(collector.seed, 0, a.agent, a.index), 0, collector.horizon, collector.gamma)).gradient
+        worker.run_unit(WorkUnit(0, a.agent, a.index, 1, collector.seed, 0, collector.horizon, collector.gamma)).gradient
         for a in result.arrivals
     ], dtype=np.float64)
     np.testing.assert_allclose(result.aggregate, gradients.mean(axis=0), rtol=1e-5, atol=1e-6)
@@ -309,8 +309,7 @@ def test_per_step_times_with_variable_lengths(make_collector):
 
     @functools.lru_cache(maxsize=None)
     def length(agent, k):
-        job = Job(round_index, agent, k, job_seed(seed, round_index, agent, k), 0, horizon, collector.gamma)
-        return worker.run(job).n_steps
+        return worker.run_unit(WorkUnit(round_index, agent, k, 1, seed, 0, horizon, collector.gamma)).n_steps
 
     lengths = {length(a, k) for a in range(3) for k in range(4)}
     assert len(lengths) > 2, "the test env must produce trajectories of different lengths"

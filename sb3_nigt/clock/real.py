@@ -22,7 +22,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from sb3_nigt.common.aggregation import AggregationRule
-from sb3_nigt.common.backends import AgentReport, AgentRun, Backend, Event, WorkerLost
+from sb3_nigt.common.backends import AgentReport, AgentRun, Backend, Event, WorkerLost, hooks_of
 from sb3_nigt.common.estimator import TrajectoryStats, UnitResult
 from sb3_nigt.common.trace import TraceEvent
 
@@ -193,7 +193,7 @@ class RealRound:
     """
 
     def __init__(self, collector: Any, rule: AggregationRule, round_index: int, start: float, trace: list[TraceEvent]):
-        hook = getattr(collector.backend, "arrival_counter", None)  # torch.distributed: counted through a TCPStore
+        hook = hooks_of(collector.backend).arrival_counter  # torch.distributed: counted through a TCPStore
         self.counter: ArrivalCounter = (hook(rule, round_index, collector.epoch, collector.time_scale) if hook is not None
                                         else LocalCounter(rule, collector.backend))
         self.collector, self.rule, self.round_index, self.trace = collector, rule, round_index, trace

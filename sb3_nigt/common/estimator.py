@@ -23,51 +23,6 @@ class JobCancelled(Exception):
     """Raised inside a worker when the round of the running job has ended (its work is abandoned)."""
 
 
-@dataclass(frozen=True)
-class Job:
-    """One gradient on its own, at the worker's current θ: gradient ``index`` of ``agent`` in round ``round_index``
-    (a single trajectory with its own backward; the engine itself computes :class:`WorkUnit` s).
-
-    :param seed: the job's seed, derived from (seed, round, agent, index).
-    :param env_index: which environment factory the agent uses.
-    :param horizon: H, the maximum number of environment steps.
-    :param gamma: γ, the discount factor.
-    """
-
-    round_index: int
-    agent: int
-    index: int
-    seed: int
-    env_index: int
-    horizon: int
-    gamma: float
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.agent, self.index)
-
-
-@dataclass
-class JobResult:
-    """What one job returns.
-
-    :param gradient: g_H, float32, shape ``(d,)`` in ``parameters_to_vector`` order.
-    :param episode_return: undiscounted return of the trajectory (float).
-    :param episode_length: its number of steps (int, <= H).
-    :param n_steps: environment steps consumed (equal to ``episode_length``).
-    :param obs_moments: (mean, var, count) of the raw observations seen, for VecNormalize, or None.
-    :param seconds: wall-clock seconds spent.
-    """
-
-    job: Job
-    gradient: np.ndarray
-    episode_return: float
-    episode_length: int
-    n_steps: int
-    obs_moments: Optional[tuple[np.ndarray, np.ndarray, int]]
-    seconds: float
-
-
 def job_seed(seed: int, round_index: int, agent: int, index: int) -> int:
     """A 63-bit seed derived from (seed, round, agent, index) with ``numpy.random.SeedSequence``."""
     return int(np.random.SeedSequence([seed, round_index, agent, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -472,20 +427,6 @@ class GradientWorker:
         if unit.upload_delay > 0:
             _sleep(unit.upload_delay, cancelled)
         return UnitResult(unit, gradient, [t.stats for t in trajectories], time.perf_counter() - start)
-
-    def run(self, job: Job, cancelled: Callable[[], bool] = lambda: False) -> JobResult:
-        """Sample one trajectory of at most H steps at the current θ and return g_H (a single job).
-
-        :raises ValueError: if the environment returns a NaN or infinite reward.
-        :raises JobCancelled: if ``cancelled()`` becomes true while the job runs.
-        """
-        start = time.perf_counter()
-        trajectory = self.sample(job.agent, job.index, job.seed, job.env_index, job.horizon, cancelled, job.round_index)
-        grad = policy_gradient(self.policy, trajectory.observations, trajectory.actions, trajectory.rewards, job.gamma)
-        n = trajectory.stats.n_steps
-        moments = trajectory.stats.obs_moments
-        return JobResult(job, grad, trajectory.stats.episode_return, n, n,
-                         None if moments is None else (moments.mean, moments.var, moments.count), time.perf_counter() - start)
 
     def close(self) -> None:
         for env in self.envs.values():

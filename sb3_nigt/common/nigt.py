@@ -44,9 +44,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper,
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from sb3_nigt.algorithms.config import RENAMED, check_int, check_settings, renamed_overrides, with_defaults, with_old_names
-from sb3_nigt.common import distributed as _distributed  # noqa: F401  (registers backend="torch_distributed")
 from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
-from sb3_nigt.common.backends import BACKENDS, Backend, BackendOptions, InlineBackend, make_backend
+from sb3_nigt.common.backends import BACKENDS, Backend, BackendOptions, InlineBackend, hooks_of, make_backend
 from sb3_nigt.common.callbacks import count_environment_steps
 from sb3_nigt.common.collector import Arrival, Collector
 from sb3_nigt.common.envs import env_factories, is_heterogeneous, resolve_env
@@ -351,9 +350,8 @@ class NIGTAlgorithm(BaseAlgorithm):
         """
         if not (isinstance(backend, Backend) or (isinstance(backend, str) and backend in BACKENDS)):
             raise ValueError(f"backend: must be one of {sorted(BACKENDS)} or a Backend instance, got {backend!r}")
-        refuse = getattr(BACKENDS[backend] if isinstance(backend, str) else backend, "check_algorithm", None)
-        if refuse is not None:  # a backend that cannot run this algorithm or clock says so (e.g. torch_distributed)
-            refuse(type(self).__name__, clock=self.clock, per_agent_params=self.per_agent_params)
+        # A backend that cannot run this algorithm or clock says so (e.g. torch_distributed).
+        hooks_of(backend).check_algorithm(type(self).__name__, clock=self.clock, per_agent_params=self.per_agent_params)
         return backend
 
     def _check_environment(self, env: Any, n_agents: Optional[int], verbose: int) -> tuple[Union[GymEnv, str, None], Optional[list[Callable]]]:
@@ -695,9 +693,7 @@ class NIGTAlgorithm(BaseAlgorithm):
     def _is_primary(self) -> bool:
         """Whether this process owns logging and saving: always, except on the ranks other than 0 of a backend
         with an ``is_primary`` hook (torch_distributed, docs/torch_distributed.md)."""
-        backend = self.backend
-        hook = getattr(BACKENDS.get(backend) if isinstance(backend, str) else backend, "is_primary", None)
-        return True if hook is None else bool(hook())
+        return bool(hooks_of(self.backend).is_primary())
 
     def save(self, path: Any, exclude: Optional[Iterable[str]] = None, include: Optional[Iterable[str]] = None) -> None:
         """SB3's ``save``; a no-op on the ranks other than 0 of the torch_distributed backend (rank 0 writes the

@@ -16,7 +16,7 @@ it) and each poll answer carries the incarnation that gave it. A worker is lost 
 (``RayActorError``: ``ActorDiedError``, ``ActorUnavailableError``), when a poll is answered by another
 incarnation than the one the work was sent to, when its loop ended after an error, or when a busy worker shows
 no progress for ``worker_timeout`` seconds (it is then killed with ``no_restart=False``, so that Ray restarts
-it). ``wait`` returns a :class:`~sb3_nigt.common.backends.WorkerLost` with the live units and runs it held; the
+it). ``wait`` returns a :class:`~sb3_nigt.backends.contract.WorkerLost` with the live units and runs it held; the
 driver forgets what it had sent, keeps the handle, and sends nothing more until the restarted incarnation
 answers a poll. An actor Ray reports dead for good (its restarts exhausted), or whose restart does not answer
 within ``start_timeout``, is replaced by a new actor.
@@ -26,12 +26,12 @@ Ray is imported only by this module, so importing sb3_nigt never imports ray.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import queue
 import threading
 import time
-import traceback
 import uuid
 from collections import deque
 from typing import Any, Optional
@@ -39,18 +39,11 @@ from typing import Any, Optional
 import numpy as np
 import torch as th
 
-from sb3_nigt.common.backends import (
-    AgentReport,
-    AgentRun,
-    BackendOptions,
-    Event,
-    WorkerError,
-    WorkerLoop,
-    WorkerLost,
-    _check_slot,
-    _picklable,
-)
-from sb3_nigt.common.estimator import GradientWorker, ObsNorm, UnitResult, WorkUnit
+from sb3_nigt.backends.contract import Event, WorkerError
+from sb3_nigt.backends.remote import RemoteDriver, RemoteWorker, bounded
+from sb3_nigt.common.estimator import GradientWorker
+from sb3_nigt.workers.loop import serve
+from sb3_nigt.workers.messages import Theta
 
 INSTALL_HINT = 'the Ray backend needs ray: pip install "sb3-nigt[ray]"'
 
@@ -97,15 +90,16 @@ def _init_on_loopback(ray: Any, kwargs: dict[str, Any]) -> None:
                       "importing ray, or start Ray yourself", RuntimeWarning, stacklevel=3)
 
 
+
 # ------------------------------------------------------------------------------------------------ actor
 class _ActorWorker:
-    """The body of a worker actor: a :class:`GradientWorker` and an event loop in a thread of its own.
+    """The body of a worker actor: a :class:`GradientWorker` and a :class:`~sb3_nigt.workers.loop.WorkerLoop` in a thread of
+    its own.
 
-    Commands (``post``) are applied in sequence order; what the loop sends is collected by ``poll``. Each
-    incarnation (a first start, or a restart by Ray, which runs this constructor again) draws an id: posts meant
-    for another incarnation are ignored, and every poll answer names the incarnation that gave it.
-    Messages sent: ``("result", UnitResult)``, ``("cancelled", WorkUnit)``, ``("report", epoch, stats)``,
-    ``("flushed", UnitResult)``, ``("alive",)`` (a heartbeat while busy), ``("error", exc, traceback)``.
+    Commands (``post``) are applied in sequence order; the messages the loop sends
+    (:mod:`sb3_nigt.workers.messages`) are collected by ``poll``. Each incarnation (a first start, or a restart by
+    Ray, which runs this constructor again) draws an id: posts meant for another incarnation are ignored, and every
+    poll answer names the incarnation that gave it.
 
     :param worker_args: the arguments of :class:`GradientWorker`.
     :param heartbeat: seconds between heartbeats of a busy loop; None: none.
@@ -118,10 +112,10 @@ class _ActorWorker:
         self.worker = GradientWorker(**worker_args)
         self.live = 0
         self.lock = threading.Condition()
-        self.outgoing: list[tuple] = []
+        self.outgoing: list[Any] = []
         self.exited: Optional[str] = None
         self.commands: queue.Queue = queue.Queue()
-        self.early: dict[int, tuple] = {}
+        self.early: dict[int, Any] = {}
         self.next_seq = 0
         self.thread = threading.Thread(target=self._main, name="sb3-nigt-worker", daemon=True)
         self.thread.start()
@@ -131,7 +125,7 @@ class _ActorWorker:
         """The actor's process id, once it is built."""
         return os.getpid()
 
-    def post(self, incarnation: str, seq: int, live: int, message: tuple) -> bool:
+    def post(self, incarnation: str, seq: int, live: int, message: Any) -> bool:
         """Deliver command number ``seq`` (applied in sequence order) and raise the live epoch to ``live``; ignored
         (False) when it was meant for another incarnation (sent before a restart the driver had not seen)."""
         if incarnation != self.incarnation:
@@ -149,7 +143,7 @@ class _ActorWorker:
         with self.lock:
             self.live = max(self.live, live)
 
-    def poll(self, timeout: float, incarnation: Optional[str]) -> tuple[list[tuple], Optional[str], str]:
+    def poll(self, timeout: float, incarnation: Optional[str]) -> tuple[list[Any], Optional[str], str]:
         """What the loop sent since the last poll (waits up to ``timeout`` seconds for something, unless the
         caller expects another ``incarnation``: then it answers at once), why the loop ended (None while it
         runs), and this incarnation's id."""
@@ -160,12 +154,12 @@ class _ActorWorker:
             return out, self.exited, self.incarnation
 
     # ------------------------------------------------------------------------------------- the loop
-    def _send(self, message: tuple) -> None:
+    def _send(self, message: Any) -> None:
         with self.lock:
             self.outgoing.append(message)
             self.lock.notify_all()
 
-    def _receive(self, timeout: Optional[float]) -> Optional[tuple]:
+    def _receive(self, timeout: Optional[float]) -> Any:
         try:
             return self.commands.get(timeout=timeout)
         except queue.Empty:
@@ -175,23 +169,18 @@ class _ActorWorker:
         import ray
 
         th.set_num_threads(1)  # in this thread too: OpenMP keeps the number of threads per calling thread
-        try:
-            WorkerLoop(self.worker, self._send, self._receive, lambda: self.live,
-                       lambda slot, refs: np.array(ray.get(refs[0]), dtype=np.float32),  # fetched once per version
-                       self.heartbeat).run()
-            reason = "closed"
-        except Exception as exc:  # sent to the main process, which re-raises it
-            self._send(("error", _picklable(exc), traceback.format_exc()))
-            reason = f"its loop stopped: {type(exc).__name__}: {exc}"
-        finally:
-            self.worker.close()
+
+        def fetch(slot: int, ref: Any) -> np.ndarray:  # once per version
+            return np.array(ray.get(ref), dtype=np.float32)
+
+        reason = serve(lambda: (self.worker, fetch), self._send, self._receive, lambda: self.live, self.heartbeat)
         with self.lock:
             self.exited = reason
             self.lock.notify_all()
 
 
 # ------------------------------------------------------------------------------------------- main side
-class _Actor:
+class _Actor(RemoteWorker):
     """The main process's handle on one worker actor and the work it holds.
 
     ``incarnation`` is the id of the incarnation the work was sent to; None while the driver waits for a (re)started
@@ -199,10 +188,9 @@ class _Actor:
     """
 
     def __init__(self, handle: Any, poll_seconds: float) -> None:
-        self.units: list[WorkUnit] = []
-        self.runs: dict[int, AgentRun] = {}
-        self.flushed: set[int] = set()
+        super().__init__()
         self.posts: deque = deque()  # refs of posts not yet seen to complete
+        self.incarnation: Optional[str] = None
         self.attach(handle, poll_seconds)
 
     def attach(self, handle: Any, poll_seconds: float) -> None:
@@ -214,36 +202,19 @@ class _Actor:
 
     def restart(self, poll_seconds: float) -> None:
         """Forget what was sent to the current incarnation and wait for the next one (same handle)."""
-        previous: Optional[str] = getattr(self, "incarnation", None)
-        if previous is not None:
-            self.retired.add(previous)
-        self.incarnation: Optional[str] = None
+        if self.incarnation is not None:
+            self.retired.add(self.incarnation)
+        self.incarnation = None
         self.seq = 0
-        self.backlog: list[tuple] = []  # payloads posted once the incarnation is known
+        self.backlog: list[Any] = []  # commands posted once the incarnation is known
         self.posts = deque()
         self.since = time.monotonic()  # when the driver began to wait for an incarnation
         self.heard = time.monotonic()
         self.retry_at = 0.0
         self.poll_ref: Any = self.handle.poll.remote(poll_seconds, None)  # answered at once by any incarnation
 
-    @property
-    def busy(self) -> bool:
-        return bool(self.units) or bool(self.runs)
 
-    def load(self) -> int:
-        return len(self.units) + len(self.runs)
-
-    def holds_live(self, live: int) -> bool:
-        return bool(self.runs) or any(u.epoch >= live for u in self.units)
-
-    def answered(self, unit: WorkUnit) -> None:
-        try:
-            self.units.remove(unit)
-        except ValueError:
-            pass
-
-
-class RayBackend:
+class RayBackend(RemoteDriver):
     """Runs the agents' work in Ray actors (``backend="ray"``, or an instance to configure it).
 
     Connection: if Ray is already initialised in this process the runtime is used as it is and left running at
@@ -292,43 +263,26 @@ class RayBackend:
         self.address = address
         self.actor_options = dict(actor_options or {})
         self.init_kwargs = dict(init_kwargs or {})
-        self.prefetch = prefetch
         self.start_timeout = float(start_timeout)
-        self.worker_args: dict[str, Any] = {}
-        self.options = BackendOptions()
-        self.n_workers = 1
-        self._reset_runtime()
+        super().__init__(prefetch)
+
+    NAME, PLURAL, SHORT = "Ray worker actor", "Ray worker actors", "actor"
+
+    #: What a pickled backend leaves out: actors, refs, and what ``bind`` and ``start`` set up again.
+    _RUNTIME = RemoteDriver._RUNTIME + ("owns_runtime", "actor_class", "restarts", "replacements")
 
     def _reset_runtime(self) -> None:
-        self.actors: list[_Actor] = []
-        self.queue: deque[WorkUnit] = deque()
-        self.live = 0
-        self.published: dict[int, list[Any]] = {}  # slot -> [version, θ float32 (d,), obs_norm, ObjectRef | None]
-        self.n_params = 0
-        self.failures = 0
-        self.broken: Optional[str] = None
+        super()._reset_runtime()
+        self.workers: list[_Actor] = []
         self.owns_runtime = False
         self.actor_class: Any = None
         self.restarts = 0  # incarnations Ray restarted under a handle, adopted since start()
         self.replacements = 0  # new actors created for ones Ray reported dead for good (or that never answered)
 
-    #: What a pickled backend leaves out: actors, refs, and what ``bind`` and ``start`` set up again.
-    _RUNTIME = ("worker_args", "actors", "queue", "live", "published", "n_params", "failures", "broken",
-                "owns_runtime", "actor_class", "restarts", "replacements")
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {key: value for key, value in self.__dict__.items() if key not in self._RUNTIME}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.worker_args = {}
-        self._reset_runtime()
-
-    def bind(self, worker_args: dict[str, Any], options: BackendOptions) -> None:
-        """Remember what the actors are built from; starts nothing."""
-        self.worker_args = worker_args
-        self.options = options
-        self.n_workers = int(options.n_workers or os.cpu_count() or 1)
+    @property
+    def actors(self) -> list[_Actor]:
+        """The worker actors' handles (the driver's ``workers``)."""
+        return self.workers
 
     # -------------------------------------------------------------------------------------- actors
     def _connect(self) -> Any:
@@ -344,10 +298,6 @@ class RayBackend:
                 ray.init(address="local" if self.address is None else self.address, **kwargs)
             self.owns_runtime = True
         return ray
-
-    def _heartbeat(self) -> Optional[float]:
-        timeout = self.options.worker_timeout
-        return None if timeout is None else min(1.0, timeout / 4)
 
     def _actor_options(self, ray: Any) -> dict[str, Any]:
         options = dict(self.actor_options)
@@ -372,9 +322,6 @@ class RayBackend:
     def _new_handle(self) -> Any:
         return self.actor_class.remote(self.worker_args, self._heartbeat())
 
-    def _spawn(self) -> _Actor:
-        return _Actor(self._new_handle(), self.POLL_SECONDS)
-
     def start(self) -> None:
         """Connect to Ray (see the class) and start ``n_workers`` actors; returns once they are built.
 
@@ -386,43 +333,43 @@ class RayBackend:
         ray = self._connect()
         try:
             self.actor_class = ray.remote(_ActorWorker).options(**self._actor_options(ray))
-            with th.random.fork_rng(devices=[]):
-                args = self.worker_args
-                policy = args["policy_class"](args["observation_space"], args["action_space"], None, **args["policy_kwargs"])
-            self.n_params = sum(p.numel() for p in policy.parameters())
-            self.actors = [self._spawn() for _ in range(self.n_workers)]
-            refs = [actor.ready_ref for actor in self.actors]
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
-            if len(ready) < len(refs):
-                raise WorkerError(
-                    f"backend='ray': {len(refs) - len(ready)} of {len(refs)} actors were not running after "
-                    f"{self.start_timeout:g} s: the cluster may lack the resources asked for ({self._actor_options(ray)}); "
-                    "lower n_workers or actor_options['num_cpus']"
-                )
-            try:
-                ray.get(refs)
-                for index in range(len(self.actors)):  # the first polls, answered at once: the incarnations
-                    ray.get(self.actors[index].poll_ref, timeout=self.start_timeout)
-                    self._receive(index)
-            except ray.exceptions.RayError as exc:
-                raise WorkerError(f"backend='ray': a worker actor could not be built: {exc}") from exc
+            self.n_params = self._count_params()
+            self.workers = [_Actor(self._new_handle(), self.POLL_SECONDS) for _ in range(self.n_workers)]
+            self._await_incarnations(ray)
             self.restarts = self.replacements = 0
         except BaseException:
             self.close()
             raise
 
-    def _started(self) -> None:
-        if not self.actors:
-            raise RuntimeError("the backend is not started: call start() first")
+    def _await_incarnations(self, ray: Any) -> None:
+        """Wait for every actor to be built and to name its incarnation.
 
-    def _send(self, actor: _Actor, message: tuple, refs: Optional[list[Any]] = None) -> None:
-        """Post a small command (θ travels as an ObjectRef in ``refs``, never as a vector) to the actor's current
+        :raises WorkerError: when they are not all running within ``start_timeout``, or one could not be built.
+        """
+        refs = [actor.ready_ref for actor in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
+        if len(ready) < len(refs):
+            raise WorkerError(
+                f"backend='ray': {len(refs) - len(ready)} of {len(refs)} actors were not running after "
+                f"{self.start_timeout:g} s: the cluster may lack the resources asked for ({self._actor_options(ray)}); "
+                "lower n_workers or actor_options['num_cpus']"
+            )
+        try:
+            ray.get(refs)
+            for index in range(len(self.actors)):  # the first polls, answered at once: the incarnations
+                ray.get(self.actors[index].poll_ref, timeout=self.start_timeout)
+                self._receive(index)
+        except ray.exceptions.RayError as exc:
+            raise WorkerError(f"backend='ray': a worker actor could not be built: {exc}") from exc
+
+    # ------------------------------------------------------------------------------------ transport
+    def _post(self, actor: _Actor, message: Any) -> None:
+        """Post a small command (θ travels as an ObjectRef inside it, never as a vector) to the actor's current
         incarnation; kept in its backlog while the driver waits for a (re)started incarnation."""
-        payload = message if refs is None else (*message[:3], refs, *message[3:])
         if actor.incarnation is None:
-            actor.backlog.append(payload)
+            actor.backlog.append(message)
             return
-        self._track(actor, actor.handle.post.remote(actor.incarnation, actor.seq, self.live, payload))
+        self._track(actor, actor.handle.post.remote(actor.incarnation, actor.seq, self.live, message))
         actor.seq += 1
 
     def _adopt(self, actor: _Actor, incarnation: str) -> None:
@@ -431,9 +378,8 @@ class RayBackend:
         if actor.retired:  # a restarted incarnation: its process id
             actor.ready_ref = actor.handle.ready.remote()
         backlog, actor.backlog = actor.backlog, []
-        for payload in backlog:
-            self._track(actor, actor.handle.post.remote(incarnation, actor.seq, self.live, payload))
-            actor.seq += 1
+        for message in backlog:
+            self._post(actor, message)
 
     def _track(self, actor: _Actor, ref: Any) -> None:
         """Keep the ref of a call whose answer nobody waits for; collect the finished ones now and then."""
@@ -455,95 +401,21 @@ class RayBackend:
                 pass
         actor.posts = deque(ref for ref in actor.posts if ref not in finished)
 
-    def _theta(self, slot: int) -> tuple[int, list[Any], Optional[ObsNorm]]:
-        """(version, [ObjectRef of θ], obs_norm) of the slot; θ is put in the object store once per publish."""
-        import ray
+    def _store(self, slot: int, params: np.ndarray) -> np.ndarray:
+        return params  # put in the object store when work first needs it (:meth:`_theta`)
 
-        entry = self.published[slot]
-        if entry[3] is None:
-            entry[3] = ray.put(entry[1])
-        return entry[0], [entry[3]], entry[2]
+    def _theta(self, slot: int) -> Theta:
+        """θ of the slot as an ObjectRef; θ is put in the object store once per publish."""
+        theta = self.published[slot]
+        if isinstance(theta.handle, np.ndarray):
+            import ray
 
-    # ---------------------------------------------------------------------------------------- work
-    def publish(self, params: np.ndarray, obs_norm: Optional[ObsNorm], slot: int = -1) -> None:
-        """θ (float32 ``(d,)``) of ``slot``; kept here and put in the object store when work first needs it.
+            theta = self.published[slot] = dataclasses.replace(theta, handle=ray.put(theta.handle))
+        return theta
 
-        :raises ValueError: for a bad slot or a vector of the wrong shape.
-        """
-        self._started()
-        _check_slot(slot, self.options.agent_slots)
-        params = np.array(params, dtype=np.float32)
-        if params.shape != (self.n_params,):
-            raise ValueError(f"params: expected shape ({self.n_params},), got {params.shape}")
-        version = self.published[slot][0] + 1 if slot in self.published else 1
-        self.published[slot] = [version, params, obs_norm, None]
-
-    def _home(self, agent: int) -> Optional[int]:
-        return agent % self.n_workers if self.options.pin_agents else None
-
-    def submit(self, unit: WorkUnit) -> None:
-        """Queue a unit. :raises ValueError: when θ was never published to its slot."""
-        self._started()
-        if unit.slot not in self.published:
-            raise ValueError(f"submit: θ was never published to slot {unit.slot}")
-        if unit.epoch >= self.live:
-            self.queue.append(unit)
-            self._dispatch()
-
-    def _dispatch(self) -> None:
-        waiting: deque[WorkUnit] = deque()
-        while self.queue:
-            unit = self.queue.popleft()
-            if unit.epoch < self.live:
-                continue
-            home = self._home(unit.agent)
-            if home is None:
-                home = min(range(len(self.actors)), key=lambda w: self.actors[w].load())
-            actor = self.actors[home]
-            if len(actor.units) >= self.prefetch:
-                waiting.append(unit)
-                if not self.options.pin_agents:
-                    waiting.extend(self.queue)
-                    self.queue.clear()
-                continue
-            if not actor.busy:
-                actor.heard = time.monotonic()
-            actor.units.append(unit)
-            version, refs, obs_norm = self._theta(unit.slot)
-            self._send(actor, ("unit", unit, version, obs_norm), refs)
-        self.queue = waiting
-
-    def start_run(self, run: AgentRun) -> None:
-        """Start an agent run on actor ``agent % n_workers``. :raises ValueError: when no broadcast θ was published."""
-        self._started()
-        if -1 not in self.published:
-            raise ValueError("start_run: no broadcast θ was published")
-        if run.epoch < self.live:
-            return
-        actor = self.actors[run.agent % self.n_workers]
-        if not actor.busy:
-            actor.heard = time.monotonic()
-        actor.runs[run.agent] = run
-        actor.flushed.discard(run.agent)
-        version, refs, obs_norm = self._theta(-1)
-        self._send(actor, ("run", run, version, obs_norm), refs)
-
-    def flush(self, epoch: int, agent: int, count: int, upload_delay: float = 0.0) -> None:
-        """End the agent's run (see :class:`~sb3_nigt.common.backends.Backend`); ignored if it is not live."""
-        if not self.actors:
-            return
-        actor = self.actors[agent % self.n_workers]
-        run = actor.runs.get(agent)
-        if run is None or run.epoch != epoch or agent in actor.flushed or epoch < self.live:
-            return
-        self._send(actor, ("flush", epoch, agent, count, upload_delay))
-        if count == 0:
-            del actor.runs[agent]
-        else:
-            actor.flushed.add(agent)
-
-    def _pending(self) -> bool:
-        return any(u.epoch >= self.live for u in self.queue) or any(a.holds_live(self.live) for a in self.actors)
+    def _announce(self, epoch: int) -> None:
+        for actor in self.actors:
+            self._track(actor, actor.handle.cancel.remote(epoch))  # running work is abandoned at once
 
     def _kill(self, actor: _Actor, restart: bool = False) -> None:
         """``ray.kill`` the actor: for good, or (``restart``) so that Ray restarts it under the same handle."""
@@ -570,86 +442,59 @@ class RayBackend:
         self.replacements += 1
         actor.attach(self._new_handle(), self.POLL_SECONDS)
 
-    def _lose(self, index: int, reason: str, action: str = "none") -> WorkerLost:
-        """Actor ``index``'s incarnation is lost: its live work is returned in a :class:`WorkerLost`, the driver
-        forgets what it sent it, and waits for the next incarnation under the same handle. ``action``: "none"
-        (Ray restarts it by itself), "restart" (``ray.kill(no_restart=False)``: Ray restarts it), "replace" (a new
-        actor).
+    def _stop(self, index: int, reason: Optional[str]) -> str:
+        return reason or "actor died"
 
-        :raises WorkerError: after more than ``max_failures`` losses in a row.
-        """
+    def _abandon(self, index: int) -> None:
+        self._kill(self.actors[index])
+
+    def _renew(self, index: int, action: str) -> None:
+        """``action``: "none" (Ray restarts it by itself), "restart" (``ray.kill(no_restart=False)``: Ray restarts
+        it), "replace" (a new actor); the driver then waits for the next incarnation."""
         actor = self.actors[index]
-        self.failures += 1
-        lost = WorkerLost(index, reason, [u for u in actor.units if u.epoch >= self.live],
-                          [r for r in actor.runs.values() if r.epoch >= self.live])
-        actor.units, actor.runs, actor.flushed = [], {}, set()
-        if self.failures > self.options.max_failures:
-            self._kill(actor)
-            self.broken = (
-                f"Ray worker actors failed {self.failures} times in a row (last: actor {index}, {reason}); "
-                f"training stopped with θ, d_t and the clock at their last good values (max_failures="
-                f"{self.options.max_failures})"
-            )
-            raise WorkerError(self.broken)
         if action == "replace":
             self._replace(actor)
-        else:
-            if action == "restart":
-                self._kill(actor, restart=True)
-            actor.restart(self.POLL_SECONDS)
-        return lost
+            return
+        if action == "restart":
+            self._kill(actor, restart=True)
+        actor.restart(self.POLL_SECONDS)
 
-    def wait(self, timeout: Optional[float] = None) -> list[Event]:
-        """Block until at least one event or ``timeout`` seconds; see :class:`~sb3_nigt.common.backends.Backend`.
+    def _overdue(self, worker: Any, now: float) -> Optional[tuple[str, str]]:
+        """Also lost: an actor whose (re)started incarnation has not answered within ``start_timeout``."""
+        if worker.incarnation is None:
+            if now - worker.since > self.start_timeout:
+                return f"not running after {self.start_timeout:g} s", "replace"
+            return None
+        return super()._overdue(worker, now)
 
-        :raises RuntimeError: when no work of a live epoch is pending.
-        :raises WorkerError: after more than ``max_failures`` actor losses in a row.
-        :raises Exception: an exception raised by user code in an actor (e.g. ``ValueError`` for a NaN reward),
-            re-raised as its own type.
-        """
-        if self.broken is not None:
-            raise WorkerError(self.broken)
-        self._started()
+    # ----------------------------------------------------------------------------------------- polls
+    def _poll(self, step: float, deadline: Optional[float]) -> list[Event]:
+        """Wait on every actor's outstanding poll with ``ray.wait``; handle the answered ones."""
         import ray
 
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._dispatch()
-        if not self._pending():
-            raise RuntimeError("wait() called with no work pending: submit a unit or start a run first")
-        while True:
-            step = 1.0
-            if self.options.worker_timeout is not None:
-                step = min(step, self.options.worker_timeout / 2)
-            now = time.monotonic()
-            for actor in self.actors:  # a restarting actor whose poll failed: poll it again, 0.1 s later
-                if actor.poll_ref is None:
-                    if now >= actor.retry_at:
-                        actor.poll_ref = actor.handle.poll.remote(self.POLL_SECONDS, None)
-                    else:
-                        step = min(step, actor.retry_at - now)
-            if deadline is not None:
-                step = max(0.0, min(step, deadline - time.monotonic()))
-            refs = {actor.poll_ref: i for i, actor in enumerate(self.actors) if actor.poll_ref is not None}
-            ready: list[Any] = []
-            if refs:
-                ready, _ = ray.wait(list(refs), num_returns=1, timeout=step)
-                if ready:
-                    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
-            else:
-                time.sleep(step)
-            events: list[Event] = []
-            for ref in ready:
-                events.extend(self._receive(refs[ref]))
-            now = time.monotonic()
-            limit = self.options.worker_timeout
-            for index, actor in enumerate(self.actors):
-                if actor.incarnation is None and now - actor.since > self.start_timeout:
-                    events.append(self._lose(index, f"not running after {self.start_timeout:g} s", "replace"))
-                elif actor.incarnation is not None and limit is not None and actor.busy and now - actor.heard > limit:
-                    events.append(self._lose(index, f"no sign of progress for {limit:g} s (hung)", "restart"))
-            self._dispatch()
-            if events or (deadline is not None and time.monotonic() >= deadline) or not self._pending():
-                return events
+        step = bounded(self._retry_polls(step), deadline)
+        refs = {actor.poll_ref: i for i, actor in enumerate(self.actors) if actor.poll_ref is not None}
+        if not refs:
+            time.sleep(step)
+            return []
+        ready, _ = ray.wait(list(refs), num_returns=1, timeout=step)
+        if ready:
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        events: list[Event] = []
+        for ref in ready:
+            events.extend(self._receive(refs[ref]))
+        return events
+
+    def _retry_polls(self, step: float) -> float:
+        """Poll again the restarting actors whose poll failed, 0.1 s later; ``step`` cut to the next such retry."""
+        now = time.monotonic()
+        for actor in self.actors:
+            if actor.poll_ref is None:
+                if now >= actor.retry_at:
+                    actor.poll_ref = actor.handle.poll.remote(self.POLL_SECONDS, None)
+                else:
+                    step = min(step, actor.retry_at - now)
+        return step
 
     def _failed(self, index: int, reason: str) -> list[Event]:
         """Actor ``index``'s poll failed: a loss if it held an incarnation; a new actor if Ray reports it dead for
@@ -664,85 +509,55 @@ class RayBackend:
             actor.poll_ref, actor.retry_at = None, time.monotonic() + 0.1
         return events
 
+    def _settle(self, index: int, incarnation: str, messages: list[Any],
+                exited: Optional[str]) -> tuple[list[Event], list[Any], Optional[str]]:
+        """Check which incarnation answered: (events, the messages to handle, why its loop ended)."""
+        actor = self.actors[index]
+        if incarnation in actor.retired:  # an answer of an incarnation already counted as lost
+            return [], [], None
+        if actor.incarnation is None:  # the first answer of a (re)started incarnation: it holds nothing of ours
+            if actor.retired:
+                self.restarts += 1
+            self._adopt(actor, incarnation)
+            return [], [], exited
+        if incarnation != actor.incarnation:  # Ray restarted it before its poll failed: what it held is lost
+            events: list[Event] = [self._lose(index, "actor died (restarted by Ray, a new incarnation answered)")]
+            self.restarts += 1
+            self._adopt(actor, incarnation)
+            return events, [], None
+        return [], messages, exited
+
+    def _repoll(self, actor: _Actor) -> None:
+        actor.poll_ref = actor.handle.poll.remote(self.POLL_SECONDS, actor.incarnation)
+
     def _receive(self, index: int) -> list[Event]:
         """Handle actor ``index``'s answered poll and poll it again."""
         import ray
 
         actor = self.actors[index]
         try:
-            messages, exited, incarnation = ray.get(actor.poll_ref)
+            answer = ray.get(actor.poll_ref)
         except ray.exceptions.RayActorError as exc:  # ActorDiedError, ActorUnavailableError
             return self._failed(index, f"actor died ({type(exc).__name__}: {_first_line(exc)})")
         except ray.exceptions.RayTaskError as exc:
             raise exc.as_instanceof_cause() from None
         except ray.exceptions.RayError as exc:  # the node or the object store failed
             return self._failed(index, f"actor lost ({type(exc).__name__}: {_first_line(exc)})")
-        events: list[Event] = []
-        if incarnation in actor.retired:  # an answer of an incarnation already counted as lost
-            messages, exited = [], None
-        elif actor.incarnation is None:  # the first answer of a (re)started incarnation: it holds nothing of ours
-            if actor.retired:
-                self.restarts += 1
-            self._adopt(actor, incarnation)
-            messages = []
-        elif incarnation != actor.incarnation:  # Ray restarted it before its poll failed: what it held is lost
-            events.append(self._lose(index, "actor died (restarted by Ray, a new incarnation answered)"))
-            self.restarts += 1
-            self._adopt(actor, incarnation)
-            messages, exited = [], None
-        live = self.live
-        for message in messages:
-            actor.heard = time.monotonic()
-            kind = message[0]
-            if kind == "error":
-                _, error, text = message
-                actor.poll_ref = actor.handle.poll.remote(self.POLL_SECONDS, actor.incarnation)
-                if error is not None:
-                    raise error from WorkerError(f"in Ray worker actor {index}:\n{text}")
-                raise WorkerError(f"Ray worker actor {index} failed:\n{text}")
-            if kind == "result":
-                result: UnitResult = message[1]
-                actor.answered(result.unit)
-                self.failures = 0
-                if result.unit.epoch >= live:
-                    events.append(result)
-            elif kind == "flushed":
-                result = message[1]
-                agent = result.unit.agent
-                run = actor.runs.get(agent)
-                self.failures = 0
-                if run is not None and run.epoch == result.unit.epoch:
-                    del actor.runs[agent]
-                    actor.flushed.discard(agent)
-                    if run.epoch >= live:
-                        events.append(result)
-            elif kind == "cancelled":
-                actor.answered(message[1])
-            elif kind == "report":
-                _, epoch, stats = message
-                run = actor.runs.get(stats.agent)
-                self.failures = 0
-                if run is not None and run.epoch == epoch and stats.agent not in actor.flushed and epoch >= live:
-                    events.append(AgentReport(epoch, stats))
+        messages, exited, incarnation = answer
+        events, messages, exited = self._settle(index, incarnation, messages, exited)
+        try:
+            events.extend(self._handle(index, messages))
+        except BaseException:
+            self._repoll(actor)
+            raise
         if exited is not None:
             return events + [self._lose(index, f"its worker loop ended ({exited})", "restart")]
-        actor.poll_ref = actor.handle.poll.remote(self.POLL_SECONDS, actor.incarnation)
+        self._repoll(actor)
         return events
-
-    def cancel(self, epoch: int) -> None:
-        """Abandon all work of epochs below ``epoch`` (the live epoch never decreases)."""
-        if epoch <= self.live:
-            return
-        self.live = epoch
-        self.queue = deque(u for u in self.queue if u.epoch >= epoch)
-        for actor in self.actors:
-            actor.runs = {a: r for a, r in actor.runs.items() if r.epoch >= epoch}
-            actor.flushed &= set(actor.runs)
-            self._track(actor, actor.handle.cancel.remote(epoch))  # running work is abandoned at once
 
     def close(self) -> None:
         """Kill every actor, and shut Ray down if this backend started it. Safe twice and after a failure."""
-        actors, self.actors = self.actors, []
+        actors, self.workers = self.workers, []
         owns, self.owns_runtime = self.owns_runtime, False
         try:
             for actor in actors:
