@@ -17,9 +17,9 @@ import time
 
 
 def main() -> None:
-    from sb3_nigt.common import estimator
     from sb3_nigt.experiments import EXPERIMENTS
     from sb3_nigt.experiments.runner import RunSpec, build_model
+    from sb3_nigt.workers import rollout as estimator
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=sorted(EXPERIMENTS))

@@ -67,7 +67,9 @@ def instrument() -> list[str]:
     Returns the labels that could be wrapped (the collector's private phases may change; missing ones are skipped).
     """
     from sb3_nigt.clock import planner
-    from sb3_nigt.common import aggregation, collector, estimator
+    from sb3_nigt.clock import rounds as collector
+    from sb3_nigt.core import aggregation
+    from sb3_nigt.workers import rollout as estimator
 
     targets = [
         ("run_unit", estimator.GradientWorker, "run_unit"),
@@ -145,8 +147,8 @@ def _measure(n: int, k: int, profile_lines: int, planner: str) -> ScaleResult:
     import numpy as np
 
     from sb3_nigt import RennalaNIGT
-    from sb3_nigt.common.exact import ZERO
-    from sb3_nigt.common.timing import TimeCounters
+    from sb3_nigt.clock.exact import ZERO
+    from sb3_nigt.clock.timing import TimeCounters
 
     start = time.perf_counter()
     model = RennalaNIGT("MlpPolicy", ENV_ID, n_agents=n, **SETTINGS)
@@ -217,7 +219,7 @@ def render(results: list[ScaleResult], wrapped: list[str], load: tuple[tuple, tu
     import torch
 
     import sb3_nigt
-    from sb3_nigt.common.estimator import CHUNK_SIZE
+    from sb3_nigt.workers.rollout import CHUNK_SIZE
 
     lines = [
         "## Collector overhead with many simulated agents",

@@ -47,7 +47,7 @@ import numpy as np
 
 
 class Recorder:
-    """A :class:`~sb3_nigt.common.backends.Backend` proxy: delegates everything, records rounds and unit seconds."""
+    """A :class:`~sb3_nigt.backends.contract.Backend` proxy: delegates everything, records rounds and unit seconds."""
 
     def __init__(self, inner: Any):
         self.inner = inner
@@ -82,7 +82,7 @@ class Recorder:
         self.inner.flush(epoch, agent, count, upload_delay)
 
     def wait(self, timeout: Optional[float] = None) -> list:
-        from sb3_nigt.common.estimator import UnitResult
+        from sb3_nigt.workers.rollout import UnitResult
 
         events = self.inner.wait(timeout)
         for event in events:
@@ -99,7 +99,7 @@ class Recorder:
 
 
 def build_inner(backend: str) -> Any:
-    from sb3_nigt.common.backends import BACKENDS
+    from sb3_nigt.backends.registry import BACKENDS
 
     return BACKENDS[backend]()
 
@@ -182,7 +182,7 @@ def available(backend: str) -> Optional[str]:
     """None if ``backend`` can run here, else why not."""
     if backend == "ray" and importlib.util.find_spec("ray") is None:
         return 'ray is not installed (pip install "sb3-nigt[ray]")'
-    from sb3_nigt.common.backends import BACKENDS
+    from sb3_nigt.backends.registry import BACKENDS
 
     if backend not in BACKENDS:
         return f"not a registered backend ({sorted(BACKENDS)})"

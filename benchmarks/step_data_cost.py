@@ -1,9 +1,9 @@
 """What the per-step data for callbacks costs in every message: a trajectory's statistics with and without it.
 
 Samples one Hopper trajectory (no early termination, ``--steps`` steps) at θ_0 and prints the pickled size and the
-pickle + unpickle time of its :class:`~sb3_nigt.common.estimator.TrajectoryStats`: bare (no per-step data), with
+pickle + unpickle time of its :class:`~sb3_nigt.workers.rollout.TrajectoryStats`: bare (no per-step data), with
 the per-step rewards and the info dicts as the plain list of dicts, and as the library sends them
-(:class:`~sb3_nigt.common.estimator.StepInfos`, one array per key), next to the size of one gradient vector.
+(:class:`~sb3_nigt.workers.rollout.StepInfos`, one array per key), next to the size of one gradient vector.
 
 Usage::
 
@@ -27,7 +27,7 @@ def main() -> None:
     import gymnasium as gym
 
     from sb3_nigt import RennalaNIGT
-    from sb3_nigt.common.estimator import GradientWorker, job_seed
+    from sb3_nigt.workers.rollout import GradientWorker, job_seed
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.9, help="target ratio of collection to random-action steps")
     args = parser.parse_args()
 
-    from sb3_nigt.common import estimator
+    from sb3_nigt.workers import rollout as estimator
 
     spent = {"sample": 0.0, "gradient": 0.0, "step": 0.0, "reset": 0.0, "raw step": 0.0, "raw sample": 0.0}
     units = [0]

@@ -185,7 +185,7 @@ def record_actions(worker, unit) -> list:
     (reset seed, env actions, return) for each: what :class:`ReplaySession` replays."""
     import numpy as np
 
-    from sb3_nigt.common.estimator import job_seed
+    from sb3_nigt.workers.rollout import job_seed
 
     env = worker.env(unit.env_index)
     low, high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
@@ -207,8 +207,8 @@ class CollectSession:
     """
 
     def __init__(self, model, params=None):
-        from sb3_nigt.common.estimator import UnitResult
-        from sb3_nigt.common.exact import ZERO
+        from sb3_nigt.clock.exact import ZERO
+        from sb3_nigt.workers.rollout import UnitResult
 
         self.model = model
         self.params = model.get_flat_params() if params is None else params
@@ -277,7 +277,7 @@ def measure_raw_and_theta0(env_id: str, steps: int, groups: int) -> tuple[Row, R
     hence the same states, recorded in an untimed pass); as many raw steps with random actions. The order of
     the random-action piece swaps every time. The alternations are pooled into ``groups`` consecutive groups
     for the spread of the ratios."""
-    from sb3_nigt.common.estimator import GradientWorker
+    from sb3_nigt.workers.rollout import GradientWorker
 
     raw_session = RawSession(quiet_make(env_id))
     raw_session.warm_up(min(1000, steps))
@@ -335,10 +335,10 @@ def measure_same_states(env_id: str, steps: int, groups: int) -> tuple[list[Row]
     import numpy as np
     import torch as th
 
-    from sb3_nigt.common.backends import single_threaded_torch
-    from sb3_nigt.common.envs import EnvFactory
-    from sb3_nigt.common.estimator import CHUNK_SIZE, GradientWorker, WorkUnit
+    from sb3_nigt.backends.contract import single_threaded_torch
     from sb3_nigt.policies import NIGTPolicy
+    from sb3_nigt.workers.env_factory import EnvFactory
+    from sb3_nigt.workers.rollout import CHUNK_SIZE, GradientWorker, WorkUnit
 
     factory = EnvFactory(env_id, {"terminate_when_unhealthy": False})
     probe = quiet_make_factory(factory)
@@ -421,9 +421,9 @@ def measure_fixed_costs(env_id: str, repeats: int) -> list[tuple[str, str]]:
     θ_0-like trajectories (14 steps) for units of 1, 2 and 8 trajectories."""
     import numpy as np
 
-    from sb3_nigt.common.backends import single_threaded_torch
-    from sb3_nigt.common.estimator import GradientWorker, job_seed
+    from sb3_nigt.backends.contract import single_threaded_torch
     from sb3_nigt.policies import NIGTPolicy
+    from sb3_nigt.workers.rollout import GradientWorker, job_seed
 
     env = quiet_make(env_id)
     env.action_space.seed(0)
@@ -566,7 +566,7 @@ def machine_facts(env_id: str) -> list[str]:
     import torch
 
     import sb3_nigt
-    from sb3_nigt.common.estimator import CHUNK_SIZE
+    from sb3_nigt.workers.rollout import CHUNK_SIZE
 
     try:
         affinity = len(os.sched_getaffinity(0))

@@ -37,9 +37,9 @@ from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_nigt import MaleniaNIGT, RennalaNIGT
-from sb3_nigt.common.envs import AgentVecEnv
 from sb3_nigt.envs import heterogeneous_envs
 from sb3_nigt.train import evaluate, hopper_id
+from sb3_nigt.workers.env_factory import AgentVecEnv
 
 ALGORITHMS = {"MaleniaNIGT": MaleniaNIGT, "RennalaNIGT": RennalaNIGT}
 

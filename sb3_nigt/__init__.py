@@ -4,12 +4,12 @@ Implements Tyurin, Spiridonov, Rudenko, "Asynchronous Policy Gradient Aggregatio
 Reinforcement Learning", ICLR 2026 (arXiv 2509.24305).
 """
 
-from sb3_nigt.afedpg import AFedPG
-from sb3_nigt.common.timing import RandomTimes, TimingModel
-from sb3_nigt.malenia import MaleniaNIGT
+from sb3_nigt.algorithms.afedpg import AFedPG
+from sb3_nigt.algorithms.malenia import MaleniaNIGT
+from sb3_nigt.algorithms.rennala import RennalaNIGT
+from sb3_nigt.algorithms.synchronized import SynchronizedNIGT
+from sb3_nigt.clock.timing import RandomTimes, TimingModel
 from sb3_nigt.policies import MlpPolicy, NIGTPolicy
-from sb3_nigt.rennala import RennalaNIGT
-from sb3_nigt.synchronized import SynchronizedNIGT
 
 __version__ = "0.1.0"
 

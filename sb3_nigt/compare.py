@@ -83,9 +83,9 @@ from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
 
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
-from sb3_nigt.common.envs import AgentVecEnv
-from sb3_nigt.common.nigt import NIGTAlgorithm
+from sb3_nigt.algorithms.base import NIGTAlgorithm
 from sb3_nigt.envs import heterogeneous_envs
+from sb3_nigt.workers.env_factory import AgentVecEnv
 
 ALGORITHMS = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT, "sync": SynchronizedNIGT, "afedpg": AFedPG}
 
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeline", type=int, default=None, metavar="N",
                         help="also record the clock's event trace of each algorithm's first seed and write timeline.csv "
                              "and timeline.png of its first N rounds")
-    parser.add_argument("--backend", default="inline", help="a registered backend name (sb3_nigt.common.backends.BACKENDS: inline, subprocess, ...)")
+    parser.add_argument("--backend", default="inline", help="a registered backend name (sb3_nigt.backends.registry.BACKENDS: inline, subprocess, ...)")
     parser.add_argument("--n-workers", type=int, default=None)
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--progress-bar", action="store_true",
@@ -451,7 +451,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                          f"agents are the comparison's premise); got {', '.join(f'{n}={v!r}' for n, v in given.items())}"
                          f" and {', '.join(n for n in args.algorithms if n not in given) or 'different values'}")
     if any(key in args.override_map.get(name, {}) for name in args.algorithms for key in ("n_agents", "compute_times", "communication_times")):
-        from sb3_nigt.common.timing import TimingModel
+        from sb3_nigt.clock.timing import TimingModel
 
         first = args.override_map.get(args.algorithms[0], {})
         n = first.get("n_agents", args.n_agents)

@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sb3_nigt.common.envs import EnvFactory
+from sb3_nigt.workers.env_factory import EnvFactory
 
 
 class AgentTagObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):

@@ -22,7 +22,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
-from sb3_nigt.common.warn import user_stacklevel
+from sb3_nigt.algorithms.warn import user_stacklevel
 
 #: ``net_arch`` keys of SB3's dict form that NIGT has no use for (it has no value or Q network).
 _IGNORED_NET_ARCH_KEYS = ("vf", "qf")

@@ -1,9 +1,9 @@
 """The clock's event trace as a tidy CSV and a Gantt-style timeline (docs/time.md, "Event trace").
 
-A model built with ``record_trace=True`` keeps one :class:`~sb3_nigt.common.trace.TraceEvent` per broadcast,
+A model built with ``record_trace=True`` keeps one :class:`~sb3_nigt.clock.trace.TraceEvent` per broadcast,
 gradient and upload in ``model.trace``. This module
 
-- writes such traces to a tidy CSV, one row per event, columns :data:`~sb3_nigt.common.trace.COLUMNS`
+- writes such traces to a tidy CSV, one row per event, columns :data:`~sb3_nigt.clock.trace.COLUMNS`
   (:func:`write_trace_csv`), and reads it back (:func:`read_trace_csv`);
 - draws one timeline per trace (:func:`plot_timeline`) or one panel per algorithm (:func:`plot_timelines`):
   agents on the y-axis (agent 0 at the top), seconds on the clock on the x-axis, one bar per event, idle time
@@ -26,8 +26,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union, cast
 
-from sb3_nigt.common.exact import ExactTime
-from sb3_nigt.common.trace import COLUMNS, KINDS, STATUSES, TraceEvent
+from sb3_nigt.clock.exact import ExactTime
+from sb3_nigt.clock.trace import COLUMNS, KINDS, STATUSES, TraceEvent
 
 if TYPE_CHECKING:  # matplotlib is an optional dependency, imported when plotting
     from matplotlib.axes import Axes

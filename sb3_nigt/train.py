@@ -30,7 +30,7 @@ from stable_baselines3.common.utils import get_linear_fn, safe_mean
 from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
 
 from sb3_nigt import RennalaNIGT
-from sb3_nigt.common.nigt import NIGTAlgorithm
+from sb3_nigt.algorithms.base import NIGTAlgorithm
 
 
 class ReturnLogger(BaseCallback):

@@ -46,7 +46,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import safe_mean
 
 from sb3_nigt.afedpg import AFedPG
-from sb3_nigt.common.nigt import NIGTAlgorithm
+from sb3_nigt.algorithms.base import NIGTAlgorithm
 from sb3_nigt.malenia import MaleniaNIGT
 from sb3_nigt.rennala import RennalaNIGT
 from sb3_nigt.synchronized import SynchronizedNIGT

@@ -13,17 +13,19 @@ import torch as th
 from torch.nn.utils import parameters_to_vector
 
 from sb3_nigt import NIGTPolicy, RennalaNIGT
-from sb3_nigt.common.backends import BackendOptions, InlineBackend, SubprocessBackend
-from sb3_nigt.common.collector import Collector
-from sb3_nigt.common.envs import EnvFactory
-from sb3_nigt.common.timing import TimingModel
+from sb3_nigt.backends.contract import BackendOptions
+from sb3_nigt.backends.inline import InlineBackend
+from sb3_nigt.backends.subprocess import SubprocessBackend
+from sb3_nigt.clock.rounds import Collector
+from sb3_nigt.clock.timing import TimingModel
+from sb3_nigt.workers.env_factory import EnvFactory
 
 
 def pytest_configure(config) -> None:
     # Subprocess workers start from a forkserver (the library's default). Preloading the library there makes a
     # worker start in a fraction of a second instead of re-importing torch each time (several seconds on two
     # busy cores). test_determinism.py also runs one "spawn" configuration, which preloads nothing.
-    mp.set_forkserver_preload(["sb3_nigt.common.backends"])
+    mp.set_forkserver_preload(["sb3_nigt.backends.subprocess"])
 
 
 @pytest.fixture(scope="session")

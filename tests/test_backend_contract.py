@@ -1,4 +1,4 @@
-"""The backend contract (:class:`sb3_nigt.common.backends.Backend`, docs/backends.md): one suite that every
+"""The backend contract (:class:`sb3_nigt.backends.contract.Backend`, docs/backends.md): one suite that every
 registered backend passes.
 
 Every test in the first part runs once per name in ``BACKEND_NAMES``; a new backend (Ray actors,
@@ -30,24 +30,13 @@ from torch.nn.utils import parameters_to_vector
 
 from sb3_nigt import NIGTPolicy
 from sb3_nigt.backends import registry
-from sb3_nigt.common.backends import (
-    BACKENDS,
-    AgentReport,
-    AgentRun,
-    Backend,
-    BackendOptions,
-    InlineBackend,
-    LazyBackend,
-    SubprocessBackend,
-    WorkerError,
-    WorkerLost,
-    hooks_of,
-    make_backend,
-    register_backend,
-    single_threaded_torch,
-)
-from sb3_nigt.common.envs import EnvFactory
-from sb3_nigt.common.estimator import CHUNK_SIZE, GradientWorker, ObsNorm, TrajectoryStats, UnitResult, WorkUnit, job_seed
+from sb3_nigt.backends.contract import Backend, BackendOptions, WorkerError, WorkerLost, single_threaded_torch
+from sb3_nigt.backends.inline import InlineBackend
+from sb3_nigt.backends.registry import BACKENDS, LazyBackend, hooks_of, make_backend, register_backend
+from sb3_nigt.backends.subprocess import SubprocessBackend
+from sb3_nigt.workers.env_factory import EnvFactory
+from sb3_nigt.workers.messages import AgentReport, AgentRun
+from sb3_nigt.workers.rollout import CHUNK_SIZE, GradientWorker, ObsNorm, TrajectoryStats, UnitResult, WorkUnit, job_seed
 
 from contract_envs import SleepyEnv
 
@@ -209,7 +198,7 @@ class SubprocessFaults:
 
 
 class RayFaults:
-    """How the failure tests reach the actors of a :class:`~sb3_nigt.common.ray_backend.RayBackend`."""
+    """How the failure tests reach the actors of a :class:`~sb3_nigt.backends.ray_actors.RayBackend`."""
 
     @staticmethod
     def holding_units(backend: Any) -> int:
@@ -734,7 +723,7 @@ def test_optional_hooks_have_declared_defaults():
 
 def test_a_lazy_entry_imports_its_module_when_built(monkeypatch):
     monkeypatch.setattr(registry, "BACKENDS", dict(BACKENDS))
-    register_backend("lazy-probe", LazyBackend("sb3_nigt.common.backends", "InlineBackend"))
+    register_backend("lazy-probe", LazyBackend("sb3_nigt.backends.inline", "InlineBackend"))
     assert isinstance(make_backend("lazy-probe", worker_args(), BackendOptions()), InlineBackend)
     with pytest.raises(ImportError):
         LazyBackend("sb3_nigt.no_such_module", "Nothing")()

@@ -16,7 +16,7 @@ from torch import nn
 
 from sb3_nigt import RennalaNIGT
 from sb3_nigt.algorithms.config import RENAMED
-from sb3_nigt.common.envs import AgentVecEnv
+from sb3_nigt.workers.env_factory import AgentVecEnv
 
 from helpers import ConstantBandit, FailsOutsideProcess, assert_no_worker_alive, quadratic_reward
 

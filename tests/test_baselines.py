@@ -10,9 +10,9 @@ import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
-from sb3_nigt.common.envs import EnvFactory
-from sb3_nigt.common.estimator import GradientWorker, WorkUnit
 from sb3_nigt.envs import heterogeneous_envs
+from sb3_nigt.workers.env_factory import EnvFactory
+from sb3_nigt.workers.rollout import GradientWorker, WorkUnit
 
 from helpers import ConstantBandit, RandomLengthEnv, RoundRecorder, identity_reward
 

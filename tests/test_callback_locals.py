@@ -176,7 +176,7 @@ def test_observation_warmup_reaches_the_log(algorithm, tmp_path):
 def test_step_infos_round_trip_compact_and_faithful():
     import pickle
 
-    from sb3_nigt.common.estimator import StepInfos
+    from sb3_nigt.workers.rollout import StepInfos
 
     floats = [{"x": float(t), "y": np.float64(t / 2), "z": np.float32(t)} for t in range(50)]
     infos = StepInfos(floats)

@@ -120,7 +120,7 @@ def test_an_old_name_given_with_its_new_name_wins_and_says_so(old, new, tmp_path
 
 
 def test_afedpg_names_its_server_round_in_a_typed_environment_error(monkeypatch):
-    from sb3_nigt.afedpg import afedpg
+    from sb3_nigt.algorithms import afedpg
 
     def serve(self, *args, **kwargs):
         raise NonFiniteEnvironmentError("observations", [float("nan")], 1, 0, 3)

@@ -21,7 +21,7 @@ import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
-from sb3_nigt.common.backends import WorkerError
+from sb3_nigt.backends.contract import WorkerError
 
 from fault_envs import FaultyEnv
 from helpers import SaveAndStop

@@ -19,7 +19,7 @@ from gymnasium.envs.registration import EnvSpec
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from sb3_nigt import MaleniaNIGT, RennalaNIGT
-from sb3_nigt.common.envs import EnvFactory, EnvSnapshot, env_factories
+from sb3_nigt.workers.env_factory import EnvFactory, EnvSnapshot, env_factories
 
 from helpers import assert_no_worker_alive
 

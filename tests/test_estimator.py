@@ -12,8 +12,8 @@ import torch as th
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from sb3_nigt import NIGTPolicy
-from sb3_nigt.common.envs import EnvFactory
-from sb3_nigt.common.estimator import GradientWorker, TrajectoryStats, WorkUnit, discounted_returns_to_go, policy_gradient
+from sb3_nigt.workers.env_factory import EnvFactory
+from sb3_nigt.workers.rollout import GradientWorker, TrajectoryStats, WorkUnit, discounted_returns_to_go, policy_gradient
 
 from helpers import ConstantBandit, FixedLengthEnv, identity_reward, logpdf_grad_reference, quadratic_reward
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from sb3_nigt import TimingModel
+from sb3_nigt.backends.contract import WorkerLost
 from sb3_nigt.clock.events import Event, EventEngine, Order
-from sb3_nigt.common.backends import WorkerLost
-from sb3_nigt.common.collector import Collector
-from sb3_nigt.common.estimator import UnitResult
-from sb3_nigt.common.exact import ExactTime
+from sb3_nigt.clock.exact import ExactTime
+from sb3_nigt.clock.rounds import Collector
+from sb3_nigt.workers.rollout import UnitResult
 
 
 def _time(x) -> ExactTime:

@@ -16,8 +16,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_nigt import AFedPG, MaleniaNIGT, NIGTPolicy, RandomTimes, RennalaNIGT, SynchronizedNIGT
-from sb3_nigt.common.estimator import GradientWorker
-from sb3_nigt.common.exact import ExactTime
+from sb3_nigt.clock.exact import ExactTime
+from sb3_nigt.workers.rollout import GradientWorker
 
 from helpers import RandomLengthEnv, reference_sync_round
 

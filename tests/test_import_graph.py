@@ -102,11 +102,11 @@ def test_the_graph_sees_relative_and_function_level_imports():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) == []
     graph = import_graph()
-    assert "sb3_nigt.afedpg" in graph["sb3_nigt"]
-    path = module_files()["sb3_nigt.common.ray_backend"]
-    assert "ray" in imported_names("sb3_nigt.common.ray_backend", path)  # inside functions only
-    assert "ray" not in imported_names("sb3_nigt.common.ray_backend", path, at_import=True)
-    assert any(targets for name, targets in graph.items() if name.startswith("sb3_nigt.common."))
+    assert "sb3_nigt.algorithms.afedpg" in graph["sb3_nigt"]
+    path = module_files()["sb3_nigt.backends.ray_actors"]
+    assert "ray" in imported_names("sb3_nigt.backends.ray_actors", path)  # inside functions only
+    assert "ray" not in imported_names("sb3_nigt.backends.ray_actors", path, at_import=True)
+    assert any(targets for name, targets in graph.items() if name.startswith("sb3_nigt.clock."))
 
 
 def test_the_package_has_no_import_cycle():
@@ -131,7 +131,7 @@ def test_importing_the_package_loads_no_optional_backend():
     optional = optional_modules()
     assert optional, "expected the Ray and torch.distributed backends to be found by their imports"
     code = (
-        "import json, sys\nimport sb3_nigt\nimport sb3_nigt.common.backends\n"
+        "import json, sys\nimport sb3_nigt\nimport sb3_nigt.backends.registry\n"
         "print(json.dumps(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.') or m.startswith('sb3_nigt'))))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

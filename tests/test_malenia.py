@@ -14,7 +14,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_nigt import MaleniaNIGT, RennalaNIGT
-from sb3_nigt.common.aggregation import MaleniaAggregation
+from sb3_nigt.core.aggregation import MaleniaAggregation
 from sb3_nigt.envs import AgentTagObservation, heterogeneous_envs
 
 from helpers import (

@@ -10,7 +10,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_nigt import RennalaNIGT
 from sb3_nigt.algorithms.config import RENAMED
-from sb3_nigt.common.collector import Collector
+from sb3_nigt.clock.rounds import Collector
 
 from helpers import ConstantBandit, zero_reward
 

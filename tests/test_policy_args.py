@@ -21,7 +21,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from torch import nn
 
 from sb3_nigt import AFedPG, MaleniaNIGT, NIGTPolicy, RennalaNIGT, SynchronizedNIGT
-from sb3_nigt.common.nigt import NIGTAlgorithm
+from sb3_nigt.algorithms.base import NIGTAlgorithm
 
 TINY = dict(round_size=2, horizon=5, n_agents=2, seed=0, policy_kwargs=dict(net_arch=[8]))
 ALGORITHMS = [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT, AFedPG]

@@ -1,4 +1,4 @@
-"""The Ray backend (``backend="ray"``, sb3_nigt/common/ray_backend.py, docs/ray.md) driven by the algorithms.
+"""The Ray backend (``backend="ray"``, sb3_nigt/backends/ray_actors.py, docs/ray.md) driven by the algorithms.
 
 The contract itself (units, runs, flushes, cancellation, killed and hung actors, ...) is checked by
 tests/test_backend_contract.py, where "ray" is one of BACKEND_NAMES and FAULTS. Here: whole ``learn`` runs give
@@ -24,10 +24,11 @@ import pytest
 ray = pytest.importorskip("ray", reason='the Ray backend needs ray: pip install "sb3-nigt[ray]"')
 
 from sb3_nigt import MaleniaNIGT, RennalaNIGT  # noqa: E402
-from sb3_nigt.common import ray_backend  # noqa: E402
-from sb3_nigt.common.backends import BackendOptions, WorkerLost, make_backend  # noqa: E402
-from sb3_nigt.common.estimator import UnitResult, WorkUnit  # noqa: E402
-from sb3_nigt.common.ray_backend import RayBackend  # noqa: E402
+from sb3_nigt.backends import ray_actors as ray_backend  # noqa: E402
+from sb3_nigt.backends.contract import BackendOptions, WorkerLost  # noqa: E402
+from sb3_nigt.backends.ray_actors import RayBackend  # noqa: E402
+from sb3_nigt.backends.registry import make_backend  # noqa: E402
+from sb3_nigt.workers.rollout import UnitResult, WorkUnit  # noqa: E402
 
 from fault_envs import FaultyEnv  # noqa: E402
 from helpers import RoundRecorder  # noqa: E402
@@ -115,8 +116,8 @@ def test_ray_kill_of_a_busy_actor_is_restarted_by_ray_then_replaced_once_its_res
     factory = faulty()
     env = factory()
     from sb3_nigt import NIGTPolicy
-    from sb3_nigt.common.backends import single_threaded_torch
-    from sb3_nigt.common.estimator import GradientWorker
+    from sb3_nigt.backends.contract import single_threaded_torch
+    from sb3_nigt.workers.rollout import GradientWorker
 
     args = dict(env_factories=[factory], policy_class=NIGTPolicy, observation_space=env.observation_space,
                 action_space=env.action_space, policy_kwargs={"net_arch": [8]})
@@ -260,7 +261,7 @@ def test_actor_options_default_to_a_share_of_the_cpus_and_keep_the_callers_blas_
 
 # ---------------------------------------------------------------------------------------- the connection
 def test_importing_sb3_nigt_does_not_import_ray():
-    code = "import sys, sb3_nigt; from sb3_nigt.common.backends import BACKENDS; assert 'ray' in BACKENDS; " \
+    code = "import sys, sb3_nigt; from sb3_nigt.backends.registry import BACKENDS; assert 'ray' in BACKENDS; " \
            "assert 'ray' not in sys.modules, 'ray was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -271,9 +272,10 @@ def test_its_own_local_runtime_listens_on_the_loopback_and_is_shut_down_at_close
     code = textwrap.dedent("""
         import gymnasium as gym, ray
         from sb3_nigt import NIGTPolicy
-        from sb3_nigt.common.backends import BackendOptions, make_backend
-        from sb3_nigt.common.envs import EnvFactory
-        from sb3_nigt.common.ray_backend import RayBackend
+        from sb3_nigt.backends.contract import BackendOptions
+        from sb3_nigt.backends.registry import make_backend
+        from sb3_nigt.workers.env_factory import EnvFactory
+        from sb3_nigt.backends.ray_actors import RayBackend
 
         if __name__ == "__main__":
             factory = EnvFactory("Pendulum-v1")

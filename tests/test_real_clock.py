@@ -13,12 +13,13 @@ import pytest
 import torch.distributed as dist
 
 from sb3_nigt import RennalaNIGT
+from sb3_nigt.backends.contract import WorkerLost
+from sb3_nigt.backends.torch_distributed import StoreCounter
 from sb3_nigt.clock.real import Counted, RealRound, Tally
-from sb3_nigt.common.aggregation import MaleniaAggregation, RennalaAggregation, SynchronizedAggregation
-from sb3_nigt.common.backends import AgentReport, AgentRun, WorkerLost
-from sb3_nigt.common.distributed import StoreCounter
-from sb3_nigt.common.estimator import TrajectoryStats, UnitResult, WorkUnit
-from sb3_nigt.common.timing import TimeCounters, TimingModel
+from sb3_nigt.clock.timing import TimeCounters, TimingModel
+from sb3_nigt.core.aggregation import MaleniaAggregation, RennalaAggregation, SynchronizedAggregation
+from sb3_nigt.workers.messages import AgentReport, AgentRun
+from sb3_nigt.workers.rollout import TrajectoryStats, UnitResult, WorkUnit
 
 from helpers import RoundRecorder
 

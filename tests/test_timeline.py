@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt
 import pytest
 from matplotlib.collections import PolyCollection
 
-from sb3_nigt.common.exact import ExactTime
-from sb3_nigt.common.trace import COLUMNS, TraceEvent
+from sb3_nigt.clock.exact import ExactTime
+from sb3_nigt.clock.trace import COLUMNS, TraceEvent
 from sb3_nigt.timeline import (
     as_event,
     main,

@@ -11,9 +11,9 @@ import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_nigt import NIGTPolicy, RandomTimes, TimingModel
-from sb3_nigt.common.aggregation import RennalaAggregation
-from sb3_nigt.common.estimator import GradientWorker, WorkUnit
-from sb3_nigt.common.exact import ExactTime
+from sb3_nigt.clock.exact import ExactTime
+from sb3_nigt.core.aggregation import RennalaAggregation
+from sb3_nigt.workers.rollout import GradientWorker, WorkUnit
 
 from helpers import RandomLengthEnv, reference_round
 

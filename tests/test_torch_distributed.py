@@ -24,7 +24,7 @@ import torch.multiprocessing as torch_mp
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
-from sb3_nigt.common.distributed import DEFAULT_MASTER_ADDR, TorchDistributedBackend, default_store
+from sb3_nigt.backends.torch_distributed import DEFAULT_MASTER_ADDR, TorchDistributedBackend, default_store
 
 from helpers import SaveAndStop
 

@@ -1,3 +1,5 @@
-from sb3_nigt.afedpg.afedpg import AFedPG
+"""Kept for old imports: `AFedPG` lives in :mod:`sb3_nigt.algorithms.afedpg`."""
+
+from sb3_nigt.algorithms.afedpg import AFedPG
 
 __all__ = ["AFedPG"]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from sb3_nigt.common.warn import user_stacklevel
+from sb3_nigt.algorithms.warn import user_stacklevel
 
 CLOCKS = ("simulated", "real")
 

@@ -1,7 +1,7 @@
 """The contract every backend implements (docs/backends.md), its optional hooks, and what it reports.
 
 The collector (the clock) decides *what* is computed; a backend decides *where*. Two kinds of work travel: a
-:class:`~sb3_nigt.common.estimator.WorkUnit` (the simulated clock) and an
+:class:`~sb3_nigt.workers.rollout.WorkUnit` (the simulated clock) and an
 :class:`~sb3_nigt.workers.messages.AgentRun` (the real clock, the paper's agent-side accumulation).
 """
 
@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator, Optional, Protocol, Union, runtime_c
 import numpy as np
 import torch as th
 
-from sb3_nigt.common.estimator import ObsNorm, UnitResult, WorkUnit
 from sb3_nigt.workers.messages import AgentReport, AgentRun
+from sb3_nigt.workers.rollout import ObsNorm, UnitResult, WorkUnit
 
 
 class WorkerError(RuntimeError):

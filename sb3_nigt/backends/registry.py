@@ -1,7 +1,8 @@
 """Backends by name (``backend="inline"``): a registry whose optional backends are imported on first use.
 
-``"ray"`` and ``"torch_distributed"`` are registered as :class:`LazyBackend` entries (a module and a class name),
-so that ``import sb3_nigt`` imports neither ray nor ``torch.distributed``'s backend module.
+``"inline"`` and ``"subprocess"`` are registered as classes; ``"ray"`` and ``"torch_distributed"`` as
+:class:`LazyBackend` entries (a module and a class name), so that ``import sb3_nigt`` imports neither ray nor
+``torch.distributed``'s backend module.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import importlib
 from typing import Any, Callable, Union
 
 from sb3_nigt.backends.contract import Backend, BackendHooks, BackendOptions
+from sb3_nigt.backends.inline import InlineBackend
+from sb3_nigt.backends.subprocess import SubprocessBackend
 
 
 class LazyBackend(BackendHooks):
@@ -42,8 +45,10 @@ class LazyBackend(BackendHooks):
 
 #: Backends by name (``backend="inline"``). :func:`register_backend` adds one.
 BACKENDS: dict[str, Callable[[], Backend]] = {
-    "ray": LazyBackend("sb3_nigt.common.ray_backend", "RayBackend"),
-    "torch_distributed": LazyBackend("sb3_nigt.common.distributed", "TorchDistributedBackend"),
+    "inline": InlineBackend,
+    "subprocess": SubprocessBackend,
+    "ray": LazyBackend("sb3_nigt.backends.ray_actors", "RayBackend"),
+    "torch_distributed": LazyBackend("sb3_nigt.backends.torch_distributed", "TorchDistributedBackend"),
 }
 
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch as th
 
 from sb3_nigt.backends.contract import BackendHooks, BackendOptions, Event, WorkerError, WorkerLost, check_params, check_slot
-from sb3_nigt.common.estimator import ObsNorm, WorkUnit
 from sb3_nigt.workers.messages import (
     AgentReport,
     AgentRun,
@@ -33,6 +32,7 @@ from sb3_nigt.workers.messages import (
     UnitDone,
     dispatch,
 )
+from sb3_nigt.workers.rollout import ObsNorm, WorkUnit
 
 
 class RemoteWorker:

@@ -1,6 +1,6 @@
 """The simulated clock's discrete-event engine (docs/time.md): typed events in exact time, shared by the round
 planner of Rennala, Malenia and Synchronized NIGT (:mod:`sb3_nigt.clock.planner`) and by AFedPG's per-arrival
-server (:mod:`sb3_nigt.afedpg.server`).
+server (:mod:`sb3_nigt.algorithms.afedpg_server`).
 
 Events are played in increasing time; at equal times in increasing :class:`Order`, then agent index, then
 gradient index. A gradient's compute time is h_i (per gradient), h_i·H (``"horizon"``) or h_i·T (``"step"``,
@@ -14,8 +14,8 @@ import heapq
 from enum import IntEnum
 from typing import Callable, NamedTuple, Optional
 
-from sb3_nigt.common.exact import ExactTime
-from sb3_nigt.common.timing import TimingModel
+from sb3_nigt.clock.exact import ExactTime
+from sb3_nigt.clock.timing import TimingModel
 
 
 class Order(IntEnum):

@@ -1,4 +1,4 @@
-"""The round planner on the simulated clock (docs/time.md, and the time model in :mod:`sb3_nigt.common.collector`):
+"""The round planner on the simulated clock (docs/time.md, and the time model in :mod:`sb3_nigt.clock.rounds`):
 Rennala, Malenia and Synchronized NIGT play a round's events in exact time and learn which gradients count, when,
 and when each agent stops.
 
@@ -16,20 +16,20 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
+from sb3_nigt.backends.contract import Backend
 from sb3_nigt.clock.events import Event, EventEngine, Order
-from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
-from sb3_nigt.common.backends import Backend
-from sb3_nigt.common.estimator import UnitResult, WorkUnit
-from sb3_nigt.common.exact import ExactTime
-from sb3_nigt.common.timing import TimeCounters, TimingModel
-from sb3_nigt.common.trace import TraceEvent
+from sb3_nigt.clock.exact import ExactTime
+from sb3_nigt.clock.timing import TimeCounters, TimingModel
+from sb3_nigt.clock.trace import TraceEvent
+from sb3_nigt.core.aggregation import AggregationRule, RennalaAggregation
+from sb3_nigt.workers.rollout import UnitResult, WorkUnit
 
 #: A counted gradient: (finish time in seconds, agent, index).
 Counted = tuple[ExactTime, int, int]
 
 
 class Agents(Protocol):
-    """What the planner uses of the collector (:class:`~sb3_nigt.common.collector.Collector`)."""
+    """What the planner uses of the collector (:class:`~sb3_nigt.clock.rounds.Collector`)."""
 
     timing: TimingModel
     counters: TimeCounters

@@ -21,17 +21,19 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
-from sb3_nigt.common.aggregation import AggregationRule
-from sb3_nigt.common.backends import AgentReport, AgentRun, Backend, Event, WorkerLost, hooks_of
-from sb3_nigt.common.estimator import TrajectoryStats, UnitResult
-from sb3_nigt.common.trace import TraceEvent
+from sb3_nigt.backends.contract import Backend, Event, WorkerLost
+from sb3_nigt.backends.registry import hooks_of
+from sb3_nigt.clock.trace import TraceEvent
+from sb3_nigt.core.aggregation import AggregationRule
+from sb3_nigt.workers.messages import AgentReport, AgentRun
+from sb3_nigt.workers.rollout import TrajectoryStats, UnitResult
 
 
 class WallClock:
     """Seconds on the model's clock during a real-clock run, and the timing model's draws turned into sleeps.
 
-    :param collector: reads ``timing`` (the :class:`~sb3_nigt.common.timing.TimingModel`), ``counters`` (the
-        agents' :class:`~sb3_nigt.common.timing.TimeCounters`, advanced by every draw) and ``time_scale``
+    :param collector: reads ``timing`` (the :class:`~sb3_nigt.clock.timing.TimingModel`), ``counters`` (the
+        agents' :class:`~sb3_nigt.clock.timing.TimeCounters`, advanced by every draw) and ``time_scale``
         (seconds of sleep per second of h_i or κ_i; None or 0: no emulation, draws still advance the counters).
     :param base: the clock's time at the start (seconds).
     """

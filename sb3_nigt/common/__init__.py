@@ -1,1 +1,2 @@
-"""Shared parts of the sb3-nigt algorithms: timing model, aggregation rules, estimator, collector, NIGT loop."""
+"""Old import paths (``sb3_nigt.common.timing`` and the like), kept as aliases of the modules' new homes in
+``core/``, ``clock/``, ``workers/``, ``backends/`` and ``algorithms/`` (docs/architecture.md)."""

@@ -256,8 +256,8 @@ ENV_COST: dict[str, tuple[float, float]] = {
 
 def compute_times_of(experiment: Experiment, n_agents: int) -> list[float]:
     """h_1, …, h_n of the experiment's agents (seconds per gradient): its ``compute_times`` or its scenario's, read
-    by :class:`~sb3_nigt.common.timing.TimingModel` as the algorithms read them, then rounded to floats."""
-    from sb3_nigt.common.timing import TimingModel
+    by :class:`~sb3_nigt.clock.timing.TimingModel` as the algorithms read them, then rounded to floats."""
+    from sb3_nigt.clock.timing import TimingModel
     from sb3_nigt.compare import scenario_times
 
     compute = list(experiment.compute_times) if experiment.compute_times is not None else scenario_times(experiment.scenario, n_agents)[0]

@@ -194,7 +194,7 @@ def execute(experiment: Experiment, specs: list[RunSpec], cache: Path, workers: 
         return paths
     import multiprocessing as mp
 
-    from sb3_nigt.common.nigt import _terminate_like_interrupt
+    from sb3_nigt.algorithms.base import _terminate_like_interrupt
 
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     failures: list[str] = []

@@ -1,3 +1,5 @@
-from sb3_nigt.malenia.malenia import MaleniaNIGT
+"""Kept for old imports: `MaleniaNIGT` lives in :mod:`sb3_nigt.algorithms.malenia`."""
+
+from sb3_nigt.algorithms.malenia import MaleniaNIGT
 
 __all__ = ["MaleniaNIGT"]

@@ -11,7 +11,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from sb3_nigt.common.estimator import GradientWorker, JobCancelled, Trajectory, TrajectoryStats, UnitResult, WorkUnit, job_seed
 from sb3_nigt.workers.messages import (
     AgentRun,
     Alive,
@@ -28,6 +27,7 @@ from sb3_nigt.workers.messages import (
     dispatch,
     picklable,
 )
+from sb3_nigt.workers.rollout import GradientWorker, JobCancelled, Trajectory, TrajectoryStats, UnitResult, WorkUnit, job_seed
 
 
 class RunState:

@@ -5,7 +5,7 @@ Commands (main → worker): :class:`ComputeUnit`, :class:`StartRun`, :class:`Flu
 :class:`Alive`, :class:`Failed`. None of them carries θ: a :class:`Theta` names the published version and how the
 worker fetches it (a shared-memory slot, a Ray ObjectRef). Both sides decode with :func:`dispatch`.
 
-The work itself: a :class:`~sb3_nigt.common.estimator.WorkUnit` (the simulated clock) or an :class:`AgentRun`
+The work itself: a :class:`~sb3_nigt.workers.rollout.WorkUnit` (the simulated clock) or an :class:`AgentRun`
 (the real clock, the paper's agent-side accumulation); :class:`AgentReport` is the main-side event of a finished
 trajectory.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
-from sb3_nigt.common.estimator import ObsNorm, TrajectoryStats, UnitResult, WorkUnit
+from sb3_nigt.workers.rollout import ObsNorm, TrajectoryStats, UnitResult, WorkUnit
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from sb3_nigt.afedpg.server import AsyncServer, new_job
-from sb3_nigt.common.aggregation import AggregationRule
-from sb3_nigt.common.backends import Backend
-from sb3_nigt.common.collector import Arrival, Collector
-from sb3_nigt.common.nigt import NIGTAlgorithm, PendingRound, RoundKind, _obs_rms
-from sb3_nigt.common.timing import TimeSpec
+from sb3_nigt.algorithms.afedpg_server import AsyncServer, new_job
+from sb3_nigt.algorithms.base import NIGTAlgorithm, PendingRound, RoundKind, _obs_rms
+from sb3_nigt.backends.contract import Backend
+from sb3_nigt.clock.rounds import Arrival, Collector
+from sb3_nigt.clock.timing import TimeSpec
+from sb3_nigt.core.aggregation import AggregationRule
 from sb3_nigt.core.errors import NonFiniteEnvironmentError
 from sb3_nigt.policies import NIGTPolicy
 
@@ -37,7 +37,7 @@ class AFedPG(NIGTAlgorithm):
     round). d starts as the first arriving gradient.
 
     The shared parameters mean what they mean for the NIGT algorithms
-    (:class:`~sb3_nigt.common.nigt.NIGTAlgorithm`, whose checks they go through); ``round_size`` is not used (a
+    (:class:`~sb3_nigt.algorithms.base.NIGTAlgorithm`, whose checks they go through); ``round_size`` is not used (a
     batch is one gradient: giving it warns), and ``initial_round_size`` only sizes the observation warm-up round that
     fresh VecNormalize statistics trigger (docs/algorithms.md, "Where this library departs from the paper, or
     reads it"). A "round" here is n consecutive server updates: the callbacks' ``on_rollout_start``/
@@ -58,8 +58,8 @@ class AFedPG(NIGTAlgorithm):
         else 1000.
     :param gamma: γ ∈ [0, 1], the discount factor.
     :param n_agents: n >= 1; default the number of environments given.
-    :param compute_times: h_i, seconds per gradient (or per step); see :class:`~sb3_nigt.common.timing.TimingModel`.
-    :param communication_times: κ_i, seconds per vector; see :class:`~sb3_nigt.common.timing.TimingModel`.
+    :param compute_times: h_i, seconds per gradient (or per step); see :class:`~sb3_nigt.clock.timing.TimingModel`.
+    :param communication_times: κ_i, seconds per vector; see :class:`~sb3_nigt.clock.timing.TimingModel`.
     :param compute_time_unit: ``"gradient"``, ``"step"`` or ``"horizon"`` (as for the NIGT algorithms).
     :param outages: not modelled for AFedPG's per-arrival server: must be None.
     :param clock: ``"simulated"`` or ``"real"``.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sb3_nigt.common.aggregation import AggregationRule, SynchronizedAggregation
-from sb3_nigt.common.nigt import NIGTAlgorithm
+from sb3_nigt.algorithms.base import NIGTAlgorithm
+from sb3_nigt.core.aggregation import AggregationRule, SynchronizedAggregation
 
 
 class SynchronizedNIGT(NIGTAlgorithm):
@@ -18,7 +18,7 @@ class SynchronizedNIGT(NIGTAlgorithm):
     not used (giving it warns), and ``initial_round_size`` only sizes the observation warm-up round (fresh
     VecNormalize statistics, docs/time.md). Each environment weighs 1/n, so it is unbiased with heterogeneous environments too.
 
-    Every argument is documented in :class:`~sb3_nigt.common.nigt.NIGTAlgorithm`.
+    Every argument is documented in :class:`~sb3_nigt.algorithms.base.NIGTAlgorithm`.
 
     Example::
 

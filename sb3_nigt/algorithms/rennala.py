@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sb3_nigt.common.aggregation import AggregationRule, RennalaAggregation
-from sb3_nigt.common.nigt import NIGTAlgorithm
+from sb3_nigt.algorithms.base import NIGTAlgorithm
+from sb3_nigt.core.aggregation import AggregationRule, RennalaAggregation
 
 
 class RennalaNIGT(NIGTAlgorithm):
@@ -18,7 +18,7 @@ class RennalaNIGT(NIGTAlgorithm):
     Rennala assumes homogeneous agents (one shared environment). Given one environment per agent it still runs,
     but warns: its aggregate then estimates a speed-weighted mean of the agents' gradients; use MaleniaNIGT.
 
-    Every argument is documented in :class:`~sb3_nigt.common.nigt.NIGTAlgorithm`.
+    Every argument is documented in :class:`~sb3_nigt.algorithms.base.NIGTAlgorithm`.
 
     Example::
 

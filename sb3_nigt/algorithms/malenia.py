@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sb3_nigt.common.aggregation import AggregationRule, MaleniaAggregation
-from sb3_nigt.common.nigt import NIGTAlgorithm
+from sb3_nigt.algorithms.base import NIGTAlgorithm
+from sb3_nigt.core.aggregation import AggregationRule, MaleniaAggregation
 
 
 class MaleniaNIGT(NIGTAlgorithm):
@@ -25,7 +25,7 @@ class MaleniaNIGT(NIGTAlgorithm):
     ``rollout/ep_rew_mean_agent_{i}`` (agent i's return on its own environment) and
     ``rollout/ep_rew_mean_equal_weight`` (their mean, the objective J).
 
-    Every argument is documented in :class:`~sb3_nigt.common.nigt.NIGTAlgorithm`; here ``round_size`` is S.
+    Every argument is documented in :class:`~sb3_nigt.algorithms.base.NIGTAlgorithm`; here ``round_size`` is S.
 
     Example::
 

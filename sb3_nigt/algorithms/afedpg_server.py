@@ -1,6 +1,6 @@
 """AFedPG's asynchronous server (docs/algorithms.md, "AFedPG (our inferred reading)"): one update per arriving
 gradient, on the simulated clock (over :class:`~sb3_nigt.clock.events.EventEngine`) or the real one, through a
-started :class:`~sb3_nigt.common.collector.Collector`'s public backend, timing model, work counters and units."""
+started :class:`~sb3_nigt.clock.rounds.Collector`'s public backend, timing model, work counters and units."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from sb3_nigt.backends.contract import WorkerLost
 from sb3_nigt.clock.events import EventEngine, Order
+from sb3_nigt.clock.exact import ExactTime
 from sb3_nigt.clock.real import WallClock, lost_work
-from sb3_nigt.common.backends import WorkerLost
-from sb3_nigt.common.collector import Arrival, Collector
-from sb3_nigt.common.estimator import ObsNorm, UnitResult
-from sb3_nigt.common.exact import ExactTime
-from sb3_nigt.common.trace import TraceEvent
+from sb3_nigt.clock.rounds import Arrival, Collector
+from sb3_nigt.clock.trace import TraceEvent
+from sb3_nigt.workers.rollout import ObsNorm, UnitResult
 
 
 class AsyncServer:
