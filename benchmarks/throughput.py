@@ -612,7 +612,8 @@ def render(rows: list[Row], derived: list[tuple[str, str]], facts: list[str], lo
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, int, int, int]:
+    """The command line, and the resolved (steps, PPO steps, blocks)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None, help=f"env steps per raw/NIGT measurement (default {FULL_STEPS}; --quick: {QUICK_STEPS})")
     parser.add_argument("--ppo-steps", type=int, default=None, help=f"PPO learn steps (default {FULL_PPO_STEPS}; --quick: {QUICK_PPO_STEPS})")
@@ -630,6 +631,11 @@ def main() -> None:
     blocks = args.blocks or (QUICK_BLOCKS if args.quick else FULL_BLOCKS)
     if steps < 1 or ppo_steps < 1 or blocks < 1:
         parser.error("--steps, --ppo-steps and --blocks must be >= 1")
+    return args, steps, ppo_steps, blocks
+
+
+def main() -> None:
+    args, steps, ppo_steps, blocks = parse_args()
 
     # gymnasium's "Hopper-v4 is out of date" warning: silenced here; the workers build envs through quiet_make.
     warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -48,13 +48,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 import torch
-from digest_envs import ShortEpisodesEnv
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 from torch.nn.utils import parameters_to_vector
 
 from sb3_nigt import AFedPG, MaleniaNIGT, RandomTimes, RennalaNIGT, SynchronizedNIGT
+
+from digest_envs import ShortEpisodesEnv
 
 DATA = Path(__file__).parent / "data" / "digests.json"
 RECORD = os.environ.get("SB3_NIGT_RECORD_DIGESTS", "") not in ("", "0")
