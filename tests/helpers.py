@@ -82,7 +82,7 @@ class FixedLengthEnv(gym.Env):
 class RandomLengthEnv(gym.Env):
     """An episode length drawn in 2..``max_length`` from the reset seed; reward = the action per step.
 
-    (Length 1 is avoided: see the length-1 bug documented in ``test_estimator.py``.)
+    (Length 1 is avoided: see the length-1 bug documented in ``test_policy_gradient.py``.)
     """
 
     def __init__(self, max_length: int = 10):

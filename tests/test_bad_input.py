@@ -79,7 +79,7 @@ def make_model():
         (dict(clock="real", time_scale=-1.0), "time_scale"),
         (dict(policy_kwargs=dict(min_std=0.0)), "min_std"),
         (dict(policy_kwargs=dict(min_std=math.inf)), "min_std"),
-        # Argument types (GitHub issue 11, "Bad input").
+        # Argument types: a clear error for every wrong type.
         (dict(learning_rate="0.1"), "learning_rate"),
         (dict(momentum=True), "momentum"),
         (dict(gamma="0.9"), "gamma"),

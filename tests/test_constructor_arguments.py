@@ -1,5 +1,5 @@
 """Policy arguments, observation and action spaces, argument types, learning-rate schedules, loading another
-algorithm's file, the budget warning and the constructors' signatures (GitHub issue 11)."""
+algorithm's file, the budget warning and the constructors' signatures."""
 
 from __future__ import annotations
 
