@@ -4,6 +4,8 @@ contract suite, where tests/test_backend_contract.py runs it as ``"threads"``)."
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 
 import numpy as np
@@ -36,8 +38,10 @@ def inline_run() -> tuple[bytes, object, list[int], int]:
 # ---------------------------------------------------------------------------------------------------- the page
 def test_every_module_the_page_names_exists():
     root = PAGE.parent.parent
-    paths = set(re.findall(r"`(sb3_nigt/[\w/.]*)`", PAGE.read_text(encoding="utf-8")))
+    text = PAGE.read_text(encoding="utf-8")
+    paths = set(re.findall(r"`(sb3_nigt/[\w/.]*)`", text))
     assert len(paths) > 25, "the table of concepts lost its module paths"
+    paths |= {"sb3_nigt/" + path for path in re.findall(r"\b((?:core|clock|workers|backends|algorithms)/\w+\.py)", text)}
     missing = sorted(path for path in paths if not (root / path).exists())
     assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
 
@@ -125,3 +129,31 @@ def test_malenia_on_threads_gives_the_bits_of_inline():
         model.learn(STEPS)
         runs.append((model.get_flat_params().tobytes(), model.simulated_time_exact, model.last_counts.tolist()))
     assert runs[0] == runs[1]
+
+
+def page_classes() -> dict[str, type]:
+    """Every class defined in the package's layer folders, by name."""
+    classes: dict[str, type] = {}
+    for module_name in import_graph():
+        if module_name.split(".")[1:2] in (["core"], ["clock"], ["workers"], ["backends"], ["algorithms"]):
+            module = importlib.import_module(module_name)
+            for name, value in vars(module).items():
+                if inspect.isclass(value) and value.__module__ == module_name:
+                    classes[name] = value
+    return classes
+
+
+def test_every_class_method_and_function_the_page_names_exists():
+    text = PAGE.read_text(encoding="utf-8")
+    classes = page_classes()
+    named = set(re.findall(r"\b([A-Z]\w+)\.(\w+)\b", text))
+    assert len(named) > 30, "the pictures lost their names"
+    unknown = sorted(f"{owner}.{attr}" for owner, attr in named
+                     if owner not in classes or not hasattr(classes[owner], attr))
+    assert not unknown, f"docs/architecture.md names methods that do not exist: {unknown}"
+    functions = {"sb3_nigt.clock.planner": ["plan_round", "plan_vectorized", "upload"], "sb3_nigt.clock.real": ["lost_work"],
+                 "sb3_nigt.workers.loop": ["serve", "flush_result"], "sb3_nigt.backends.remote": ["bounded"],
+                 "sb3_nigt.backends.registry": ["register_backend"]}
+    for module_name, names in functions.items():
+        module = importlib.import_module(module_name)
+        assert all(callable(getattr(module, name, None)) and name in text for name in names), (module_name, names)
