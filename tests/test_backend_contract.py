@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 import torch as th
+from architecture_recipes import load_recipe
 from torch.nn.utils import parameters_to_vector
 
 from sb3_nigt import NIGTPolicy
@@ -45,8 +46,10 @@ pytestmark = pytest.mark.timeout(60)
 #: Whether ray is installed (the "ray" extra): the Ray backend joins the suite only then.
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 
+load_recipe("threads backend")  # registers "threads", the recipe of docs/architecture.md
+
 #: Every backend the contract applies to.
-BACKEND_NAMES = ["inline", "subprocess", "torch_distributed"] + (["ray"] if HAVE_RAY else [])
+BACKEND_NAMES = ["inline", "subprocess", "torch_distributed", "threads"] + (["ray"] if HAVE_RAY else [])
 
 HORIZON, GAMMA, SEED = 5, 0.99, 11
 PENDULUM = EnvFactory("Pendulum-v1")
