@@ -10,10 +10,11 @@ import re
 
 import numpy as np
 import pytest
-from architecture_recipes import PAGE, load_recipe, recipe
 from test_import_graph import import_graph
 
 from sb3_nigt.backends.registry import BACKENDS
+
+from architecture_recipes import PAGE, load_recipe, recipe
 
 pytestmark = pytest.mark.timeout(300)
 

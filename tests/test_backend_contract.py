@@ -26,7 +26,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 import torch as th
-from architecture_recipes import load_recipe
 from torch.nn.utils import parameters_to_vector
 
 from sb3_nigt import NIGTPolicy
@@ -39,6 +38,7 @@ from sb3_nigt.workers.env_factory import EnvFactory
 from sb3_nigt.workers.messages import AgentReport, AgentRun
 from sb3_nigt.workers.rollout import CHUNK_SIZE, GradientWorker, ObsNorm, TrajectoryStats, UnitResult, WorkUnit, job_seed
 
+from architecture_recipes import load_recipe
 from contract_envs import SleepyEnv
 
 pytestmark = pytest.mark.timeout(60)
