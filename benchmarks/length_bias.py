@@ -24,7 +24,7 @@ from sb3_nigt import RennalaNIGT
 
 def counted_lengths(env: str, times: str, unit: str, n_agents: int, batch_size: int, rounds: int, seed: int) -> np.ndarray:
     model = RennalaNIGT(
-        "MlpPolicy", env, n_agents=n_agents, compute_times=times, compute_time_unit=unit, batch_size=batch_size,
+        "MlpPolicy", env, n_agents=n_agents, compute_times=times, compute_time_unit=unit, round_size=batch_size,
         learning_rate=1e-9, seed=seed, stats_window_size=10**9,
     )
     model.learn(1)  # the initial round: its steps tell the budget of one round

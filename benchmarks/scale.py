@@ -43,7 +43,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 ENV_ID = "Pendulum-v1"
-SETTINGS = dict(compute_times="sqrt", batch_size=50, horizon=20, backend="inline", seed=0, device="cpu")
+SETTINGS = dict(compute_times="sqrt", round_size=50, horizon=20, backend="inline", seed=0, device="cpu")
 
 
 class Timers:

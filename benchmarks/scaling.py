@@ -128,7 +128,7 @@ def measure(env_id: str, backend: str, workers: int, n_agents: int, horizon: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gym.logger.min_level = 40
-        model = RennalaNIGT("MlpPolicy", env_id, n_agents=n_agents, compute_times="equal", batch_size=2 * n_agents,
+        model = RennalaNIGT("MlpPolicy", env_id, n_agents=n_agents, compute_times="equal", round_size=2 * n_agents,
                             horizon=horizon, backend=recorder, n_workers=workers, seed=seed, worker_timeout=600)
         callback = StopAfter(rounds + 1)
         model.learn(10**9, callback=callback)  # the callback ends it

@@ -28,7 +28,7 @@ For every measurement that runs in this process (raw, inline, same states) the C
 taken too (``time.process_time``): on a machine shared with other work the wall rates move with the load, while
 steps per CPU second compare the per-core cost of the code itself; both ratios are printed.
 
-RennalaNIGT settings: n_agents=10, compute_times="sqrt", batch_size=20, seed=0, simulated clock.
+RennalaNIGT settings: n_agents=10, compute_times="sqrt", round_size=20, seed=0, simulated clock.
 Every figure printed is measured in this run; nothing is hard-coded.
 
 Usage::
@@ -57,7 +57,7 @@ QUICK_PPO_STEPS = 2_048
 FULL_BLOCKS = 10  # groups of the paired (alternating) measurements, for the spread of their ratios
 QUICK_BLOCKS = 3
 
-NIGT_KWARGS = dict(n_agents=10, compute_times="sqrt", batch_size=20, seed=0)
+NIGT_KWARGS = dict(n_agents=10, compute_times="sqrt", round_size=20, seed=0)
 
 
 @dataclass

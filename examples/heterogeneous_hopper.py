@@ -122,7 +122,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             factories = heterogeneous_envs(env_id, n_agents=2)
             env = VecNormalize(AgentVecEnv(factories), norm_reward=False)
             model = ALGORITHMS[name](
-                "MlpPolicy", env, learning_rate=args.learning_rate, momentum=args.momentum, batch_size=batch_sizes[name],
+                "MlpPolicy", env, learning_rate=args.learning_rate, eta=args.momentum, round_size=batch_sizes[name],
                 gamma=args.gamma, compute_times=[1.0, 10.0], communication_times=0.0, backend=args.backend, seed=seed,
             )
             logger = AgentReturnLogger()

@@ -28,7 +28,7 @@ def traces(seconds: float) -> dict:
     out = {}
     for label, algorithm in ALGORITHMS.items():
         model = algorithm("MlpPolicy", "Pendulum-v1", n_agents=4, compute_times=[1, 1.5, 2, 6], communication_times=0.5,
-                          batch_size=6, horizon=5, seed=0, record_trace=True)
+                          round_size=6, horizon=5, seed=0, record_trace=True)
         while model.simulated_time < seconds:
             model.learn(200, reset_num_timesteps=False)
         out[label] = [replace(e, end=min(float(e.end), seconds)) for e in model.trace if float(e.start) < seconds]

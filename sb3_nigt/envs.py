@@ -12,7 +12,7 @@ Example::
     from sb3_nigt.envs import heterogeneous_envs
 
     envs = heterogeneous_envs("Hopper-v4", n_agents=2)     # [obs ++ [0], −obs ++ [1]]
-    model = MaleniaNIGT("MlpPolicy", envs, compute_times=[1.0, 10.0], batch_size=20, seed=0)
+    model = MaleniaNIGT("MlpPolicy", envs, compute_times=[1.0, 10.0], round_size=20, seed=0)
 """
 
 from __future__ import annotations

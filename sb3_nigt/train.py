@@ -131,7 +131,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         env = env_id if args.no_normalize else VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), norm_reward=False)
         learning_rate = get_linear_fn(args.learning_rate, 0.0, 1.0) if args.linear_decay else args.learning_rate
         model = RennalaNIGT(
-            "MlpPolicy", env, learning_rate=learning_rate, gamma=args.gamma, momentum=args.momentum, batch_size=args.batch_size,
+            "MlpPolicy", env, learning_rate=learning_rate, gamma=args.gamma, eta=args.momentum, round_size=args.batch_size,
             n_agents=args.n_agents, compute_times="sqrt", communication_times="sqrt", backend=args.backend,
             n_workers=args.n_workers, seed=seed, verbose=0,
         )

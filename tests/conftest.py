@@ -44,7 +44,7 @@ def ray_runtime() -> Any:
 
 
 # Small settings that keep every test fast on 2 shared cores.
-SMALL = dict(batch_size=4, horizon=20, n_agents=2, seed=0)
+SMALL = dict(round_size=4, horizon=20, n_agents=2, seed=0)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from sb3_nigt import RennalaNIGT
 
 from helpers import RandomLengthEnv
 
-CONFIG = dict(n_agents=4, compute_times="sqrt", communication_times=[0.0, 0.3, 0.1, 0.2], batch_size=6, horizon=30)
+CONFIG = dict(n_agents=4, compute_times="sqrt", communication_times=[0.0, 0.3, 0.1, 0.2], round_size=6, horizon=30)
 TIMESTEPS = 2000
 
 

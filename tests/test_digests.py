@@ -69,8 +69,8 @@ RESUME_KEYS = ("theta", "momentum", "time", "counters")  # SB3 does not save the
 FLOAT_KEYS = ("theta", "momentum", "episodes", "obs_rms")
 
 SMALL = dict(horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]))
-THREE = dict(n_agents=3, compute_times=[1, 2, 3], communication_times=[0.5, 0, 0.25], batch_size=4, **SMALL)
-SQRT = dict(n_agents=3, compute_times="sqrt", communication_times=[0, 0.3, 0.1], batch_size=4, **SMALL)
+THREE = dict(n_agents=3, compute_times=[1, 2, 3], communication_times=[0.5, 0, 0.25], round_size=4, **SMALL)
+SQRT = dict(n_agents=3, compute_times="sqrt", communication_times=[0, 0.3, 0.1], round_size=4, **SMALL)
 SUBPROCESS = dict(backend="subprocess", n_workers=2)
 RAY = dict(backend="ray", n_workers=2)
 
@@ -156,17 +156,17 @@ CASES.update({
                                              same_as="rennala-inline-vecnormalize"),
     "afedpg-inline-vecnormalize": Case(AFedPG, THREE, 200, env=normalized_pendulum),
     # Simultaneous finishes go to the lower agent index (3 × 0.1 s = 0.3 s exactly).
-    "rennala-inline-ties": Case(RennalaNIGT, dict(n_agents=3, compute_times=[0.1, 0.3, 0.2], batch_size=5, **SMALL), 200),
+    "rennala-inline-ties": Case(RennalaNIGT, dict(n_agents=3, compute_times=[0.1, 0.3, 0.2], round_size=5, **SMALL), 200),
     # 100 agents with constant times, no trace, no outages: the vectorized round planner; with a trace: the event loop.
     "rennala-inline-100-agents-vectorized": Case(RennalaNIGT, dict(n_agents=100, compute_times="sqrt", communication_times=0.25,
-                                                                   batch_size=30, **SMALL), 750),
+                                                                   round_size=30, **SMALL), 750),
     "rennala-inline-100-agents-event-loop": Case(RennalaNIGT, dict(n_agents=100, compute_times="sqrt", communication_times=0.25,
-                                                                   batch_size=30, record_trace=True, **SMALL), 750,
+                                                                   round_size=30, record_trace=True, **SMALL), 750,
                                                  same_as="rennala-inline-100-agents-vectorized"),
     "rennala-inline-100-agents-ties-vectorized": Case(RennalaNIGT, dict(n_agents=100, compute_times=[0.1, 0.3, 0.2, 0.6] * 25,
-                                                                        batch_size=50, **SMALL), 1000),
+                                                                        round_size=50, **SMALL), 1000),
     "rennala-inline-100-agents-ties-event-loop": Case(RennalaNIGT, dict(n_agents=100, compute_times=[0.1, 0.3, 0.2, 0.6] * 25,
-                                                                        batch_size=50, record_trace=True, **SMALL), 1000,
+                                                                        round_size=50, record_trace=True, **SMALL), 1000,
                                                       same_as="rennala-inline-100-agents-ties-vectorized"),
 })
 

@@ -25,7 +25,7 @@ from helpers import assert_no_worker_alive
 
 ALGOS = [RennalaNIGT, MaleniaNIGT]
 BACKENDS = [dict(backend="inline"), dict(backend="subprocess", n_workers=1)]
-SMALL = dict(horizon=5, batch_size=2, n_agents=2, seed=0)
+SMALL = dict(horizon=5, round_size=2, n_agents=2, seed=0)
 STEPS = 50
 
 

@@ -22,7 +22,7 @@ from sb3_nigt.workers.rollout import GradientWorker
 from helpers import RandomLengthEnv, reference_sync_round
 
 ALGORITHMS = [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT, AFedPG]
-SMALL = dict(batch_size=4, horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]))
+SMALL = dict(round_size=4, horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]))
 
 
 class RoundClock(BaseCallback):
@@ -80,7 +80,7 @@ def test_rennala_uploads_after_the_common_stop():
     # h = (1, 3), κ = (2, 0.5), M = 2: agent 0 finishes at 3 and 4, agent 1 at 3.5. Counted: (0 at 3), (1 at 3.5);
     # every agent stops at t_stop = 3.5; uploads arrive at 5.5 and 4: the round ends at 5.5.
     model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 3], communication_times=[2, 0.5],
-                        batch_size=2, horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]))
+                        round_size=2, horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]))
     recorder = RoundClock()
     model.learn(2 * 5 * 2, callback=recorder)
     assert recorder.clock == [Fraction(11, 2), 11]
@@ -91,7 +91,7 @@ def test_rennala_uploads_after_the_common_stop():
 def test_decimal_ties_go_to_the_lower_agent_in_every_round():
     # h = (0.1, 0.3), M = 3: agent 0 finishes at 0.1, 0.2, 0.3 and agent 1 at 0.3, a tie that goes to agent 0.
     # In floats 0.1 + 0.1 + 0.1 > 0.3, which gave (2, 1). Every round starts at a multiple of 0.3.
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[0.1, 0.3], batch_size=3, horizon=3, seed=0,
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[0.1, 0.3], round_size=3, horizon=3, seed=0,
                         policy_kwargs=dict(net_arch=[8]))
     recorder = RoundClock()
     model.learn(20 * 3 * 3, callback=recorder)
@@ -102,7 +102,7 @@ def test_decimal_ties_go_to_the_lower_agent_in_every_round():
 
 def test_decimal_ties_in_estimate_gradient_and_with_a_decimal_start():
     model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=3, compute_times=[0.1, 0.2, 0.3], communication_times=[0.2, 0.1, 0.0],
-                        batch_size=4, horizon=3, seed=0, policy_kwargs=dict(net_arch=[8]))
+                        round_size=4, horizon=3, seed=0, policy_kwargs=dict(net_arch=[8]))
     _, counts = model.estimate_gradient(n_rounds=2)
     # Agent 0 starts at 0.2 and finishes at 0.3, 0.4, 0.5; agent 1 starts at 0.1: 0.3, 0.5; agent 2: 0.3, 0.6.
     # Ordered with ties by index: 0@0.3, 1@0.3, 2@0.3, 0@0.4 → counts (2, 1, 1).
@@ -119,7 +119,7 @@ def sqrt_reference_order(n: int, m: int) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("m", [20, 50])
 def test_sqrt_preset_orders_events_as_integer_arithmetic_in_every_round(m):
     n, rounds = 10, 6
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=n, compute_times="sqrt", batch_size=m, horizon=2, seed=0,
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=n, compute_times="sqrt", round_size=m, horizon=2, seed=0,
                         record_trace=True, policy_kwargs=dict(net_arch=[8]))
     model.learn(rounds * m * 2)
     expected = sqrt_reference_order(n, m)
@@ -132,7 +132,7 @@ def test_sqrt_preset_orders_events_as_integer_arithmetic_in_every_round(m):
 def test_sqrt_round_durations_are_exact():
     # n = 10, M = 20, h_i = √i, κ_i = √i: each round ends at max over contributors of (t_stop + √i).
     n, m = 10, 20
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=n, compute_times="sqrt", communication_times="sqrt", batch_size=m,
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=n, compute_times="sqrt", communication_times="sqrt", round_size=m,
                         horizon=2, seed=0, policy_kwargs=dict(net_arch=[8]))
     recorder = RoundClock()
     model.learn(3 * m * 2, callback=recorder)
@@ -202,7 +202,7 @@ class VarianceAtRoundStart(BaseCallback):
 @pytest.mark.parametrize("algorithm", [RennalaNIGT, AFedPG])
 def test_the_first_used_gradient_sees_warmed_up_statistics(algorithm):
     env = VecNormalize(DummyVecEnv([lambda: __import__("gymnasium").make("Pendulum-v1")]), norm_obs=True, norm_reward=False)
-    model = algorithm("MlpPolicy", env, n_agents=2, batch_size=4, horizon=20, seed=0, policy_kwargs=dict(net_arch=[8]))
+    model = algorithm("MlpPolicy", env, n_agents=2, round_size=4, horizon=20, seed=0, policy_kwargs=dict(net_arch=[8]))
     recorder = VarianceAtRoundStart()
     model.learn(400, callback=recorder)
     # The first round warms the statistics up and its gradient is discarded; every later round (d_{−1} first)
@@ -216,7 +216,7 @@ def test_the_first_used_gradient_sees_warmed_up_statistics(algorithm):
 def test_no_warmup_for_loaded_statistics():
     env = VecNormalize(DummyVecEnv([lambda: __import__("gymnasium").make("Pendulum-v1")]), norm_obs=True, norm_reward=False)
     env.obs_rms.update(np.random.default_rng(0).normal(size=(500, 3)))
-    model = RennalaNIGT("MlpPolicy", env, n_agents=2, batch_size=4, horizon=20, seed=0, policy_kwargs=dict(net_arch=[8]))
+    model = RennalaNIGT("MlpPolicy", env, n_agents=2, round_size=4, horizon=20, seed=0, policy_kwargs=dict(net_arch=[8]))
     recorder = VarianceAtRoundStart()
     model.learn(200, callback=recorder)
     assert not any(recorder.warmup)
@@ -239,7 +239,7 @@ def test_real_clock_emulation_matches_the_timing_model():
     # h = (1, 50) s scaled by 0.02: agent 0 takes 20 ms a gradient, agent 1 a second. With M = 6 the timing model
     # gives counts (6, 0) and rounds of 6 × 20 ms; the old emulation (agents sharing processes) gave (3, 3).
     scale, m = 0.02, 6
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 50], batch_size=m, horizon=3, seed=0,
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 50], round_size=m, horizon=3, seed=0,
                         clock="real", backend="subprocess", time_scale=scale, policy_kwargs=dict(net_arch=[8]))
     recorder = RoundClock()
     model.learn(8 * m * 3, callback=recorder)
@@ -277,7 +277,7 @@ def test_stochastic_predict_after_learn_is_backend_independent():
 def test_horizon_unit_charges_h_times_H_whatever_the_length():
     # RandomLengthEnv has episodes of 2..10 steps; with "horizon" each gradient costs h_i·H = h_i·10 exactly.
     model = RennalaNIGT("MlpPolicy", functools.partial(RandomLengthEnv, 10), n_agents=3, compute_times=[1, 2, 4],
-                        compute_time_unit="horizon", batch_size=7, horizon=10, seed=0, policy_kwargs=dict(net_arch=[8]))
+                        compute_time_unit="horizon", round_size=7, horizon=10, seed=0, policy_kwargs=dict(net_arch=[8]))
     recorder = RoundClock()
     model.learn(150, callback=recorder)
     assert recorder.counts == [[4, 2, 1]] * len(recorder.counts)  # the paper's example, times H
@@ -286,7 +286,7 @@ def test_horizon_unit_charges_h_times_H_whatever_the_length():
 
 def counted_lengths(unit: str) -> float:
     model = RennalaNIGT("MlpPolicy", functools.partial(RandomLengthEnv, 10), n_agents=8, compute_times="equal",
-                        compute_time_unit=unit, batch_size=4, horizon=10, seed=0, stats_window_size=10_000,
+                        compute_time_unit=unit, round_size=4, horizon=10, seed=0, stats_window_size=10_000,
                         policy_kwargs=dict(net_arch=[8]))
     model.learn(1500)
     return float(np.mean([ep["l"] for ep in model.ep_info_buffer]))
@@ -310,7 +310,7 @@ def test_callable_contract_is_agent_start_counter_in_every_algorithm():
             seen.append((agent, start, counter))
             return 1.0 + agent
 
-        model = algorithm("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=compute, batch_size=3, horizon=2, seed=0,
+        model = algorithm("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=compute, round_size=3, horizon=2, seed=0,
                           policy_kwargs=dict(net_arch=[8]))
         model.learn(12)
         calls[algorithm.__name__] = seen
@@ -351,7 +351,7 @@ def test_random_times_are_the_same_draws_in_every_algorithm():
 def test_trace_of_the_paper_example_is_hand_arithmetic():
     # h = (1, 2, 4), κ = 0, M = 3: agent 0 finishes at 1 and 2, agent 1 at 2; agent 1's second and agent 2's first
     # gradients are in flight at t_stop = 2 and abandoned.
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=3, compute_times=[1, 2, 4], batch_size=3, horizon=5, seed=0,
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=3, compute_times=[1, 2, 4], round_size=3, horizon=5, seed=0,
                         record_trace=True, policy_kwargs=dict(net_arch=[8]))
     model.learn(1)  # the initial round only
     rows = [(e.agent, e.kind, e.index, e.start, e.end, e.status) for e in model.trace if e.round == 0 and e.kind == "compute"]
@@ -371,7 +371,7 @@ def test_trace_of_afedpg_and_malenia():
     computes = [(e.agent, e.start, e.end) for e in afedpg.trace if e.kind == "compute" and e.status == "counted"]
     # Agent 0: download 0.5, compute 1, upload 0.5 → arrivals at 2, 4, ...; agent 1 arrives at 3.
     assert computes[:3] == [(0, Fraction(1, 2), Fraction(3, 2)), (1, 0, 3), (0, Fraction(5, 2), Fraction(7, 2))]
-    malenia = MaleniaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 10], batch_size=4, horizon=2, seed=0,
+    malenia = MaleniaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 10], round_size=4, horizon=2, seed=0,
                           record_trace=True, policy_kwargs=dict(net_arch=[8]))
     malenia.learn(1)
     assert [e.agent for e in malenia.trace if e.kind == "compute" and e.status == "counted"].count(0) == 20
@@ -379,7 +379,7 @@ def test_trace_of_afedpg_and_malenia():
 
 @pytest.mark.timeout(120)
 def test_trace_on_the_real_clock():
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, batch_size=3, horizon=3, seed=0, clock="real",
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, round_size=3, horizon=3, seed=0, clock="real",
                         backend="subprocess", time_scale=0.005, record_trace=True, policy_kwargs=dict(net_arch=[8]))
     model.learn(30)
     kinds = {e.kind for e in model.trace}

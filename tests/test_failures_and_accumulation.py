@@ -64,7 +64,7 @@ def faulty(mode: str = "none", marker=None, **kwargs):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("algorithm", [RennalaNIGT, MaleniaNIGT, AFedPG])
 def test_killed_worker_on_the_simulated_clock_changes_no_bit(algorithm, tmp_path):
-    kwargs = dict(n_agents=3, compute_times=[1, 2, 3], batch_size=6, **SMALL)
+    kwargs = dict(n_agents=3, compute_times=[1, 2, 3], round_size=6, **SMALL)
     reference = algorithm("MlpPolicy", faulty(), **kwargs).learn(400)
     marker = tmp_path / "kill"
     marker.touch()
@@ -80,7 +80,7 @@ def test_killed_worker_on_the_simulated_clock_changes_no_bit(algorithm, tmp_path
 def test_killed_worker_on_the_real_clock_keeps_every_count_right(tmp_path):
     marker = tmp_path / "kill"
     marker.touch()
-    model = RennalaNIGT("MlpPolicy", faulty("kill", marker, at_step=30), n_agents=2, batch_size=4, clock="real",
+    model = RennalaNIGT("MlpPolicy", faulty("kill", marker, at_step=30), n_agents=2, round_size=4, clock="real",
                         backend="subprocess", n_workers=2, **SMALL)
     rounds = Rounds()
     with pytest.warns(RuntimeWarning, match="lost"):
@@ -93,7 +93,7 @@ def test_killed_worker_on_the_real_clock_keeps_every_count_right(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_hung_worker_is_declared_dead_after_the_timeout(tmp_path):
-    kwargs = dict(n_agents=2, batch_size=4, **SMALL)
+    kwargs = dict(n_agents=2, round_size=4, **SMALL)
     reference = RennalaNIGT("MlpPolicy", faulty(), **kwargs).learn(100)
     marker = tmp_path / "hang"
     marker.touch()
@@ -108,7 +108,7 @@ def test_hung_worker_is_declared_dead_after_the_timeout(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_repeated_failures_raise_and_leave_the_model_usable(tmp_path):
-    model = RennalaNIGT("MlpPolicy", faulty("kill", always=True, at_step=3, spare_pid=os.getpid()), n_agents=2, batch_size=4,
+    model = RennalaNIGT("MlpPolicy", faulty("kill", always=True, at_step=3, spare_pid=os.getpid()), n_agents=2, round_size=4,
                         backend="subprocess", n_workers=1, max_failures=1, **SMALL)
     before = model.get_flat_params()
     with warnings.catch_warnings():
@@ -128,7 +128,7 @@ def test_repeated_failures_raise_and_leave_the_model_usable(tmp_path):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("clock, backend", [("simulated", "inline"), ("simulated", "subprocess"), ("real", "subprocess"), ("real", "inline")])
 def test_one_vector_per_contributing_agent_per_round(clock, backend):
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=3, compute_times=[1, 2, 3], batch_size=6, clock=clock,
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=3, compute_times=[1, 2, 3], round_size=6, clock=clock,
                         backend=backend, n_workers=2, **SMALL)
     rounds = Rounds()
     model.learn(150, callback=rounds)
@@ -144,7 +144,7 @@ def test_one_vector_per_contributing_agent_per_round(clock, backend):
 @pytest.mark.parametrize("clock", ["simulated", "real"])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_a_million_parameters_never_block(algorithm, clock):
-    model = algorithm("MlpPolicy", "Pendulum-v1", n_agents=2, batch_size=2, horizon=3, seed=0, clock=clock,
+    model = algorithm("MlpPolicy", "Pendulum-v1", n_agents=2, round_size=2, horizon=3, seed=0, clock=clock,
                       backend="subprocess", n_workers=2, policy_kwargs=dict(net_arch=[1000, 1000]))
     assert model.n_params > 1_000_000
     start = time.monotonic()
@@ -157,7 +157,7 @@ def test_a_million_parameters_never_block(algorithm, clock):
 @pytest.mark.timeout(120)
 def test_a_slow_agent_does_not_throttle_the_others():
     def rate(h):
-        model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=3, compute_times=h, batch_size=4, horizon=3, seed=0,
+        model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=3, compute_times=h, round_size=4, horizon=3, seed=0,
                             clock="real", backend="subprocess", time_scale=0.02, policy_kwargs=dict(net_arch=[8]))
         rounds = Rounds()
         start = time.monotonic()
@@ -174,7 +174,7 @@ def test_a_slow_agent_does_not_throttle_the_others():
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("at", [3, 20, 41, 57])  # in the initial round, at a round boundary, mid-round, ...
 def test_checkpoint_written_mid_round_resumes_bit_identically(algorithm, at, tmp_path):
-    kwargs = dict(n_agents=3, compute_times=[1, 2, 3], communication_times=[0.5, 0, 0.25], batch_size=4, **SMALL)
+    kwargs = dict(n_agents=3, compute_times=[1, 2, 3], communication_times=[0.5, 0, 0.25], round_size=4, **SMALL)
     total = 200
     reference = algorithm("MlpPolicy", "Pendulum-v1", **kwargs).learn(total)
     path = tmp_path / "checkpoint.zip"
@@ -245,7 +245,7 @@ def _marked(marker: str) -> list[int]:
 def test_rennala_goes_on_without_an_agent_that_disconnects():
     # h = (1, 1), κ = 0, M = 4. Round 0: both agents finish at 1 and 2: (2, 2), ends at 2. Agent 1 is gone from
     # 2.5 on: in round 1 its gradient [2, 3) is lost, and agent 0 alone finishes at 3, 4, 5, 6: (4, 0), ends at 6.
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 1], batch_size=4, outages={1: 2.5},
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 1], round_size=4, outages={1: 2.5},
                         record_trace=True, **SMALL)
     rounds = Rounds()
     model.learn(4 * 5 * 3, callback=rounds)
@@ -259,7 +259,7 @@ def test_an_outage_loses_the_gradients_an_agent_held():
     # h = (1, 1), M = 6, agent 1 down during [2.5, 3.5). Counted by t = 2: 0@1, 1@1, 0@2, 1@2. At 2.5 agent 1 goes
     # down: its in-flight gradient and its two counted, unsent gradients are lost (uncounted). Agent 0 finishes at
     # 3, 4, 5; agent 1 is back at 3.5 and finishes at 4.5. Counts (5, 1): 0@1, 0@2, 0@3, 0@4, 1@4.5, 0@5. Ends at 5.
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 1], batch_size=6, outages={1: [(2.5, 3.5)]},
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 1], round_size=6, outages={1: [(2.5, 3.5)]},
                         record_trace=True, **SMALL)
     rounds = Rounds()
     model.learn(1, callback=rounds)
@@ -276,14 +276,14 @@ def test_synchronized_and_malenia_wait_for_an_agent_that_comes_back():
     sync.learn(1, callback=rounds)
     assert rounds.counts == [[1, 1]] and rounds.clock == [4]
     # Malenia, S = 2: stops once both have M_i >= 1 — at 4, where agent 0 has finished 4 (the tie goes to it).
-    malenia = MaleniaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 1], batch_size=2, outages={1: [(0.5, 3)]}, **SMALL)
+    malenia = MaleniaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 1], round_size=2, outages={1: [(0.5, 3)]}, **SMALL)
     rounds = Rounds()
     malenia.learn(1, callback=rounds)
     assert rounds.counts == [[4, 1]] and rounds.clock == [4]
 
 
 def test_an_agent_gone_for_good_stops_malenia_with_a_clear_error():
-    model = MaleniaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 1], batch_size=2, outages={1: 0.5}, **SMALL)
+    model = MaleniaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 1], round_size=2, outages={1: 0.5}, **SMALL)
     with pytest.raises(RuntimeError, match=r"agents \[1\] are down for good"):
         model.learn(1)
 
@@ -309,7 +309,7 @@ def test_the_vectorized_planner_equals_the_event_loop():
         kappa = rng.choice([0.0, 0.2, 0.5], n).tolist() if case % 3 else "sqrt"
         runs = []
         for trace in (False, True):
-            model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=n, compute_times=h, communication_times=kappa, batch_size=m,
+            model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=n, compute_times=h, communication_times=kappa, round_size=m,
                                 horizon=2, seed=0, record_trace=trace, policy_kwargs=dict(net_arch=[4]))
             model.learn(2 * m * 2)
             runs.append((model.get_flat_params(), model.simulated_time_exact, model.time_counters))

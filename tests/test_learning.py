@@ -27,7 +27,7 @@ def evaluate(model: RennalaNIGT) -> float:
 
 def test_rennala_nigt_improves_on_inverted_pendulum():
     model = RennalaNIGT(
-        "MlpPolicy", ENV, learning_rate=0.01, momentum=0.1, batch_size=20, horizon=1000, n_agents=2,
+        "MlpPolicy", ENV, learning_rate=0.01, eta=0.1, round_size=20, horizon=1000, n_agents=2,
         compute_times="sqrt", seed=0,
     )
     before = evaluate(model)

@@ -11,7 +11,7 @@ def test_missing_main_guard_names_the_guard(tmp_path):
     script = tmp_path / "no_guard.py"
     script.write_text(textwrap.dedent("""
         from sb3_nigt import RennalaNIGT
-        model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, batch_size=2, horizon=5,
+        model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, round_size=2, horizon=5,
                             backend="subprocess", n_workers=1, seed=0)
         model.learn(20)
         print("trained")
@@ -29,7 +29,7 @@ def test_guarded_script_trains(tmp_path):
     script.write_text(textwrap.dedent("""
         from sb3_nigt import RennalaNIGT
         if __name__ == "__main__":
-            model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, batch_size=2, horizon=5,
+            model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, round_size=2, horizon=5,
                                 backend="subprocess", n_workers=1, seed=0)
             model.learn(20)
             print("trained")

@@ -234,6 +234,6 @@ def test_one_step_bandit_episode_through_the_worker():
 
 
 def test_horizon_one_is_accepted_and_trains(make_model):
-    model = make_model(horizon=1, batch_size=2)
+    model = make_model(horizon=1, round_size=2)
     model.learn(6)
     assert model.num_timesteps >= 6

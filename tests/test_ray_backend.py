@@ -51,7 +51,7 @@ def faulty(mode: str = "none", marker=None, **kwargs):
 
 # ------------------------------------------------------------------------------------- the simulated clock
 def test_rennala_on_ray_gives_the_inline_bits():
-    kwargs = dict(n_agents=3, compute_times=[1, 2, 3], batch_size=4, **SMALL)
+    kwargs = dict(n_agents=3, compute_times=[1, 2, 3], round_size=4, **SMALL)
     inline = RennalaNIGT("MlpPolicy", "Pendulum-v1", **kwargs).learn(80)
     model = RennalaNIGT("MlpPolicy", "Pendulum-v1", backend="ray", n_workers=2, **kwargs).learn(80)
     assert model.num_timesteps == inline.num_timesteps > 0
@@ -63,7 +63,7 @@ def test_rennala_on_ray_gives_the_inline_bits():
 
 def test_malenia_with_one_environment_per_agent_on_ray_gives_the_inline_bits():
     envs = [("Pendulum-v1", {"g": 9.81}), ("Pendulum-v1", {"g": 3.7})]
-    kwargs = dict(compute_times=[1, 3], batch_size=4, **SMALL)
+    kwargs = dict(compute_times=[1, 3], round_size=4, **SMALL)
     inline = MaleniaNIGT("MlpPolicy", envs, **kwargs).learn(80)
     model = MaleniaNIGT("MlpPolicy", envs, backend="ray", n_workers=2, **kwargs).learn(80)
     assert model.heterogeneous and model.n_agents == 2
@@ -75,7 +75,7 @@ def test_malenia_with_one_environment_per_agent_on_ray_gives_the_inline_bits():
 def test_an_actor_killed_mid_round_changes_no_bit(tmp_path):
     # The environment SIGKILLs the actor's process at its 47th step (once: the marker file is removed first); Ray
     # restarts the actor under the same handle, and the lost units are recomputed with the same job seeds.
-    kwargs = dict(n_agents=3, compute_times=[1, 2, 3], batch_size=6, **SMALL)
+    kwargs = dict(n_agents=3, compute_times=[1, 2, 3], round_size=6, **SMALL)
     reference = RennalaNIGT("MlpPolicy", faulty(), **kwargs).learn(300)
     marker = tmp_path / "kill"
     marker.touch()
@@ -163,7 +163,7 @@ def test_ray_kill_of_a_busy_actor_is_restarted_by_ray_then_replaced_once_its_res
 
 # ------------------------------------------------------------------------------------------ the real clock
 def test_real_clock_rennala_on_ray_counts_m_per_round():
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, batch_size=4, clock="real", backend="ray",
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, round_size=4, clock="real", backend="ray",
                         n_workers=2, **SMALL)
     recorder = RoundRecorder()
     model.learn(100, callback=recorder)
@@ -181,7 +181,7 @@ def test_an_actor_killed_on_the_real_clock_keeps_every_count_right(tmp_path):
     # per trajectory keeps the run going for seconds after the kill, so that the loss is seen during learn.
     backend = RayBackend()
     model = RennalaNIGT("MlpPolicy", faulty("kill", marker, at_step=30), n_agents=2, compute_times=[1, 1],
-                        batch_size=4, clock="real", time_scale=0.05, backend=backend, n_workers=2, **SMALL)
+                        round_size=4, clock="real", time_scale=0.05, backend=backend, n_workers=2, **SMALL)
     recorder = RoundRecorder()
     with pytest.warns(RuntimeWarning, match="lost"):
         model.learn(400, callback=recorder)
@@ -196,7 +196,7 @@ def test_an_actor_killed_on_the_real_clock_keeps_every_count_right(tmp_path):
 
 def test_real_clock_with_emulated_times_on_ray_favours_the_fast_agent():
     # h = (1, 6) x 30 ms of emulated time, one actor per agent (pinned): the fast agent contributes more.
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 6], batch_size=6, clock="real",
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=2, compute_times=[1, 6], round_size=6, clock="real",
                         backend="ray", time_scale=0.03, **SMALL)
     recorder = RoundRecorder()
     model.learn(150, callback=recorder)
@@ -207,7 +207,7 @@ def test_real_clock_with_emulated_times_on_ray_favours_the_fast_agent():
 
 # -------------------------------------------------------------------------------------- errors, arguments
 def test_a_user_exception_in_an_actor_comes_back_as_its_own_type():
-    model = RennalaNIGT("MlpPolicy", lambda: InfoEnv(length=5, nan_at=1), n_agents=2, batch_size=2, horizon=10,
+    model = RennalaNIGT("MlpPolicy", lambda: InfoEnv(length=5, nan_at=1), n_agents=2, round_size=2, horizon=10,
                         seed=0, backend="ray", n_workers=1)
     before = model.get_flat_params().copy()
     with pytest.raises(ValueError, match=r"^observations: .*non-finite"):

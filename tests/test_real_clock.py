@@ -25,7 +25,7 @@ from helpers import RoundRecorder
 
 
 def test_real_clock_inline_counts_exactly_m_per_round():
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=3, batch_size=5, horizon=10, clock="real", seed=0)
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", n_agents=3, round_size=5, horizon=10, clock="real", seed=0)
     recorder = RoundRecorder()
     model.learn(200, callback=recorder)
     assert [r["gradients_per_round"] for r in recorder.rounds] == [5] * len(recorder.rounds)
@@ -37,7 +37,7 @@ def test_real_clock_emulated_times_favour_the_fast_agent():
     # h = (1, 2, 8) x 40 ms of injected sleep: over the run the fastest agent contributes more than the slowest.
     scale = 0.04
     model = RennalaNIGT(
-        "MlpPolicy", "Pendulum-v1", n_agents=3, compute_times=[1, 2, 8], batch_size=7, horizon=5,
+        "MlpPolicy", "Pendulum-v1", n_agents=3, compute_times=[1, 2, 8], round_size=7, horizon=5,
         clock="real", backend="subprocess", time_scale=scale, seed=0,
     )
     recorder = RoundRecorder()

@@ -102,7 +102,7 @@ def test_aggregate_is_the_mean_of_the_counted_gradients(make_collector):
 @pytest.mark.parametrize("batch_size, duration, contributing", [(7, 4.0, 3), (3, 2.0, 2)])
 def test_paper_example_through_the_model(make_model, batch_size, duration, contributing):
     horizon = 20
-    model = make_model(n_agents=3, compute_times=[1, 2, 4], communication_times=0, batch_size=batch_size, horizon=horizon)
+    model = make_model(n_agents=3, compute_times=[1, 2, 4], communication_times=0, round_size=batch_size, horizon=horizon)
     recorder = RoundRecorder()
     model.learn(batch_size * horizon * 4, callback=recorder)
     assert len(recorder.times) == model.n_rounds == 4
@@ -116,7 +116,7 @@ def test_paper_example_through_the_model(make_model, batch_size, duration, contr
 
 
 def test_initial_round_uses_initial_batch_size(make_model):
-    model = make_model(n_agents=3, compute_times=[1, 2, 4], batch_size=7, initial_batch_size=3, horizon=10)
+    model = make_model(n_agents=3, compute_times=[1, 2, 4], round_size=7, initial_round_size=3, horizon=10)
     recorder = RoundRecorder()
     model.learn(3 * 10 + 7 * 10 * 2, callback=recorder)
     assert [s["gradients_per_round"] for s in recorder.stats] == [3, 7, 7]
@@ -154,7 +154,7 @@ def test_communication_delays_start_and_only_contributors_upload(make_collector)
 def test_communication_through_the_model(make_model):
     h, kappa, m = [1, 2, 4], [0.5, 0.0, 3.0], 3
     _, _, _, end = reference_round(lambda i, k: h[i], kappa, m)
-    model = make_model(n_agents=3, compute_times=h, communication_times=kappa, batch_size=m, horizon=10)
+    model = make_model(n_agents=3, compute_times=h, communication_times=kappa, round_size=m, horizon=10)
     recorder = RoundRecorder()
     model.learn(m * 10 * 3, callback=recorder)
     assert len(recorder.times) == 3
@@ -245,7 +245,7 @@ def test_random_times_have_the_requested_means(spec):
 def test_random_times_in_the_model_are_reproducible(make_model):
     def run(seed):
         recorder = RoundRecorder()
-        make_model(n_agents=3, compute_times=RandomTimes("exponential", "sqrt"), batch_size=3, horizon=5, seed=seed).learn(60, callback=recorder)
+        make_model(n_agents=3, compute_times=RandomTimes("exponential", "sqrt"), round_size=3, horizon=5, seed=seed).learn(60, callback=recorder)
         return recorder.times
 
     first = run(0)
@@ -320,7 +320,7 @@ def test_per_step_times_with_variable_lengths(make_collector):
 
 def test_per_step_times_through_the_model(make_model):
     horizon = 10
-    model = make_model(n_agents=3, compute_times=[1, 2, 4], batch_size=7, horizon=horizon, compute_time_unit="step")
+    model = make_model(n_agents=3, compute_times=[1, 2, 4], round_size=7, horizon=horizon, compute_time_unit="step")
     recorder = RoundRecorder()
     model.learn(7 * horizon * 2, callback=recorder)
     assert list(round_durations(recorder.times)) == [4.0 * horizon] * 2

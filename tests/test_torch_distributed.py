@@ -31,7 +31,7 @@ from helpers import SaveAndStop
 pytestmark = pytest.mark.timeout(300)
 
 WORLD = 2
-KWARGS = dict(n_agents=3, compute_times=[1, 2, 3], communication_times=[0.5, 0, 0.25], batch_size=4, horizon=5, seed=0,
+KWARGS = dict(n_agents=3, compute_times=[1, 2, 3], communication_times=[0.5, 0, 0.25], round_size=4, horizon=5, seed=0,
               policy_kwargs=dict(net_arch=[8]))
 TOTAL = 100
 STOP_AT = 43  # mid-round: the checkpoint holds a pending round
@@ -39,7 +39,7 @@ DIE_AT = 57  # rank 1 is killed here, after the checkpoint and before the end
 STEP_KWARGS = dict(KWARGS, compute_times=[0.1, 0.2, 0.3], compute_time_unit="step")
 ALGORITHMS = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT}
 REAL = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT, "synchronized": SynchronizedNIGT}
-REAL_KWARGS = dict(n_agents=3, batch_size=4, horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]), clock="real")
+REAL_KWARGS = dict(n_agents=3, round_size=4, horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]), clock="real")
 
 
 class CheckpointThenDie(BaseCallback):
@@ -256,9 +256,9 @@ def test_real_clock_over_two_ranks_ends_identical_on_both_with_one_collective_pe
     np.testing.assert_array_equal(first["counts"], second["counts"])
     for seen in (first, second):
         assert seen["rounds"] >= 3 and seen["collectives"] == seen["rounds"]
-        assert np.all(seen["counts"] >= 1) if name != "rennala" else seen["counts"].sum() == REAL_KWARGS["batch_size"]
+        assert np.all(seen["counts"] >= 1) if name != "rennala" else seen["counts"].sum() == REAL_KWARGS["round_size"]
     if name == "rennala":  # exactly M trajectories of H steps in every round (Pendulum never ends before H)
-        assert first["steps"] == first["rounds"] * REAL_KWARGS["batch_size"] * REAL_KWARGS["horizon"]
+        assert first["steps"] == first["rounds"] * REAL_KWARGS["round_size"] * REAL_KWARGS["horizon"]
     if name == "synchronized":
         assert np.all(first["counts"] == 1)
 
