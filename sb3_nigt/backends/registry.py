@@ -1,8 +1,8 @@
 """Backends by name (``backend="inline"``): a registry whose optional backends are imported on first use.
 
-``"inline"`` and ``"subprocess"`` are registered as classes; ``"ray"`` and ``"torch_distributed"`` as
-:class:`LazyBackend` entries (a module and a class name), so that ``import sb3_nigt`` imports neither ray nor
-``torch.distributed``'s backend module.
+``"inline"`` (the default) is registered as a class; ``"subprocess"``, ``"ray"`` and ``"torch_distributed"`` as
+:class:`LazyBackend` entries (a module and a class name), so that ``import sb3_nigt`` imports no backend it does not
+use: neither the process machinery, nor ray, nor ``torch.distributed``'s backend module.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any, Callable, Union
 
 from sb3_nigt.backends.contract import Backend, BackendHooks, BackendOptions
 from sb3_nigt.backends.inline import InlineBackend
-from sb3_nigt.backends.subprocess import SubprocessBackend
 
 
 class LazyBackend(BackendHooks):
@@ -46,7 +45,7 @@ class LazyBackend(BackendHooks):
 #: Backends by name (``backend="inline"``). :func:`register_backend` adds one.
 BACKENDS: dict[str, Callable[[], Backend]] = {
     "inline": InlineBackend,
-    "subprocess": SubprocessBackend,
+    "subprocess": LazyBackend("sb3_nigt.backends.subprocess", "SubprocessBackend"),
     "ray": LazyBackend("sb3_nigt.backends.ray_actors", "RayBackend"),
     "torch_distributed": LazyBackend("sb3_nigt.backends.torch_distributed", "TorchDistributedBackend"),
 }
