@@ -194,3 +194,11 @@ def test_only_rank_0_prints_sb3s_start_up_lines(monkeypatch, capsys, rank, loud)
     out = capsys.readouterr().out
     assert ("Using cpu device" in out) is loud, out
     assert model.verbose == (1 if loud else 0)
+
+
+def test_a_torch_distributed_checkpoint_keeps_its_backend_only_inside_torchrun(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    tiny(backend="torch_distributed").save(tmp_path / "model.zip")
+    assert RennalaNIGT.load(tmp_path / "model.zip").backend == "inline"  # a notebook: no ranks to join
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert RennalaNIGT.load(tmp_path / "model.zip").backend == "torch_distributed"  # torchrun restarted the ranks

@@ -135,6 +135,14 @@ def _check_total_timesteps(total_timesteps: Any) -> int:
     return check_int(total_timesteps, "total_timesteps", 1)
 
 
+def _loaded_backend(saved: Any) -> Union[str, Backend]:
+    """The backend a loaded model runs on when ``load`` is not given one: inline, except a torch_distributed
+    checkpoint loaded inside a ``torchrun`` job (``WORLD_SIZE`` set), whose ranks resume together as they trained
+    (torchrun's restarts); a subprocess or Ray checkpoint never brings its worker processes back unasked."""
+    distributed = saved == "torch_distributed" or type(saved).__name__ == "TorchDistributedBackend"
+    return saved if distributed and "WORLD_SIZE" in os.environ else "inline"
+
+
 def _obs_rms(vec_normalize: VecNormalize) -> RunningMeanStd:
     """VecNormalize's observation statistics: one RunningMeanStd, as NIGT refuses Dict observation spaces (whose
     statistics are a dict of them, the type SB3 annotates)."""
@@ -720,13 +728,14 @@ class NIGTAlgorithm(BaseAlgorithm):
         The loaded model runs on the inline backend, whatever backend it was trained with, unless ``backend=`` is
         given: a checkpoint trained with ``backend="subprocess"`` or ``"ray"`` then works in a notebook or in a
         script without an ``if __name__ == "__main__":`` guard (pass ``backend="subprocess"`` to get the worker
-        processes back).
+        processes back). Only a ``torch_distributed`` checkpoint loaded inside a ``torchrun`` job (``WORLD_SIZE``
+        set) keeps its backend, so restarted ranks resume together.
 
         :param path: the saved zip file (a path or a file-like object).
         :param env: the environment to train on, as the constructor's ``env``; None: the model can only predict.
         :param kwargs: settings to override (checked as the constructor's; NumPy scalars accepted; the old names
             ``momentum``, ``batch_size`` and ``initial_batch_size`` are accepted with a ``FutureWarning``);
-            ``backend`` defaults to ``"inline"``.
+            ``backend`` defaults to ``"inline"`` (see above).
         :raises UnknownArgumentError: (a ``TypeError``) for an override that is not a constructor argument, naming
             the closest valid ones.
         :raises ValueError: starting ``path:`` for a file saved by another algorithm (naming both classes) or with
@@ -734,7 +743,6 @@ class NIGTAlgorithm(BaseAlgorithm):
         """
         check_keywords(cls.__name__, kwargs, parameter_names(cls.__init__), where=".load")
         kwargs = renamed_overrides(kwargs)
-        kwargs.setdefault("backend", "inline")  # a process backend only when asked (docs/backends.md)
         env, _ = resolve_env(env)
         if isinstance(env, str):
             env = gym.make(env)
@@ -747,7 +755,7 @@ class NIGTAlgorithm(BaseAlgorithm):
                 f"the algorithm that saved it. {exc}"
             ) from exc
         model._adopt_saved_names(kwargs)
-        model.backend = model._check_backend(model.backend)
+        model.backend = model._check_backend(kwargs["backend"] if "backend" in kwargs else _loaded_backend(model.backend))
         return model
 
     def _make_rule(self, round_size: int) -> AggregationRule:
