@@ -272,8 +272,10 @@ def test_save_load_round_trip_and_continue(algo, backend, tmp_path):
     assert loaded._n_updates == model._n_updates
     assert loaded.policy_kwargs == model.policy_kwargs
     assert loaded.learning_rate == model.learning_rate
-    for name in ("batch_size", "horizon", "n_agents", "momentum", "gamma", "seed", "backend"):
+    for name in ("batch_size", "horizon", "n_agents", "momentum", "gamma", "seed"):
         assert getattr(loaded, name) == getattr(model, name), name
+    assert loaded.backend == "inline"  # a process backend comes back only when load(..., backend=) asks for it
+    assert algo.load(tmp_path / "model.zip", backend=backend).backend == backend
 
     # Continue training from the loaded model without resetting the counter: the same run as the original's.
     loaded.learn(2 * ROUND, reset_num_timesteps=False)
@@ -632,7 +634,7 @@ def test_logger_writes_sb3_keys_to_every_format(algo, backend, tmp_path, monkeyp
     # logger writes exactly, so fps must equal SB3's int(steps / elapsed) (SB3 reads time.time_ns for both).
     ticks = itertools.count(start=10**9, step=10**9)
     monkeypatch.setattr(time, "time_ns", lambda: next(ticks))
-    model.learn(5 * ROUND)
+    model.learn(5 * ROUND, log_interval=1)  # one table per round (the default paces them every 2048 steps)
     monkeypatch.undo()
 
     rows = read_csv(tmp_path / "progress.csv")
@@ -681,7 +683,7 @@ def test_is_success_gives_rollout_success_rate(algo, backend, tmp_path):
     model = make(algo, backend, env=make_success_pendulum, horizon=2 * HORIZON)  # episodes end at 5 steps
     model.set_logger(configure(str(tmp_path), ["csv"]))
     recorder = LocalsRecorder()
-    model.learn(5 * ROUND, callback=recorder)
+    model.learn(5 * ROUND, callback=recorder, log_interval=1)
     assert {ep["l"] for ep in model.ep_info_buffer} == {HORIZON}
     done_infos = [r["infos"][0] for r in recorder.records if r["dones"][0]]
     assert len(done_infos) == 5 * ROUND // HORIZON
@@ -698,13 +700,13 @@ def test_tensorboard_run_folders_and_scalars(algo, backend, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model = make(algo, backend, tensorboard_log=str(tmp_path))
-    model.learn(3 * ROUND, tb_log_name="run")
+    model.learn(3 * ROUND, tb_log_name="run", log_interval=1)
     assert sorted(os.listdir(tmp_path)) == ["run_1"]
-    model.learn(2 * ROUND, tb_log_name="run", reset_num_timesteps=False)  # continues the same run
+    model.learn(2 * ROUND, tb_log_name="run", reset_num_timesteps=False, log_interval=1)  # continues the same run
     assert sorted(os.listdir(tmp_path)) == ["run_1"]
-    model.learn(2 * ROUND, tb_log_name="run")
+    model.learn(2 * ROUND, tb_log_name="run", log_interval=1)
     assert sorted(os.listdir(tmp_path)) == ["run_1", "run_2"]
-    model.learn(2 * ROUND)  # default run name: the class name
+    model.learn(2 * ROUND, log_interval=1)  # default run name: the class name
     assert (tmp_path / f"{algo.__name__}_1").is_dir()
 
     accumulator = EventAccumulator(str(tmp_path / "run_1"))

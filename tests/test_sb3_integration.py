@@ -237,7 +237,7 @@ def test_progress_bar(make_model):
 def test_csv_logger_columns(make_model, tmp_path):
     model = make_model()
     model.set_logger(configure(str(tmp_path), ["csv"]))
-    model.learn(4 * STEPS_PER_ROUND)
+    model.learn(4 * STEPS_PER_ROUND, log_interval=1)  # one table per round (the default: every 2048 steps)
     with open(tmp_path / "progress.csv") as f:
         rows = list(csv.DictReader(f))
     expected = {

@@ -184,7 +184,7 @@ class AFedPG(NIGTAlgorithm):
             raise ValueError(f"momentum_schedule: returned η = {eta!r} for staleness {staleness}; η must be in (0, 1]")
         return float(eta)
 
-    def _train(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: int) -> None:
+    def _train(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: Optional[int]) -> None:
         """AFedPG's server on a started collector: one update per arriving gradient. On the simulated clock the
         agents' work in flight (``_server_jobs``) and an arrival whose callbacks were interrupted (``_pending``)
         are kept between ``learn`` calls and saved, so a checkpoint written by any callback resumes exactly. A
@@ -205,7 +205,7 @@ class AFedPG(NIGTAlgorithm):
             callback.on_rollout_start()
             self._rollout_open = True
 
-    def _serve_updates(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: int) -> None:
+    def _serve_updates(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: Optional[int]) -> None:
         if self._nigt.previous is None:
             self._nigt.start(self.get_flat_params())  # θ_{−1} = θ_0; d starts as the first arriving gradient
         if self.next_job_index is None or len(self.next_job_index) != self.n_agents:
@@ -255,7 +255,7 @@ class AFedPG(NIGTAlgorithm):
         """θ̃ = θ_k + ((1 − η)/η)(θ_k − θ_{k−1}) with the constant η, as the float32 vector sent to an agent."""
         return self._nigt.lookahead(self.get_flat_params(), self.eta).astype(np.float32)
 
-    def _resume_pending_arrival(self, total_timesteps: int, callback: BaseCallback, log_interval: int) -> bool:
+    def _resume_pending_arrival(self, total_timesteps: int, callback: BaseCallback, log_interval: Optional[int]) -> bool:
         """An arrival whose callbacks were interrupted (a checkpoint or a False): the rest of its callbacks, its
         update, and (simulated clock) the agent's next job. Returns False when serving must stop (a callback's
         False, or the budget is spent)."""
@@ -296,7 +296,7 @@ class AFedPG(NIGTAlgorithm):
         assert self._pending is not None
         return self._replay_arrival(self._pending.arrivals[0], callback, self._pending)
 
-    def _finish_arrival(self, total_timesteps: int, callback: BaseCallback, log_interval: int) -> tuple[tuple, bool]:
+    def _finish_arrival(self, total_timesteps: int, callback: BaseCallback, log_interval: Optional[int]) -> tuple[tuple, bool]:
         """The server's update for the pending arrival; returns the reply (θ̃, obs_norm, version) and whether the
         budget is spent."""
         assert self._pending is not None
@@ -326,11 +326,10 @@ class AFedPG(NIGTAlgorithm):
         reply = (self._lookahead(), self._obs_norm(), self._n_updates)
         return reply, self.num_timesteps >= total_timesteps
 
-    def _end_round(self, window: list[int], callback: Any, log_interval: int) -> None:
+    def _end_round(self, window: list[int], callback: Any, log_interval: Optional[int]) -> None:
         """Close a round of n updates: its statistics, ``on_rollout_end``, and the logs every ``log_interval``."""
         self.n_rounds += 1
         self.round_stats.update(staleness_mean=float(np.mean(window)), staleness_max=int(np.max(window)), updates=self._n_updates)
         callback.on_rollout_end()
         self._rollout_open = False
-        if log_interval and self.n_rounds % log_interval == 0:
-            self.dump_logs()
+        self._maybe_dump_logs(log_interval, self.n_rounds)

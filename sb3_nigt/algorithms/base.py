@@ -44,7 +44,16 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper,
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from sb3_nigt.algorithms.callbacks import count_environment_steps
-from sb3_nigt.algorithms.config import RENAMED, check_int, check_settings, renamed_overrides, with_defaults, with_old_names
+from sb3_nigt.algorithms.config import (
+    RENAMED,
+    check_int,
+    check_keywords,
+    check_settings,
+    parameter_names,
+    renamed_overrides,
+    with_defaults,
+    with_old_names,
+)
 from sb3_nigt.algorithms.warn import user_stacklevel
 from sb3_nigt.backends.contract import Backend, BackendOptions
 from sb3_nigt.backends.inline import InlineBackend
@@ -109,6 +118,29 @@ def _terminate_like_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+#: Environment steps between two log dumps when ``learn``'s ``log_interval`` is None: SB3's PPO dumps once per
+#: rollout of n_steps × n_envs = 2048 steps by default.
+LOG_EVERY_STEPS = 2048
+
+
+def _check_total_timesteps(total_timesteps: Any) -> int:
+    """``learn``'s budget as an int: an integer >= 1, or an integral float (``1e5``, as SB3 users write it).
+
+    :raises ValueError: starting ``total_timesteps:``, stating the accepted range.
+    """
+    if isinstance(total_timesteps, (float, np.floating)) and math.isfinite(total_timesteps) and float(total_timesteps).is_integer():
+        total_timesteps = int(total_timesteps)
+    return check_int(total_timesteps, "total_timesteps", 1)
+
+
+def _loaded_backend(saved: Any) -> Union[str, Backend]:
+    """The backend a loaded model runs on when ``load`` is not given one: inline, except a torch_distributed
+    checkpoint loaded inside a ``torchrun`` job (``WORLD_SIZE`` set), whose ranks resume together as they trained
+    (torchrun's restarts); a subprocess or Ray checkpoint never brings its worker processes back unasked."""
+    distributed = saved == "torch_distributed" or type(saved).__name__ == "TorchDistributedBackend"
+    return saved if distributed and "WORLD_SIZE" in os.environ else "inline"
 
 
 def _obs_rms(vec_normalize: VecNormalize) -> RunningMeanStd:
@@ -197,7 +229,8 @@ class NIGTAlgorithm(BaseAlgorithm):
     :param policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ``min_std``, ...);
         SB3's ``net_arch=dict(pi=[...], vf=[...])`` uses ``pi`` and ignores ``vf``/``qf`` with a warning. A policy
         with BatchNorm layers (or other layers with running statistics) is refused.
-    :param verbose: 0 silent, 1 training information.
+    :param verbose: 0 silent, 1 training information (with ``backend="torch_distributed"``, on rank 0 only: the
+        other ranks run with verbose 0).
     :param record_trace: record the clock's events (broadcasts, gradients, uploads) in ``model.trace``, a list of
         :class:`~sb3_nigt.clock.trace.TraceEvent` (not saved); see :mod:`sb3_nigt.timeline`.
     :param step_data: also send each step's observation and environment action from the workers, for callbacks
@@ -259,6 +292,15 @@ class NIGTAlgorithm(BaseAlgorithm):
     policy: NIGTPolicy
     policy_class: type[NIGTPolicy]
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """Refuse an unknown keyword argument before anything is built, naming the closest valid one.
+
+        :raises UnknownArgumentError: (a ``TypeError``) naming the algorithm, the argument and its closest valid
+            names, for a keyword that the algorithm's constructor does not take (``n_agent``, ``n_steps``).
+        """
+        check_keywords(cls.__name__, kwargs, parameter_names(cls.__init__))
+        return super().__new__(cls)
+
     def __init__(
         self,
         policy: Union[str, type[NIGTPolicy]] = "MlpPolicy",
@@ -318,11 +360,12 @@ class NIGTAlgorithm(BaseAlgorithm):
         self.compute_time_unit, self.outages = compute_time_unit, outages
         self._algorithm_name = type(self).__qualname__  # saved: load refuses another algorithm's file
 
-        env, factories = self._check_environment(env, settings["n_agents"], settings["verbose"])
+        verbose = settings["verbose"] if self._is_primary() else 0  # torchrun: rank 0 prints, the others are quiet
+        env, factories = self._check_environment(env, settings["n_agents"], verbose)
         self._init_state(settings["seed"])
         super().__init__(
             policy=policy_class, env=env, learning_rate=settings["learning_rate"], policy_kwargs=policy_kwargs,
-            stats_window_size=settings["stats_window_size"], tensorboard_log=tensorboard_log, verbose=settings["verbose"],
+            stats_window_size=settings["stats_window_size"], tensorboard_log=tensorboard_log, verbose=verbose,
             device=device, support_multi_env=True, seed=settings["seed"],
         )
         if self.env is not None:
@@ -520,11 +563,14 @@ class NIGTAlgorithm(BaseAlgorithm):
         The rule: every gradient takes at least one environment step, and the rounds before the first update need
         at least N gradients (Rennala: M_init; Malenia: max(n, M_init); Synchronized: n; plus M_init for a warm-up
         round); if ``total_timesteps − num_timesteps <= N``, the budget is spent before the first update. AFedPG
-        updates on every gradient and never warns.
+        updates on every gradient and never warns. A budget above N may still be spent before the first update
+        when trajectories are long: :meth:`_warn_if_no_update` then warns when ``learn`` ends.
 
         :param total_timesteps: the step count ``learn`` trains up to (what SB3's ``_setup_learn`` returns).
-        :warns UserWarning: naming ``round_size``/``initial_round_size`` (or ``n_agents``) and the rule.
+        :warns UserWarning: naming ``round_size``/``initial_round_size`` (or ``n_agents``), the rule, and the
+            environment steps the first update needs (:meth:`_first_update_steps`).
         """
+        self._budget_warned = False
         if self.per_agent_params or self._nigt.direction is not None or self._pending is not None:
             return
         left = int(total_timesteps) - int(self.num_timesteps)
@@ -532,14 +578,50 @@ class NIGTAlgorithm(BaseAlgorithm):
         if self._needs_observation_warmup():
             needed += self.initial_round_size
         if needed >= left:
+            self._budget_warned = True  # learn's end does not warn again
             warnings.warn(
                 f"total_timesteps: {left} environment steps are left, but the rounds before the first update need at "
                 f"least {needed} gradients (initial_round_size={self.initial_round_size}, round_size={self.round_size}, "
                 f"n_agents={self.n_agents}), each of at least one environment step, so learn will end before the first "
-                "update; lower round_size or initial_round_size, or raise total_timesteps",
+                f"update and θ will not change. {self._first_update_steps()}; lower round_size or initial_round_size, "
+                "or raise total_timesteps",
                 UserWarning,
                 stacklevel=user_stacklevel(),
             )
+
+    def _first_update_steps(self) -> str:
+        """What the first update costs, in environment steps, for the budget warnings: the observation warm-up
+        round (fresh VecNormalize statistics only) and the initial round of M_init trajectories come first, then one
+        round of M trajectories, each trajectory of at most H steps (fewer when episodes end earlier)."""
+        rounds = [f"the initial round of M_init={self.initial_round_size} trajectories"]
+        trajectories = self.initial_round_size
+        if self._needs_observation_warmup():
+            rounds.insert(0, f"the observation warm-up round of M_init={self.initial_round_size} trajectories")
+            trajectories += self.initial_round_size
+        first = self._min_round_gradients(self._make_rule(self.round_size), 10**9)
+        rounds.append(f"then one update round (at least {first} trajectories)")
+        trajectories += first
+        return (
+            f"The first update needs {', '.join(rounds)}, each trajectory of up to H={self.horizon} steps: "
+            f"{trajectories * self.horizon} environment steps when every trajectory runs H steps "
+            "(total_timesteps must exceed the steps of the rounds before the update round)"
+        )
+
+    def _warn_if_no_update(self, total_timesteps: int) -> None:
+        """After a budget ran out (not a callback's stop): warn if the model has still made no update, stating the
+        steps the rounds before the first update took and what the first update needs.
+
+        :warns UserWarning: starting ``total_timesteps:``, at the user's line.
+        """
+        if self.per_agent_params or self._n_updates > 0 or getattr(self, "_budget_warned", False):
+            return
+        warnings.warn(
+            f"total_timesteps: learn ended at {self.num_timesteps} environment steps (budget {total_timesteps}) "
+            f"without any update: θ is still θ_0. {self._first_update_steps()}; raise total_timesteps, or lower "
+            "round_size or initial_round_size",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
 
     @staticmethod
     def _min_round_gradients(rule: AggregationRule, cap: int) -> int:
@@ -643,13 +725,23 @@ class NIGTAlgorithm(BaseAlgorithm):
         The file must have been saved by this class (or a class it derives from): a RennalaNIGT file loaded with
         ``AFedPG.load``, or a PPO file, is refused. Files saved before the class name was recorded still load.
 
+        The loaded model runs on the inline backend, whatever backend it was trained with, unless ``backend=`` is
+        given: a checkpoint trained with ``backend="subprocess"`` or ``"ray"`` then works in a notebook or in a
+        script without an ``if __name__ == "__main__":`` guard (pass ``backend="subprocess"`` to get the worker
+        processes back). Only a ``torch_distributed`` checkpoint loaded inside a ``torchrun`` job (``WORLD_SIZE``
+        set) keeps its backend, so restarted ranks resume together.
+
         :param path: the saved zip file (a path or a file-like object).
         :param env: the environment to train on, as the constructor's ``env``; None: the model can only predict.
         :param kwargs: settings to override (checked as the constructor's; NumPy scalars accepted; the old names
-            ``momentum``, ``batch_size`` and ``initial_batch_size`` are accepted with a ``FutureWarning``).
+            ``momentum``, ``batch_size`` and ``initial_batch_size`` are accepted with a ``FutureWarning``);
+            ``backend`` defaults to ``"inline"`` (see above).
+        :raises UnknownArgumentError: (a ``TypeError``) for an override that is not a constructor argument, naming
+            the closest valid ones.
         :raises ValueError: starting ``path:`` for a file saved by another algorithm (naming both classes) or with
             another library's policy; naming the argument for an override outside its accepted range.
         """
+        check_keywords(cls.__name__, kwargs, parameter_names(cls.__init__), where=".load")
         kwargs = renamed_overrides(kwargs)
         env, _ = resolve_env(env)
         if isinstance(env, str):
@@ -663,6 +755,7 @@ class NIGTAlgorithm(BaseAlgorithm):
                 f"the algorithm that saved it. {exc}"
             ) from exc
         model._adopt_saved_names(kwargs)
+        model.backend = model._check_backend(kwargs["backend"] if "backend" in kwargs else _loaded_backend(model.backend))
         return model
 
     def _make_rule(self, round_size: int) -> AggregationRule:
@@ -1015,7 +1108,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self: SelfNIGT,
         total_timesteps: int,
         callback: MaybeCallback = None,
-        log_interval: int = 1,
+        log_interval: Optional[int] = None,
         tb_log_name: str = "",
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
@@ -1027,14 +1120,20 @@ class NIGTAlgorithm(BaseAlgorithm):
         updates, and a False stops before that gradient's update). Worker processes are closed on return, on
         exceptions and on Ctrl-C.
 
-        :param total_timesteps: environment steps to train for.
+        :param total_timesteps: environment steps to train for, an integer >= 1 (an integral float such as
+            ``1e5`` is accepted).
         :param callback: SB3 callback(s).
-        :param log_interval: dump the logs every this many rounds (AFedPG: rounds of n updates).
+        :param log_interval: None (default): dump the logs after a round once at least :data:`LOG_EVERY_STEPS`
+            (2048) environment steps have passed since the last dump, as often as PPO's default rollout; an integer
+            k >= 1: every k rounds (AFedPG: rounds of n updates); 0 or less: never.
         :param tb_log_name: tensorboard run name (default: the class name).
         :param reset_num_timesteps: whether to reset the step counter.
         :param progress_bar: show a tqdm/rich progress bar.
-        :raises ValueError: on a NaN or infinite reward or gradient (θ is left unchanged).
+        :raises ValueError: starting ``total_timesteps:`` for a budget that is not an integer >= 1 (before anything
+            changes); on a NaN or infinite reward or gradient (θ is left unchanged).
+        :warns UserWarning: when the budget ends before the first update, stating the environment steps it needs.
         """
+        total_timesteps = _check_total_timesteps(total_timesteps)
         if self.env is None:
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
         if not self._is_primary() and not self._custom_logger:
@@ -1084,7 +1183,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         self._apply_warmup(0)
         return True
 
-    def _train(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: int) -> None:
+    def _train(self, collector: Collector, total_timesteps: int, callback: BaseCallback, log_interval: Optional[int]) -> None:
         """The training loop of :meth:`learn` on a started collector: Algorithm 1, one aggregation round per update
         (each ``_collect_round`` fires the round's callbacks; False: a callback stopped training)."""
         if self._pending is not None and not self._resume_pending(callback, total_timesteps, log_interval):
@@ -1103,8 +1202,9 @@ class NIGTAlgorithm(BaseAlgorithm):
                 return
             self._apply_update(total_timesteps)  # d_t, then θ_{t+1}
             self._maybe_dump_logs(log_interval)
+        self._warn_if_no_update(total_timesteps)
 
-    def _resume_pending(self, callback: BaseCallback, total_timesteps: int, log_interval: int) -> bool:
+    def _resume_pending(self, callback: BaseCallback, total_timesteps: int, log_interval: Optional[int]) -> bool:
         """A round whose callbacks were interrupted (a checkpoint written mid-round, or a callback's False): fire the
         rest of its callbacks, then use it as its kind says. Returns False if a callback stopped training again."""
         assert self._pending is not None
@@ -1117,8 +1217,26 @@ class NIGTAlgorithm(BaseAlgorithm):
             self._maybe_dump_logs(log_interval)
         return True
 
-    def _maybe_dump_logs(self, log_interval: Optional[int]) -> None:
-        if log_interval is not None and log_interval > 0 and self._n_updates % log_interval == 0:
+    def _setup_learn(self, total_timesteps: int, callback: MaybeCallback = None, reset_num_timesteps: bool = True,
+                     tb_log_name: str = "run", progress_bar: bool = False) -> tuple[int, BaseCallback]:
+        """SB3's ``_setup_learn``; a reset step counter also restarts the log pace (:meth:`_maybe_dump_logs`)."""
+        if reset_num_timesteps:
+            self._last_dump_timesteps = 0
+        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+
+    def _maybe_dump_logs(self, log_interval: Optional[int], rounds: Optional[int] = None) -> None:
+        """After a round: dump the logs if ``log_interval`` says so (see :meth:`learn`).
+
+        :param log_interval: None: when at least :data:`LOG_EVERY_STEPS` environment steps have passed since the
+            last dump (or since step 0, after ``reset_num_timesteps``); k >= 1: when ``rounds`` is a multiple of k;
+            0 or less: never.
+        :param rounds: the round counter ``log_interval`` counts; default the number of updates.
+        """
+        if log_interval is None:
+            due = self.num_timesteps - getattr(self, "_last_dump_timesteps", 0) >= LOG_EVERY_STEPS
+        else:
+            due = log_interval > 0 and (self._n_updates if rounds is None else rounds) % log_interval == 0
+        if due:
             self.dump_logs()
 
     def dump_logs(self) -> None:
@@ -1151,3 +1269,4 @@ class NIGTAlgorithm(BaseAlgorithm):
         for key, value in self.round_stats.items():
             self.logger.record(f"train/{key}", value, exclude="tensorboard" if isinstance(value, str) else None)
         self.logger.dump(step=self.num_timesteps)
+        self._last_dump_timesteps = self.num_timesteps

@@ -10,6 +10,8 @@ momentum), ``batch_size`` → ``round_size`` (M trajectories per aggregation rou
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import multiprocessing
 import warnings
@@ -18,6 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from sb3_nigt.algorithms.warn import user_stacklevel
+from sb3_nigt.core.errors import UnknownArgumentError
 
 CLOCKS = ("simulated", "real")
 
@@ -199,3 +202,41 @@ def renamed_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
             warn_renamed(name, kwargs.pop(new, None))
     checked = check_settings(kwargs)
     return {**{key: value for key, value in kwargs.items() if key not in RENAMED}, **checked}
+
+
+#: Other SB3 algorithms' arguments whose closest NIGT setting is not close in spelling: PPO's ``n_steps``
+#: (steps per rollout; NIGT collects rounds of M trajectories of at most H steps) and ``n_envs``.
+SB3_EQUIVALENTS = {"n_steps": ("round_size", "horizon"), "n_envs": ("n_agents",)}
+
+
+def parameter_names(function: Callable) -> Optional[list[str]]:
+    """The keyword parameters of ``function`` (``self`` and ``cls`` left out, names starting with ``_`` too); None
+    when it takes ``**kwargs`` (any name is then valid)."""
+    names = []
+    for name, parameter in inspect.signature(function).parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if parameter.kind is not inspect.Parameter.VAR_POSITIONAL and name not in ("self", "cls") and not name.startswith("_"):
+            names.append(name)
+    return names
+
+
+def check_keywords(owner: str, given: Any, valid: Optional[list[str]], where: str = "") -> None:
+    """Refuse keyword arguments that are not in ``valid``, naming the closest valid ones.
+
+    :param owner: the algorithm's name, for the message.
+    :param given: the keyword names given.
+    :param valid: the accepted names (:func:`parameter_names`); None accepts every name.
+    :param where: what takes them, for the message (default: the constructor).
+    :raises UnknownArgumentError: (a ``TypeError``) naming ``owner``, the first unknown name and the closest valid
+        names (``difflib.get_close_matches``), or all valid names when none is close.
+    """
+    if valid is None:
+        return
+    unknown = [name for name in given if name not in valid and not name.startswith("_")]
+    if not unknown:
+        return
+    name = unknown[0]
+    close = [c for c in SB3_EQUIVALENTS.get(name, ()) if c in valid] or difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"valid arguments: {', '.join(sorted(valid))}"
+    raise UnknownArgumentError(f"{owner}{where} got an unexpected keyword argument {name!r}; {hint}")

@@ -27,6 +27,7 @@ Ray is imported only by this module, so importing sb3_nigt never imports ray.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import queue
@@ -60,13 +61,27 @@ def _import_ray() -> Any:
     return ray
 
 
+#: The logger of Ray's token-authentication set-up (Ray >= 2.5x), and the start of its notice that token
+#: authentication was turned on: harmless for a runtime of ours that listens on 127.0.0.1 only, and printed on
+#: every run. Its notice that authentication is *disabled* is left alone.
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_RAY_AUTH_ENABLED_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+def _drop_auth_enabled_notice(record: logging.LogRecord) -> bool:
+    """A logging filter: False (drop) for Ray's "token authentication is enabled" notice only."""
+    return not record.getMessage().startswith(_RAY_AUTH_ENABLED_NOTICE)
+
+
 def _init_on_loopback(ray: Any, kwargs: dict[str, Any]) -> None:
     """Start a local runtime whose processes listen on 127.0.0.1 only.
 
     On Linux Ray 2.x turns ``_node_ip_address="127.0.0.1"`` into the host's routable address (and its processes
     listen on every interface) unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set before ray was imported;
     the same switch (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``) is turned off for the duration of
-    ``ray.init``. A ``RuntimeWarning`` says so if the node still got another address.
+    ``ray.init``. A ``RuntimeWarning`` says so if the node still got another address. Ray's notice that token
+    authentication is enabled (the safe state, printed on every start) is dropped during this ``ray.init`` only;
+    any other message of Ray's, the one for disabled authentication included, is shown.
     """
     import importlib
     import warnings
@@ -76,11 +91,14 @@ def _init_on_loopback(ray: Any, kwargs: dict[str, Any]) -> None:
     except ImportError:  # pragma: no cover - a Ray without that module
         ray_constants = None
     previous = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    auth_logger = logging.getLogger(_RAY_AUTH_LOGGER)
+    auth_logger.addFilter(_drop_auth_enabled_notice)
     try:
         if previous is not None:
             ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(address="local", **kwargs)  # a new runtime: neither RAY_ADDRESS nor a running cluster is joined
     finally:
+        auth_logger.removeFilter(_drop_auth_enabled_notice)
         if previous is not None:
             ray_constants.ENABLE_RAY_CLUSTER = previous
     addresses = {node.get("NodeManagerAddress") for node in ray.nodes()}

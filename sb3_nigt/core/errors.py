@@ -43,3 +43,9 @@ class NonFiniteEnvironmentError(ValueError):
     def at_round(self, round_label: str) -> "NonFiniteEnvironmentError":
         """The same error, naming the round as ``round_label``."""
         return type(self)(self.quantity, self.value, self.agent, self.round_index, self.step, round_label)
+
+
+class UnknownArgumentError(TypeError):
+    """A keyword argument that the algorithm does not have (a typo such as ``n_agent`` or another algorithm's
+    ``n_steps``); the message names the algorithm, the argument and the closest valid ones. A ``TypeError``, as
+    Python raises for an unexpected keyword argument."""
