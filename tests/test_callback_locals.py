@@ -79,6 +79,16 @@ def test_step_data_false_leaves_new_obs_and_actions_out():
     assert recorder.keys and all("rewards" in keys and not keys & {"new_obs", "actions", "clipped_actions"} for keys in recorder.keys)
 
 
+def test_load_keeps_the_saved_step_data_unless_told(tmp_path):
+    make(RennalaNIGT, lambda: InfoEnv(length=3), step_data=False).save(tmp_path / "off.zip")
+    for overrides, expected in (({}, False), ({"step_data": True}, True)):
+        model = RennalaNIGT.load(tmp_path / "off.zip", env=InfoEnv(length=3), **overrides)
+        assert model.step_data is expected
+        recorder = KeysRecorder()
+        model.learn(6, callback=recorder, reset_num_timesteps=False)
+        assert all(("new_obs" in keys) is expected for keys in recorder.keys)
+
+
 class KeysRecorder(BaseCallback):
     """Records the names in ``self.locals`` at every ``on_step``."""
 
