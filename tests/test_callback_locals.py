@@ -53,13 +53,84 @@ def test_every_on_step_sees_the_steps_reward_done_and_info(algorithm, backend):
             assert "episode" not in info
 
 
-def test_step_data_adds_new_obs_and_actions():
-    model = make(RennalaNIGT, lambda: InfoEnv(length=3), step_data=True)
-    recorder = StepRecorder(keys=("new_obs", "actions", "rewards"))
+@pytest.mark.parametrize("backend", ["inline", "subprocess"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_new_obs_and_actions_by_default(algorithm, backend):
+    # PPO's callbacks read new_obs and actions at every on_step; they come without asking.
+    model = make(algorithm, lambda: InfoEnv(length=3), backend=backend, **({"n_workers": 1} if backend == "subprocess" else {}))
+    recorder = StepRecorder(keys=("new_obs", "actions", "clipped_actions", "rewards", "env", "self"))
     model.learn(6, callback=recorder)
+    assert len(recorder.steps) == model.num_timesteps >= 6
     for position, step in enumerate(recorder.steps):
-        assert step["new_obs"].shape == (1, 1) and step["new_obs"][0, 0] == position % 3 + 1
-        assert step["actions"].shape == (1, 1) and -1.0 <= step["actions"][0, 0] <= 1.0
+        # step t observes [t + 1]; at the last step new_obs is the terminal observation
+        assert step["new_obs"].dtype == np.float32 and step["new_obs"].shape == (1, 1)
+        assert step["new_obs"][0, 0] == position % 3 + 1
+        assert step["actions"].dtype == np.float32 and step["actions"].shape == (1, 1)
+        assert model.action_space.contains(step["actions"][0])
+        assert step["clipped_actions"] is step["actions"]  # the environment's action is already within bounds
+        assert step["env"] is model.get_env() and step["self"] is model
+
+
+def test_step_data_false_leaves_new_obs_and_actions_out():
+    model = make(RennalaNIGT, lambda: InfoEnv(length=3), step_data=False)
+    assert model.step_data is False
+    recorder = KeysRecorder()
+    model.learn(6, callback=recorder)
+    assert recorder.keys and all("rewards" in keys and not keys & {"new_obs", "actions", "clipped_actions"} for keys in recorder.keys)
+
+
+def test_load_keeps_the_saved_step_data_unless_told(tmp_path):
+    make(RennalaNIGT, lambda: InfoEnv(length=3), step_data=False).save(tmp_path / "off.zip")
+    for overrides, expected in (({}, False), ({"step_data": True}, True)):
+        model = RennalaNIGT.load(tmp_path / "off.zip", env=InfoEnv(length=3), **overrides)
+        assert model.step_data is expected
+        recorder = KeysRecorder()
+        model.learn(6, callback=recorder, reset_num_timesteps=False)
+        assert all(("new_obs" in keys) is expected for keys in recorder.keys)
+
+
+class KeysRecorder(BaseCallback):
+    """Records the names in ``self.locals`` at every ``on_step``."""
+
+    def __init__(self):
+        super().__init__()
+        self.keys: list[set] = []
+
+    def _on_step(self) -> bool:
+        self.keys.append(set(self.locals))
+        return True
+
+
+def test_step_data_leaves_the_parameters_alone():
+    on = make(MaleniaNIGT, lambda: InfoEnv(length=3)).learn(30)
+    off = make(MaleniaNIGT, lambda: InfoEnv(length=3), step_data=False).learn(30)
+    np.testing.assert_array_equal(on.get_flat_params(), off.get_flat_params())
+
+
+class NormalizedObservations(BaseCallback):
+    """Records each step's ``new_obs`` next to the raw observation normalized by VecNormalize's statistics of now."""
+
+    def __init__(self):
+        super().__init__()
+        self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def _on_step(self) -> bool:
+        raw = np.array([[self.locals["infos"][0]["t"] + 1.0]], dtype=np.float32)  # InfoEnv: step t observes [t + 1]
+        expected = self.model.get_vec_normalize_env().normalize_obs(raw)
+        self.pairs.append((np.array(self.locals["new_obs"]), expected))
+        return True
+
+
+def test_new_obs_are_normalized_under_vecnormalize():
+    # PPO's new_obs come out of VecNormalize.step: normalized, as the policy sees them.
+    env = VecNormalize(DummyVecEnv([lambda: InfoEnv(length=3)]), norm_reward=False)
+    model = make(RennalaNIGT, env, n_agents=1, batch_size=1)
+    recorder = NormalizedObservations()
+    model.learn(15, callback=recorder)
+    assert len(recorder.pairs) >= 15
+    for new_obs, expected in recorder.pairs:
+        np.testing.assert_allclose(new_obs, expected, rtol=1e-6, atol=1e-6)
+    assert any(abs(float(new_obs[0, 0])) < 1.0 for new_obs, _ in recorder.pairs)  # not the raw 1, 2, 3
 
 
 def test_horizon_cut_is_a_truncation():

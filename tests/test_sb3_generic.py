@@ -4,7 +4,12 @@ SB3 checks every algorithm against the same conventions in its ``tests/`` folder
 test_deterministic, test_callbacks, test_logger, test_tensorboard, test_run, test_vec_normalize,
 test_custom_policy, test_train_eval_mode, test_spaces). These are our own versions of the checks that apply to an
 on-policy, continuous-action algorithm, each run for RennalaNIGT, MaleniaNIGT, SynchronizedNIGT and AFedPG on both
-backends (the subprocess backend with one worker, to stay light on two shared cores).
+backends (the subprocess backend with one worker, to stay light on two shared cores). ``test_sb3_test_callbacks``
+follows SB3's test_callbacks step for step, ``callback.locals["new_obs"]`` included.
+
+The cases that the algorithms refuse with a clear error at construction (image observations and SB3's
+``CnnPolicy``, BatchNorm, Dict/Tuple and multi-dimensional observations, discrete or unbounded actions) are listed
+in docs/policy.md, "SB3's generic tests: the cases refused"; the tests below check those errors.
 
 Small settings: Pendulum-v1 (never ends before H), H = 5, n = 2 agents, M = 2. Every algorithm then consumes
 ROUND = 10 environment steps per round (Rennala: first 2 gradients; Malenia: S = n = 2, one per agent;
@@ -41,9 +46,11 @@ from stable_baselines3.common.callbacks import (
     EvalCallback,
     EveryNTimesteps,
     StopTrainingOnMaxEpisodes,
+    StopTrainingOnNoModelImprovement,
     StopTrainingOnRewardThreshold,
 )
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import FakeImageEnv
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim
@@ -431,6 +438,54 @@ def test_sb3_callbacks_together(algo, backend, tmp_path):
     calls = []
     model.learn(ROUND, callback=lambda local_vars, global_vars: calls.append(1) is None)
     assert len(calls) == ROUND
+
+
+def test_sb3_test_callbacks(algo, backend, tmp_path):
+    # SB3's test_callbacks, step for step, with budgets in rounds of these small settings and an evaluation env of
+    # 10 steps. The reward threshold is unreachable (Pendulum's rewards are <= 0) and no-improvement needs 1000
+    # evaluations, so every callback runs for the whole budget.
+    log_folder = str(tmp_path / "logs" / "callbacks")
+    model = make(algo, backend, policy_kwargs=dict(net_arch=[32]))
+    checkpoint_callback = CheckpointCallback(save_freq=4 * ROUND, save_path=log_folder)
+    callback_on_best = StopTrainingOnRewardThreshold(reward_threshold=0.0, verbose=1)
+    callback_no_model_improvement = StopTrainingOnNoModelImprovement(max_no_improvement_evals=1000, min_evals=1, verbose=1)
+    eval_callback = EvalCallback(
+        eval_env(), callback_on_new_best=callback_on_best, callback_after_eval=callback_no_model_improvement,
+        best_model_save_path=log_folder, log_path=log_folder, eval_freq=2 * ROUND, n_eval_episodes=2, warn=False,
+    )
+    # Equivalent to the checkpoint callback, but event-driven.
+    checkpoint_on_event = CheckpointCallback(save_freq=1, save_path=log_folder, name_prefix="event")
+    event_callback = EveryNTimesteps(n_steps=5 * ROUND, callback=checkpoint_on_event)
+    callback_max_episodes = StopTrainingOnMaxEpisodes(max_episodes=100, verbose=1)
+    callback = CallbackList([checkpoint_callback, eval_callback, event_callback, callback_max_episodes])
+    model.learn(10 * ROUND, callback=callback)
+
+    # Access to the local variables, as PPO gives it.
+    assert model.env.observation_space.contains(callback.locals["new_obs"][0])
+    assert model.env.action_space.contains(callback.locals["actions"][0])
+    assert isinstance(callback.locals["rewards"], np.ndarray) and isinstance(callback.locals["dones"], np.ndarray)
+    assert isinstance(callback.locals["infos"], list)
+    # The child callbacks were called with the same locals.
+    assert checkpoint_callback.locals["new_obs"] is callback.locals["new_obs"]
+    assert event_callback.locals["new_obs"] is callback.locals["new_obs"]
+    assert checkpoint_on_event.locals["new_obs"] is callback.locals["new_obs"]
+    # The callbacks' counters match the model's.
+    assert event_callback.num_timesteps == model.num_timesteps == 10 * ROUND
+    assert event_callback.n_calls == model.num_timesteps
+
+    model.learn(10 * ROUND, callback=None)
+    model.learn(10 * ROUND, callback=[checkpoint_callback, eval_callback])  # a list becomes a CallbackList
+    model.learn(10 * ROUND, callback=lambda _locals, _globals: True)  # the old way: a function
+
+    # Several environments (SB3 runs this part for A2C and PPO): StopTrainingOnMaxEpisodes counts episodes per
+    # environment, and each environment's episode here lasts H steps.
+    max_episodes, n_envs = 1, 2
+    envs = make_vec_env(ENV_ID, n_envs=n_envs, seed=0)
+    model = make(algo, backend, env=envs, policy_kwargs=dict(net_arch=[32]))
+    callback_max_episodes = StopTrainingOnMaxEpisodes(max_episodes=max_episodes, verbose=1)
+    model.learn(100 * ROUND, callback=CallbackList([callback_max_episodes]))
+    assert callback_max_episodes.n_episodes // n_envs == max_episodes
+    assert model.num_timesteps // n_envs == HORIZON
 
 
 class EventLog(BaseCallback):
@@ -867,6 +922,15 @@ def test_box_spaces(algo, backend, name):
         assert np.all(a >= space.low) and np.all(a <= space.high)
 
 
+class SpacesEnv(BoxEnv):
+    """BoxEnv with other spaces declared (only the construction-time checks are exercised)."""
+
+    def __init__(self, observation_space: spaces.Space | None = None, action_space: spaces.Space | None = None) -> None:
+        super().__init__()
+        self.observation_space = observation_space or self.observation_space
+        self.action_space = action_space or self.action_space
+
+
 class DictObsEnv(BoxEnv):
     def __init__(self) -> None:
         super().__init__()
@@ -883,6 +947,10 @@ UNSUPPORTED = {
     "unbounded_action": (functools.partial(BoxEnv, (3,), (-np.inf,), (np.inf,)), "action_space"),
     # SB3 flattens it; NIGT refuses it (documented: workers sample on the raw flattened observation)
     "2d_observation": (functools.partial(BoxEnv, (2, 3), (-1.0,), (1.0,)), "observation_space"),
+    "image_observation": (functools.partial(FakeImageEnv, discrete=False), "observation_space: an image space"),
+    "tuple_observation": (functools.partial(SpacesEnv, observation_space=spaces.Tuple([spaces.Box(-1.0, 1.0, (2,))])), "observation_space"),
+    "multi_discrete_action": (functools.partial(SpacesEnv, action_space=spaces.MultiDiscrete([2, 3])), "action_space"),
+    "multi_binary_action": (functools.partial(SpacesEnv, action_space=spaces.MultiBinary(3)), "action_space"),
 }
 
 
@@ -891,3 +959,10 @@ def test_unsupported_spaces_raise(algo, backend, name):
     env, match = UNSUPPORTED[name]
     with pytest.raises((ValueError, AssertionError), match=match):
         make(algo, backend, env=env)
+
+
+@pytest.mark.parametrize("alias", ["CnnPolicy", "MultiInputPolicy"])
+def test_sb3_policy_aliases_are_refused(algo, alias):
+    # SB3's image and Dict policies: the error names the accepted policy, before any environment step.
+    with pytest.raises(ValueError, match=r"^policy: unknown policy '" + alias + r"'.*MlpPolicy"):
+        algo(alias, ENV_ID)

@@ -71,8 +71,8 @@ class AFedPG(NIGTAlgorithm):
     :param start_method: multiprocessing start method of the subprocess backend (one of
         ``multiprocessing.get_all_start_methods()``); default forkserver, else spawn.
     :param record_trace: record the clock's events in ``model.trace``.
-    :param step_data: also send each step's observation and environment action, for callbacks that read
-        ``new_obs`` and ``actions`` (as for the NIGT algorithms).
+    :param step_data: send each step's observation and environment action, for callbacks that read
+        ``new_obs`` and ``actions`` (default True; False leaves them out; as for the NIGT algorithms).
     :param stats_window_size: episodes averaged for ``rollout/ep_rew_mean``.
     :param tensorboard_log: tensorboard log folder, or None.
     :param policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ``min_std``, ...).
@@ -133,7 +133,7 @@ class AFedPG(NIGTAlgorithm):
         time_scale: Optional[float] = None,
         start_method: Optional[str] = None,
         record_trace: bool = False,
-        step_data: bool = False,
+        step_data: bool = True,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,

@@ -67,7 +67,7 @@ from sb3_nigt.core.errors import PolicyError
 from sb3_nigt.core.nigt import NIGTStep
 from sb3_nigt.policies import NIGTPolicy, check_action_space, check_observation_space, check_policy_kwargs, running_statistics_modules
 from sb3_nigt.workers.env_factory import env_factories, is_heterogeneous, resolve_env
-from sb3_nigt.workers.rollout import ObsNorm
+from sb3_nigt.workers.rollout import ObsNorm, TrajectoryStats
 
 SelfNIGT = TypeVar("SelfNIGT", bound="NIGTAlgorithm")
 
@@ -233,9 +233,10 @@ class NIGTAlgorithm(BaseAlgorithm):
         other ranks run with verbose 0).
     :param record_trace: record the clock's events (broadcasts, gradients, uploads) in ``model.trace``, a list of
         :class:`~sb3_nigt.clock.trace.TraceEvent` (not saved); see :mod:`sb3_nigt.timeline`.
-    :param step_data: also send each step's observation and environment action from the workers, for callbacks
-        that read ``new_obs`` and ``actions`` in ``self.locals`` (4 bytes per number per step in every message);
-        ``rewards``, ``dones`` and ``infos`` are always there (docs/rennala_nigt.md, "SB3 integration").
+    :param step_data: send each step's observation and environment action from the workers, so that callbacks
+        find ``new_obs`` and ``actions`` in ``self.locals`` as with PPO (default True; 4 bytes per number per step
+        in every message); False leaves them out. ``rewards``, ``dones`` and ``infos`` are always there
+        (docs/rennala_nigt.md, "SB3 integration").
     :param seed: the seed of the policy's initialisation and of every job (seed, round, agent, index); an
         integer in [0, 2**32 - 1], or None.
     :param device: torch device of the main policy (default ``"cpu"``; workers always use the CPU).
@@ -324,7 +325,7 @@ class NIGTAlgorithm(BaseAlgorithm):
         time_scale: Optional[float] = None,
         start_method: Optional[str] = None,
         record_trace: bool = False,
-        step_data: bool = False,
+        step_data: bool = True,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -801,7 +802,7 @@ class NIGTAlgorithm(BaseAlgorithm):
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
         worker_args = dict(
             env_factories=self._env_factories, policy_class=self.policy_class, observation_space=self.observation_space,
-            action_space=self.action_space, policy_kwargs=self.policy_kwargs, step_data=bool(getattr(self, "step_data", False)),
+            action_space=self.action_space, policy_kwargs=self.policy_kwargs, step_data=bool(getattr(self, "step_data", True)),
             buffers={name: buffer.detach().cpu().clone() for name, buffer in self.policy.named_buffers()},
         )
         n_workers = self.n_workers
@@ -979,8 +980,10 @@ class NIGTAlgorithm(BaseAlgorithm):
         (float32 ``(1,)``), ``dones`` (bool ``(1,)``, True at the trajectory's last step), ``infos`` (a list of the
         environment's own info dict; the last one also carries ``episode``, ``TimeLimit.truncated`` and
         ``terminal_observation``, as SB3's Monitor and VecEnv add them), and ``agent``; with ``step_data=True``
-        also ``new_obs`` (``(1, *obs_shape)``) and ``actions`` (the environment action, ``(1, da)``). Returns False
-        as soon as a callback asks to stop.
+        (the default) also ``new_obs`` (float32 ``(1, *obs_shape)``, normalized as the policy sees it under
+        VecNormalize) and ``actions`` (the environment action, float32 ``(1, da)``; ``clipped_actions`` is the
+        same array). ``env`` is the model's VecEnv (``training_env``); ``self`` and ``callback`` come from
+        ``learn``'s locals, as with PPO. Returns False as soon as a callback asks to stop.
         """
         if self.agent_ep_info_buffer is None or len(self.agent_ep_info_buffer) != self.n_agents:
             self.agent_ep_info_buffer = [deque(maxlen=self._stats_window_size) for _ in range(self.n_agents)]
@@ -992,7 +995,8 @@ class NIGTAlgorithm(BaseAlgorithm):
         last = job.n_steps - 1
         rewards = job.rewards if job.rewards is not None else np.zeros(job.n_steps)
         infos = job.infos if job.infos is not None else [{} for _ in range(job.n_steps)]
-        new_obs, actions = job.new_obs, job.actions
+        new_obs, actions = self._callback_step_data(job)
+        callback.update_locals({"env": self.env})
         for step in range(first_step, job.n_steps):
             self.num_timesteps += 1
             if pending is not None:
@@ -1012,11 +1016,29 @@ class NIGTAlgorithm(BaseAlgorithm):
             }
             if new_obs is not None and actions is not None:
                 step_locals["new_obs"] = new_obs[step][None]
-                step_locals["actions"] = actions[step][None]
+                step_locals["actions"] = step_locals["clipped_actions"] = actions[step][None]
             callback.update_locals(step_locals)
             if not callback.on_step():
                 return False
         return True
+
+    def _callback_step_data(self, job: TrajectoryStats) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """The trajectory's ``new_obs`` (float32 ``(T, *obs_shape)``) and environment actions (float32 ``(T, da)``)
+        for the callbacks' locals, or ``(None, None)`` when the workers did not send them (``step_data=False``).
+
+        Under VecNormalize with ``norm_obs`` the observations are normalized with the statistics of now (which
+        already hold this trajectory's observations), as PPO's ``new_obs`` come from ``VecNormalize.step``. At
+        the last step ``new_obs`` is the terminal observation: no next episode is reset in its place, as a VecEnv
+        would do.
+        """
+        new_obs, actions = job.new_obs, job.actions
+        if new_obs is None or actions is None:
+            return None, None
+        vec_normalize = self._vec_normalize_env
+        if vec_normalize is not None and vec_normalize.norm_obs:
+            flat = vec_normalize.normalize_obs(new_obs.reshape(len(new_obs), -1))
+            new_obs = np.asarray(flat, dtype=np.float32).reshape(new_obs.shape)
+        return new_obs, actions
 
     def _record_episode(self, arrival: Arrival, episode: dict) -> None:
         """The episode buffers and the main env's Monitor, for one used trajectory."""
