@@ -26,7 +26,7 @@ class StepRecorder(BaseCallback):
 
 
 def make(algorithm, env, **kwargs):
-    kwargs = dict(n_agents=2, batch_size=2, horizon=10, seed=0) | kwargs
+    kwargs = dict(n_agents=2, round_size=2, horizon=10, seed=0) | kwargs
     return algorithm("MlpPolicy", env, **kwargs)
 
 
@@ -124,7 +124,7 @@ class NormalizedObservations(BaseCallback):
 def test_new_obs_are_normalized_under_vecnormalize():
     # PPO's new_obs come out of VecNormalize.step: normalized, as the policy sees them.
     env = VecNormalize(DummyVecEnv([lambda: InfoEnv(length=3)]), norm_reward=False)
-    model = make(RennalaNIGT, env, n_agents=1, batch_size=1)
+    model = make(RennalaNIGT, env, n_agents=1, round_size=1)
     recorder = NormalizedObservations()
     model.learn(15, callback=recorder)
     assert len(recorder.pairs) >= 15
@@ -148,7 +148,7 @@ def test_is_success_reaches_success_rate(length, rate, tmp_path):
 
     model = make(RennalaNIGT, lambda: InfoEnv(length=length))
     model.set_logger(configure(str(tmp_path), ["csv"]))
-    model.learn(20)
+    model.learn(20, log_interval=1)  # a table every round (the default paces tables by 2,048 steps)
     assert len(model.ep_success_buffer) > 0 and np.mean(model.ep_success_buffer) == rate
     header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
     assert "rollout/success_rate" in header
@@ -220,7 +220,7 @@ class StatisticsAtStep(BaseCallback):
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_vecnormalize_statistics_include_the_trajectory_before_its_on_step(algorithm):
     env = VecNormalize(DummyVecEnv([lambda: InfoEnv(length=3)]), norm_reward=False)
-    model = make(algorithm, env, n_agents=1, batch_size=1)
+    model = make(algorithm, env, n_agents=1, round_size=1)
     recorder = StatisticsAtStep()
     model.learn(15, callback=recorder)
     # Every trajectory's 3 observations are merged before its first on_step (the others merge a whole round's
@@ -235,9 +235,9 @@ def test_observation_warmup_reaches_the_log(algorithm, tmp_path):
     from stable_baselines3.common.logger import configure
 
     env = VecNormalize(DummyVecEnv([lambda: InfoEnv(length=3)]), norm_reward=False)
-    model = make(algorithm, env, n_agents=1, batch_size=1)
+    model = make(algorithm, env, n_agents=1, round_size=1)
     model.set_logger(configure(str(tmp_path), ["csv"]))
-    model.learn(30)
+    model.learn(30, log_interval=1)  # a table every round
     lines = (tmp_path / "progress.csv").read_text().splitlines()
     column = lines[0].split(",").index("train/observation_warmup")
     values = [line.split(",")[column] for line in lines[1:]]
