@@ -214,18 +214,19 @@ def _script(tmp_path: Path, body: str) -> Path:
     return script
 
 
-def _run_until_gone(tmp_path: Path, body: str, send_sigterm: bool) -> subprocess.CompletedProcess:
+def _run_until_gone(tmp_path: Path, body: str, send_sigterm: bool, stall: bool = True) -> subprocess.CompletedProcess:
     marker = f"SB3_NIGT_TEST_{uuid.uuid4().hex}"
-    stall = tmp_path / "stall"
-    env = dict(os.environ, SB3_NIGT_MARKER=marker, SB3_NIGT_STALL=str(stall))
+    flag = tmp_path / "stall"
+    env = dict(os.environ, SB3_NIGT_MARKER=marker, SB3_NIGT_STALL=str(flag))
     process = subprocess.Popen([sys.executable, str(_script(tmp_path, body))], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "learned"
         assert len(_marked(marker)) >= 3  # the script and its two workers stay up after learn
         if send_sigterm:
-            stall.touch()  # the next learn's workers hang inside env.step: only the main process can end them
-            assert process.stdout.readline().strip() == "learning"
+            if stall:
+                flag.touch()  # the next learn's workers hang inside env.step: only the main process can end them
+            assert process.stdout.readline().strip() == "waiting"
             time.sleep(2)
             process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
@@ -250,9 +251,17 @@ def test_interpreter_exit_closes_the_workers(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_sigterm_in_a_later_learn_call_leaves_no_process_behind(tmp_path):
-    body = "print('learning', flush=True)\nmodel.learn(10**9, reset_num_timesteps=False)\n"
+    body = "print('waiting', flush=True)\nmodel.learn(10**9, reset_num_timesteps=False)\n"
     done = _run_until_gone(tmp_path, body, send_sigterm=True)
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_between_learn_calls_leaves_no_process_behind(tmp_path):
+    # No learn() runs: SIGTERM's default action ends the script at once (no atexit); the idle workers see their
+    # pipes close and exit.
+    done = _run_until_gone(tmp_path, "print('waiting', flush=True)\ntime.sleep(600)\n", send_sigterm=True, stall=False)
+    assert done.returncode == -signal.SIGTERM
 
 
 # ------------------------------------------------------------------------------------------ Ray
