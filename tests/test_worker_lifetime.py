@@ -149,6 +149,19 @@ def test_a_change_of_worker_settings_rebuilds_the_workers(worker_spy):
     assert_no_worker_alive(worker_spy)
 
 
+def test_a_backend_instance_shared_with_another_model_is_not_reused_once_rebound():
+    from sb3_nigt.backends.inline import InlineBackend
+
+    shared = InlineBackend()
+    first = RennalaNIGT("MlpPolicy", "Pendulum-v1", backend=shared, **TINY)
+    first.learn(2 * ROUND)
+    other = RennalaNIGT("MlpPolicy", CountedEnv, backend=shared, **TINY)
+    other.learn(2 * ROUND)  # binds and restarts the shared instance with its own environments
+    first.learn(2 * ROUND, reset_num_timesteps=False)
+    reference = RennalaNIGT("MlpPolicy", "Pendulum-v1", **TINY).learn(4 * ROUND)
+    np.testing.assert_array_equal(first.get_flat_params(), reference.get_flat_params())
+
+
 def test_worker_keys_compare_what_workers_are_built_from():
     args = dict(env_factories=[CountedEnv], policy_kwargs=dict(net_arch=[8]), buffers={}, step_data=False,
                 array=np.arange(3.0))

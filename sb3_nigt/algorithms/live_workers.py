@@ -88,11 +88,13 @@ class LiveWorkers:
         self.backend: Optional[Backend] = None
         self.key: Any = None
         self.epoch = 0
+        self._bound: Any = None  # the backend's ``worker_args`` when it was started (for backends that keep them)
         self._finalizer: Optional[weakref.finalize] = None
 
     def reusable(self, key: Any) -> Optional[Backend]:
-        """The started backend if it was built from ``key``; else None, after closing a backend built from another."""
-        if self.backend is not None and same_key(self.key, key):
+        """The started backend if it was built from ``key`` and is still bound to the arguments it was started with
+        (a backend instance shared with another model may have been bound again); else None, after closing it."""
+        if self.backend is not None and same_key(self.key, key) and getattr(self.backend, "worker_args", self._bound) is self._bound:
             return self.backend
         self.close()
         return None
@@ -102,13 +104,14 @@ class LiveWorkers:
         until interpreter exit."""
         self.close()
         self.backend, self.key, self.epoch = backend, key, epoch
+        self._bound = getattr(backend, "worker_args", None)
         self._finalizer = weakref.finalize(owner, _close_backend, backend, os.getpid())
         _STARTED.add(self)
 
     def close(self) -> None:
         """Close the workers (nothing when none are started); safe to call more than once."""
         finalizer, self._finalizer = self._finalizer, None
-        self.backend, self.key, self.epoch = None, None, 0
+        self.backend, self.key, self.epoch, self._bound = None, None, 0, None
         _STARTED.discard(self)
         if finalizer is not None:
             finalizer()  # closes the backend once, and unregisters it from the exit hook
