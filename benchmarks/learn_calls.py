@@ -7,7 +7,8 @@ versions with and without ``model.close()``)::
 
     .venv/bin/python benchmarks/learn_calls.py --backends subprocess ray --calls 100
 
-It prints, per backend, the first call, the later calls (mean, median, max) and the total, in wall seconds, and
+``--ray-init`` starts Ray before the model (as a script that calls ``ray.init`` does); without it the Ray backend
+starts a runtime of its own at its start and shuts it down at its close. It prints, per backend, the first call, the later calls (mean, median, max) and the total, in wall seconds, and
 the number of distinct worker process ids seen over the calls where the backend exposes them. The target: after
 the first call, a one-round call costs the round itself (tens of milliseconds here), not a start-up.
 """
@@ -70,9 +71,16 @@ def main() -> None:
     parser.add_argument("--n-agents", type=int, default=2)
     parser.add_argument("--round-size", type=int, default=2)
     parser.add_argument("--horizon", type=int, default=20)
+    parser.add_argument("--ray-init", action="store_true",
+                        help="start Ray here first (as a script that calls ray.init does), so the backend does not start "
+                             "and shut down a runtime of its own")
     args = parser.parse_args()
     if args.calls < 1:
         parser.error(f"--calls: must be >= 1, got {args.calls}")
+    if args.ray_init:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     import sb3_nigt
 
     print(f"sb3_nigt from {sb3_nigt.__file__}; {args.calls} calls of learn({args.round_size * args.horizon}), "
