@@ -184,7 +184,7 @@ def test_save_with_live_workers_round_trips_exactly_and_does_not_store_them(tmp_
         data = archive.read("data").decode()
     assert '"_workers"' not in data and "LiveWorkers" not in data and "SubprocessBackend" not in data
 
-    loaded = RennalaNIGT.load(tmp_path / "live.zip", env="Pendulum-v1")
+    loaded = RennalaNIGT.load(tmp_path / "live.zip", env="Pendulum-v1", **SUBPROCESS)
     assert loaded.__dict__.get("_workers") is None  # a new model: its own workers, at its first learn
     loaded.learn(2 * ROUND, reset_num_timesteps=False)
     model.learn(2 * ROUND, reset_num_timesteps=False)
