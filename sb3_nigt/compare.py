@@ -540,6 +540,7 @@ def train_recorded(model: Any, args: argparse.Namespace, seed: int) -> tuple[Rec
     start = time.perf_counter()
     model.learn(args.timesteps, callback=recorder, progress_bar=args.progress_bar)
     wall = time.perf_counter() - start
+    model.close()  # its workers: the next run starts its own
     for eval_env in eval_envs or []:
         eval_env.close()
     return recorder, wall

@@ -140,6 +140,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         start = time.perf_counter()
         model.learn(args.timesteps, callback=logger, progress_bar=not args.no_progress_bar)
         wall = time.perf_counter() - start
+        model.close()  # its workers: the next seed starts its own
         model.save(out / f"model_seed{seed}.zip")
         if isinstance(env, VecNormalize):
             env.save(str(out / f"vecnormalize_seed{seed}.pkl"))

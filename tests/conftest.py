@@ -13,6 +13,7 @@ import torch as th
 from torch.nn.utils import parameters_to_vector
 
 from sb3_nigt import NIGTPolicy, RennalaNIGT
+from sb3_nigt.algorithms.live_workers import close_all
 from sb3_nigt.backends.contract import BackendOptions
 from sb3_nigt.backends.inline import InlineBackend
 from sb3_nigt.backends.subprocess import SubprocessBackend
@@ -41,6 +42,15 @@ def ray_runtime() -> Any:
     yield ray
     if started_here:
         ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _close_models_workers() -> Any:
+    """Models keep their workers between learn() calls until they are closed or collected (and models hold
+    reference cycles, so collection waits for the garbage collector): close every model's workers after each
+    test, so that no test sees another's processes."""
+    yield
+    close_all()
 
 
 # Small settings that keep every test fast on 2 shared cores.

@@ -255,7 +255,9 @@ def test_worker_that_cannot_build_its_env_fails_loudly_and_leaves_no_worker(make
     assert_no_worker_alive(worker_spy)
 
 
-def test_workers_are_closed_after_a_normal_run(make_model, worker_spy):
+def test_workers_are_closed_by_close_after_a_normal_run(make_model, worker_spy):
     model = make_model(backend="subprocess", n_workers=2)
     model.learn(2 * 4 * 20)
+    assert all(process.is_alive() for process in worker_spy)  # kept for the next learn()
+    model.close()
     assert_no_worker_alive(worker_spy)

@@ -89,6 +89,7 @@ def learn_and_close(model) -> None:
         assert model.num_timesteps >= STEPS
         assert not np.array_equal(model.get_flat_params(), before)
     finally:
+        model.close()
         model.get_env().close()
 
 
@@ -118,6 +119,7 @@ def test_one_dummy_vec_env_per_agent_gives_each_agent_its_env():
         assert model.heterogeneous and model._agent_env_index() == [0, 1]
         assert [f().length for f in model._env_factories] == [5, 3]
     finally:
+        model.close()
         model.get_env().close()
 
 

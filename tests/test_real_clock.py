@@ -49,6 +49,7 @@ def test_real_clock_emulated_times_favour_the_fast_agent():
     assert min(per_round) >= 3 * scale
     total = np.sum([r["counts"] for r in recorder.rounds], axis=0)
     assert total[0] > total[2], total
+    model.close()
     assert not mp.active_children()
 
 

@@ -54,6 +54,7 @@ from sb3_nigt.algorithms.config import (
     with_defaults,
     with_old_names,
 )
+from sb3_nigt.algorithms.live_workers import LiveWorkers, worker_key
 from sb3_nigt.algorithms.warn import user_stacklevel
 from sb3_nigt.backends.contract import Backend, BackendOptions
 from sb3_nigt.backends.inline import InlineBackend
@@ -686,7 +687,8 @@ class NIGTAlgorithm(BaseAlgorithm):
         return sum(p.numel() for p in self.policy.parameters())
 
     def _excluded_save_params(self) -> list[str]:
-        return super()._excluded_save_params() + ["timing", "_env_factories", "agent_ep_info_buffer", "_agent_monitors", "trace"]
+        return super()._excluded_save_params() + ["timing", "_env_factories", "agent_ep_info_buffer", "_agent_monitors", "trace",
+                                                  "_workers"]
 
     def _check_env_count(self, factories: list[Callable], env: Any) -> None:
         """One environment for all agents, or one per agent; warns if a speed-weighted rule gets different ones."""
@@ -706,7 +708,8 @@ class NIGTAlgorithm(BaseAlgorithm):
             )
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:
-        """Set new environments (same spaces, one shared or one per agent); workers rebuild them.
+        """Set new environments (same spaces, one shared or one per agent); the workers kept since the last ``learn``
+        are closed, and the next ``learn`` starts new ones with these environments.
 
         :param env: any form accepted by the constructor's ``env``.
         :raises ValueError: as the constructor, for spaces or a number of environments that do not fit.
@@ -716,6 +719,7 @@ class NIGTAlgorithm(BaseAlgorithm):
             raise TypeError("env: set_env needs an environment, got None")
         self._check_env_count(factories, env)
         super().set_env(env, force_reset)
+        self.close()  # the workers built the old environments: the next learn starts new ones
         self._env_factories = factories
 
     @classmethod
@@ -798,6 +802,16 @@ class NIGTAlgorithm(BaseAlgorithm):
             super().save(path, exclude=exclude, include=include)
 
     def _make_collector(self, seed: Optional[int] = None, counters: Optional[TimeCounters] = None) -> Collector:
+        """A collector on a new, bound, unstarted backend (``estimate_gradient``; ``learn`` keeps its workers)."""
+        worker_args, options = self._worker_setup()
+        return self._collector_on(make_backend(self.backend, worker_args, options), seed, counters)
+
+    def _worker_setup(self) -> tuple[dict[str, Any], BackendOptions]:
+        """What the workers are built from: the :class:`~sb3_nigt.workers.rollout.GradientWorker` arguments and the
+        backend's options.
+
+        :raises ValueError: starting ``env:`` when the model has no environment.
+        """
         if self._env_factories is None:
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
         worker_args = dict(
@@ -819,7 +833,10 @@ class NIGTAlgorithm(BaseAlgorithm):
             agent_slots=self.n_agents if self.per_agent_params else 0, worker_timeout=self.worker_timeout,
             max_failures=self.max_failures,
         )
-        backend = make_backend(self.backend, worker_args, options)
+        return worker_args, options
+
+    def _collector_on(self, backend: Backend, seed: Optional[int] = None, counters: Optional[TimeCounters] = None) -> Collector:
+        """A collector of this model's clock, times and seeds on ``backend`` (bound; started or not)."""
         if counters is None:
             if len(self.time_counters.compute) != self.n_agents:
                 self.time_counters = TimeCounters.zeros(self.n_agents)
@@ -828,6 +845,47 @@ class NIGTAlgorithm(BaseAlgorithm):
             backend, self.timing, self.clock, self.horizon, self.gamma, self._base_seed if seed is None else int(seed),
             self._agent_env_index(), self.time_scale, counters, self.record_trace,
         )
+
+    def _live_workers(self) -> LiveWorkers:
+        """The workers kept between ``learn`` calls (made on first use: models built by SB3's ``load`` too)."""
+        live = self.__dict__.get("_workers")
+        if live is None:
+            live = self._workers = LiveWorkers()
+        return live
+
+    def _started_collector(self) -> Collector:
+        """The collector of a ``learn`` call: on the workers of the last call when they were built from the same
+        arguments (their cancellation epoch continues), else on new workers, started now (the old ones closed).
+
+        :raises WorkerError: or the backend's start error, when workers cannot be started (nothing is left open).
+        """
+        worker_args, options = self._worker_setup()
+        key = worker_key(self.backend, worker_args, options)
+        live = self._live_workers()
+        backend = live.reusable(key)
+        if backend is not None:
+            collector = self._collector_on(backend)
+            collector.epoch = live.epoch
+            return collector
+        backend = make_backend(self.backend, worker_args, options)
+        collector = self._collector_on(backend)
+        try:
+            collector.start()
+        except BaseException:
+            collector.close()
+            raise
+        live.adopt(self, backend, key)
+        return collector
+
+    def close(self) -> None:
+        """Stop the workers (processes, Ray actors, the inline worker) and their environments, kept since the last
+        ``learn``. The next ``learn`` starts new ones; θ, d_t, the clock and the statistics are kept. Safe to call
+        more than once. The model's own ``env`` (the main-process VecEnv) is not closed: close it with
+        ``model.get_env().close()`` as with any SB3 model. Workers are also closed when the model is
+        garbage-collected and at interpreter exit."""
+        live = self.__dict__.get("_workers")
+        if live is not None:
+            live.close()
 
     # ------------------------------------------------------------------------------------------- parameters
     def get_flat_params(self) -> np.ndarray:
@@ -1139,8 +1197,9 @@ class NIGTAlgorithm(BaseAlgorithm):
 
         Every round fires ``on_rollout_start``, then ``on_step`` once per environment step it consumed (a False
         stops training at once, before the round's update), then ``on_rollout_end`` (AFedPG: a round is n server
-        updates, and a False stops before that gradient's update). Worker processes are closed on return, on
-        exceptions and on Ctrl-C.
+        updates, and a False stops before that gradient's update). The workers (processes, Ray actors) and their
+        environments stay up for the next call, which reuses them; they are closed on exceptions, on Ctrl-C and
+        SIGTERM, by :meth:`close`, when the model is garbage-collected, and at interpreter exit.
 
         :param total_timesteps: environment steps to train for, an integer >= 1 (an integral float such as
             ``1e5`` is accepted).
@@ -1166,13 +1225,14 @@ class NIGTAlgorithm(BaseAlgorithm):
             self.agent_ep_info_buffer = None
         self._agent_monitors = self._find_agent_monitors()
         callback.on_training_start(locals(), globals())
-        collector = self._make_collector()
         with _terminate_like_interrupt():
+            collector = self._started_collector()  # the workers of the last call, or new ones
             try:
-                collector.start()
                 self._train(collector, total_timesteps, callback, log_interval)
-            finally:
-                collector.close()
+            except BaseException:
+                self.close()  # a failed call leaves no worker, broken or not: the next one starts fresh
+                raise
+            self._live_workers().epoch = collector.epoch
         callback.on_training_end()
         return self
 

@@ -72,8 +72,10 @@ class Backend(Protocol):
     ``tests/test_backend_contract.py`` checks it; a new backend joins by adding its name there. The optional hooks
     are :class:`BackendHooks`.
 
-    Life cycle: :meth:`bind` (once, before the first start), then :meth:`start` … :meth:`close` for each
-    ``learn``; a closed backend can be started again (everything published or queued before is gone).
+    Life cycle: :meth:`bind` (once, before the first start), then :meth:`start` … :meth:`close`; a model starts
+    its backend at its first ``learn`` and keeps it started for the next calls until its ``close()``, its
+    collection, interpreter exit or a failed ``learn`` (:mod:`sb3_nigt.algorithms.live_workers`); a closed backend
+    can be started again (everything published or queued before is gone).
 
     Bits: a unit's gradient is bit-identical to :meth:`GradientWorker.run_unit` at the published θ run with one
     torch thread, and a flushed run's to :meth:`GradientWorker.gradient_sum` of its first ``count``

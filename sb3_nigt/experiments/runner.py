@@ -121,6 +121,7 @@ def run_one(experiment: Experiment, spec: RunSpec, path: str) -> dict[str, Any]:
         start = time.perf_counter()
         model.learn(experiment.max_steps, callback=recorder)
         wall = time.perf_counter() - start
+        model.close()  # its workers: the next run starts its own
     target = Path(path)
     partial = target.with_suffix(".partial")
     with open(partial, "w", newline="") as f:
