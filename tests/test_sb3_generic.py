@@ -206,7 +206,7 @@ def backend(request) -> str:
 
 def make(algo: type, backend: str, env: Any = ENV_ID, **kwargs: Any):
     """A small model of ``algo`` on ``backend`` (one worker process for the subprocess backend)."""
-    config: dict[str, Any] = dict(horizon=HORIZON, batch_size=2, n_agents=N_AGENTS, seed=0, backend=backend)
+    config: dict[str, Any] = dict(horizon=HORIZON, round_size=2, n_agents=N_AGENTS, seed=0, backend=backend)
     if backend == "subprocess":
         config["n_workers"] = 1
     config.update(kwargs)
