@@ -242,7 +242,7 @@ def test_nan_trial_is_pruned_not_fatal(tmp_path, capsys):
             "--n-trials", 1, "--n-jobs", 1, "--sampler", "tpe", "--pruner", "median", "--n-evaluations", 1,
             "--eval-episodes", 1, "--no-optim-plots", "--seed", 0)
     out = capsys.readouterr().out
-    assert "[sb3-nigt] trial 0 pruned: training raised ValueError" in out and "non-finite" in out
+    assert "[sb3-nigt] trial 0 pruned: training raised NonFiniteEnvironmentError" in out and "non-finite" in out
     assert "[sb3-nigt] no trial completed" in out
 
 

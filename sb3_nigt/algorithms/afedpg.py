@@ -243,13 +243,6 @@ class AFedPG(NIGTAlgorithm):
                                          trace=self.trace if self.record_trace else None, jobs=self._server_jobs)
         except NonFiniteEnvironmentError as exc:  # the worker names job round 0 (every AFedPG job seed has round 0)
             raise exc.at_round(f"AFedPG round {self.n_rounds} (server update {self._n_updates})") from exc
-        except ValueError as exc:
-            # A rollout worker that raises a plain ValueError for a non-finite reward or observation: the same
-            # renaming, from its text, until every worker raises NonFiniteEnvironmentError.
-            text = str(exc)
-            if text.startswith(("reward:", "observations:")) and ", round 0, " in text:
-                raise ValueError(text.replace(", round 0, ", f", AFedPG round {self.n_rounds} (server update {self._n_updates}), ", 1)) from exc
-            raise
 
     def _lookahead(self) -> np.ndarray:
         """θ̃ = θ_k + ((1 − η)/η)(θ_k − θ_{k−1}) with the constant η, as the float32 vector sent to an agent."""

@@ -15,6 +15,7 @@ import numpy as np
 import torch as th
 from torch.nn.utils import vector_to_parameters
 
+from sb3_nigt.core.errors import NonFiniteEnvironmentError
 from sb3_nigt.policies import NIGTPolicy
 from sb3_nigt.workers.env_factory import build_env
 
@@ -352,10 +353,7 @@ class GradientWorker:
                 noise = rng.standard_normal((min(64, horizon - t), da), dtype=np.float32)
             raw = np.asarray(obs, dtype=np.float32).reshape(-1)
             if not math.isfinite(float(raw.sum())) and not np.isfinite(raw).all():  # a finite sum: all finite
-                raise ValueError(
-                    f"observations: the environment returned a non-finite observation {raw.tolist()} (agent {agent}, "
-                    f"round {round_index}, step {t}); training stopped before the update so θ is unchanged"
-                )
+                raise NonFiniteEnvironmentError("observations", raw.tolist(), agent, round_index, t)
             x = np.clip((raw - norm[0]) / norm[1], -norm[2], norm[2]) if norm is not None else raw
             mean, std = forward(x)
             u = mean + std * noise[t % 64]
@@ -363,10 +361,7 @@ class GradientWorker:
             obs, reward, terminated, truncated, info = env.step(action)
             reward = float(reward)
             if not math.isfinite(reward):
-                raise ValueError(
-                    f"reward: the environment returned a non-finite reward {reward} (agent {agent}, round {round_index}, step {t}); "
-                    "training stopped before the update so θ is unchanged"
-                )
+                raise NonFiniteEnvironmentError("reward", reward, agent, round_index, t)
             observations.append(x)
             if norm is not None:
                 raw_observations.append(raw)
