@@ -18,6 +18,16 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.fixture(autouse=True)
+def _fewer_bootstrap_draws(monkeypatch):
+    """200 bootstrap draws per ratio interval instead of 2000 (the reports' tables took a third of a smoke run):
+    smoke runs have two seeds, so the paired resamples take only 4 distinct values, all of which 200 draws meet
+    (each is missed with probability 0.75^200); no test here reads an interval's figures."""
+    from sb3_nigt.experiments import report
+
+    monkeypatch.setattr(report, "BOOTSTRAP_SAMPLES", 200)
+
+
 @pytest.fixture(scope="module")
 def smoke_root(tmp_path_factory):
     """One output folder, and so one run cache, for every smoke experiment: `expensive-comm` (Fig. 7) has the very
@@ -25,11 +35,29 @@ def smoke_root(tmp_path_factory):
     return tmp_path_factory.mktemp("smoke")
 
 
+#: Experiments whose smoke run spreads over two processes (the others run in this one); they get a cache of their own.
+POOLED = ("comm",)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(smoke_root):
+    """``smoke(name)``: the experiment's smoke run in ``smoke_root`` (run once per module): experiment, folder, summary."""
+    done: dict = {}
+
+    def smoke(name):
+        if name not in done:
+            experiment = EXPERIMENTS[name].smoke()
+            out = smoke_root / "pooled" / name if name in POOLED else smoke_root / name
+            result = run_experiment(experiment, out, workers=2 if name in POOLED else 1, progress=False)
+            done[name] = experiment, out, result
+        return done[name]
+
+    return smoke
+
+
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
-def test_every_experiment_runs_end_to_end_in_smoke_form(name, smoke_root):
-    experiment = EXPERIMENTS[name].smoke()
-    out = smoke_root / name
-    result = run_experiment(experiment, out, workers=1, progress=False)
+def test_every_experiment_runs_end_to_end_in_smoke_form(name, smoke_runs):
+    experiment, out, result = smoke_runs(name)
     for file in ("results.csv", "tuning.csv", "returns.png", "report.md"):
         assert (out / file).stat().st_size > 0, file
     rows = read_csv(out / "results.csv")
@@ -56,14 +84,21 @@ def test_every_experiment_runs_end_to_end_in_smoke_form(name, smoke_root):
         assert "Caveat:" in report
 
 
-def test_cache_is_reused_and_one_missing_seed_is_redone(tmp_path, monkeypatch):
+def test_cache_is_reused_and_one_missing_seed_is_redone(tmp_path, monkeypatch, smoke_runs):
+    import shutil
+
     from sb3_nigt.experiments import runner
 
-    experiment = EXPERIMENTS["decreasing"].smoke()
+    # The smoke run of `decreasing` (the parametrized test's), copied with its own cache files only.
+    experiment, smoke_out, _ = smoke_runs("decreasing")
     out = tmp_path / "decreasing"
-    run_experiment(experiment, out, workers=1, progress=False)
-    before = (out / "results.csv").read_text()
+    shutil.copytree(smoke_out, out)
     cache = out.parent / "cache"
+    cache.mkdir()
+    for file in (smoke_out.parent / "cache").glob(f"*-{runner.settings_digest(experiment)}.csv"):
+        shutil.copy2(file, cache / file.name)
+    assert len(list(cache.iterdir())) == experiment.runs()
+    before = (out / "results.csv").read_text()
     files = sorted(cache.glob("report-*-s1-*.csv"))
     assert len(files) == len(experiment.algorithms)
     files[0].unlink()  # one run of seed 1 lost
@@ -123,11 +158,12 @@ def test_seeds_outside_the_range_are_refused_before_anything_runs(seeds, tmp_pat
     assert not any(tmp_path.iterdir())
 
 
-def test_runs_spread_over_two_processes(tmp_path):
-    experiment = EXPERIMENTS["comm"].smoke()
-    result = run_experiment(experiment, tmp_path / "comm", workers=2, progress=False)
+@pytest.mark.parametrize("name", POOLED)
+def test_runs_spread_over_two_processes(name, smoke_runs):
+    # The parametrized smoke test above already ran these experiments with two workers: one process pool each.
+    experiment, out, result = smoke_runs(name)
     assert result["same_start"]
-    assert len(list((tmp_path / "cache").glob("*.csv"))) == experiment.runs()
+    assert len(list((out.parent / "cache").glob("*.csv"))) == experiment.runs()
 
 
 def test_command_line_list(tmp_path, capsys):
