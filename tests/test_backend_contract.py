@@ -470,9 +470,10 @@ def test_max_gradients_ends_a_run_with_an_early_sum(started, name):
 
 @pytest.mark.parametrize("name", BACKEND_NAMES)
 def test_flush_is_prompt_and_waits_the_upload(started, name):
-    # Trajectory 0 takes 0.2 s (emulated), trajectory 1 would take 30 s: the flush must not wait for it.
+    # Trajectory 0 takes 0.2 s (emulated), trajectory 1 would take 30 s: the flush must not wait for it. One run:
+    # one worker.
     args = worker_args()
-    backend = started(name, args)
+    backend = started(name, args, n_workers=1)
     params = theta(args, 1)
     backend.publish(params, None)
     agent_run = run(0, durations=(0.2, 30.0))
@@ -525,8 +526,9 @@ def test_cancelled_run_is_released(started, name):
 
 @pytest.mark.parametrize("name", BACKEND_NAMES)
 def test_close_is_idempotent_and_a_closed_backend_starts_again(started, name):
+    # One worker (started three times): the release of several workers is checked at the end of every other test.
     args = worker_args()
-    backend = started(name, args)
+    backend = started(name, args, n_workers=1)
     params = theta(args, 1)
     backend.publish(params, None)
     backend.submit(unit(0, 0, 2))
@@ -602,8 +604,9 @@ def test_a_killed_worker_is_replaced_and_its_units_complete_with_the_same_bits(s
 
 @pytest.mark.parametrize("name", list(FAULTS))
 def test_a_hung_worker_is_declared_lost_after_the_timeout(started, name):
+    # One worker: the healthy unit can only run on the replacement of the hung one.
     args = worker_args(factories=(PENDULUM, SleepyEnv))
-    backend = started(name, args, worker_timeout=1.0)
+    backend = started(name, args, worker_timeout=1.0, n_workers=1)
     params = theta(args, 1)
     backend.publish(params, None)
     stuck = unit(0, 0, 1, env_index=1)
@@ -641,7 +644,7 @@ def test_max_failures_zero_raises_on_the_first_loss_and_close_releases_everythin
 @pytest.mark.parametrize("name", list(FAULTS))
 def test_a_worker_rejects_an_unknown_command(started, name):
     faults = FAULTS[name]
-    backend = started(name)
+    backend = started(name, n_workers=1)  # the unit waits on the worker that received the command
     backend.publish(theta(worker_args(), 1), None)
     faults.send_raw(backend, 0, ("bogus", 1))
     backend.submit(unit(0, 0, 1, delay=2.0))  # pending work, so that wait() waits
@@ -696,15 +699,16 @@ def test_publishing_many_times_to_busy_workers_never_blocks(started, name):
 
 @pytest.mark.parametrize("name", BACKEND_NAMES)
 def test_a_started_backend_pickles_without_its_workers(started, name):
-    # A model saved with backend=<instance> pickles the instance: no process, pipe or shared memory goes along.
+    # A model saved with backend=<instance> pickles the instance: no process, pipe or shared memory goes along. One
+    # worker each: the release of several workers is checked at the end of every other test.
     args = worker_args()
-    backend = started(name, args)
+    backend = started(name, args, n_workers=1)
     params = theta(args, 1)
     backend.publish(params, None)
     copy = pickle.loads(pickle.dumps(backend))
     assert type(copy) is type(backend)
     close_and_check(name, backend)
-    copy = make_backend(copy, args, BackendOptions(n_workers=2))
+    copy = make_backend(copy, args, BackendOptions(n_workers=1))
     try:
         copy.start()
         copy.publish(params, None)
