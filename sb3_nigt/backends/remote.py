@@ -8,6 +8,7 @@ subclass supplies only how workers are started, stopped, messaged and polled, an
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import deque
@@ -80,7 +81,7 @@ class RemoteDriver(BackendHooks):
 
     #: What a pickled backend (a model saved with ``backend=`` an instance) leaves out: what ``bind`` and
     #: ``start`` set up again.
-    _RUNTIME: tuple[str, ...] = ("worker_args", "workers", "queue", "live", "published", "n_params", "failures", "broken")
+    _RUNTIME: tuple[str, ...] = ("worker_args", "workers", "queue", "live", "published", "n_params", "failures", "broken", "_handlers")
 
     def __init__(self, prefetch: int = 2) -> None:
         self.prefetch = prefetch
@@ -316,7 +317,7 @@ class RemoteDriver(BackendHooks):
         events: list[Event] = []
         for message in messages:
             worker.heard = time.monotonic()
-            event = dispatch(message, self._handlers(), "main process", index, worker)
+            event = dispatch(message, self._handlers, "main process", index, worker)
             if event is not None:
                 events.append(event)
         return events
@@ -356,8 +357,10 @@ class RemoteDriver(BackendHooks):
             raise message.error from WorkerError(f"in {self.NAME} {index}:\n{message.text}")
         raise WorkerError(f"{self.NAME} {index} failed:\n{message.text}")
 
+    @functools.cached_property
     def _handlers(self) -> dict[type, Callable[..., Optional[Event]]]:
-        """The handler of each message a worker sends: ``handler(message, index, worker)`` -> its event or None."""
+        """The handler of each message a worker sends: ``handler(message, index, worker)`` -> its event or None
+        (built once per driver: one message arrives per finished trajectory)."""
         return {UnitDone: self._on_unit, RunFlushed: self._on_flushed, TrajectoryDone: self._on_report,
                 UnitCancelled: self._on_cancelled, Alive: self._on_alive, Failed: self._on_failed}
 

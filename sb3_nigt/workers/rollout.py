@@ -339,6 +339,7 @@ class GradientWorker:
         action_space = env.action_space
         assert isinstance(action_space, gym.spaces.Box)  # the main process checked every agent's space (check_agent_spaces)
         low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
+        span = high - low  # once per trajectory, the same float32 values as (high - low) at every step
         da = low.shape[0]
         observations, raw_observations, actions, rewards, infos = [], [], [], [], []
         new_obs: Optional[list] = [] if self.step_data else None
@@ -357,7 +358,7 @@ class GradientWorker:
             x = np.clip((raw - norm[0]) / norm[1], -norm[2], norm[2]) if norm is not None else raw
             mean, std = forward(x)
             u = mean + std * noise[t % 64]
-            action = low + (0.5 * (np.tanh(u) + 1.0)) * (high - low)
+            action = low + (0.5 * (np.tanh(u) + 1.0)) * span
             obs, reward, terminated, truncated, info = env.step(action)
             reward = float(reward)
             if not math.isfinite(reward):
