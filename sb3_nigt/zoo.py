@@ -97,26 +97,11 @@ PROGRESS_LINES = 10
 
 
 def _round_gradients(model: NIGTAlgorithm, batch: int) -> int:
-    """The fewest gradients that end a round with batch parameter ``batch`` (M or M_init) for ``model``'s algorithm:
-    Rennala M; Malenia at least one per agent and about M in all, max(n, M); Synchronized n; AFedPG 1 (it updates on
-    every gradient)."""
+    """The fewest gradients that end a round with batch parameter ``batch`` (M or M_init), as the algorithm's own
+    rule counts them (:meth:`NIGTAlgorithm._min_round_gradients`); AFedPG 1 (it updates on every gradient)."""
     if isinstance(model, AFedPG):
         return 1
-    if isinstance(model, SynchronizedNIGT):
-        return int(model.n_agents)
-    if isinstance(model, MaleniaNIGT):
-        return max(int(model.n_agents), batch)
-    return batch
-
-
-def _fresh_observation_statistics(model: NIGTAlgorithm) -> bool:
-    """Whether the model's VecNormalize normalizes observations from fresh statistics (a warm-up round comes first)."""
-    vec_normalize = model.get_vec_normalize_env()
-    if vec_normalize is None or not vec_normalize.norm_obs or not vec_normalize.training:
-        return False
-    rms = vec_normalize.obs_rms
-    counts = [r.count for r in rms.values()] if isinstance(rms, dict) else [rms.count]
-    return min(counts) <= 1 + 16 * vec_normalize.num_envs
+    return model._min_round_gradients(model._make_rule(batch), 10**9)
 
 
 def first_update_steps(model: NIGTAlgorithm) -> tuple[int, int, str]:
@@ -133,9 +118,9 @@ def first_update_steps(model: NIGTAlgorithm) -> tuple[int, int, str]:
     """
     initial = _round_gradients(model, int(model.initial_round_size))
     rounds = []
-    if _fresh_observation_statistics(model):
+    if model._needs_observation_warmup():
         rounds.append(("observation warm-up", int(model.initial_round_size)))
-    if getattr(model, "momentum_buffer", None) is None and not isinstance(model, AFedPG):
+    if model._nigt.direction is None and not isinstance(model, AFedPG):
         rounds.append(("initial round (M_init)", initial))
     rounds.append(("first update round" + ("" if isinstance(model, AFedPG) else " (M)"),
                    _round_gradients(model, int(model.round_size))))

@@ -106,12 +106,14 @@ class PendingRound:
 @contextmanager
 def _terminate_like_interrupt() -> Iterator[None]:
     """Within ``learn``, SIGTERM raises ``SystemExit`` in the main thread, so the worker processes are closed as on
-    Ctrl-C instead of being left behind (only from the main thread; elsewhere the handler is left alone)."""
+    Ctrl-C instead of being left behind (only from the main thread; elsewhere the handler is left alone). Further
+    SIGTERMs are ignored until the clean-up (bounded: join, terminate, kill) is done and the previous handler is back."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM must not cut the workers' clean-up short
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -595,8 +597,8 @@ class NIGTAlgorithm(BaseAlgorithm):
         """What the first update costs, in environment steps, for the budget warnings: the observation warm-up
         round (fresh VecNormalize statistics only) and the initial round of M_init trajectories come first, then one
         round of M trajectories, each trajectory of at most H steps (fewer when episodes end earlier)."""
-        rounds = [f"the initial round of M_init={self.initial_round_size} trajectories"]
-        trajectories = self.initial_round_size
+        trajectories = self._min_round_gradients(self._make_rule(self.initial_round_size), 10**9)  # as the warning counts
+        rounds = [f"the initial round (M_init={self.initial_round_size}: at least {trajectories} trajectories)"]
         if self._needs_observation_warmup():
             rounds.insert(0, f"the observation warm-up round of M_init={self.initial_round_size} trajectories")
             trajectories += self.initial_round_size
