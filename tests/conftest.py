@@ -13,6 +13,7 @@ import torch as th
 from torch.nn.utils import parameters_to_vector
 
 from sb3_nigt import NIGTPolicy, RennalaNIGT
+from sb3_nigt.algorithms.config import RENAMED
 from sb3_nigt.algorithms.live_workers import close_all
 from sb3_nigt.backends.contract import BackendOptions
 from sb3_nigt.backends.inline import InlineBackend
@@ -59,10 +60,14 @@ SMALL = dict(round_size=4, horizon=20, n_agents=2, seed=0)
 
 @pytest.fixture
 def make_model() -> Callable[..., RennalaNIGT]:
-    """Factory of a small RennalaNIGT on Pendulum-v1 (inline backend, simulated clock); kwargs override."""
+    """Factory of a small RennalaNIGT on Pendulum-v1 (inline backend, simulated clock); kwargs override (an old
+    argument name given replaces its new one, so that only the old name's FutureWarning is raised)."""
 
     def factory(env: Any = "Pendulum-v1", **kwargs: Any) -> RennalaNIGT:
         config = dict(SMALL)
+        for old, new in RENAMED.items():
+            if old in kwargs:
+                config.pop(new, None)
         config.update(kwargs)
         return RennalaNIGT("MlpPolicy", env, **config)
 

@@ -14,28 +14,12 @@ from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
-from sb3_nigt import RennalaNIGT
-from sb3_nigt.algorithms.config import RENAMED
 from sb3_nigt.workers.env_factory import AgentVecEnv
 
 from helpers import ConstantBandit, FailsOutsideProcess, assert_no_worker_alive, quadratic_reward
 
 NAN = float("nan")
 
-
-@pytest.fixture
-def make_model():
-    """A small RennalaNIGT on Pendulum-v1 under the new argument names (an old name given replaces its new one)."""
-
-    def factory(env="Pendulum-v1", **kwargs):
-        config = dict(round_size=4, horizon=20, n_agents=2, seed=0)
-        for old, new in RENAMED.items():
-            if old in kwargs:
-                config.pop(new, None)
-        config.update(kwargs)
-        return RennalaNIGT("MlpPolicy", env, **config)
-
-    return factory
 
 
 @pytest.mark.parametrize(

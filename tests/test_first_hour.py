@@ -104,8 +104,8 @@ def test_logs_are_paced_by_environment_steps_by_default_and_the_values_do_not_ch
     for row in paced_rows:  # the same values at the same step, only fewer tables
         other = by_step[row["time/total_timesteps"]]
         for key in ("rollout/ep_rew_mean", "time/iterations", "time/simulated_time", "train/d_norm"):
-            if key in row:
-                assert row[key] == other[key], key
+            assert key in row and key in other, key
+            assert row[key] == other[key], key
 
 
 def test_log_interval_zero_never_dumps(tmp_path):

@@ -8,26 +8,9 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_nigt import RennalaNIGT
-from sb3_nigt.algorithms.config import RENAMED
 from sb3_nigt.clock.rounds import Collector
 
 from helpers import ConstantBandit, zero_reward
-
-
-@pytest.fixture
-def make_model():
-    """A small RennalaNIGT on Pendulum-v1 under the new argument names (an old name given replaces its new one)."""
-
-    def factory(env="Pendulum-v1", **kwargs):
-        config = dict(round_size=4, horizon=20, n_agents=2, seed=0)
-        for old, new in RENAMED.items():
-            if old in kwargs:
-                config.pop(new, None)
-        config.update(kwargs)
-        return RennalaNIGT("MlpPolicy", env, **config)
-
-    return factory
 
 
 @pytest.fixture

@@ -53,9 +53,11 @@ def test_subprocess_workers_are_the_same_processes_in_every_learn_call(worker_sp
 
 
 def test_inline_workers_keep_their_environments_across_calls():
+    before = CountedEnv.built
     model = RennalaNIGT("MlpPolicy", CountedEnv, **TINY)  # the factory is called in this process
     model.learn(2 * ROUND)
     built = CountedEnv.built
+    assert built > before  # the workers' environments were built in this process
     worker = model._workers.backend.worker
     model.learn(2 * ROUND, reset_num_timesteps=False)
     assert CountedEnv.built == built  # no environment was built again
