@@ -13,7 +13,7 @@ For each n it measures, in one run:
   counters), after one untimed warm-up round that builds the environment. ``GradientWorker.run_unit`` is wrapped with a timer (monkeypatched
   on the class inside this script), so each round's wall time splits into the time computing the units and the
   rest, the *overhead*: (round time − unit compute time) / round time;
-- the same split per collector phase (``plan_vectorized``, ``RoundPlanner.run``, ``Collector._sum_units`` less the
+- the same split per collector phase (``plan_vectorized``, ``RoundPlanner.run``, ``Collector._await_all`` less the
   units, ``upload``, the rule's ``aggregate``, θ loading);
 - ``estimate_gradient(n_rounds=k)`` end to end (collector construction, start and environment build included),
   with its own unit time, as a cross-check;
@@ -76,7 +76,7 @@ def instrument() -> list[str]:
         ("set_params (θ load)", estimator.GradientWorker, "set_params"),
         ("plan_vectorized", planner, "plan_vectorized"),
         ("RoundPlanner.run", planner.RoundPlanner, "run"),
-        ("_sum_units", collector.Collector, "_sum_units"),
+        ("_await_all", collector.Collector, "_await_all"),
         ("upload", planner, "upload"),
         ("rule.aggregate", aggregation.RennalaAggregation, "aggregate"),
     ]
@@ -160,11 +160,11 @@ def _measure(n: int, k: int, profile_lines: int, planner: str) -> ScaleResult:
     try:
         start = time.perf_counter()
         collector.start()
-        collector.collect(params, model._make_rule(model.batch_size), 0, ZERO)  # builds the environment
+        collector.collect(params, model._make_rule(model.round_size), 0, ZERO)  # builds the environment
         warmup_s = time.perf_counter() - start
         for r in range(1, k + 1):
             collector.counters = TimeCounters.zeros(n)  # as estimate_gradient: every round a fresh clock at 0
-            rule = model._make_rule(model.batch_size)
+            rule = model._make_rule(model.round_size)
             TIMERS.reset()
             start = time.perf_counter()
             result = collector.collect(params, rule, r, ZERO)
@@ -174,7 +174,7 @@ def _measure(n: int, k: int, profile_lines: int, planner: str) -> ScaleResult:
                                       int(np.count_nonzero(result.counts)), phases))
         # One more round under cProfile (its timings are not used above: the profiler slows Python code down).
         collector.counters = TimeCounters.zeros(n)
-        rule = model._make_rule(model.batch_size)
+        rule = model._make_rule(model.round_size)
         profiler = cProfile.Profile()
         profiler.enable()
         collector.collect(params, rule, k + 1, ZERO)
@@ -248,17 +248,17 @@ def render(results: list[ScaleResult], wrapped: list[str], load: tuple[tuple, tu
             f"{sum(r.contributors for r in res.rounds) / m:.1f} | {100 * min(fractions):.1f}–{100 * max(fractions):.1f}% | "
             f"{res.end_to_end_s:.2f} ({res.end_to_end_units_s:.2f}) |"
         )
-    lines += ["", "Where a round's time goes (seconds per round, mean over the timed rounds; phases nest: `_sum_units` "
+    lines += ["", "Where a round's time goes (seconds per round, mean over the timed rounds; phases nest: `_await_all` "
               "includes `run_unit` and `set_params`, so its own share is given less those):", ""]
-    labels = [label for label in ("plan_vectorized", "RoundPlanner.run", "_sum_units", "run_unit", "set_params (θ load)", "upload", "rule.aggregate") if label in wrapped]
-    lines.append("| n agents | planner | round wall | " + " | ".join(labels) + " | `_sum_units` less units and θ load | rest of `collect` |")
+    labels = [label for label in ("plan_vectorized", "RoundPlanner.run", "_await_all", "run_unit", "set_params (θ load)", "upload", "rule.aggregate") if label in wrapped]
+    lines.append("| n agents | planner | round wall | " + " | ".join(labels) + " | `_await_all` less units and θ load | rest of `collect` |")
     lines.append("|---:|---|" + "---:|" * (len(labels) + 3))
     for res in results:
         m = len(res.rounds)
         mean = {label: sum(r.phases.get(label, 0.0) for r in res.rounds) / m for label in labels}
         wall = sum(r.wall for r in res.rounds) / m
-        own_compute = mean.get("_sum_units", 0.0) - mean.get("run_unit", 0.0) - mean.get("set_params (θ load)", 0.0)
-        rest = wall - sum(mean.get(label, 0.0) for label in ("plan_vectorized", "RoundPlanner.run", "_sum_units", "upload", "rule.aggregate"))
+        own_compute = mean.get("_await_all", 0.0) - mean.get("run_unit", 0.0) - mean.get("set_params (θ load)", 0.0)
+        rest = wall - sum(mean.get(label, 0.0) for label in ("plan_vectorized", "RoundPlanner.run", "_await_all", "upload", "rule.aggregate"))
         cells = " | ".join(f"{mean[label]:.4f} ({100 * mean[label] / wall:.0f}%)" for label in labels)
         lines.append(f"| {res.n:,} | {res.planner} | {wall:.4f} | {cells} | {own_compute:.4f} ({100 * own_compute / wall:.0f}%) | {rest:.4f} ({100 * rest / wall:.0f}%) |")
     for res in results:

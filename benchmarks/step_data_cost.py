@@ -58,14 +58,14 @@ def message_costs(steps: int, pickles: int) -> None:
     import gymnasium as gym
 
     from sb3_nigt import RennalaNIGT
-    from sb3_nigt.workers.rollout import GradientWorker, job_seed
+    from sb3_nigt.workers.rollout import GradientWorker
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = RennalaNIGT("MlpPolicy", "Hopper-v4", seed=0)
         worker = GradientWorker([lambda: gym.make("Hopper-v4", terminate_when_unhealthy=False)], model.policy_class,
                                 model.observation_space, model.action_space, model.policy_kwargs, step_data=True)
-        stats = worker.sample(0, 0, job_seed(0, 0, 0, 0), 0, steps).stats
+        stats = worker.sample_batch([(0, 0, 0)], 0, steps)[0].stats
     without = dataclasses.replace(stats, new_obs=None, actions=None)
     variants = {
         "bare (no per-step data)": dataclasses.replace(without, rewards=None, infos=None, terminal_observation=None),
@@ -156,7 +156,7 @@ def component_costs(steps: int, repeats: int) -> None:
     from sb3_nigt import RennalaNIGT
     from sb3_nigt.clock.exact import ZERO
     from sb3_nigt.clock.rounds import Arrival
-    from sb3_nigt.workers.rollout import GradientWorker, job_seed
+    from sb3_nigt.workers.rollout import GradientWorker
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -170,7 +170,7 @@ def component_costs(steps: int, repeats: int) -> None:
     for _ in range(repeats):  # off and on alternate, so that a change in the machine's load hits both
         for flag, worker in workers.items():
             start = time.process_time()
-            stats = worker.sample(0, 0, job_seed(0, 0, 0, 0), 0, steps).stats
+            stats = worker.sample_batch([(0, 0, 0)], 0, steps)[0].stats
             sample[flag].append(1e6 * (time.process_time() - start) / stats.n_steps)
             start = time.process_time()
             model._replay_arrival(Arrival(ZERO, 0, 0, stats), callback)

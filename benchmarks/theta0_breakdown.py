@@ -122,7 +122,7 @@ def main() -> None:
     library = sampling + us["gradient"] + rest
     raw_total = us["raw step"] + us["raw sample"]
     budget = raw_total / args.target - env_cost
-    gradients = session.rounds * T.NIGT_KWARGS["batch_size"]
+    gradients = session.rounds * T.NIGT_KWARGS["round_size"]
     print(f"# θ_0 collection: where a step goes ({env_id}, {collected} steps, {session.rounds} rounds, "
           f"{collected / gradients:.1f} steps per gradient, {units[0]} units = {units[0] / session.rounds:.1f} backwards per round)\n")
     print("| piece | µs per env step |\n|---|---:|")

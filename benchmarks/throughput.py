@@ -181,21 +181,20 @@ class ReplaySession:
 
 
 def record_actions(worker, unit) -> list:
-    """Samples the unit's trajectories again (untimed) with ``worker`` at its θ, as ``run_unit`` does, and returns
-    (reset seed, env actions, return) for each: what :class:`ReplaySession` replays."""
-    import numpy as np
+    """Samples the unit's trajectories again (untimed) with ``worker`` (which keeps step data) at its θ, in the
+    same lockstep batch as ``run_unit`` (hence the same bits), and returns (reset seed, env actions, return) for
+    each: what :class:`ReplaySession` replays."""
+    from sb3_nigt.workers.rollout import trajectory_rng
 
-    from sb3_nigt.workers.rollout import job_seed
-
-    env = worker.env(unit.env_index)
-    low, high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
+    if unit.items:
+        items = [(item.agent, item.index, item.env_index) for item in unit.items]
+    else:
+        items = [(unit.agent, k, unit.env_index) for k in unit.indices]
+    trajectories = worker.sample_batch(items, unit.seed, unit.horizon, round_index=unit.round_index)
     out = []
-    for k in unit.indices:
-        seed = job_seed(unit.seed, unit.round_index, unit.agent, k)
-        trajectory = worker.sample(unit.agent, k, seed, unit.env_index, unit.horizon, round_index=unit.round_index)
-        reset_seed = int(np.random.default_rng(seed).integers(0, 2**31 - 1))  # as GradientWorker.sample draws it
-        actions = [low + (0.5 * (np.tanh(u) + 1.0)) * (high - low) for u in trajectory.actions]  # row by row, as sampled
-        out.append((reset_seed, actions, trajectory.stats.episode_return))
+    for (agent, index, _), trajectory in zip(items, trajectories):
+        reset_seed = int(trajectory_rng(unit.seed, unit.round_index, agent, index).integers(0, 2**31 - 1))  # its first draw
+        out.append((reset_seed, list(trajectory.stats.actions), trajectory.stats.episode_return))
     return out
 
 
@@ -231,7 +230,7 @@ class CollectSession:
         backend.wait = timed_wait  # instance attribute: shadows the method for this backend only
         start = time.perf_counter()
         self.collector.start()
-        result = self.collector.collect(self.params, model._make_rule(model.batch_size), 0, ZERO)  # builds the envs
+        result = self.collector.collect(self.params, model._make_rule(model.round_size), 0, ZERO)  # builds the envs
         self.warmup = time.perf_counter() - start
         self.clock = result.end_time
         self.round_index = 1
@@ -243,7 +242,7 @@ class CollectSession:
         total = 0
         start = time.perf_counter()
         while total < steps:
-            result = self.collector.collect(self.params, self.model._make_rule(self.model.batch_size), self.round_index, self.clock)
+            result = self.collector.collect(self.params, self.model._make_rule(self.model.round_size), self.round_index, self.clock)
             total += result.n_steps
             self.clock = result.end_time
             self.round_index += 1
@@ -285,7 +284,7 @@ def measure_raw_and_theta0(env_id: str, steps: int, groups: int) -> tuple[Row, R
     model = make_nigt(env_id, "inline", None)
     collect = CollectSession(model)
     recorder = GradientWorker([functools.partial(quiet_make, env_id)], model.policy_class, model.observation_space, model.action_space,
-                              model.policy_kwargs)
+                              model.policy_kwargs, step_data=True)
     recorder.set_params(collect.params)
     raw = Row("raw env.step, random actions", "main process", "1", 0, 0.0)
     replay = Row("raw env.step replaying the θ_0 rows' trajectories (same states)", "main process", "1", 0, 0.0)
@@ -313,9 +312,9 @@ def measure_raw_and_theta0(env_id: str, steps: int, groups: int) -> tuple[Row, R
                  f"{alternations} alternations in {len(raw.blocks)} groups")
     replay.extra = (f"{replay_session.trajectories} trajectories, {replay.steps / max(replay_session.trajectories, 1):.1f} steps each; "
                     f"replayed return differs from the recorded one in {replay_session.mismatches}")
-    coll.gradients = collect.rounds * NIGT_KWARGS["batch_size"]
+    coll.gradients = collect.rounds * NIGT_KWARGS["round_size"]
     coll.extra = (
-        f"{collect.rounds} rounds, {coll.steps / (collect.rounds * NIGT_KWARGS['batch_size']):.1f} steps/gradient, "
+        f"{collect.rounds} rounds, {coll.steps / (collect.rounds * NIGT_KWARGS['round_size']):.1f} steps/gradient, "
         f"{collect.units} units; inside run_unit {100 * collect.busy / coll.seconds:.0f}% of wall; "
         f"start-up + 1st round {collect.warmup:.2f} s excluded"
     )
@@ -344,7 +343,7 @@ def measure_same_states(env_id: str, steps: int, groups: int) -> tuple[list[Row]
     probe = quiet_make_factory(factory)
     th.manual_seed(0)
     make = functools.partial(quiet_make_factory, factory)
-    workers = [GradientWorker([make], NIGTPolicy, probe.observation_space, probe.action_space, {}) for _ in range(3)]
+    workers = [GradientWorker([make], NIGTPolicy, probe.observation_space, probe.action_space, {}, step_data=(i == 2)) for i in range(3)]
     unit_worker, job_worker, recorder = workers
     theta = th.nn.utils.parameters_to_vector(unit_worker.policy.parameters()).detach().numpy()
     job_worker.set_params(theta)
@@ -423,7 +422,7 @@ def measure_fixed_costs(env_id: str, repeats: int) -> list[tuple[str, str]]:
 
     from sb3_nigt.backends.contract import single_threaded_torch
     from sb3_nigt.policies import NIGTPolicy
-    from sb3_nigt.workers.rollout import GradientWorker, job_seed
+    from sb3_nigt.workers.rollout import GradientWorker, trajectory_rng
 
     env = quiet_make(env_id)
     env.action_space.seed(0)
@@ -443,15 +442,15 @@ def measure_fixed_costs(env_id: str, repeats: int) -> list[tuple[str, str]]:
     trajectories = []
     k = 0
     while len(trajectories) < 8:  # θ_0 trajectories of the usual length (Hopper falls after ~14 steps)
-        t = worker.sample(0, k, job_seed(0, 0, 0, k), 0, 1000)
+        t = worker.sample_batch([(0, k, 0)], 0, 1000)[0]
         k += 1
         if 10 <= t.stats.n_steps <= 18:
             trajectories.append(t)
     out = [
         ("gymnasium Box.sample() (random-action baseline only), per step", f"{1e6 * per_call(env.action_space.sample, repeats):.1f} µs"),
-        ("policy NumPy forward (GradientWorker.sample), per step", f"{1e6 * per_call(lambda: worker.forward(obs), repeats):.1f} µs"),
-        ("job_seed + default_rng + its reset seed, per trajectory",
-         f"{1e6 * per_call(lambda: np.random.default_rng(job_seed(0, 1, 2, 3)).integers(0, 2**31 - 1), repeats):.1f} µs"),
+        ("policy NumPy forward of one observation (a lockstep step of one trajectory)", f"{1e6 * per_call(lambda: worker.forward(obs[None]), repeats):.1f} µs"),
+        ("trajectory_rng + its reset seed, per trajectory",
+         f"{1e6 * per_call(lambda: trajectory_rng(0, 1, 2, 3).integers(0, 2**31 - 1), repeats):.1f} µs"),
         ("env.reset(seed=...), per trajectory (paid by the replay baseline too)", f"{1e6 * per_call(lambda: env.reset(seed=1), repeats // 4):.1f} µs"),
     ]
     with single_threaded_torch():
@@ -507,7 +506,7 @@ def measure_learn(env_id: str, backend: str, n_workers: Optional[int], steps: in
     steady = None
     if marker.mark is not None and model.num_timesteps > marker.mark[1]:
         steady = (model.num_timesteps - marker.mark[1]) / (end - marker.mark[0])
-    extra = f"{rounds} rounds, {model.num_timesteps / max(rounds * NIGT_KWARGS['batch_size'], 1):.0f} steps/gradient"
+    extra = f"{rounds} rounds, {model.num_timesteps / max(rounds * NIGT_KWARGS['round_size'], 1):.0f} steps/gradient"
     if backend == "subprocess":
         extra += "; wall s incl. worker start-up"
     row = Row("RennalaNIGT learn", backend, str(n_workers or 1), model.num_timesteps, end - start, extra, steady,
@@ -526,7 +525,7 @@ def measure_collect(model, steps: int, label: str) -> Row:
         session.close()
     n_workers = model.n_workers or 1
     extra = (
-        f"{session.rounds} rounds, {total / (session.rounds * model.batch_size):.0f} steps/gradient, {session.units} units; "
+        f"{session.rounds} rounds, {total / (session.rounds * model.round_size):.0f} steps/gradient, {session.units} units; "
         f"workers inside run_unit {100 * session.busy / (n_workers * seconds):.0f}% of wall; "
         f"start-up + 1st round {session.warmup:.2f} s excluded"
     )

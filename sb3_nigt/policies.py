@@ -297,11 +297,11 @@ class NIGTPolicy(BasePolicy):
         return th.tanh(u)
 
     def numpy_forward(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        """A per-step NumPy copy of the network for fast rollouts in a worker.
+        """A NumPy copy of the network for fast rollouts in a worker, one call per lockstep step.
 
-        Returns a function mapping one flat float32 observation ``(ds,)`` to ``(mean, std)``, each ``(da,)``.
-        Only used to *sample* ``u``; the gradient is always computed by torch on the recorded ``u``. Falls back to
-        a torch forward when a layer has no NumPy equivalent.
+        Returns a function mapping a batch of flat float32 observations ``(B, ds)`` to ``(mean, std)``, each
+        float32 ``(B, da)``. Only used to *sample* ``u``; the gradient is always computed by torch on the recorded
+        ``u``. Falls back to a torch forward when a layer has no NumPy equivalent.
         """
         activations: dict[type, Callable[[np.ndarray], np.ndarray]] = {nn.Tanh: np.tanh, nn.ReLU: lambda x: np.maximum(x, 0.0), nn.Identity: lambda x: x}
         layers: list[tuple[np.ndarray, np.ndarray, Callable]] = []
@@ -320,8 +320,8 @@ class NIGTPolicy(BasePolicy):
 
             def torch_forward(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 with th.no_grad():
-                    mean, std = self.distribution_params(th.as_tensor(obs, dtype=th.float32).unsqueeze(0))
-                return mean[0].numpy(), std[0].numpy()
+                    mean, std = self.distribution_params(th.as_tensor(obs, dtype=th.float32))
+                return mean.numpy(), std.numpy()
 
             return torch_forward
         head_w = th.cat([self.mean_head.weight, self.std_head.weight]).detach().cpu().numpy().T.copy()
@@ -330,11 +330,11 @@ class NIGTPolicy(BasePolicy):
         min_std = np.float32(self.min_std)
 
         def forward(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            x = obs.reshape(-1)
+            x = obs
             for weight, bias, act in layers:
                 x = act(x @ weight + bias)
             out = x @ head_w + head_b
-            return out[:action_dim], np.logaddexp(out[action_dim:], 0.0) + min_std
+            return out[:, :action_dim], np.logaddexp(out[:, action_dim:], np.float32(0.0)) + min_std
 
         return forward
 

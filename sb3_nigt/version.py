@@ -6,4 +6,5 @@ rollout order, a new floating-point summation): results cached under one version
 """
 
 #: 1: one trajectory at a time, one backward per unit of ≤ 8 trajectories of one agent.
-ENGINE_VERSION = 1
+#: 2: lockstep batches of ≤ 16 trajectories across agents, one weighted backward per batch (docs/time.md).
+ENGINE_VERSION = 2

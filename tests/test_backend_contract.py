@@ -36,7 +36,7 @@ from sb3_nigt.backends.registry import BACKENDS, LazyBackend, hooks_of, make_bac
 from sb3_nigt.backends.subprocess import SubprocessBackend
 from sb3_nigt.workers.env_factory import EnvFactory
 from sb3_nigt.workers.messages import AgentReport, AgentRun
-from sb3_nigt.workers.rollout import CHUNK_SIZE, GradientWorker, ObsNorm, TrajectoryStats, UnitResult, WorkUnit, job_seed
+from sb3_nigt.workers.rollout import CHUNK_SIZE, GradientWorker, ObsNorm, TrajectoryStats, UnitResult, WorkUnit
 
 from architecture_recipes import load_recipe
 from contract_envs import SleepyEnv
@@ -102,8 +102,8 @@ def reference_sum(args: dict[str, Any], params: np.ndarray, agent_run: AgentRun,
         with single_threaded_torch():
             worker.set_params(params)
             trajectories = [
-                worker.sample(agent_run.agent, k, job_seed(agent_run.seed, agent_run.round_index, agent_run.agent, k),
-                              agent_run.env_index, agent_run.horizon, round_index=agent_run.round_index)
+                worker.sample_batch([(agent_run.agent, k, agent_run.env_index)], agent_run.seed, agent_run.horizon,
+                                    round_index=agent_run.round_index)[0]
                 for k in range(agent_run.first, agent_run.first + count)
             ]
             return worker.gradient_sum(trajectories, agent_run.gamma)

@@ -980,8 +980,8 @@ class NIGTAlgorithm(BaseAlgorithm):
             for moments in result.obs_moments:
                 _obs_rms(vec_normalize).update_from_moments(moments.mean, moments.var, moments.count)
         self.last_counts = result.counts  # M_i of the round, int64, shape (n,)
-        # What physically travels: θ to each agent, and each vector that reached the server (one per contributing
-        # agent, or one per unit of CHUNK_SIZE gradients when an agent contributed more than CHUNK_SIZE).
+        # What the modelled agents send: θ to each agent, and one vector per contributing agent (on the simulated
+        # clock the round is computed in lockstep batches across agents, but each agent is modelled as sending ḡ_i).
         self.n_communications += self.n_agents + result.vectors
         self.bytes_sent += self.n_agents * 4 * self.n_params + result.vectors * 8 * self.n_params
         self.round_stats = {

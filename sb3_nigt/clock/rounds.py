@@ -28,7 +28,7 @@ from sb3_nigt.clock.real import RealRound, lost_work
 from sb3_nigt.clock.timing import TimeCounters, TimingModel
 from sb3_nigt.clock.trace import TraceEvent
 from sb3_nigt.core.aggregation import AggregationRule
-from sb3_nigt.workers.rollout import CHUNK_SIZE, ObsMoments, ObsNorm, TrajectoryStats, UnitResult, WorkUnit
+from sb3_nigt.workers.rollout import CHUNK_SIZE, BatchItem, ObsMoments, ObsNorm, TrajectoryStats, UnitResult, WorkUnit, lockstep_sizes
 
 
 @dataclass
@@ -88,8 +88,10 @@ class Collector:
     """Turns an aggregation rule plus θ into an aggregate, on the simulated or the real clock.
 
     The simulated clock plans the round in exact time (:func:`~sb3_nigt.clock.planner.plan_round`), then has the
-    counted work computed as units of at most ``CHUNK_SIZE`` gradients; with per-step times the planner computes
-    each started trajectory speculatively instead. The real clock starts one run per agent and counts small reports as
+    counted trajectories computed in lockstep batches across agents (at most ``LOCKSTEP_SIZE`` each, cut in
+    canonical order), each returning Σ_j w_j g_H(τ_j) with the rule's weights; the aggregate is the sum of the
+    batches in order. With per-step times the planner computes each started trajectory speculatively instead, and
+    the aggregate is formed from each agent's sum ḡ_i. The real clock starts one run per agent and counts small reports as
     they arrive; each contributing agent then sends one vector.
 
     :param backend: a started-on-demand :class:`~sb3_nigt.backends.contract.Backend`.
@@ -197,27 +199,51 @@ class Collector:
         self.lost_agents = []
         trace: list[TraceEvent] = []
         if self.clock == "simulated":
-            arrivals, sums, stop, end, vectors = self._simulated(rule, round_index, start, trace)
+            arrivals, aggregate, stop, end, vectors = self._simulated(rule, round_index, start, trace)
         else:
-            arrivals, sums, stop, end, vectors = self._real(rule, round_index, start, trace)
+            arrivals, aggregate, stop, end, vectors = self._real(rule, round_index, start, trace)
         self.next_epoch()
         ordered = sorted(arrivals, key=lambda a: (a.agent, a.index))
         moments = [a.result.obs_moments for a in ordered if a.result.obs_moments is not None]
-        return RoundResult(rule.aggregate(sums), rule.counts.copy(), arrivals, start, ExactTime.of(stop), ExactTime.of(end),
+        return RoundResult(aggregate, rule.counts.copy(), arrivals, start, ExactTime.of(stop), ExactTime.of(end),
                            moments, trace if self.record_trace else [], vectors, sorted(set(self.lost_agents)))
 
     def _simulated(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
         """Plan the round (:func:`~sb3_nigt.clock.planner.plan_round`), have the counted gradients computed (with
-        per-step times they already are, speculatively), then play the uploads."""
+        per-step times they already are, speculatively), then play the uploads. Each contributing agent is modelled
+        as sending one vector ḡ_i."""
         results: dict[tuple[int, int], UnitResult] = {}
         plan = plan_round(self, rule, round_index, start, trace, results)
-        if self.timing.per_step:
-            keys = [(agent, index) for _, agent, index in sorted(plan.counted, key=lambda c: (c[1], c[2]))]
+        weights = None if self.timing.per_step else rule.weights()
+        if weights is not None:
+            done = self._await_all(self._submit_lockstep(round_index, plan.counted, weights), results)
+            aggregate = self._add_in_order([result.gradient for result in done])
         else:
-            keys = self._submit_counted(round_index, plan.counted)
-        sums, stats = self._sum_units(keys, results)
+            if self.timing.per_step:
+                keys = [(agent, index) for _, agent, index in sorted(plan.counted, key=lambda c: (c[1], c[2]))]
+            else:
+                keys = self._submit_counted(round_index, plan.counted)
+            done = self._await_all(keys, results)
+            aggregate = rule.aggregate(self._agent_sums(done))
+        stats = {(t.agent, t.index): t for result in done for t in result.trajectories}
         arrivals = [Arrival(at, agent, index, stats[(agent, index)]) for at, agent, index in plan.counted]
-        return arrivals, sums, plan.stop, upload(self, rule, plan, round_index, trace), len(keys)
+        vectors = int(np.count_nonzero(rule.counts))
+        return arrivals, aggregate, plan.stop, upload(self, rule, plan, round_index, trace), vectors
+
+    def _submit_lockstep(self, round_index: int, counted: list[Counted], weights: np.ndarray) -> list[tuple[int, int]]:
+        """Submit the counted trajectories in canonical (agent, index) order, cut into lockstep batches
+        (:func:`~sb3_nigt.workers.rollout.lockstep_sizes`), each carrying its trajectories' weights w_i; returns
+        the units' keys (first agent, first index) in order."""
+        order = sorted((agent, index) for _, agent, index in counted)
+        keys: list[tuple[int, int]] = []
+        begin = 0
+        for size in lockstep_sizes(len(order)):
+            items = tuple(BatchItem(agent, index, self.agent_env_index[agent], float(weights[agent]))
+                          for agent, index in order[begin:begin + size])
+            self.backend.submit(self.unit(round_index, items[0].agent, items[0].index, size, items=items))
+            keys.append((items[0].agent, items[0].index))
+            begin += size
+        return keys
 
     def _submit_counted(self, round_index: int, counted: list[Counted]) -> list[tuple[int, int]]:
         """Submit the planned counts: each agent's M_i gradients (consecutive indices) as units of at most
@@ -232,21 +258,28 @@ class Collector:
             self.backend.submit(unit)
         return [(unit.agent, unit.first) for unit in units]
 
-    def _sum_units(self, keys: list[tuple[int, int]], results: dict[tuple[int, int], UnitResult]):
-        """Each agent's gradients added in canonical order (units by index, float64), whoever computed them and
-        whenever they arrived, and the counted trajectories' statistics by (agent, index)."""
+    def _await_all(self, keys: list[tuple[int, int]], results: dict[tuple[int, int], UnitResult]) -> list[UnitResult]:
+        """The units' results in the order of ``keys``, whoever computed them and whenever they arrived."""
+        return [self.await_unit(key, results) for key in keys]
+
+    @staticmethod
+    def _add_in_order(vectors: list[np.ndarray]) -> np.ndarray:
+        """Σ of float64 ``(d,)`` vectors, added in the given (canonical) order."""
+        total = vectors[0].copy()
+        for vector in vectors[1:]:
+            total += vector
+        return total
+
+    def _agent_sums(self, done: list[UnitResult]) -> dict[int, np.ndarray]:
+        """Each agent's gradients added in canonical order (units by index, float64): ḡ_i."""
         sums: dict[int, np.ndarray] = {}
-        stats: dict[tuple[int, int], TrajectoryStats] = {}
-        for key in keys:
-            result = self.await_unit(key, results)
-            agent = key[0]
+        for result in done:
+            agent = result.unit.agent
             sums[agent] = result.gradient.copy() if agent not in sums else sums[agent] + result.gradient
-            for trajectory in result.trajectories:
-                stats[(agent, trajectory.index)] = trajectory
-        return sums, stats
+        return sums
 
     def _real(self, rule: AggregationRule, round_index: int, start: ExactTime, trace: list[TraceEvent]):
         """True asynchrony, on every backend: :class:`~sb3_nigt.clock.real.RealRound` plays the round."""
         played = RealRound(self, rule, round_index, float(start), trace).run()
         arrivals = [Arrival(ExactTime.of(c.at), c.agent, c.index, c.stats) for c in played.counted]
-        return arrivals, played.sums, played.stop, played.end, played.vectors
+        return arrivals, rule.aggregate(played.sums), played.stop, played.end, played.vectors

@@ -63,6 +63,12 @@ class AggregationRule:
         as an ``(n, d)`` array or a mapping agent → sum); returns float64 ``(d,)``, agents added in index order."""
         raise NotImplementedError
 
+    def weights(self) -> "np.ndarray | None":
+        """w_i, the weight of each of agent i's gradients in the aggregate, once the round is done: the aggregate is
+        Σ_i w_i Σ_k g_{i,k}. float64 ``(n,)`` (0 where M_i = 0), or None when the rule is not such a weighted sum
+        (the simulated clock then sums each agent's gradients and calls :meth:`aggregate`)."""
+        return None
+
 
 class RennalaAggregation(AggregationRule):
     """AggregateRennala (paper, Algorithm 2): the first M gradients to arrive, from whichever agents.
@@ -92,6 +98,10 @@ class RennalaAggregation(AggregationRule):
         for row in rows:
             total += row
         return total / int(self.counts.sum())
+
+    def weights(self) -> np.ndarray:
+        """w_i = 1/M for every agent (M = Σ_i M_i)."""
+        return np.where(self.counts > 0, 1.0 / int(self.counts.sum()), 0.0)
 
 
 class MaleniaAggregation(AggregationRule):
@@ -145,6 +155,11 @@ class MaleniaAggregation(AggregationRule):
             total += row / int(self.counts[agent])
         return total / self.n_agents
 
+    def weights(self) -> np.ndarray:
+        """w_i = 1/(n·M_i)."""
+        counts = self.counts.astype(np.float64)
+        return np.divide(1.0, self.n_agents * counts, out=np.zeros(self.n_agents), where=counts > 0)
+
 
 class SynchronizedAggregation(AggregationRule):
     """The synchronized baseline (paper, Section 6 "Synchronized NIGT"): every agent computes exactly one gradient.
@@ -169,3 +184,7 @@ class SynchronizedAggregation(AggregationRule):
         for row in rows:
             total += row
         return total / self.n_agents
+
+    def weights(self) -> np.ndarray:
+        """w_i = 1/n (M_i = 1)."""
+        return np.where(self.counts > 0, 1.0 / self.n_agents, 0.0)

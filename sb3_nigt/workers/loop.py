@@ -27,7 +27,7 @@ from sb3_nigt.workers.messages import (
     dispatch,
     picklable,
 )
-from sb3_nigt.workers.rollout import GradientWorker, JobCancelled, Trajectory, TrajectoryStats, UnitResult, WorkUnit, job_seed
+from sb3_nigt.workers.rollout import GradientWorker, JobCancelled, Trajectory, TrajectoryStats, UnitResult, WorkUnit
 
 
 class RunState:
@@ -52,8 +52,7 @@ class RunState:
         """Sample the next trajectory at the loaded θ; return it with the time its emulated duration ends."""
         run = self.run
         index = run.first + len(self.trajectories)
-        trajectory = worker.sample(run.agent, index, job_seed(run.seed, run.round_index, run.agent, index),
-                                   run.env_index, run.horizon, cancelled, run.round_index)
+        trajectory = worker.sample_batch([(run.agent, index, run.env_index)], run.seed, run.horizon, cancelled, run.round_index)[0]
         return trajectory, max(self.next_at + self.emulated(trajectory), time.monotonic())
 
     def finish(self) -> TrajectoryStats:

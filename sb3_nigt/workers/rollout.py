@@ -5,7 +5,6 @@ g_H(τ, θ) = Σ_{t<H} (Σ_{h=t}^{H−1} γ^h r_h) ∇θ log π_θ(u_t | s_t)   
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -15,18 +14,11 @@ import numpy as np
 import torch as th
 from torch.nn.utils import vector_to_parameters
 
-from sb3_nigt.core.errors import NonFiniteEnvironmentError
 from sb3_nigt.policies import NIGTPolicy
 from sb3_nigt.workers.env_factory import build_env
+from sb3_nigt.workers.lockstep import JobCancelled, LockstepBatch, Rollout, trajectory_rng
 
-
-class JobCancelled(Exception):
-    """Raised inside a worker when the round of the running job has ended (its work is abandoned)."""
-
-
-def job_seed(seed: int, round_index: int, agent: int, index: int) -> int:
-    """A 63-bit seed derived from (seed, round, agent, index) with ``numpy.random.SeedSequence``."""
-    return int(np.random.SeedSequence([seed, round_index, agent, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+__all__ = ["JobCancelled", "trajectory_rng"]  # re-exported: workers and transports use them from here
 
 
 def discounted_returns_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
@@ -67,9 +59,40 @@ def batched_policy_gradient(policy: NIGTPolicy, observations: np.ndarray, pre_sq
     return _return_weighted_gradient(policy, observations, pre_squash_actions, returns).astype(np.float64)
 
 
-#: Trajectories per batched forward/backward. A unit of work is split into chunks of this size whatever the number
-#: of workers, and chunk sums are added in canonical order, so the bits never depend on who computed what.
+#: Trajectories per batched backward of one agent's unit (the per-step clock, AFedPG). A unit of work is split
+#: into chunks of this size whatever the number of workers, and chunk sums are added in canonical order, so the
+#: bits never depend on who computed what.
 CHUNK_SIZE = 8
+
+#: Most trajectories in one lockstep batch on the simulated clock (one batched forward per step, one weighted
+#: backward per batch). A round's N counted trajectories are cut into ⌈N / LOCKSTEP_SIZE⌉ batches of near-equal
+#: size, in canonical order: the cut depends on N only, never on the number of workers.
+LOCKSTEP_SIZE = 16
+
+
+def lockstep_sizes(n_trajectories: int) -> list[int]:
+    """The sizes of the lockstep batches of a round of ``n_trajectories`` counted trajectories, in order: as equal
+    as possible (the first ones one larger), none above :data:`LOCKSTEP_SIZE`."""
+    n_batches = -(-n_trajectories // LOCKSTEP_SIZE)
+    base, extra = divmod(n_trajectories, n_batches) if n_batches else (0, 0)
+    return [base + (1 if b < extra else 0) for b in range(n_batches)]
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One trajectory of a lockstep batch: agent i's gradient k, its environment factory, and its weight w.
+
+    :param agent: i.
+    :param index: k, the agent's gradient index in the round (its job seed is (seed, round, i, k)).
+    :param env_index: the agent's environment factory.
+    :param weight: w, the gradient's weight in the round's aggregate (Rennala 1/M, Malenia 1/(n·M_i),
+        Synchronized NIGT 1/n).
+    """
+
+    agent: int
+    index: int
+    env_index: int
+    weight: float
 
 
 @dataclass
@@ -138,16 +161,18 @@ class StepInfos(Sequence[dict[str, Any]]):
         if not infos or not infos[0]:
             return
         keys = tuple(infos[0])
+        if set(map(len, infos)) != {len(keys)}:
+            return
         columns: dict[str, tuple[np.ndarray, type]] = {}
         for key in keys:
-            kind = type(infos[0][key])
-            if kind not in self._FLOATS:
+            try:
+                values = [info[key] for info in infos]
+            except KeyError:
                 return
-            values = []
-            for info in infos:
-                if len(info) != len(keys) or type(info.get(key)) is not kind:
-                    return
-                values.append(info[key])
+            kinds = set(map(type, values))
+            kind = kinds.pop()
+            if kinds or kind not in self._FLOATS:
+                return
             columns[key] = (np.asarray(values, dtype=np.float32 if kind is np.float32 else np.float64), kind)
         self._columns, self._dicts = columns, None
 
@@ -225,6 +250,9 @@ class WorkUnit:
     :param min_duration: real clock: the unit takes at least this many seconds (per step if ``per_step``).
     :param per_step: whether ``min_duration`` is per environment step.
     :param upload_delay: real clock: seconds to sleep after computing (emulated upload κ_i).
+    :param items: a lockstep batch (simulated clock): trajectories of any agents, stepped together, whose
+        gradient is Σ_j w_j g_H(τ_j) (weights included); ``agent``, ``first`` and ``env_index`` are then its first
+        item's and ``count`` its size. Empty: the unit is ``agent``'s gradients ``first`` .. ``first + count − 1``.
     """
 
     round_index: int
@@ -241,6 +269,7 @@ class WorkUnit:
     min_duration: float = 0.0
     per_step: bool = False
     upload_delay: float = 0.0
+    items: tuple[BatchItem, ...] = ()
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -256,7 +285,8 @@ class UnitResult:
     """The outcome of a :class:`WorkUnit`: one float64 sum and per-trajectory statistics.
 
     :param unit: the unit.
-    :param gradient: Σ_k g_H(τ_k), float64 ``(d,)`` in ``parameters_to_vector`` order.
+    :param gradient: Σ_k g_H(τ_k) (a lockstep batch: Σ_j w_j g_H(τ_j)), float64 ``(d,)`` in
+        ``parameters_to_vector`` order.
     :param trajectories: the statistics of each trajectory, in index order.
     :param seconds: wall-clock seconds the unit took.
     """
@@ -292,7 +322,7 @@ class GradientWorker:
                  step_data: bool = False, buffers: Optional[dict[str, th.Tensor]] = None):
         self.env_factories = env_factories
         self.step_data = bool(step_data)
-        self.envs: dict[int, gym.Env] = {}
+        self.envs: dict[int, list[gym.Env]] = {}  # factory index → its instances
         # A policy copy whose weights are overwritten by θ: build it without advancing the global torch RNG, so
         # that the inline and subprocess backends leave the user's random state alike.
         with th.random.fork_rng(devices=[]):
@@ -320,74 +350,51 @@ class GradientWorker:
         else:
             self.obs_norm = None
 
-    def env(self, index: int) -> gym.Env:
-        if index not in self.envs:
-            self.envs[index] = build_env(self.env_factories[index])
-        return self.envs[index]
+    def env(self, index: int, copy: int = 0) -> gym.Env:
+        """Environment factory ``index``'s instance number ``copy`` (built on first use and kept: a lockstep batch
+        steps one instance per trajectory)."""
+        pool = self.envs.setdefault(index, [])
+        while len(pool) <= copy:
+            pool.append(build_env(self.env_factories[index]))
+        return pool[copy]
 
-    def sample(self, agent: int, index: int, seed: int, env_index: int, horizon: int,
-               cancelled: Callable[[], bool] = lambda: False, round_index: int = 0) -> Trajectory:
-        """Sample one trajectory of at most H steps at the current θ.
+    def _batch_envs(self, env_indices: Sequence[int]) -> list[gym.Env]:
+        """One instance per trajectory: the k-th trajectory on factory e in the batch steps e's k-th instance."""
+        used: dict[int, int] = {}
+        envs = []
+        for index in env_indices:
+            envs.append(self.env(index, used.get(index, 0)))
+            used[index] = used.get(index, 0) + 1
+        return envs
 
-        :raises ValueError: if the environment returns a NaN or infinite reward or observation.
+    def sample_batch(self, items: Sequence[tuple[int, int, int]], seed: int, horizon: int,
+                     cancelled: Callable[[], bool] = lambda: False, round_index: int = 0) -> list[Trajectory]:
+        """Sample trajectories of at most H steps at the current θ, in lockstep (:mod:`sb3_nigt.workers.lockstep`).
+
+        :param items: (agent i, gradient index k, environment factory) of each trajectory; its generator is
+            :func:`trajectory_rng` (``seed``, ``round_index``, i, k), whoever samples it and with whatever others.
+        :param seed: the base seed.
+        :param horizon: H, environment steps per trajectory at most.
+        :return: the trajectories, in the order of ``items``.
+        :raises NonFiniteEnvironmentError: (a ``ValueError``) on a NaN or infinite reward or observation.
         :raises JobCancelled: if ``cancelled()`` becomes true while it runs.
         """
-        env = self.env(env_index)
-        rng = np.random.default_rng(seed)
-        reset_seed = int(rng.integers(0, 2**31 - 1))
-        obs, _ = env.reset(seed=reset_seed)
-        action_space = env.action_space
-        assert isinstance(action_space, gym.spaces.Box)  # the main process checked every agent's space (check_agent_spaces)
-        low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
-        span = high - low  # once per trajectory, the same float32 values as (high - low) at every step
-        da = low.shape[0]
-        observations, raw_observations, actions, rewards, infos = [], [], [], [], []
-        new_obs: Optional[list] = [] if self.step_data else None
-        env_actions: Optional[list] = [] if self.step_data else None
-        norm = self.obs_norm
-        forward = self.forward
-        episode_return = 0.0
-        terminated = False
-        noise = np.empty((0, da), dtype=np.float32)
-        for t in range(horizon):
-            if t % 64 == 0:  # noise in blocks of 64 steps: the same stream as one (H, da) draw, memory ∝ length
-                noise = rng.standard_normal((min(64, horizon - t), da), dtype=np.float32)
-            raw = np.asarray(obs, dtype=np.float32).reshape(-1)
-            if not math.isfinite(float(raw.sum())) and not np.isfinite(raw).all():  # a finite sum: all finite
-                raise NonFiniteEnvironmentError("observations", raw.tolist(), agent, round_index, t)
-            x = np.clip((raw - norm[0]) / norm[1], -norm[2], norm[2]) if norm is not None else raw
-            mean, std = forward(x)
-            u = mean + std * noise[t % 64]
-            action = low + (0.5 * (np.tanh(u) + 1.0)) * span
-            obs, reward, terminated, truncated, info = env.step(action)
-            reward = float(reward)
-            if not math.isfinite(reward):
-                raise NonFiniteEnvironmentError("reward", reward, agent, round_index, t)
-            observations.append(x)
-            if norm is not None:
-                raw_observations.append(raw)
-            actions.append(u)
-            rewards.append(reward)
-            infos.append(info)
-            if new_obs is not None and env_actions is not None:
-                new_obs.append(np.array(obs, dtype=np.float32))
-                env_actions.append(action)
-            episode_return += reward
-            if terminated or truncated:
-                break
-            if (t & 63) == 63 and cancelled():
-                raise JobCancelled()
+        rngs = [trajectory_rng(seed, round_index, agent, index) for agent, index, _ in items]
+        batch = LockstepBatch(self._batch_envs([env_index for _, _, env_index in items]), [agent for agent, _, _ in items],
+                              rngs, self.forward, self.obs_norm, self.step_data, round_index)
+        return [self._trajectory(agent, index, rollout) for (agent, index, _), rollout in zip(items, batch.run(horizon, cancelled))]
+
+    @staticmethod
+    def _trajectory(agent: int, index: int, rollout: Rollout) -> Trajectory:
         moments = None
-        if norm is not None:
-            raw_t = np.asarray(raw_observations, dtype=np.float64)
-            moments = ObsMoments(raw_t.mean(axis=0), raw_t.var(axis=0), len(raw_t))
-        n = len(rewards)
-        reward_array = np.asarray(rewards, dtype=np.float64)
-        stats = TrajectoryStats(agent, index, episode_return, n, n, moments, reward_array, StepInfos(infos), bool(terminated),
-                                np.array(obs, dtype=np.float32),
-                                None if new_obs is None else np.asarray(new_obs, dtype=np.float32),
-                                None if env_actions is None else np.asarray(env_actions, dtype=np.float32))
-        return Trajectory(np.asarray(observations, dtype=np.float32), np.asarray(actions, dtype=np.float32), reward_array, stats)
+        if rollout.raw_observations is not None:
+            raw = rollout.raw_observations.astype(np.float64)
+            moments = ObsMoments(raw.mean(axis=0), raw.var(axis=0), len(raw))
+        n = len(rollout.rewards)
+        stats = TrajectoryStats(agent, index, float(sum(rollout.rewards.tolist())), n, n, moments, rollout.rewards,
+                                StepInfos(rollout.infos), rollout.terminated, rollout.last_observation, rollout.new_obs,
+                                rollout.env_actions)
+        return Trajectory(rollout.observations, rollout.actions, rollout.rewards, stats)
 
     def gradient_sum(self, trajectories: list[Trajectory], gamma: float) -> np.ndarray:
         """Σ_k g_H(τ_k) at the current θ, float64 ``(d,)``: one batched forward/backward per :data:`CHUNK_SIZE`
@@ -402,21 +409,24 @@ class GradientWorker:
         return total
 
     def run_unit(self, unit: WorkUnit, cancelled: Callable[[], bool] = lambda: False) -> UnitResult:
-        """Sample the unit's trajectories at the current θ and return their summed gradient.
+        """Sample the unit's trajectories at the current θ and return their summed (a lockstep batch: weighted)
+        gradient.
 
-        :raises ValueError: on a NaN or infinite reward.
+        :raises NonFiniteEnvironmentError: (a ``ValueError``) on a NaN or infinite reward or observation.
         :raises JobCancelled: if ``cancelled()`` becomes true while it runs.
         """
         start = time.perf_counter()
         if unit.delay > 0:
             _sleep(unit.delay, cancelled)
         computing = time.perf_counter()
-        trajectories = [
-            self.sample(unit.agent, k, job_seed(unit.seed, unit.round_index, unit.agent, k), unit.env_index, unit.horizon,
-                        cancelled, unit.round_index)
-            for k in unit.indices
-        ]
-        gradient = self.gradient_sum(trajectories, unit.gamma)
+        if unit.items:
+            trajectories = self.sample_batch([(item.agent, item.index, item.env_index) for item in unit.items], unit.seed,
+                                             unit.horizon, cancelled, unit.round_index)
+            gradient = self.weighted_gradient(trajectories, [item.weight for item in unit.items], unit.gamma)
+        else:
+            trajectories = self.sample_batch([(unit.agent, k, unit.env_index) for k in unit.indices], unit.seed, unit.horizon,
+                                             cancelled, unit.round_index)
+            gradient = self.gradient_sum(trajectories, unit.gamma)
         if unit.min_duration > 0:
             n_steps = sum(t.stats.n_steps for t in trajectories)
             _sleep(unit.min_duration * (n_steps if unit.per_step else unit.count) - (time.perf_counter() - computing), cancelled)
@@ -424,9 +434,18 @@ class GradientWorker:
             _sleep(unit.upload_delay, cancelled)
         return UnitResult(unit, gradient, [t.stats for t in trajectories], time.perf_counter() - start)
 
+    def weighted_gradient(self, trajectories: list[Trajectory], weights: Sequence[float], gamma: float) -> np.ndarray:
+        """Σ_j w_j g_H(τ_j) at the current θ with one forward and one backward pass over every step of the batch,
+        float64 ``(d,)``: the weights multiply each trajectory's returns-to-go (in float64, then float32)."""
+        observations = np.concatenate([t.observations for t in trajectories])
+        actions = np.concatenate([t.actions for t in trajectories])
+        returns = np.concatenate([weight * discounted_returns_to_go(t.rewards, gamma) for t, weight in zip(trajectories, weights)])
+        return batched_policy_gradient(self.policy, observations, actions, returns)
+
     def close(self) -> None:
-        for env in self.envs.values():
-            env.close()
+        for pool in self.envs.values():
+            for env in pool:
+                env.close()
         self.envs.clear()
 
 
