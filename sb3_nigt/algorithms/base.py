@@ -1221,15 +1221,18 @@ class NIGTAlgorithm(BaseAlgorithm):
             raise ValueError("env: this model has no environment; pass one at load(..., env=...) or with set_env()")
         if not self._is_primary() and not self._custom_logger:
             self.set_logger(Logger(folder=None, output_formats=[]))  # rank 0 logs; the others write nothing
-        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar)
-        self._warn_if_budget_too_small(total_timesteps)
-        if reset_num_timesteps:
-            self.agent_ep_info_buffer = None
-        self._agent_monitors = self._find_agent_monitors()
-        callback.on_training_start(locals(), globals())
         with _terminate_like_interrupt():
-            collector = self._started_collector()  # the workers of the last call, or new ones
+            # The workers of the last call, or new ones, before SB3's set-up makes the logger: a start that fails
+            # leaves no empty TensorBoard run behind.
+            collector = self._started_collector()
             try:
+                total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps,
+                                                              tb_log_name or type(self).__name__, progress_bar)
+                self._warn_if_budget_too_small(total_timesteps)
+                if reset_num_timesteps:
+                    self.agent_ep_info_buffer = None
+                self._agent_monitors = self._find_agent_monitors()
+                callback.on_training_start(locals(), globals())
                 self._train(collector, total_timesteps, callback, log_interval)
             except BaseException:
                 self.close()  # a failed call leaves no worker, broken or not: the next one starts fresh
