@@ -4,6 +4,7 @@ Usage::
 
     python -m sb3_nigt.experiments --list                 # experiments, settings, runs and measured cost
     python -m sb3_nigt.experiments --list --calibrate     # measure the cost of what is not measured yet
+    python -m sb3_nigt.experiments outage --list --calibrate  # the same for one experiment
     python -m sb3_nigt.experiments reacher-expensive-comm # tune α and M, run the reported seeds, write the report
     python -m sb3_nigt.experiments outage --smoke         # a tiny version (seconds), as the tests run it
     python -m sb3_nigt.experiments outage --seeds 10      # seeds 0-9 (0-4 come from the cache)
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "times, and write results.csv, tuning.csv, returns.png and report.md (docs/reproduction.md).",
     )
     parser.add_argument("name", nargs="?", choices=sorted(EXPERIMENTS), help="the experiment")
-    parser.add_argument("--list", action="store_true", help="list the experiments with their settings and cost")
+    parser.add_argument("--list", action="store_true",
+                        help="list the experiments (or the one named) with their settings and cost")
     parser.add_argument("--calibrate", action="store_true",
                         help="with --list: measure the cost of every (algorithm, n) not measured yet by a short run")
     parser.add_argument("--out", default="runs/experiments", help="output folder (one subfolder per experiment)")
@@ -52,13 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def list_experiments(out: Path, workers: int = 1, calibrate: bool = False) -> str:
-    """The experiments' table: settings, runs, estimated CPU hours (from measured costs, :mod:`~sb3_nigt.
-    experiments.costs`) and the CPU hours already spent; ``calibrate`` first measures what is missing."""
+def list_experiments(out: Path, workers: int = 1, calibrate: bool = False, name: Optional[str] = None) -> str:
+    """The experiments' table (or ``name``'s row): settings, runs, estimated CPU hours (from measured costs,
+    :mod:`~sb3_nigt.experiments.costs`) and the CPU hours already spent; ``calibrate`` first measures what is
+    missing."""
     cache = out / "cache"
     lines = ["| name | paper | env | times | algorithms | n | budget (simulated s) | seeds | grids | runs | "
              "estimated CPU h | measured CPU h |", "|---|---|---|---|---|---|---:|---|---|---:|---:|---:|"]
-    for experiment in EXPERIMENTS.values():
+    for experiment in EXPERIMENTS.values() if name is None else [EXPERIMENTS[name]]:
         if calibrate:
             calibrate_costs(experiment, cache, workers)
         estimated, missing = estimate(cache, experiment)
@@ -66,7 +69,7 @@ def list_experiments(out: Path, workers: int = 1, calibrate: bool = False) -> st
         grid = (f"α {format_alpha(experiment.alpha_grid[0])} … {format_alpha(experiment.alpha_grid[-1])} × M/S "
                 f"{list(experiment.round_size_grid)}")
         times = (experiment.scenario if experiment.compute_times is None else f"h = {list(experiment.compute_times)}")
-        times += ", h_i(t) decreasing" if experiment.compute_schedule is not None else ""
+        times = "h_i(t) decreasing during the run" if experiment.compute_schedule is not None else times
         lines.append(
             f"| {experiment.name} | {experiment.figure} | {experiment.env} | {times} | "
             f"{', '.join(experiment.algorithms)} | {', '.join(map(str, experiment.n_agents))} | {experiment.simulated_seconds:g} | "
@@ -261,7 +264,7 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict[str, Any]]:
     if args.workers < 1:
         build_parser().error(f"--workers: must be >= 1, got {args.workers}")
     if args.list:
-        print(list_experiments(out, args.workers, args.calibrate))
+        print(list_experiments(out, args.workers, args.calibrate, args.name))
         return None
     if args.name is None:
         build_parser().error("name an experiment, or --list")
