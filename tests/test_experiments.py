@@ -332,7 +332,8 @@ def test_a_straddling_interval_extends_the_seeds_or_prints_the_command(tmp_path,
     assert {r["seed"] for r in read_csv(tmp_path / "extended" / "results.csv")} == {"0", "1", "2"}
 
 
-def test_tuning_resumes_from_its_storage(tmp_path, monkeypatch):
+@pytest.mark.parametrize("when", ["mid-run", "before its parameters"])
+def test_tuning_resumes_from_its_storage(when, tmp_path, monkeypatch):
     from sb3_nigt.experiments import runner, tuning
     from sb3_nigt.experiments.tuning import grid, run_study
 
@@ -354,12 +355,25 @@ def test_tuning_resumes_from_its_storage(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the process dies mid-trial, after one report: the trial stays RUNNING
         return report(hook, index, seconds, returns)
 
-    monkeypatch.setattr(tuning._Trial, "__call__", killed_in_the_third)
+    run_trial, started = tuning._run_trial, []
+
+    def killed_before_the_third(experiment, algorithm, n_agents, trial, cache):
+        started.append(trial)
+        if len(started) == 3:
+            calls.append(None)
+            raise KeyboardInterrupt  # dies between Optuna's ask and the trial's parameters: RUNNING, no params
+        return run_trial(experiment, algorithm, n_agents, trial, cache)
+
+    if when == "mid-run":
+        monkeypatch.setattr(tuning._Trial, "__call__", killed_in_the_third)
+    else:
+        monkeypatch.setattr(tuning, "_run_trial", killed_before_the_third)
     monkeypatch.setattr(runner, "train", counting)
     with pytest.raises(KeyboardInterrupt):
         run_study(experiment, "rennala", 3, tmp_path / "killed")
-    assert calls == grid(experiment, "rennala")[:3]
+    assert calls[:2] == grid(experiment, "rennala")[:2] and len(calls) == 3
     monkeypatch.setattr(tuning._Trial, "__call__", report)
+    monkeypatch.setattr(tuning, "_run_trial", run_trial)
     calls.clear()
     resumed = study(tmp_path / "killed")
     # only the killed trial and the one never started run again, and the result is the uninterrupted one's
@@ -497,7 +511,8 @@ def test_decreasing_times_against_exact_hand_arithmetic():
 
 
 def test_cpu_estimate_from_measured_costs(tmp_path):
-    from sb3_nigt.experiments.costs import calibrate, estimate, planned_seconds, record_cost, spent
+    from sb3_nigt.experiments.cache import record_cost
+    from sb3_nigt.experiments.costs import calibrate, estimate, planned_seconds, spent
     from sb3_nigt.experiments.tuning import expected_fraction
 
     experiment = EXPERIMENTS["decreasing"].smoke()

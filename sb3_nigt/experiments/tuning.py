@@ -142,33 +142,54 @@ def _run_trial(experiment: Experiment, algorithm: str, n_agents: int, trial: Any
         trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
 
+def _key(frozen: Any) -> Optional[tuple[float, int]]:
+    """The grid point of a stored trial: its parameters, or the fixed ones it was enqueued with."""
+    params = frozen.system_attrs.get("fixed_params", frozen.params)
+    if set(params) != {"alpha", "round_size"}:
+        return None
+    return float(params["alpha"]), int(params["round_size"])
+
+
+def _next_trial(study: Any, point: tuple[float, int], running: dict[tuple[float, int], int]) -> Any:
+    """The Optuna trial of ``point``: the one a killed run left running (run again under the same trial), else a
+    new one enqueued with the point's parameters.
+
+    :raises RuntimeError: if the trial Optuna hands out is for another point (a journal edited by hand).
+    """
+    import optuna
+
+    if point in running:
+        return optuna.trial.Trial(study, running[point])
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    if not any(_key(t) == point for t in waiting):
+        study.enqueue_trial({"alpha": point[0], "round_size": point[1]})
+    trial = study.ask()
+    found = _key(study._storage.get_trial(trial._trial_id))
+    if found != point:
+        raise RuntimeError(f"tuning: the study {study.study_name} handed out the trial of {found} for {point}")
+    return trial
+
+
 def run_study(experiment: Experiment, algorithm: str, n_agents: int, cache: Path) -> list[dict[str, Any]]:
     """Run (or resume) the study of ``algorithm`` at ``n_agents`` and return one row per grid point: ``alpha``,
     ``round_size``, ``state`` (complete, pruned or failed), ``score``, ``seconds`` (simulated seconds reached),
     ``cpu_seconds`` and ``chosen`` (1 for the best point)."""
-    import optuna
     from optuna.trial import TrialState
 
     algorithm = study_algorithm(algorithm)
     name = study_name(experiment, algorithm, n_agents)
     study = _open_study(cache / "tuning" / f"{name}.journal", name, experiment, n_agents)
-    finished: dict[tuple[float, int], Any] = {}
-    stale: dict[tuple[float, int], int] = {}
+    finished: set[tuple[float, int]] = set()
+    running: dict[tuple[float, int], int] = {}
     for frozen in study.get_trials(deepcopy=False):
-        key = (float(frozen.params["alpha"]), int(frozen.params["round_size"]))
-        if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-            finished[key] = frozen
-        elif frozen.state == TrialState.RUNNING and len(frozen.params) == 2:
-            stale[key] = frozen._trial_id  # a killed run's trial: run again under the same trial
-    for alpha, size in grid(experiment, algorithm):
-        if (alpha, size) in finished:
-            continue
-        if (alpha, size) in stale:
-            trial = optuna.trial.Trial(study, stale[(alpha, size)])
-        else:
-            study.enqueue_trial({"alpha": alpha, "round_size": size}, skip_if_exists=True)
-            trial = study.ask()
-        _run_trial(experiment, algorithm, n_agents, trial, cache)
+        key = _key(frozen)
+        if key is not None and frozen.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            finished.add(key)
+        elif key is not None and frozen.state == TrialState.RUNNING:
+            running[key] = frozen._trial_id  # a killed run's trial
+    for point in grid(experiment, algorithm):
+        if point not in finished:
+            _run_trial(experiment, algorithm, n_agents, _next_trial(study, point, running), cache)
     return study_rows(study, experiment, algorithm)
 
 
