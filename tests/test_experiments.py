@@ -386,6 +386,30 @@ def test_tuning_resumes_from_its_storage(when, tmp_path, monkeypatch):
     assert len(journal.trials) == len(grid(experiment, "rennala"))  # the killed trial was resumed, not duplicated
 
 
+def test_a_diverging_trial_fails_and_is_never_chosen_and_other_errors_propagate(tmp_path, monkeypatch):
+    from sb3_nigt.experiments import runner
+    from sb3_nigt.experiments.tuning import run_study
+
+    experiment = EXPERIMENTS["decreasing"].smoke()
+    original = runner.train
+
+    def diverging(experiment, spec, *args, **kwargs):
+        if spec.alpha == 2.0**-4:
+            raise ValueError("gradient: the aggregate of round 3 has non-finite entries (NaN or inf)")
+        return original(experiment, spec, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train", diverging)
+    rows = run_study(experiment, "sync", 3, tmp_path)
+    assert {(r["alpha"], r["state"], r["chosen"]) for r in rows} == {(2.0**-4, "failed", 0), (2.0**-6, "complete", 1)}
+
+    def broken(experiment, spec, *args, **kwargs):
+        raise ValueError("learning_rate: must be > 0")
+
+    monkeypatch.setattr(runner, "train", broken)
+    with pytest.raises(ValueError, match="learning_rate"):
+        run_study(experiment, "afedpg", 3, tmp_path)
+
+
 def test_tuning_prunes_by_simulated_seconds_and_picks_the_best_complete_trial():
     from sb3_nigt.experiments.tuning import best_row, report_step, score
 

@@ -125,7 +125,9 @@ def _run_trial(experiment: Experiment, algorithm: str, n_agents: int, trial: Any
     start = time.process_time()
     try:
         facts = train(experiment, spec, report=hook, tuning=True)
-    except ValueError as error:  # a diverging α: a non-finite gradient
+    except ValueError as error:  # a diverging α: a non-finite gradient, reward or observation; anything else is a bug
+        if "non-finite" not in str(error) and "NaN" not in str(error):
+            raise
         trial.set_user_attr("error", str(error)[:200])
         trial.set_user_attr("cpu_seconds", time.process_time() - start)
         trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
