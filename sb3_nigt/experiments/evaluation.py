@@ -3,7 +3,8 @@
 A run's curves come from evaluation episodes of the current θ, not from its training trajectories (whose mean over
 the last 100 lags θ: for a slow agent that window spans a large part of the run). At every time t_k of
 :meth:`~sb3_nigt.experiments.registry.Experiment.eval_times` the policy θ(t_k) — the parameters after every update
-made before t_k — plays ``eval_episodes`` episodes with its deterministic (mean) action on a separately built copy
+made at or before t_k, except at the budget, where training stops before the update of a round that ends exactly
+then — plays ``eval_episodes`` episodes with its deterministic (mean) action on a separately built copy
 of each agent's environment, through SB3's :func:`~stable_baselines3.common.evaluation.evaluate_policy`.
 """
 
@@ -105,7 +106,7 @@ class Evaluator(BaseCallback):
 
     def _on_step(self) -> bool:
         now = float(self.model.simulated_time)  # type: ignore[attr-defined]
-        self._catch_up(now, inclusive=False)  # θ has every update made before now
+        self._catch_up(now, inclusive=False)  # θ has every update made before now (this round's comes after)
         return not self.stopped and now < self.times[-1]
 
     def _on_training_end(self) -> None:
