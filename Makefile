@@ -16,7 +16,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[plot,test,zoo,ray]"
+	$(PY) -m pip install --quiet -e ".[plot,test,zoo,ray,experiments]"
 	touch $(STAMP)
 
 install: $(STAMP)

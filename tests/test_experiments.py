@@ -11,6 +11,7 @@ import pytest
 from sb3_nigt.experiments import EXPERIMENTS
 from sb3_nigt.experiments.__main__ import main, run_experiment
 from sb3_nigt.experiments.report import RESULT_COLUMNS, area_per_second, first_reach, ratio_interval, verdict
+from sb3_nigt.experiments.tuning import study_algorithm
 
 
 def read_csv(path):
@@ -65,11 +66,14 @@ def test_every_experiment_runs_end_to_end_in_smoke_form(name, smoke_runs):
     assert {r["algorithm"] for r in rows} == set(experiment.algorithms)
     assert {int(r["n_agents"]) for r in rows} == set(experiment.n_agents)
     assert {int(r["seed"]) for r in rows} == set(experiment.seeds)
-    for r in rows:  # every run stopped at its budget: no round that ended after it is recorded
-        assert 0 < float(r["simulated_seconds"]) < experiment.seconds_for(int(r["n_agents"]))
+    for r in rows:  # every run stopped at its budget: no training round that ended after it is recorded
+        if r["curve"] == "train":
+            assert 0 < float(r["simulated_seconds"]) < experiment.seconds_for(int(r["n_agents"]))
     tuning = read_csv(out / "tuning.csv")
-    assert len(tuning) == len(experiment.algorithms) * len(experiment.alpha_grid) * len(experiment.tuning_seeds)
-    assert sum(int(r["chosen"]) for r in tuning) == len(experiment.algorithms) * len(experiment.tuning_seeds)
+    studies = {(study_algorithm(a), n) for a in experiment.algorithms for n in experiment.n_agents}
+    assert len(tuning) == sum(experiment.trials(a) for a, _ in studies)
+    assert sum(int(r["chosen"]) for r in tuning) == len(studies)
+    assert {r["state"] for r in tuning} <= {"complete", "pruned", "failed"}
     assert result["same_start"], "algorithms started from different θ_0 under one seed"
     report = (out / "report.md").read_text()
     assert experiment.claim in report and "How the full experiment differs from the paper" in report
@@ -78,10 +82,33 @@ def test_every_experiment_runs_end_to_end_in_smoke_form(name, smoke_runs):
     assert f"this smoke run (budget {experiment.simulated_seconds:g} simulated s" in report
     full = EXPERIMENTS[name]
     assert f"the full experiment's settings (budget {full.simulated_seconds:g} simulated s" in report
-    assert f"M = {experiment.batch_size}, η" in report and f"```bash\npython -m sb3_nigt.experiments {name} --smoke\n" in report
-    assert "| nan" not in report and "nan |" not in report
+    assert f"M/S grid {list(experiment.round_size_grid)}, η" in report
+    assert f"```bash\npython -m sb3_nigt.experiments {name} --smoke\n" in report
+    assert "| nan" not in report and "nan |" not in report and "CPU hours in all" in report
     if experiment.outages:
         assert "Caveat:" in report
+
+
+@pytest.mark.parametrize("name", ["heterogeneous-envs", "decreasing"])
+def test_evaluation_rows_at_the_fixed_times_for_every_agent_env(name, smoke_runs):
+    experiment, out, _ = smoke_runs(name)
+    n = experiment.n_agents[0]
+    envs = [f"agent{i}" for i in range(n)] + ["mean"] if experiment.heterogeneous_envs else ["all"]
+    times: dict = {}
+    for r in read_csv(out / "results.csv"):
+        if r["curve"] == "eval":
+            times.setdefault((r["algorithm"], r["seed"], r["env"]), []).append(float(r["simulated_seconds"]))
+    assert {key[2] for key in times} == set(envs)
+    assert len(times) == len(experiment.algorithms) * len(experiment.seeds) * len(envs)
+    for key, found in times.items():  # k · budget / eval_points, k = 0 … eval_points, for every algorithm and env
+        assert found == [experiment.seconds_for(n) * k / experiment.eval_points for k in range(experiment.eval_points + 1)], key
+    if experiment.heterogeneous_envs:  # the mean column is the equal-weighted mean of the agents' columns
+        values = {(r["algorithm"], r["seed"], r["env"], r["simulated_seconds"]): float(r["mean_return"])
+                  for r in read_csv(out / "results.csv") if r["curve"] == "eval"}
+        for (algorithm, seed, env, seconds), value in values.items():
+            if env == "mean":
+                parts = [values[(algorithm, seed, f"agent{i}", seconds)] for i in range(n)]
+                assert value == pytest.approx(sum(parts) / n, rel=1e-12)
 
 
 def test_cache_is_reused_and_one_missing_seed_is_redone(tmp_path, monkeypatch, smoke_runs):
@@ -93,24 +120,27 @@ def test_cache_is_reused_and_one_missing_seed_is_redone(tmp_path, monkeypatch, s
     experiment, smoke_out, _ = smoke_runs("decreasing")
     out = tmp_path / "decreasing"
     shutil.copytree(smoke_out, out)
+    shutil.copytree(smoke_out.parent / "cache", out.parent / "cache")
     cache = out.parent / "cache"
-    cache.mkdir()
-    for file in (smoke_out.parent / "cache").glob(f"*-{runner.settings_digest(experiment)}.csv"):
-        shutil.copy2(file, cache / file.name)
-    assert len(list(cache.iterdir())) == experiment.runs()
+    digest = runner.settings_digest(experiment)
+    for file in cache.glob("*.csv"):
+        if file.name != "costs.csv" and not file.name.endswith(f"-{digest}.csv"):
+            file.unlink()
+    assert len(list(cache.glob(f"report-*-{digest}.csv"))) == len(experiment.algorithms) * len(experiment.seeds)
     before = (out / "results.csv").read_text()
-    files = sorted(cache.glob("report-*-s1-*.csv"))
+    files = sorted(cache.glob(f"report-*-s1-*-{digest}.csv"))
     assert len(files) == len(experiment.algorithms)
     files[0].unlink()  # one run of seed 1 lost
     calls = []
-    original = runner.run_one
+    original = runner.train
 
-    def counting(experiment, spec, path):
+    def counting(experiment, spec, *args, **kwargs):
         calls.append(spec)
-        return original(experiment, spec, path)
+        return original(experiment, spec, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_one", counting)
+    monkeypatch.setattr(runner, "train", counting)
     run_experiment(experiment, out, workers=1, progress=False)
+    # the tuning studies come from their journals (no trial runs again), and only the lost run is redone
     assert len(calls) == 1 and calls[0].seed == 1 and calls[0].phase == "report"
     assert (out / "results.csv").read_text() == before  # the redone run is bit-identical (simulated clock)
 
@@ -124,6 +154,21 @@ def test_cache_is_reused_and_one_missing_seed_is_redone(tmp_path, monkeypatch, s
     report = (folder / "report.md").read_text()
     assert "python -m sb3_nigt.experiments decreasing --smoke --seeds 3" in report
     assert "seeds [0, 1, 2], tuning seeds" in report and "seeds [0, 1, 2], α grid" in report  # the run's seeds
+
+
+def test_cache_key_includes_the_engine_version(monkeypatch):
+    from sb3_nigt import version
+    from sb3_nigt.experiments.runner import RunSpec, settings_digest
+    from sb3_nigt.experiments.tuning import study_name
+
+    experiment = EXPERIMENTS["decreasing"]
+    digest, study = settings_digest(experiment), study_name(experiment, "rennala", 10)
+    spec = RunSpec("decreasing", "report", "rennala", 10, 2.0**-5, 0, 1500.0, 20)
+    monkeypatch.setattr(version, "ENGINE_VERSION", version.ENGINE_VERSION + 1)
+    assert settings_digest(experiment) != digest and study_name(experiment, "rennala", 10) != study
+    assert spec.file_name(settings_digest(experiment)) != spec.file_name(digest)
+    monkeypatch.undo()
+    assert settings_digest(experiment) == digest  # and nothing else in the key moved
 
 
 def test_a_warning_of_every_run_is_shown_once(recwarn):
@@ -163,7 +208,8 @@ def test_runs_spread_over_two_processes(name, smoke_runs):
     # The parametrized smoke test above already ran these experiments with two workers: one process pool each.
     experiment, out, result = smoke_runs(name)
     assert result["same_start"]
-    assert len(list((out.parent / "cache").glob("*.csv"))) == experiment.runs()
+    reported = len(experiment.algorithms) * len(experiment.n_agents) * len(experiment.seeds)
+    assert len(list((out.parent / "cache").glob("report-*.csv"))) == reported
 
 
 def test_command_line_list(tmp_path, capsys):
@@ -198,19 +244,184 @@ def test_verdict_rules(expected, low, high, answer):
     assert verdict(expected, low, high) == answer
 
 
-def test_no_verdict_when_the_reference_never_reaches_the_threshold():
+def _runs(curves):
+    """Synthetic reported runs: each evaluation curve as the ``all`` column, no training curve."""
+    return {key: {seed: ([], {"all": curve}) for seed, curve in by_seed.items()} for key, by_seed in curves.items()}
+
+
+def test_no_time_measure_when_the_reference_never_reaches_the_threshold():
     from sb3_nigt.experiments.report import tables
 
     experiment = EXPERIMENTS["comm"].smoke()
-    slow = [(10.0, 100, 1, -40.0), (20.0, 200, 2, -30.0)]
-    fast = [(10.0, 100, 1, -40.0), (20.0, 200, 2, -20.0)]
+    slow = [(0.0, 0, 0, -45.0), (10.0, 100, 1, -40.0), (20.0, 200, 2, -30.0)]
+    fast = [(0.0, 0, 0, -45.0), (10.0, 100, 1, -40.0), (20.0, 200, 2, -20.0)]
     curves = {("rennala", 3): {0: slow, 1: slow, 2: fast}, ("sync", 3): {0: slow, 1: slow, 2: slow},
               ("afedpg", 3): {0: fast, 1: fast, 2: fast}}
-    alphas = {key: 0.01 for key in curves}
-    _, verdicts = tables(experiment, curves, alphas)
-    at_25 = {v["algorithm"]: v["verdict"] for v in verdicts if v["threshold"] == -25.0}
-    # Rennala's median never reaches -25 (1 of 3 seeds): no verdict, even against Synchronized NIGT (0 of 3)
-    assert at_25 == {"sync": "inconclusive", "afedpg": "inconclusive"}
+    _, verdicts = tables(experiment, _runs(curves), {key: (0.01, 4) for key in curves})
+    # Rennala's median never reaches -25 (1 of 3 seeds): no time measure, only final return and area
+    for v in verdicts:
+        assert [m["name"] for m in v["measures"]] == ["final return", "area / s"]
+
+
+def _curve(values, step=10.0):
+    return [(k * step, 100 * k, k, value) for k, value in enumerate(values)]
+
+
+@pytest.mark.parametrize("case, expected, answer, straddles", [
+    ("better", "faster", "agrees", False),      # the reference reaches every threshold sooner, ends higher
+    ("worse", "faster", "disagrees", False),
+    ("same", "alike", "agrees", False),         # identical curves: every ratio 1, every difference 0
+    ("better", "alike", "disagrees", False),    # far apart: outside [2/3, 3/2] and beyond the margin
+    ("mixed", "faster", "inconclusive", True),  # better on some seeds, worse on others
+])
+def test_verdicts_on_synthetic_evaluation_curves(case, expected, answer, straddles):
+    import dataclasses
+
+    from sb3_nigt.experiments.report import tables
+
+    experiment = dataclasses.replace(EXPERIMENTS["comm"].smoke(), algorithms=("rennala", "sync"), expected_ratio=expected,
+                                     seeds=(0, 1, 2, 3, 4), simulated_seconds=40.0)
+    good, bad = _curve([-45, -30, -12, -8, -5]), _curve([-45, -44, -40, -35, -30])
+    reference = {s: good for s in range(5)}
+    other = {"better": {s: bad for s in range(5)}, "worse": {s: _curve([-45, -10, -8, -4, -2]) for s in range(5)},
+             "same": dict(reference), "mixed": {s: (bad if s % 2 else _curve([-45, -20, -9, -6, -1])) for s in range(5)}}[case]
+    if case == "worse":
+        reference = {s: _curve([-45, -30, -20, -14, -12]) for s in range(5)}
+    _, verdicts = tables(experiment, _runs({("rennala", 3): reference, ("sync", 3): other}),
+                         {("rennala", 3): (0.01, 4), ("sync", 3): (0.01, 4)})
+    (v,) = verdicts
+    assert (v["verdict"], v["straddles"]) == (answer, straddles), v["measures"]
+
+
+@pytest.mark.parametrize("measures, expected, answer", [
+    ([("time", 1.2, 2.0), ("return", 1.0, 3.0)], "faster", "agrees"),
+    ([("time", 1.2, 2.0), ("return", -3.0, -1.0)], "faster", "inconclusive"),  # the measures disagree
+    ([("time", 0.5, 0.9), ("return", -3.0, 1.0)], "faster", "disagrees"),
+    ([("time", 0.8, 1.2), ("return", -1.0, 1.0)], "alike", "agrees"),  # margin 2
+    ([("time", 0.8, 1.2), ("return", 2.5, 4.0)], "alike", "disagrees"),
+    ([("time", 0.8, 1.6), ("return", -1.0, 1.0)], "alike", "inconclusive"),
+    ([("time", math.nan, math.nan)], "faster", "inconclusive"),
+])
+def test_verdicts_combine_the_measures(measures, expected, answer):
+    from sb3_nigt.experiments.report import judge
+
+    assert judge(expected, [dict(kind=k, low=lo, high=hi) for k, lo, hi in measures], 2.0)[0] == answer
+
+
+def test_a_straddling_interval_extends_the_seeds_or_prints_the_command(tmp_path, monkeypatch, smoke_runs):
+    import dataclasses
+    import shutil
+
+    from sb3_nigt.experiments import __main__ as command
+
+    experiment, smoke_out, _ = smoke_runs("decreasing")
+    experiment = dataclasses.replace(experiment, max_seeds=3)
+    shutil.copytree(smoke_out.parent / "cache", tmp_path / "cache")  # tuning and seeds 0, 1 come from the cache
+    original = command.tables
+
+    def straddling(*args, **kwargs):
+        body, verdicts = original(*args, **kwargs)
+        return body, [dict(v, straddles=True) for v in verdicts]
+
+    monkeypatch.setattr(command, "tables", straddling)
+    printed = run_experiment(experiment, tmp_path / "printed", workers=1, progress=False, extend=False)
+    assert printed["extend_command"] == "python -m sb3_nigt.experiments decreasing --smoke --seeds 3"
+    assert printed["seeds"] == [0, 1] and "--seeds 3` for 3" in (tmp_path / "printed" / "report.md").read_text()
+    extended = run_experiment(experiment, tmp_path / "extended", workers=1, progress=False)
+    assert extended["extend_command"] is None and extended["seeds"] == [0, 1, 2]
+    assert {r["seed"] for r in read_csv(tmp_path / "extended" / "results.csv")} == {"0", "1", "2"}
+
+
+@pytest.mark.parametrize("when", ["mid-run", "before its parameters"])
+def test_tuning_resumes_from_its_storage(when, tmp_path, monkeypatch):
+    from sb3_nigt.experiments import runner, tuning
+    from sb3_nigt.experiments.tuning import grid, run_study
+
+    experiment = EXPERIMENTS["decreasing"].smoke()
+
+    def study(folder):
+        return [{k: v for k, v in row.items() if k != "cpu_seconds"} for row in run_study(experiment, "rennala", 3, folder)]
+
+    uninterrupted = study(tmp_path / "whole")
+    original, calls = runner.train, []
+    report = tuning._Trial.__call__
+
+    def counting(experiment, spec, *args, **kwargs):
+        calls.append((spec.alpha, spec.round_size))
+        return original(experiment, spec, *args, **kwargs)
+
+    def killed_in_the_third(hook, index, seconds, returns):
+        if len(calls) == 3 and index == 2:
+            raise KeyboardInterrupt  # the process dies mid-trial, after one report: the trial stays RUNNING
+        return report(hook, index, seconds, returns)
+
+    run_trial, started = tuning._run_trial, []
+
+    def killed_before_the_third(experiment, algorithm, n_agents, trial, cache):
+        started.append(trial)
+        if len(started) == 3:
+            calls.append(None)
+            raise KeyboardInterrupt  # dies between Optuna's ask and the trial's parameters: RUNNING, no params
+        return run_trial(experiment, algorithm, n_agents, trial, cache)
+
+    if when == "mid-run":
+        monkeypatch.setattr(tuning._Trial, "__call__", killed_in_the_third)
+    else:
+        monkeypatch.setattr(tuning, "_run_trial", killed_before_the_third)
+    monkeypatch.setattr(runner, "train", counting)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(experiment, "rennala", 3, tmp_path / "killed")
+    assert calls[:2] == grid(experiment, "rennala")[:2] and len(calls) == 3
+    monkeypatch.setattr(tuning._Trial, "__call__", report)
+    monkeypatch.setattr(tuning, "_run_trial", run_trial)
+    calls.clear()
+    resumed = study(tmp_path / "killed")
+    # only the killed trial and the one never started run again, and the result is the uninterrupted one's
+    assert calls == grid(experiment, "rennala")[2:]
+    assert resumed == uninterrupted
+    calls.clear()
+    assert study(tmp_path / "killed") == uninterrupted and not calls
+    name = tuning.study_name(experiment, "rennala", 3)
+    journal = tuning._open_study(tmp_path / "killed" / "tuning" / f"{name}.journal", name, experiment, 3)
+    assert len(journal.trials) == len(grid(experiment, "rennala"))  # the killed trial was resumed, not duplicated
+
+
+def test_a_diverging_trial_fails_and_is_never_chosen_and_other_errors_propagate(tmp_path, monkeypatch):
+    from sb3_nigt.experiments import runner
+    from sb3_nigt.experiments.tuning import run_study
+
+    experiment = EXPERIMENTS["decreasing"].smoke()
+    original = runner.train
+
+    def diverging(experiment, spec, *args, **kwargs):
+        if spec.alpha == 2.0**-4:
+            raise ValueError("gradient: the aggregate of round 3 has non-finite entries (NaN or inf)")
+        return original(experiment, spec, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train", diverging)
+    rows = run_study(experiment, "sync", 3, tmp_path)
+    assert {(r["alpha"], r["state"], r["chosen"]) for r in rows} == {(2.0**-4, "failed", 0), (2.0**-6, "complete", 1)}
+
+    def broken(experiment, spec, *args, **kwargs):
+        raise ValueError("learning_rate: must be > 0")
+
+    monkeypatch.setattr(runner, "train", broken)
+    with pytest.raises(ValueError, match="learning_rate"):
+        run_study(experiment, "afedpg", 3, tmp_path)
+
+
+def test_tuning_prunes_by_simulated_seconds_and_picks_the_best_complete_trial():
+    from sb3_nigt.experiments.tuning import best_row, report_step, score
+
+    assert report_step(2.5) == 3 and report_step(900.0) == 900
+    values = [(0.0, -50.0), (10.0, -40.0), (20.0, -30.0), (30.0, -20.0), (40.0, -10.0)]
+    assert score(values, 40.0) == (-30.0 - 20.0 - 10.0) / 3  # the evaluations in [20, 40]
+    assert score(values, 10.0) == -40.0
+    rows = [dict(state="complete", score=-5.0, alpha=0.25, round_size=20),
+            dict(state="complete", score=-5.0, alpha=0.125, round_size=30),
+            dict(state="pruned", score=0.0, alpha=0.5, round_size=20),
+            dict(state="failed", score=math.nan, alpha=0.5, round_size=50)]
+    assert best_row(rows) is rows[1]  # ties: the smaller α; pruned and failed trials are never chosen
 
 
 def test_outage_pace_table_against_hand_arithmetic():
@@ -225,18 +436,16 @@ def test_outage_pace_table_against_hand_arithmetic():
     assert "| Rennala NIGT | 10.0 | 5.0 | 0.50 |" in table
 
 
-def test_tuning_runs_have_no_outage_and_scores_fall_back_to_the_last_round():
-    from sb3_nigt.experiments.runner import RunSpec, build_model, tuning_score
+def test_tuning_runs_have_no_outage_and_the_twin_shares_rennalas_study():
+    from sb3_nigt.experiments.runner import RunSpec, build_model
+    from sb3_nigt.experiments.tuning import study_name
 
     experiment = EXPERIMENTS["outage"]
-    tune = build_model(experiment, RunSpec("outage", "tune", "sync", 10, 0.01, 100, 750.0))
+    tune = build_model(experiment, RunSpec("outage", "tune", "sync", 10, 0.01, 100, 750.0), tuning=True)
     report = build_model(experiment, RunSpec("outage", "report", "sync", 10, 0.01, 0, 1500.0))
     twin = build_model(experiment, RunSpec("outage", "report", "rennala-no-outage", 10, 0.01, 0, 1500.0))
     assert not tune.outages and not twin.outages and report.outages
-    rows = [(10.0, 100, 1, -40.0), (20.0, 200, 2, -30.0)]  # no round ended in the last quarter of 100 s
-    assert tuning_score(rows, 100.0) == -30.0
-    assert tuning_score(rows, 24.0) == -30.0  # the last quarter [18, 24] holds the 20 s round
-    assert tuning_score([], 100.0) == -float("inf")
+    assert study_name(experiment, "rennala-no-outage", 10) == study_name(experiment, "rennala", 10)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -291,19 +500,61 @@ def test_sigterm_leaves_no_run_behind(tmp_path):
     assert not [pid for pid in workers if _alive(pid)]
 
 
-def test_agent_budgets_give_every_n_the_gradients_of_ten_agents():
-    """Budgets scale by the compute rate Σ 1/h_i, checked against 40-digit decimals and exact fractions."""
-    from decimal import Decimal, getcontext
+def test_one_budget_and_one_evaluation_grid_for_every_n():
+    for name in ("agents-equal", "agents-heterogeneous"):
+        experiment = EXPERIMENTS[name]
+        assert {experiment.seconds_for(n) for n in experiment.n_agents} == {experiment.simulated_seconds}
+        assert len({tuple(experiment.eval_times(n)) for n in experiment.n_agents}) == 1
+    for experiment in EXPERIMENTS.values():  # the paper's protocol everywhere
+        assert len(experiment.seeds) >= 5 and experiment.max_seeds >= 10 and experiment.momentum == 0.1
+        assert experiment.alpha_grid == tuple(2.0**-k for k in range(10, 0, -1))
+        assert experiment.round_size_grid == (20, 30, 50)
+    h3 = EXPERIMENTS["heterogeneous-envs"]
+    assert (h3.env, h3.compute_times, h3.simulated_seconds) == ("Humanoid-v4", (1.0, 10.0), 18000.0)
+
+
+def test_decreasing_times_against_exact_hand_arithmetic():
+    """h_i(t) = 1 + (i − 1)/4 · 2^(−⌊t/375⌋) (last phase from 1125 s on), read exactly by the time model."""
     from fractions import Fraction
 
-    getcontext().prec = 40
-    equal, sqrt = EXPERIMENTS["agents-equal"], EXPERIMENTS["agents-heterogeneous"]
-    rate = {n: sum(1 / Decimal(i).sqrt() for i in range(1, n + 1)) for n in (10, 25, 50, 100)}
-    for n in (2, 10):
-        assert equal.seconds_for(n) == equal.simulated_seconds and sqrt.seconds_for(n) == sqrt.simulated_seconds
-    for n in (25, 50, 100):
-        assert Fraction(equal.seconds_for(n)) == Fraction(int(equal.simulated_seconds)) * 10 / n
-        seconds = Decimal(sqrt.seconds_for(n))
-        assert seconds == seconds.to_integral_value()
-        # rounded to a whole second: the gradients differ from ten agents' by at most half a second's worth
-        assert abs(seconds * rate[n] - Decimal(int(sqrt.simulated_seconds)) * rate[10]) <= rate[n] / 2
+    from sb3_nigt.clock.timing import TimingModel
+    from sb3_nigt.experiments.registry import DecreasingTimes
+
+    schedule = EXPERIMENTS["decreasing"].compute_schedule
+    assert schedule == DecreasingTimes(375.0, 4)
+    model = TimingModel(10, schedule)
+    expected = {  # (agent from 0, start seconds) → h by hand
+        (0, 0.0): Fraction(1), (9, 0.0): Fraction(13, 4), (9, 374.9): Fraction(13, 4), (9, 375.0): Fraction(17, 8),
+        (4, 750.0): Fraction(5, 4), (9, 1125.0): Fraction(41, 32), (9, 1e6): Fraction(41, 32), (1, 800.0): Fraction(17, 16),
+    }
+    for (agent, start), h in expected.items():
+        assert model.compute_time(agent, start, counter=7) == h, (agent, start)
+        assert schedule.exact(agent, start) == h
+    with pytest.raises(ValueError, match="period"):
+        DecreasingTimes(0.0)
+
+
+def test_cpu_estimate_from_measured_costs(tmp_path):
+    from sb3_nigt.experiments.cache import record_cost
+    from sb3_nigt.experiments.costs import calibrate, estimate, planned_seconds, spent
+    from sb3_nigt.experiments.tuning import expected_fraction
+
+    experiment = EXPERIMENTS["decreasing"].smoke()
+    assert estimate(tmp_path, experiment) == (None, [(a, 3) for a in experiment.algorithms])
+    # 2 CPU s per simulated s for every algorithm, from two runs each
+    for algorithm in experiment.algorithms:
+        record_cost(tmp_path, experiment, "report", algorithm, 3, 4.0, 6.0)
+        record_cost(tmp_path, experiment, "tune", algorithm, 3, 6.0, 14.0)
+    budget = experiment.simulated_seconds
+    fraction = expected_fraction(experiment, 3)
+    assert 0 < fraction < 1
+    for algorithm in experiment.algorithms:
+        assert planned_seconds(experiment, algorithm, 3) == pytest.approx(
+            experiment.trials(algorithm) * fraction * budget + len(experiment.seeds) * budget)
+    total, missing = estimate(tmp_path, experiment)
+    assert not missing and total == pytest.approx(2.0 * sum(planned_seconds(experiment, a, 3) for a in experiment.algorithms))
+    assert spent(tmp_path, experiment) == pytest.approx(3 * 20.0)
+    # a calibration measures what is missing, and is not counted as spent
+    other = EXPERIMENTS["comm"].smoke()
+    assert calibrate(other, tmp_path / "c", workers=1) == [(a, 3) for a in other.algorithms]
+    assert estimate(tmp_path / "c", other)[0] > 0 and spent(tmp_path / "c", other) == 0.0

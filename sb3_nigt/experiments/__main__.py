@@ -2,8 +2,10 @@
 
 Usage::
 
-    python -m sb3_nigt.experiments --list                 # experiments, settings, runs and cost
-    python -m sb3_nigt.experiments reacher-expensive-comm # tune α, run the reported seeds, write the report
+    python -m sb3_nigt.experiments --list                 # experiments, settings, runs and measured cost
+    python -m sb3_nigt.experiments --list --calibrate     # measure the cost of what is not measured yet
+    python -m sb3_nigt.experiments outage --list --calibrate  # the same for one experiment
+    python -m sb3_nigt.experiments reacher-expensive-comm # tune α and M, run the reported seeds, write the report
     python -m sb3_nigt.experiments outage --smoke         # a tiny version (seconds), as the tests run it
     python -m sb3_nigt.experiments outage --seeds 10      # seeds 0-9 (0-4 come from the cache)
 """
@@ -19,71 +21,82 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from sb3_nigt.experiments.registry import EXPERIMENTS, LABELS, Experiment, estimated_cpu_seconds, format_alpha
-from sb3_nigt.experiments.report import plot, summary_line, tables, write_results
-from sb3_nigt.experiments.runner import RunSpec, execute, read_run, tuning_score
+from sb3_nigt.experiments.costs import calibrate as calibrate_costs
+from sb3_nigt.experiments.costs import estimate, spent
+from sb3_nigt.experiments.registry import EXPERIMENTS, LABELS, Experiment, format_alpha
+from sb3_nigt.experiments.report import plot, summary_line, tables, verdict_lines, write_results
+from sb3_nigt.experiments.runner import RunSpec, execute, pool_map, read_run
+from sb3_nigt.experiments.tuning import run_study, study_algorithm
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sb3_nigt.experiments",
-        description="Run one of the paper's experiments (Section 6, App. H) on the simulated clock: tune α per "
-                    "algorithm on separate seeds, run the reported seeds, and write results.csv, returns.png and "
-                    "report.md (docs/reproduction.md).",
+        description="Run one of the paper's experiments (Section 6, App. H) on the simulated clock: tune α and the "
+                    "round size per algorithm and n with Optuna on a separate seed, run the reported seeds (more "
+                    "where an interval straddles its verdict's boundary), evaluate the current policy at fixed "
+                    "times, and write results.csv, tuning.csv, returns.png and report.md (docs/reproduction.md).",
     )
     parser.add_argument("name", nargs="?", choices=sorted(EXPERIMENTS), help="the experiment")
-    parser.add_argument("--list", action="store_true", help="list the experiments with their settings and cost")
+    parser.add_argument("--list", action="store_true",
+                        help="list the experiments (or the one named) with their settings and cost")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="with --list: measure the cost of every (algorithm, n) not measured yet by a short run")
     parser.add_argument("--out", default="runs/experiments", help="output folder (one subfolder per experiment)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="runs at once, one process each (default: the number of cores)")
+                        help="processes at once: tuning studies, then reported runs (default: the number of cores)")
     parser.add_argument("--seeds", type=int, default=None, metavar="N",
                         help="report seeds 0 .. N-1 instead of the experiment's own (cached seeds are reused)")
-    parser.add_argument("--smoke", action="store_true", help="a tiny budget (two α, two seeds, a few rounds)")
+    parser.add_argument("--no-extend", action="store_true",
+                        help="do not run more seeds where an interval straddles its boundary; print the command instead")
+    parser.add_argument("--smoke", action="store_true", help="a tiny budget (two α, two round sizes, two seeds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
-def list_experiments(out: Path) -> str:
-    lines = ["| name | paper | env | times | algorithms | n | budget (simulated s) | seeds | α grid | runs | "
-             "estimated CPU min | measured CPU min |", "|---|---|---|---|---|---|---:|---|---|---:|---:|---:|"]
-    for experiment in EXPERIMENTS.values():
-        spent = measured_cpu_seconds(out / experiment.name / "report.md")
-        grid = f"{format_alpha(experiment.alpha_grid[0])} … {format_alpha(experiment.alpha_grid[-1])} ({len(experiment.alpha_grid)})"
-        times = experiment.scenario if experiment.compute_times is None else f"h = {list(experiment.compute_times)}"
+def list_experiments(out: Path, workers: int = 1, calibrate: bool = False, name: Optional[str] = None) -> str:
+    """The experiments' table (or ``name``'s row): settings, runs, estimated CPU hours (from measured costs,
+    :mod:`~sb3_nigt.experiments.costs`) and the CPU hours already spent; ``calibrate`` first measures what is
+    missing."""
+    cache = out / "cache"
+    lines = ["| name | paper | env | times | algorithms | n | budget (simulated s) | seeds | grids | runs | "
+             "estimated CPU h | measured CPU h |", "|---|---|---|---|---|---|---:|---|---|---:|---:|---:|"]
+    for experiment in EXPERIMENTS.values() if name is None else [EXPERIMENTS[name]]:
+        if calibrate:
+            calibrate_costs(experiment, cache, workers)
+        estimated, missing = estimate(cache, experiment)
+        spent_seconds = spent(cache, experiment)
+        grid = (f"α {format_alpha(experiment.alpha_grid[0])} … {format_alpha(experiment.alpha_grid[-1])} × M/S "
+                f"{list(experiment.round_size_grid)}")
+        times = (experiment.scenario if experiment.compute_times is None else f"h = {list(experiment.compute_times)}")
+        times = "h_i(t) decreasing during the run" if experiment.compute_schedule is not None else times
         lines.append(
             f"| {experiment.name} | {experiment.figure} | {experiment.env} | {times} | "
             f"{', '.join(experiment.algorithms)} | {', '.join(map(str, experiment.n_agents))} | {experiment.simulated_seconds:g} | "
-            f"{len(experiment.seeds)} (+{len(experiment.tuning_seeds)} tuning) | {grid} | {experiment.runs()} | "
-            f"{estimated_cpu_seconds(experiment) / 60:,.0f} | {'–' if spent is None else f'{spent / 60:,.0f}'} |"
+            f"{len(experiment.seeds)} (≤ {experiment.max_seeds}; +{len(experiment.tuning_seeds)} tuning) | {grid} | "
+            f"{experiment.runs()} | {'not measured' if estimated is None else f'{estimated / 3600:,.2f}'} | "
+            f"{f'{spent_seconds / 3600:,.2f}' if spent_seconds else '–'} |"
         )
+    lines += ["", "Estimated: CPU seconds per simulated second measured for each algorithm and n under the same settings "
+              "(the cache's ledger), times the simulated seconds planned (tuning trials at their expected share under "
+              "successive halving, and the reported seeds). 'not measured': run `--list --calibrate` first."]
     return "\n".join(lines)
 
 
-def measured_cpu_seconds(report: Path) -> Optional[float]:
-    """The CPU seconds a finished experiment's report records (its runs' wall seconds, one core each), or None."""
-    if not report.exists():
-        return None
-    for line in report.read_text().splitlines():
-        if " CPU seconds in all" in line:
-            return float(line.split(" CPU seconds in all")[0].rsplit(" ", 1)[-1].replace(",", ""))
-    return None
-
-
 class Progress:
-    """A tqdm bar over the runs of one phase (or nothing with ``enabled=False``)."""
+    """A tqdm bar over the jobs of one phase (or nothing with ``enabled=False``)."""
 
     def __init__(self, total: int, description: str, enabled: bool):
         self.bar: Any = None
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=description, unit="run")
+            self.bar = tqdm(total=total, desc=description, unit="job")
 
-    def __call__(self, spec: RunSpec, cached: bool) -> None:
+    def __call__(self, text: str) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix_str(f"{spec.algorithm} α={format_alpha(spec.alpha)} seed {spec.seed}"
-                                     f"{' (cached)' if cached else ''}")
+            self.bar.set_postfix_str(text)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -98,7 +111,13 @@ def with_seeds(experiment: Experiment, seeds: int) -> Experiment:
     if seeds < 1 or seeds > min(experiment.tuning_seeds):
         raise ValueError(f"--seeds: must be in 1..{min(experiment.tuning_seeds)} (reported seeds 0 .. N-1 stay apart "
                          f"from the tuning seeds {list(experiment.tuning_seeds)}), got {seeds}")
-    return dataclasses.replace(experiment, seeds=tuple(range(seeds)))
+    return dataclasses.replace(experiment, seeds=tuple(range(seeds)), max_seeds=max(seeds, experiment.max_seeds))
+
+
+def command_of(experiment: Experiment, seeds: Optional[int]) -> str:
+    """The command that reports ``experiment`` (its smoke form, its ``--seeds``)."""
+    return (f"python -m sb3_nigt.experiments {experiment.name}{' --smoke' if experiment.is_smoke else ''}"
+            f"{f' --seeds {seeds}' if seeds is not None else ''}")
 
 
 def report_header(experiment: Experiment, seeds: Optional[int], same_start: bool) -> list[str]:
@@ -106,105 +125,149 @@ def report_header(experiment: Experiment, seeds: Optional[int], same_start: bool
     it differs from the paper; a smoke run (``experiment.is_smoke``) says first that its figures are meaningless.
 
     :param experiment: the experiment as run (its smoke form for ``--smoke``).
-    :param seeds: the ``--seeds`` given, if any (named in the command).
+    :param seeds: the ``--seeds`` given (or reached by the straddle rule), if any (named in the command).
     :param same_start: whether every algorithm started from the same θ_0 under each seed.
     :return: Markdown lines.
     """
-    command = (f"python -m sb3_nigt.experiments {experiment.name}{' --smoke' if experiment.is_smoke else ''}"
-               f"{f' --seeds {seeds}' if seeds is not None else ''}")
     smoke = ([f"**Smoke run: its figures are meaningless.** It only checks that the pipeline runs end to end, with "
-              f"{experiment.simulated_seconds:g} simulated seconds, M = {experiment.batch_size}, two α values and "
-              f"seeds {list(experiment.seeds)}: a few rounds, far too few to learn or to compare the algorithms. "
-              f"Run `python -m sb3_nigt.experiments {experiment.name}` for the experiment itself.", ""]
+              f"{experiment.simulated_seconds:g} simulated seconds, round sizes {list(experiment.round_size_grid)}, two "
+              f"α values and seeds {list(experiment.seeds)}: a few rounds, far too few to learn or to compare the "
+              f"algorithms. Run `python -m sb3_nigt.experiments {experiment.name}` for the experiment itself.", ""]
              if experiment.is_smoke else [])
+    times = (f" with h = {list(experiment.compute_times)}" if experiment.compute_times else "") + (
+        f" with h_i(t) = {experiment.compute_schedule}" if experiment.compute_schedule else "")
     return [
         f"## {experiment.name} ({experiment.figure}){' — smoke run' if experiment.is_smoke else ''}", "", *smoke,
         f"Claim checked{' (by the full experiment)' if experiment.is_smoke else ''}: {experiment.claim}.", "",
-        f"```bash\n{command}\n```", "",
-        f"{experiment.env}, times `{experiment.scenario}`"
-        + (f" with h = {list(experiment.compute_times)}" if experiment.compute_times else "")
+        f"```bash\n{command_of(experiment, seeds)}\n```", "",
+        f"{experiment.env}, times `{experiment.scenario}`{times}"
         + (f", outages {experiment.outages}" if experiment.outages else "")
-        + f", M = {experiment.batch_size}, η = {experiment.momentum}, budget {experiment.simulated_seconds:g} simulated s, "
-          f"seeds {list(experiment.seeds)}, tuning seeds {list(experiment.tuning_seeds)}. "
+        + f", M/S grid {list(experiment.round_size_grid)}, η = {experiment.momentum}, budget "
+          f"{experiment.simulated_seconds:g} simulated s, seeds {list(experiment.seeds)}, tuning seeds "
+          f"{list(experiment.tuning_seeds)}, evaluation every {experiment.simulated_seconds / experiment.eval_points:g} "
+          f"simulated s ({experiment.eval_episodes} deterministic episodes per agent environment). "
           f"Every algorithm started from the same θ_0 under each seed: {'yes' if same_start else 'NO'}.", "",
         (f"Smoke settings: {experiment.settings()} stand for {experiment.differences}" if experiment.is_smoke
          else f"How it differs from the paper: {experiment.differences}"), "",
     ]
 
 
+def tune(experiment: Experiment, cache: Path, workers: int, progress: bool) -> list[dict[str, Any]]:
+    """Run (or resume) one Optuna study per tuned algorithm and n, ``workers`` at a time; return every trial row
+    (:func:`~sb3_nigt.experiments.tuning.run_study`) with ``n_agents`` added."""
+    studies = sorted({(study_algorithm(a), n) for a in experiment.algorithms for n in experiment.n_agents})
+    bar = Progress(len(studies), f"{experiment.name}: tuning", progress)
+    rows: list[dict[str, Any]] = []
+
+    def done(key: tuple[str, int], found: list[dict[str, Any]]) -> None:
+        rows.extend(dict(row, n_agents=key[1]) for row in found)
+        bar(f"{key[0]} n={key[1]}")
+
+    failures = pool_map({key: (run_study, (experiment, key[0], key[1], cache)) for key in studies}, workers, done)
+    bar.close()
+    if failures:
+        raise RuntimeError(f"{len(failures)} tuning stud(ies) failed (finished trials are kept): " + "; ".join(failures))
+    return sorted(rows, key=lambda r: (r["algorithm"], r["n_agents"], r["alpha"], r["round_size"]))
+
+
+def chosen_configs(experiment: Experiment, rows: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[float, int]]:
+    """(α, round size) of every (algorithm, n): its study's chosen point.
+
+    :raises RuntimeError: for a study without a completed trial (every trial diverged or failed).
+    """
+    configs = {}
+    for algorithm in experiment.algorithms:
+        for n in experiment.n_agents:
+            chosen = [r for r in rows if r["algorithm"] == study_algorithm(algorithm) and r["n_agents"] == n and r["chosen"]]
+            if not chosen:
+                raise RuntimeError(f"tuning: no trial of {algorithm} at n = {n} completed (see tuning.csv)")
+            configs[(algorithm, n)] = (chosen[0]["alpha"], chosen[0]["round_size"])
+    return configs
+
+
+def report_runs(experiment: Experiment, configs: dict[tuple[str, int], tuple[float, int]], cache: Path,
+                workers: int, progress: bool) -> tuple[dict, bool]:
+    """Run (or read from the cache) every reported seed; return the curves by (algorithm, n) and seed, and
+    whether every algorithm started from the same θ_0 under each seed."""
+    specs = [RunSpec(experiment.name, "report", a, n, configs[(a, n)][0], seed, experiment.seconds_for(n), configs[(a, n)][1])
+             for n in experiment.n_agents for a in experiment.algorithms for seed in experiment.seeds]
+    bar = Progress(len(specs), f"{experiment.name}: reported seeds", progress)
+    paths = execute(experiment, specs, cache, workers,
+                    lambda spec, cached: bar(f"{spec.algorithm} n={spec.n_agents} seed {spec.seed}{' (cached)' if cached else ''}"))
+    bar.close()
+    runs: dict[tuple[str, int], dict[int, Any]] = {}
+    theta0: dict[tuple[int, int], set[str]] = {}
+    for spec in specs:
+        facts, training, evaluation = read_run(paths[spec])
+        runs.setdefault((spec.algorithm, spec.n_agents), {})[spec.seed] = (training, evaluation)
+        theta0.setdefault((spec.seed, spec.n_agents), set()).add(facts["theta0"])
+    return runs, all(len(digests) == 1 for digests in theta0.values())
+
+
+def write_tuning(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = ["algorithm", "n_agents", "alpha", "round_size", "state", "score", "seconds", "cpu_seconds", "chosen"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({key: row[key] for key in columns} for row in rows)
+
+
 def run_experiment(experiment: Experiment, out: Path, workers: int, progress: bool = True,
-                   seeds: Optional[int] = None) -> dict[str, Any]:
-    """Tune α, run the reported seeds, write the outputs in ``out``; return a summary (paths, α, verdicts).
-    ``seeds``: the ``--seeds`` given, if any (only named in the report's command; ``experiment`` has them)."""
+                   seeds: Optional[int] = None, extend: bool = True) -> dict[str, Any]:
+    """Tune, run the reported seeds, judge; where an interval straddles its verdict's boundary and fewer than
+    ``experiment.max_seeds`` seeds were reported, run seeds up to ``max_seeds`` and judge again (``extend``) or
+    print the command that does. Write the outputs in ``out``; return a summary (paths, configurations, verdicts,
+    ``extend_command`` when seeds are still wanted)."""
     out.mkdir(parents=True, exist_ok=True)
     cache = out.parent / "cache"  # shared by the experiments of one --out: identical runs are computed once
     start = time.perf_counter()
-    tune_n = experiment.tune_at or experiment.n_agents[0]
-    tune_seconds = experiment.seconds_for(tune_n) * experiment.tuning_fraction
-    tuning = [RunSpec(experiment.name, "tune", algorithm, tune_n, alpha, seed, tune_seconds)
-              for algorithm in experiment.algorithms for alpha in experiment.alpha_grid for seed in experiment.tuning_seeds]
-    bar = Progress(len(tuning), f"{experiment.name}: tuning α", progress)
-    paths = execute(experiment, tuning, cache, workers, bar)
-    tuning_paths = paths
-    bar.close()
-    chosen: dict[str, float] = {}
-    with open(out / "tuning.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["algorithm", "n_agents", "alpha", "seed", "score", "chosen"])
-        for algorithm in experiment.algorithms:
-            scores: dict[float, list[float]] = {}
-            for spec in tuning:
-                if spec.algorithm == algorithm:
-                    scores.setdefault(spec.alpha, []).append(tuning_score(read_run(paths[spec])[1], tune_seconds))
-            best = max(sorted(scores), key=lambda a: (sum(scores[a]) / len(scores[a]), -a))  # ties: the smaller α
-            chosen[algorithm] = best
-            for spec in tuning:
-                if spec.algorithm == algorithm:
-                    score = tuning_score(read_run(paths[spec])[1], tune_seconds)
-                    writer.writerow([algorithm, tune_n, spec.alpha, spec.seed, score, int(spec.alpha == best)])
-    reported = [RunSpec(experiment.name, "report", algorithm, n, chosen[algorithm], seed, experiment.seconds_for(n))
-                for n in experiment.n_agents for algorithm in experiment.algorithms for seed in experiment.seeds]
-    bar = Progress(len(reported), f"{experiment.name}: reported seeds", progress)
-    paths = execute(experiment, reported, cache, workers, bar)
-    bar.close()
-    curves: dict[tuple[str, int], dict[int, list]] = {}
-    theta0: dict[int, set[str]] = {}
-    for spec in reported:
-        facts, rows = read_run(paths[spec])
-        curves.setdefault((spec.algorithm, spec.n_agents), {})[spec.seed] = rows
-        theta0.setdefault(spec.seed * 1000 + spec.n_agents, set()).add(facts["theta0"])
-    same_start = all(len(digests) == 1 for digests in theta0.values())
-    alphas = {(algorithm, n): chosen[algorithm] for algorithm in experiment.algorithms for n in experiment.n_agents}
-    write_results(out / "results.csv", experiment, curves, alphas)
-    plot(out / "returns.png", experiment, curves)
-    body, verdicts = tables(experiment, curves, alphas)
-    cpu = sum(float(read_run(path)[0].get("wall_seconds", 0.0)) for path in set(paths.values()) | {tuning_paths[s] for s in tuning})
+    rows = tune(experiment, cache, workers, progress)
+    write_tuning(out / "tuning.csv", rows)
+    configs = chosen_configs(experiment, rows)
+    runs, same_start = report_runs(experiment, configs, cache, workers, progress)
+    body, verdicts = tables(experiment, runs, configs)
+    wanted = any(v["straddles"] for v in verdicts) and len(experiment.seeds) < experiment.max_seeds
+    extend_command = None
+    if wanted and extend:
+        experiment = dataclasses.replace(experiment, seeds=tuple(range(experiment.max_seeds)))
+        seeds = experiment.max_seeds
+        runs, same_start = report_runs(experiment, configs, cache, workers, progress)
+        body, verdicts = tables(experiment, runs, configs)
+    elif wanted:
+        extend_command = command_of(experiment, experiment.max_seeds)
+    write_results(out / "results.csv", experiment, runs, configs)
+    plot(out / "returns.png", experiment, runs)
+    cpu = spent(cache, experiment)
     header = report_header(experiment, seeds, same_start)
     header += [
-        "α chosen: " + ", ".join(f"{LABELS.get(a, a)} {format_alpha(chosen[a])}" for a in experiment.algorithms)
-        + f" (tuning.csv). {len(paths) + len(tuning)} runs, {cpu:,.0f} CPU seconds in all "
-          f"({time.perf_counter() - start:,.0f} wall seconds for this command, cached runs excluded).", "",
+        "Tuned (tuning.csv; Optuna, successive halving over simulated seconds): "
+        + ", ".join(f"{LABELS.get(a, a)} α = {format_alpha(configs[(a, n)][0])}, M/S = {configs[(a, n)][1]} at n = {n}"
+                    for n in experiment.n_agents for a in experiment.algorithms)
+        + f". CPU time: {cpu / 3600:,.2f} CPU hours in all ({cpu:,.0f} CPU seconds in all: tuning trials and "
+          f"reported runs, measured; {time.perf_counter() - start:,.0f} wall seconds for this command, cached work "
+          "excluded).", "",
         "![returns](returns.png)", "",
     ]
-    verdict_lines = ["Verdicts (ratio of simulated times to a threshold against the reference, 90% interval; "
-                     "rule in docs/reproduction.md):", ""]
-    verdict_lines += [f"- n = {v['n']}, return {v['threshold']:g}, {LABELS.get(v['algorithm'], v['algorithm'])}: "
-                      f"{v['verdict']}" for v in verdicts]
-    (out / "report.md").write_text("\n".join(header) + body + "\n" + "\n".join(verdict_lines) + "\n")
-    line = summary_line(experiment, verdicts)
-    return {"alphas": chosen, "verdicts": verdicts, "summary": line, "same_start": same_start, "out": out}
+    verdict_text = ["Verdicts (time to each threshold, final return and area per second together, 90% paired "
+                    "bootstrap intervals; rule in docs/reproduction.md):", "", *verdict_lines(verdicts)]
+    if extend_command:
+        verdict_text += ["", f"An interval straddles its boundary with {len(experiment.seeds)} seeds: run "
+                             f"`{extend_command}` for {experiment.max_seeds}."]
+    (out / "report.md").write_text("\n".join(header) + body + "\n" + "\n".join(verdict_text) + "\n")
+    return {"configs": configs, "verdicts": verdicts, "summary": summary_line(experiment, verdicts),
+            "same_start": same_start, "out": out, "extend_command": extend_command, "seeds": list(experiment.seeds)}
 
 
 def main(argv: Optional[list[str]] = None) -> Optional[dict[str, Any]]:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
+    if args.workers < 1:
+        build_parser().error(f"--workers: must be >= 1, got {args.workers}")
     if args.list:
-        print(list_experiments(out))
+        print(list_experiments(out, args.workers, args.calibrate, args.name))
         return None
     if args.name is None:
         build_parser().error("name an experiment, or --list")
-    if args.workers < 1:
-        build_parser().error(f"--workers: must be >= 1, got {args.workers}")
     experiment = EXPERIMENTS[args.name]
     if args.smoke:
         experiment = experiment.smoke()
@@ -215,9 +278,11 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict[str, Any]]:
             build_parser().error(str(exc))
     folder = out / (args.name + ("-smoke" if args.smoke else ""))
     result = run_experiment(experiment, folder, args.workers, progress=not args.no_progress and sys.stderr.isatty(),
-                            seeds=args.seeds)
+                            seeds=args.seeds, extend=not args.no_extend)
     print((folder / "report.md").read_text())
-    print(f"wrote {folder}/: results.csv, tuning.csv, returns.png, report.md, cache/")
+    print(f"wrote {folder}/: results.csv, tuning.csv, returns.png, report.md; cache in {out / 'cache'}/")
+    if result["extend_command"]:
+        print(f"an interval straddles its boundary: run `{result['extend_command']} --out {out}` for more seeds")
     return result
 
 

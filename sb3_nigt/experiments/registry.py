@@ -1,19 +1,22 @@
-"""The paper's experiments (Section 6 and App. H), and one of our own, as data (docs/reproduction.md).
+"""The paper's experiments (Section 6 and App. H), and two of our own, as data (docs/reproduction.md).
 
-Each :class:`Experiment` fixes everything a run needs except the learning rate α, which is tuned per experiment
-and per algorithm on the grid 2^-10 … 2^-1 with seeds kept apart from the reported ones.
+Each :class:`Experiment` fixes everything a run needs except the learning rate α and the round size (M for Rennala
+NIGT, S for Malenia NIGT), which are tuned per experiment, per algorithm and per n on the paper's grids
+(α ∈ 2^-10 … 2^-1, M, S ∈ {20, 30, 50}) with tuning seeds kept apart from the reported ones
+(:mod:`sb3_nigt.experiments.tuning`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any, Optional
 
 #: α grid of the paper (App. H): 2^-10, 2^-9, …, 2^-1.
 ALPHA_GRID: tuple[float, ...] = tuple(2.0**-k for k in range(10, 0, -1))
-#: the α grid of the expensive experiments (every other point of the paper's grid).
-COARSE_ALPHA_GRID: tuple[float, ...] = tuple(2.0**-k for k in (9, 7, 5, 3))
+#: M = M_init grid of the paper (App. H), used as Rennala NIGT's M and Malenia NIGT's S.
+ROUND_SIZE_GRID: tuple[int, ...] = (20, 30, 50)
 
 #: algorithm label → (class key of :data:`sb3_nigt.compare.ALGORITHMS`, extra constructor arguments).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -24,6 +27,43 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 LABELS = {"rennala": "Rennala NIGT", "malenia": "Malenia NIGT", "sync": "Synchronized NIGT", "afedpg": "AFedPG",
           "rennala-no-outage": "Rennala NIGT, no outage"}
+#: The algorithms whose round size (M, or S for Malenia NIGT) is tuned; the others have none (Synchronized NIGT's
+#: batch is n, AFedPG updates per gradient) and keep M_init = the grid's smallest value for their warm-up round.
+ROUND_SIZE_TUNED = ("rennala", "malenia", "rennala-no-outage")
+
+
+@dataclass(frozen=True)
+class DecreasingTimes:
+    """Compute times that decrease during the run (our reading of Fig. 8), in the time model's callable form.
+
+    h_i(t) = 1 + (i − 1)/4 · 2^(−k), k = min(⌊t / ``period``⌋, ``phases`` − 1), agents i = 1..n: at the start the
+    agents take 1, 1.25, …, 1 + (n − 1)/4 seconds per gradient (3.25 s at n = 10, close to √10 ≈ 3.16 of Fig. 5);
+    every ``period`` seconds each agent's excess over 1 s halves, so the slow agents catch up and the spread of
+    times shrinks from ×3.25 to ×1.28 (n = 10, 4 phases). Every value is a dyadic rational, read exactly by
+    :class:`~sb3_nigt.clock.timing.TimingModel` (a float prints as its exact decimal).
+
+    :param period: seconds per phase (> 0).
+    :param phases: number of phases (>= 1); the last lasts until the run ends.
+    :raises ValueError: ``period:`` or ``phases:`` out of range.
+    """
+
+    period: float
+    phases: int = 4
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.period) and self.period > 0):
+            raise ValueError(f"period: must be a finite number of seconds > 0, got {self.period!r}")
+        if self.phases < 1:
+            raise ValueError(f"phases: must be an integer >= 1, got {self.phases!r}")
+
+    def exact(self, agent: int, start: float) -> Fraction:
+        """h of ``agent`` (from 0) for a gradient starting at ``start`` simulated seconds, as an exact rational."""
+        phase = min(int(start // self.period), self.phases - 1)
+        return 1 + Fraction(agent, 4) / 2**phase
+
+    def __call__(self, agent: int, start: float, counter: int) -> float:
+        """The time model's callable form: seconds per gradient (the counter is not used)."""
+        return float(self.exact(agent, start))
 
 
 @dataclass(frozen=True)
@@ -37,41 +77,34 @@ class Experiment:
     :param scenario: compute/communication times, a key of :data:`sb3_nigt.compare.SCENARIOS` (h_i, κ_i in
         seconds; docs/algorithms.md).
     :param algorithms: labels of :data:`VARIANTS` (plus ``"rennala-no-outage"`` when ``outages`` is set); the
-        first is the reference of every ratio.
-    :param simulated_seconds: budget of every reported run, in simulated seconds (each n of ``n_agents``).
-    :param n_agents: the numbers of agents; one set of runs per n.
+        first is the reference of every comparison.
+    :param simulated_seconds: budget of every run (tuning and reported, every n), in simulated seconds.
+    :param n_agents: the numbers of agents; one tuning and one set of reported runs per n.
     :param compute_times: h_i overriding the scenario's (seconds per gradient), or None.
+    :param compute_schedule: h_i(t) overriding both (the time model's callable form), or None.
     :param heterogeneous_envs: App. H.3 agents: agent i observes [(−1)^i · o, i].
     :param outages: ``{agent: [(start, end)]}`` in simulated seconds, for every algorithm but
-        ``"rennala-no-outage"``.
-    :param batch_size: M = M_init.
-    :param momentum: η.
-    :param thresholds: returns whose first crossing is timed, fixed before any run (docs/reproduction.md says how).
-    :param seeds: reported seeds.
-    :param tuning_seeds: seeds of the α tuning runs (never reported).
+        ``"rennala-no-outage"`` (reported runs only: tuning runs have every agent).
+    :param momentum: η (not tuned: the paper found 0.1 best on Humanoid).
+    :param thresholds: returns whose first crossing by the evaluation curve is timed, fixed before any run.
+    :param return_margin: "alike" tolerance on final return and area per second, in return units; None: a quarter
+        of the span of ``thresholds`` (fixed with them).
+    :param seeds: reported seeds (at least 5; extended to ``max_seeds`` where an interval straddles a boundary).
+    :param max_seeds: the reported seeds when an interval straddles its verdict's boundary.
+    :param tuning_seeds: seeds of the tuning runs (never reported); each study uses the first.
     :param alpha_grid: α values tried.
-    :param tuning_fraction: tuning runs last this fraction of ``simulated_seconds``.
-    :param tune_at: the n at which α is tuned (reused for the other n); None: the first of ``n_agents``.
+    :param round_size_grid: M (Rennala NIGT) or S (Malenia NIGT) values tried; the other algorithms use its first
+        value as M_init.
+    :param eval_points: evaluations at k · budget / ``eval_points`` simulated seconds, k = 0 … ``eval_points``.
+    :param eval_episodes: evaluation episodes per agent environment and evaluation time.
     :param max_steps: a cap on environment steps per run (a safety net; the simulated budget ends runs first).
     :param differences: how this experiment differs from the paper's.
-    :param budget_per_agents: scale the budget of n > 10 agents by the agents' compute rate Σ 1/h_i at n = 10
-        over that at n (see :meth:`seconds_for`), so that every n gets about the same number of gradients.
-    :param expected_ratio: what the claim expects of time(other) / time(reference): ``"faster"`` (above 1),
-        ``"alike"`` (near 1) or ``"outage"`` (the reference and its no-outage twin alike, the others slower).
+    :param expected_ratio: what the claim expects of the other algorithms against the reference: ``"faster"``
+        (the reference better), ``"alike"`` or ``"outage"`` (the reference and its no-outage twin alike, the
+        others worse).
     :param is_smoke: a smoke run (:meth:`smoke`): a pipeline check whose figures are meaningless; ``differences``
         then describes the full experiment it stands for.
     """
-
-    def seconds_for(self, n_agents: int) -> float:
-        """The budget of a run with n agents, in simulated seconds.
-
-        With ``budget_per_agents`` and n > 10: ``simulated_seconds`` × Σ_{i≤10} 1/h_i / Σ_{i≤n} 1/h_i, rounded to
-        whole seconds, so that n agents compute about as many gradients as 10 do in ``simulated_seconds``
-        (10/n for equal times; for h_i = √i, 1000 s at n = 10 becomes 581, 394 and 270 s at n = 25, 50, 100).
-        """
-        if not self.budget_per_agents or n_agents <= 10:
-            return self.simulated_seconds
-        return float(round(self.simulated_seconds * compute_rate(self, 10) / compute_rate(self, n_agents)))
 
     name: str
     figure: str
@@ -82,62 +115,89 @@ class Experiment:
     simulated_seconds: float
     n_agents: tuple[int, ...] = (10,)
     compute_times: Optional[tuple[float, ...]] = None
+    compute_schedule: Optional[DecreasingTimes] = None
     heterogeneous_envs: bool = False
     outages: Optional[dict[int, list[tuple[float, float]]]] = None
-    batch_size: int = 20
     momentum: float = 0.1
     thresholds: tuple[float, ...] = ()
+    return_margin: Optional[float] = None
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    max_seeds: int = 10
     tuning_seeds: tuple[int, ...] = (100,)
     alpha_grid: tuple[float, ...] = ALPHA_GRID
-    tuning_fraction: float = 0.5
-    tune_at: Optional[int] = None
-    max_steps: int = 20_000_000
+    round_size_grid: tuple[int, ...] = ROUND_SIZE_GRID
+    eval_points: int = 20
+    eval_episodes: int = 5
+    max_steps: int = 50_000_000
     differences: str = ""
-    budget_per_agents: bool = False
-    expected_ratio: str = "faster"  # "faster": the reference should need less time; "alike": about the same
+    expected_ratio: str = "faster"
     notes: tuple[str, ...] = field(default_factory=tuple)
     is_smoke: bool = False
 
+    def seconds_for(self, n_agents: int) -> float:
+        """The budget of a run with n agents, in simulated seconds: the same for every n."""
+        return self.simulated_seconds
+
+    def eval_times(self, n_agents: int) -> list[float]:
+        """The evaluation times k · budget / ``eval_points``, k = 0 … ``eval_points`` (simulated seconds): the same
+        for every algorithm of the experiment."""
+        budget = self.seconds_for(n_agents)
+        return [budget * k / self.eval_points for k in range(self.eval_points + 1)]
+
+    def margin(self) -> float:
+        """The "alike" tolerance on returns (``return_margin``, or a quarter of the thresholds' span)."""
+        if self.return_margin is not None:
+            return self.return_margin
+        return (max(self.thresholds) - min(self.thresholds)) / 4 if len(self.thresholds) > 1 else 1.0
+
+    def round_sizes(self, algorithm: str) -> tuple[int, ...]:
+        """The round sizes tuned for ``algorithm``: the grid for Rennala and Malenia NIGT, else its first value."""
+        return self.round_size_grid if algorithm in ROUND_SIZE_TUNED else self.round_size_grid[:1]
+
+    def trials(self, algorithm: str) -> int:
+        """Tuning trials of one study (one algorithm at one n): α values × round sizes."""
+        return len(self.alpha_grid) * len(self.round_sizes(algorithm))
+
     def runs(self) -> int:
-        """Runs in all: tuning (algorithms × α × tuning seeds, at one n) and reported (algorithms × n × seeds)."""
-        return len(self.algorithms) * (len(self.alpha_grid) * len(self.tuning_seeds) + len(self.n_agents) * len(self.seeds))
+        """Runs in all: tuning trials (per algorithm and n, some pruned early) and reported runs."""
+        return sum(len(self.n_agents) * (self.trials(a) + len(self.seeds)) for a in self.algorithms)
 
     def smoke(self) -> "Experiment":
-        """The same experiment with a tiny budget: two α values, one tuning seed, two seeds, a few rounds, small n."""
+        """The same experiment with a tiny budget: two α values, two round sizes, two seeds, a few rounds, small n."""
         n_agents = tuple(sorted({min(n, 3) for n in self.n_agents} | ({2} if len(self.n_agents) > 1 else set())))
         compute = self.compute_times
         outages = None if self.outages is None else {0: [(1.0, 3.0)]}
         # A few rounds: a round with expensive communication takes tens of seconds (κ_i = √i·d^¼). With h = (1, 10)
         # a Rennala round needs M >= 11 for the slow agent to contribute (the equal-weighted return needs both).
         smoke_seconds = {"expensive-comm": 120.0, "comm": 15.0}.get(self.scenario, 10.0) if compute is None else 45.0
+        schedule = None if self.compute_schedule is None else DecreasingTimes(smoke_seconds / 4)
         tiny = Experiment(
             name=self.name, figure=self.figure, claim=self.claim, env=self.env, scenario=self.scenario,
             algorithms=self.algorithms, simulated_seconds=smoke_seconds, n_agents=n_agents,
-            compute_times=compute, heterogeneous_envs=self.heterogeneous_envs, outages=outages, batch_size=4 if compute is None else 12,
-            momentum=self.momentum, thresholds=self.thresholds, seeds=(0, 1), tuning_seeds=(100,),
-            alpha_grid=(2.0**-6, 2.0**-4), tuning_fraction=0.5, tune_at=None, max_steps=5_000,
-            expected_ratio=self.expected_ratio, notes=self.notes, budget_per_agents=self.budget_per_agents, is_smoke=True,
+            compute_times=compute, compute_schedule=schedule, heterogeneous_envs=self.heterogeneous_envs,
+            outages=outages, momentum=self.momentum, thresholds=self.thresholds, return_margin=self.return_margin,
+            seeds=(0, 1), max_seeds=2, tuning_seeds=(100,), alpha_grid=(2.0**-6, 2.0**-4),
+            round_size_grid=(4, 6) if compute is None else (12, 14), eval_points=4, eval_episodes=1, max_steps=5_000,
+            expected_ratio=self.expected_ratio, notes=self.notes, is_smoke=True,
         )
         return replace(tiny, differences=f"the full experiment's {self.settings()}. How the full experiment differs "
                                          f"from the paper: {self.differences}")
 
     def settings(self) -> str:
-        """The run's settings in words: budget, n, M, outages, seeds and α grid (the report's header uses them)."""
+        """The run's settings in words: budget, n, grids, outages and seeds (the report's header uses them)."""
         outages = "".join(f", agent {agent} away {', '.join(f'{a:g}–{b:g} s' for a, b in windows)}"
                           for agent, windows in (self.outages or {}).items())
         grid = ", ".join(format_alpha(alpha) for alpha in self.alpha_grid)
         return (f"{'this smoke run' if self.is_smoke else 'settings'} (budget {self.simulated_seconds:g} simulated s, "
-                f"n = {', '.join(map(str, self.n_agents))}, M = {self.batch_size}{outages}, seeds "
+                f"n = {', '.join(map(str, self.n_agents))}, M/S grid {list(self.round_size_grid)}{outages}, seeds "
                 f"{list(self.seeds)}, α grid {grid})")
 
 
-# Budgets: chosen so that every experiment takes about an hour or less on 2 cores of this project's machine (the
-# estimate of --list is measured there: steps per simulated second and steps per wall second at θ_0).
-_COMMON = ("Same θ_0 for every algorithm under a seed; η = 0.1; M = M_init = 20 (not tuned over {20, 30, 50}); "
-           "α tuned per algorithm on one tuning seed (100) with half the budget, by the mean training return over "
-           "the last quarter of the tuning run; the curve is the mean return of the last 100 training trajectories "
-           "(no separate evaluation episodes); horizon = the environment's time limit.")
+_COMMON = ("Same θ_0 for every algorithm under a seed; η = 0.1 (not tuned over {0.001, 0.01, 0.1}: the paper found "
+           "0.1 best on Humanoid, and a third grid axis would triple the tuning cost); α on the full grid and M "
+           "(Rennala NIGT) or S (Malenia NIGT) over {20, 30, 50}, tuned per algorithm and per n on one tuning seed "
+           "(100) with successive halving over simulated seconds (Optuna); curves and verdicts from deterministic "
+           "evaluation episodes of the current θ at 21 fixed times; horizon = the environment's time limit.")
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
@@ -151,10 +211,9 @@ def _add(experiment: Experiment) -> None:
     EXPERIMENTS[experiment.name] = experiment
 
 
-#: Humanoid budgets, in simulated seconds (the three took 13 to 88 CPU minutes, 1.2 to 3.7 times their estimates, on
-#: a shared machine). By the time model's arithmetic a round of M = 20 gradients takes 2 s with equal times, about
-#: 6 s with communication and about 30 s with expensive communication (Humanoid's d = 30,498: d^¼ ≈ 13.2), so these
-#: give roughly 250, 500 and 160 Rennala rounds.
+#: Humanoid budgets, in simulated seconds. By the time model's arithmetic a round of M = 20 gradients takes 2 s with
+#: equal times, about 6 s with communication and about 30 s with expensive communication (Humanoid's d = 30,498:
+#: d^¼ ≈ 13.2), so these give roughly 250, 500 and 160 Rennala rounds at M = 20.
 _HUMANOID_BUDGET = {"equal": 500.0, "comm": 3000.0, "expensive-comm": 5000.0}
 
 for _scenario, _figure, _claim, _expect in (
@@ -165,31 +224,23 @@ for _scenario, _figure, _claim, _expect in (
     _add(Experiment(
         name=f"humanoid-{_scenario}", figure=_figure, claim=_claim, env="Humanoid-v4", scenario=_scenario,
         algorithms=("rennala", "sync", "afedpg"), simulated_seconds=_HUMANOID_BUDGET[_scenario],
-        thresholds=(150.0, 250.0, 350.0),
-        seeds=(0, 1, 2), alpha_grid=COARSE_ALPHA_GRID, expected_ratio=_expect,
-        differences=_COMMON + " Humanoid is the paper's main task but costs ~1 ms per step here: 3 seeds (not 5), "
-                              "the coarse α grid 2^-9, 2^-7, 2^-5, 2^-3, and a budget far shorter than the paper's.",
+        thresholds=(150.0, 250.0, 350.0), expected_ratio=_expect,
+        differences=_COMMON + " A budget far shorter than the paper's.",
     ))
 
-for _env, _budget, _thresholds in (
-    ("Reacher-v4", 3000.0 * _COMM_BUDGET["expensive-comm"], (-25.0, -15.0, -10.0)),
-    ("Walker2d-v4", 3000.0 * _COMM_BUDGET["expensive-comm"], (200.0, 300.0, 400.0)),
-    ("Hopper-v4", 3000.0 * _COMM_BUDGET["expensive-comm"], (200.0, 400.0, 600.0)),
-):
+for _env, _thresholds in (("Reacher-v4", (-25.0, -15.0, -10.0)), ("Walker2d-v4", (200.0, 300.0, 400.0)),
+                          ("Hopper-v4", (200.0, 400.0, 600.0))):
     _add(Experiment(
         name=f"{_env.split('-')[0].lower()}-expensive-comm", figure="Fig. 3",
         claim="with expensive communication Rennala NIGT is fastest; the lead is large on Reacher, small on Walker2d and Hopper",
-        env=_env, scenario="expensive-comm", algorithms=("rennala", "sync", "afedpg"), simulated_seconds=_budget,
-        thresholds=_thresholds, alpha_grid=ALPHA_GRID if _env == "Reacher-v4" else COARSE_ALPHA_GRID,
-        differences=_COMMON + ("" if _env == "Reacher-v4" else " Coarse α grid (2^-9, 2^-7, 2^-5, 2^-3).")
-                    + " A budget far shorter than the paper's.",
+        env=_env, scenario="expensive-comm", algorithms=("rennala", "sync", "afedpg"),
+        simulated_seconds=3000.0 * _COMM_BUDGET["expensive-comm"], thresholds=_thresholds,
+        differences=_COMMON + " A budget far shorter than the paper's.",
     ))
 
-#: Budgets at n = 10, in simulated seconds (scaled for larger n by Experiment.seconds_for: × 10/n for equal times;
-#: 581, 394 and 270 s at n = 25, 50, 100 for h_i = √i). Equal times compute Σ 1/h_i = 10 gradients per second at
-#: n = 10, twice the √i scenario's 5.0, so 500 s gives agents-equal the gradients agents-heterogeneous gets in
-#: 1000 s. agents-heterogeneous's first run scaled by 10/n for √i too, which gave n = 100 only 37% of n = 10's
-#: gradients (docs/reproduction.md).
+#: One budget for every n (simulated seconds). Equal times compute Σ 1/h_i = 10 gradients per second at n = 10,
+#: twice the √i scenario's 5.0, so 500 s gives agents-equal the gradients agents-heterogeneous gets in 1000 s at n = 10;
+#: larger n compute more gradients in the same time, as in the paper's figures (x axis: time).
 _AGENTS_BUDGET = {"equal": 500.0, "heterogeneous": 1000.0}
 
 for _scenario, _figure, _expect in (("equal", "Fig. 4", "alike"), ("heterogeneous", "Fig. 5", "faster")):
@@ -198,12 +249,11 @@ for _scenario, _figure, _expect in (("equal", "Fig. 4", "alike"), ("heterogeneou
         claim=("with equal times the methods stay alike as n grows to 100" if _expect == "alike"
                else "with heterogeneous times (√i) Rennala NIGT stays fastest as n grows to 100"),
         env="Reacher-v4", scenario=_scenario, algorithms=("rennala", "sync", "afedpg"),
-        simulated_seconds=_AGENTS_BUDGET[_scenario], n_agents=(10, 25, 50, 100), thresholds=(-25.0, -15.0, -10.0), seeds=(0, 1, 2), alpha_grid=COARSE_ALPHA_GRID,
-        tune_at=10, expected_ratio=_expect, budget_per_agents=True,
+        simulated_seconds=_AGENTS_BUDGET[_scenario], n_agents=(10, 25, 50, 100), thresholds=(-25.0, -15.0, -10.0),
+        expected_ratio=_expect,
         differences=_COMMON + " The paper's environment for this figure is not in our sources: Reacher-v4 here. "
-                              "α is tuned once, at n = 10, on the coarse grid, and reused for n = 25, 50, 100; 3 seeds; "
-                              f"the budget is {_AGENTS_BUDGET[_scenario]:.0f} simulated s at n = 10, scaled for larger n by "
-                              "the agents' compute rate Σ 1/h_i so that every n gets about the same number of gradients.",
+                              f"One budget, {_AGENTS_BUDGET[_scenario]:.0f} simulated s, for every n; α and M "
+                              "tuned at every n.",
     ))
 
 for _scenario, _figure in (("comm", "Fig. 6"), ("expensive-comm", "Fig. 7")):
@@ -211,97 +261,49 @@ for _scenario, _figure in (("comm", "Fig. 6"), ("expensive-comm", "Fig. 7")):
         name=_scenario, figure=_figure,
         claim="the gap in favour of Rennala NIGT grows with the cost of communication",
         env="Reacher-v4", scenario=_scenario, algorithms=("rennala", "sync", "afedpg"),
-        simulated_seconds=3000.0 * _COMM_BUDGET[_scenario],
-        thresholds=(-25.0, -15.0, -10.0),
+        simulated_seconds=3000.0 * _COMM_BUDGET[_scenario], thresholds=(-25.0, -15.0, -10.0),
         differences=_COMMON + " The paper's environment for this figure is not in our sources: Reacher-v4 here.",
     ))
 
+_DECREASING_BUDGET = 1500.0
 _add(Experiment(
     name="decreasing", figure="Fig. 8", claim="with decreasing compute times Rennala NIGT stays fastest",
-    env="Reacher-v4", scenario="decreasing", algorithms=("rennala", "sync", "afedpg"), simulated_seconds=1500.0,
-    thresholds=(-25.0, -15.0, -10.0),
-    differences=_COMMON + " Our reading of 'decreasing': h_i = √(n + 1 − i), a relabelling of √i (docs/algorithms.md); "
-                          "with identical agents it should match the heterogeneous scenario.",
+    env="Reacher-v4", scenario="decreasing", compute_schedule=DecreasingTimes(_DECREASING_BUDGET / 4),
+    algorithms=("rennala", "sync", "afedpg"), simulated_seconds=_DECREASING_BUDGET, thresholds=(-25.0, -15.0, -10.0),
+    differences=_COMMON + " Our reading of 'decreasing': compute times that decrease during the run, "
+                          "h_i(t) = 1 + (i − 1)/4 · 2^(−⌊4t/T⌋) (the slow agents catch up every quarter of the "
+                          "budget T), not h_i = √(n + 1 − i), which is Fig. 5's √i with the agents relabelled.",
 ))
 
+_H3 = ("agent i observes [(−1)^i · o, i]; S (Malenia NIGT's round size) tuned over {20, 30, 50} like M; the curves "
+       "are the evaluation returns on each agent's environment and their equal-weighted mean, the paper's J.")
 _add(Experiment(
     name="heterogeneous-envs", figure="App. H.3",
     claim="with heterogeneous environments Malenia NIGT ≫ AFedPG (equal-weighted return)",
-    env="Hopper-v4", scenario="heterogeneous", compute_times=(1.0, 10.0), n_agents=(2,), heterogeneous_envs=True,
-    algorithms=("malenia", "rennala", "afedpg"), simulated_seconds=6000.0, thresholds=(200.0, 400.0, 600.0),
-    alpha_grid=COARSE_ALPHA_GRID,
-    differences=_COMMON + " The paper uses Humanoid-v4; Hopper-v4 here (the same construction: agent i observes "
-                          "[(−1)^i · o, i]). The curve is the equal-weighted training return, the mean over the two "
-                          "agents of each one's last 100 trajectories; coarse α grid.",
+    env="Humanoid-v4", scenario="heterogeneous", compute_times=(1.0, 10.0), n_agents=(2,), heterogeneous_envs=True,
+    algorithms=("malenia", "rennala", "afedpg"), simulated_seconds=18000.0, thresholds=(150.0, 250.0, 350.0),
+    differences=_COMMON + " The paper's task (Humanoid-v4, h = (1, 10)): " + _H3 + " 18,000 simulated s: at S = 20 a "
+                          "Malenia NIGT round lasts 60 s (h = (1, 10)), so at least 300 updates.",
 ))
 
 _add(Experiment(
-    name="outage", figure="ours (the paper's 'slow or even disconnected' agent)",
+    name="heterogeneous-envs-hopper", figure="App. H.3 (ours, on Hopper)",
+    claim="with heterogeneous environments Malenia NIGT ≫ AFedPG (equal-weighted return)",
+    env="Hopper-v4", scenario="heterogeneous", compute_times=(1.0, 10.0), n_agents=(2,), heterogeneous_envs=True,
+    algorithms=("malenia", "rennala", "afedpg"), simulated_seconds=18000.0, thresholds=(200.0, 400.0, 600.0),
+    differences=_COMMON + " Our extra: App. H.3's construction on Hopper-v4 instead of the paper's Humanoid-v4; "
+                          + _H3,
+))
+
+_add(Experiment(
+    name="outage", figure="ours",
     claim="a disconnected agent does not delay Rennala NIGT",
     env="Reacher-v4", scenario="heterogeneous", algorithms=("rennala", "rennala-no-outage", "sync", "malenia"),
     simulated_seconds=1500.0, outages={0: [(300.0, 900.0)]}, thresholds=(-25.0, -15.0, -10.0),
-    alpha_grid=COARSE_ALPHA_GRID, expected_ratio="outage",
+    expected_ratio="outage",
     differences="Not in the paper. Agent 0 (the fastest, h = 1 s) is away from 300 to 900 simulated seconds. "
                 "Rennala goes on with the other nine; Synchronized NIGT and Malenia wait for it. " + _COMMON,
 ))
-
-
-#: For --list's cost estimate only: environment steps per gradient at θ_0 (Reacher always 50) and steps per wall
-#: second of RennalaNIGT inline at θ_0 on one core, measured on this project's machine on 2026-11-29
-#: (``learn(6000)``, n = 10, h_i = √i, M = 20). Trajectories grow as the policy learns, so the estimate is rough.
-ENV_COST: dict[str, tuple[float, float]] = {
-    "Reacher-v4": (50.0, 3843.0), "Hopper-v4": (14.0, 2214.0), "Walker2d-v4": (15.0, 2271.0), "Humanoid-v4": (22.0, 1167.0),
-}
-
-
-def compute_times_of(experiment: Experiment, n_agents: int) -> list[float]:
-    """h_1, …, h_n of the experiment's agents (seconds per gradient): its ``compute_times`` or its scenario's, read
-    by :class:`~sb3_nigt.clock.timing.TimingModel` as the algorithms read them, then rounded to floats."""
-    from sb3_nigt.clock.timing import TimingModel
-    from sb3_nigt.compare import scenario_times
-
-    compute = list(experiment.compute_times) if experiment.compute_times is not None else scenario_times(experiment.scenario, n_agents)[0]
-    model = TimingModel(len(compute) if isinstance(compute, list) else n_agents, compute)
-    return [float(model.compute_time(agent)) for agent in range(model.n_agents)]
-
-
-def compute_rate(experiment: Experiment, n_agents: int) -> float:
-    """Σ_i 1/h_i: the gradients n agents compute per simulated second when none waits (communication aside)."""
-    return sum(1.0 / h for h in compute_times_of(experiment, n_agents))
-
-
-def gradients_per_second(experiment: Experiment, algorithm: str, n_agents: int) -> float:
-    """Gradients per simulated second, roughly: M / (M / Σ_i 1/h_i + 2 min_i κ_i) for Rennala and Malenia (a round
-    of M gradients, plus a broadcast and an upload), Σ_i 1/(h_i + 2κ_i) for AFedPG (every agent cycles),
-    n / max_i (h_i + 2κ_i) for Synchronized NIGT (one gradient per agent per round)."""
-    from sb3_nigt.compare import scenario_times
-
-    _, communication = scenario_times(experiment.scenario, n_agents)
-    agents = range(1, n_agents + 1)
-    h = compute_times_of(experiment, n_agents)
-    kappa_of = {"sqrt": lambda i: math.sqrt(i), "expensive": lambda i: math.sqrt(i) * 5000 ** 0.25,
-                "equal": lambda i: 1.0}
-    kappa = [kappa_of[communication](i) if isinstance(communication, str) and communication in kappa_of else 0.0 for i in agents]
-    if algorithm == "sync":
-        return n_agents / max(hi + 2 * ki for hi, ki in zip(h, kappa))
-    if algorithm == "afedpg":  # every agent cycles: download, compute, upload
-        return sum(1.0 / (hi + 2 * ki) for hi, ki in zip(h, kappa))
-    # Rennala, Malenia: a round of M gradients computed by all agents, plus the fastest agents' broadcast and upload
-    m = float(experiment.batch_size)
-    return m / (m / sum(1.0 / hi for hi in h) + 2 * min(kappa))
-
-
-def estimated_cpu_seconds(experiment: Experiment) -> float:
-    """A rough estimate of the experiment's CPU seconds (see :data:`ENV_COST`)."""
-    steps_per_gradient, steps_per_second = ENV_COST.get(experiment.env, (50.0, 2000.0))
-    total = 0.0
-    tune_n = experiment.tune_at or experiment.n_agents[0]
-    for algorithm in experiment.algorithms:
-        total += (gradients_per_second(experiment, algorithm, tune_n) * experiment.seconds_for(tune_n) * experiment.tuning_fraction
-                  * len(experiment.alpha_grid) * len(experiment.tuning_seeds))
-        for n in experiment.n_agents:
-            total += gradients_per_second(experiment, algorithm, n) * experiment.seconds_for(n) * len(experiment.seeds)
-    return total * steps_per_gradient / steps_per_second
 
 
 def format_alpha(alpha: float) -> str:

@@ -1,9 +1,12 @@
-"""Running an experiment: one cached run per (algorithm, n, α, seed, budget), spread over the cores.
+"""Running an experiment: one cached run per (algorithm, n, α, round size, seed, budget), spread over the cores.
 
 A run is one ``model.learn`` on the simulated clock (inline backend, one torch thread) that stops when the clock
-passes the budget; its curve (one row per round) is written to the cache as soon as it ends, under a name that
-holds every setting, so an interrupted experiment resumes where it stopped and re-running one seed redoes only
-that seed.
+passes the budget; its training curve (one row per round) and its evaluation curves (one row per evaluation time
+and agent environment, :mod:`sb3_nigt.experiments.evaluation`) are written to the cache as soon as it ends, under
+a name that holds every setting and the simulated clock's engine version
+(:data:`sb3_nigt.version.ENGINE_VERSION`), so an interrupted experiment resumes where it stopped, re-running one
+seed redoes only that seed, and runs of two engine versions never mix. Every finished run (and tuning trial)
+appends its CPU cost to the cache's ledger (:mod:`sb3_nigt.experiments.costs`).
 """
 
 from __future__ import annotations
@@ -15,14 +18,20 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from sb3_nigt.experiments.cache import record_cost, settings_digest
 from sb3_nigt.experiments.registry import VARIANTS, Experiment
 
-#: Columns of a cached run (one row per round; AFedPG: per n updates).
-RUN_COLUMNS = ["simulated_seconds", "env_steps", "communications", "mean_return"]
+__all__ = ["RunSpec", "build_model", "execute", "read_run", "run_one", "settings_digest", "train"]
+
+#: Columns of a cached run: ``curve`` is ``train`` (mean of the last 100 training trajectories, per round) or
+#: ``eval`` (evaluation of the current θ at the fixed times); ``env`` names the environment column.
+RUN_COLUMNS = ["curve", "env", "simulated_seconds", "env_steps", "communications", "mean_return"]
+
+Curve = list[tuple[float, int, int, float]]  # (simulated seconds, env steps, communications, return)
 
 
 @dataclass(frozen=True)
@@ -30,12 +39,13 @@ class RunSpec:
     """One run of an experiment.
 
     :param experiment: the experiment's name.
-    :param phase: ``"tune"`` or ``"report"``.
+    :param phase: ``"report"`` (a reported seed) or ``"calibrate"`` (a short run that measures the cost).
     :param algorithm: a label of :data:`~sb3_nigt.experiments.registry.VARIANTS` or ``"rennala-no-outage"``.
     :param n_agents: n.
     :param alpha: α.
     :param seed: the seed (the same θ_0 for every algorithm).
     :param seconds: budget in simulated seconds.
+    :param round_size: M (Rennala NIGT), S (Malenia NIGT), or M_init of the others' warm-up round.
     """
 
     experiment: str
@@ -45,60 +55,55 @@ class RunSpec:
     alpha: float
     seed: int
     seconds: float
+    round_size: int = 20
 
     def file_name(self, settings: str) -> str:
-        """The cache file: every setting in the name, plus a digest of the experiment's other settings."""
-        return (f"{self.phase}-{self.algorithm}-n{self.n_agents}-a{self.alpha:.6g}-s{self.seed}-t{self.seconds:g}-"
-                f"{settings}.csv")
+        """The cache file: every setting in the name, plus the digest of the experiment's other settings."""
+        return (f"{self.phase}-{self.algorithm}-n{self.n_agents}-a{self.alpha:.6g}-m{self.round_size}-s{self.seed}-"
+                f"t{self.seconds:g}-{settings}.csv")
 
 
-def settings_digest(experiment: Experiment) -> str:
-    """8 hex digits of the experiment's settings that a run depends on (not its seeds, grid or thresholds), so a
-    changed setting never reuses an old run."""
-    relevant = {key: value for key, value in asdict(experiment).items()
-                if key in ("env", "scenario", "compute_times", "heterogeneous_envs", "outages", "batch_size", "momentum",
-                           "max_steps")}
-    if experiment.heterogeneous_envs:  # their curve is the equal-weighted return (see run_one)
-        relevant["metric"] = "equal-weight"
-    return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:8]
-
-
-def build_model(experiment: Experiment, spec: RunSpec) -> Any:
-    """The model of a run (not yet trained)."""
+def build_model(experiment: Experiment, spec: RunSpec, tuning: bool = False) -> Any:
+    """The model of a run (not yet trained); ``tuning``: a tuning trial (every agent present, no outage)."""
     from sb3_nigt.compare import ALGORITHMS, ROUND_SIZED, scenario_times
     from sb3_nigt.envs import heterogeneous_envs
 
     key, extra = VARIANTS.get(spec.algorithm, ("rennala", {}))
+    compute: Any
     compute, communication = scenario_times(experiment.scenario, spec.n_agents)
     if experiment.compute_times is not None:
         compute = list(experiment.compute_times)
+    if experiment.compute_schedule is not None:
+        compute = experiment.compute_schedule
     # The outage is the experiment's treatment, not a setting to tune for: tuning runs have every agent.
-    outages = experiment.outages if spec.algorithm != "rennala-no-outage" and spec.phase != "tune" else None
+    outages = experiment.outages if spec.algorithm != "rennala-no-outage" and not tuning else None
     env: Any = heterogeneous_envs(experiment.env, spec.n_agents) if experiment.heterogeneous_envs else experiment.env
     kwargs: dict[str, Any] = dict(learning_rate=spec.alpha, eta=experiment.momentum,
-                  n_agents=spec.n_agents, compute_times=compute, communication_times=communication, seed=spec.seed)
+                                  n_agents=spec.n_agents, compute_times=compute, communication_times=communication,
+                                  seed=spec.seed)
     # M sizes Rennala's and Malenia's rounds; the others only size an observation warm-up round with it (M_init).
-    kwargs["round_size" if key in ROUND_SIZED else "initial_round_size"] = experiment.batch_size
+    kwargs["round_size" if key in ROUND_SIZED else "initial_round_size"] = spec.round_size
     if outages is not None:
         kwargs["outages"] = outages
     kwargs.update(extra)
     return ALGORITHMS[key]("MlpPolicy", env, **kwargs)
 
 
-def run_one(experiment: Experiment, spec: RunSpec, path: str) -> dict[str, Any]:
-    """Train one run and write its curve to ``path`` (atomically: a partial file never looks finished).
+def train(experiment: Experiment, spec: RunSpec, report: Optional[Callable[[int, float, dict[str, float]], bool]] = None,
+          tuning: bool = False) -> dict[str, Any]:
+    """Train one run to its budget with the training recorder and the :class:`~sb3_nigt.experiments.evaluation.
+    Evaluator`; return its facts: ``rows`` (``(curve, env, seconds, steps, communications, return)``), ``theta0``
+    (a digest of θ_0), ``cpu_seconds`` (this process's CPU time), ``env_steps``, ``simulated_seconds``, ``stopped`` (the ``report`` hook
+    stopped it) and ``warnings`` ((text, category, file name, line, module) each, for :func:`replay_warnings`).
 
-    The curve's return is the mean of the last 100 training trajectories; with heterogeneous environments it is
-    the equal-weighted return (1/n) Σ_i (mean of agent i's last 100 trajectories), the paper's objective J, which
-    the plain mean would bias towards the fast agents' environments.
-
-    Returns the run's facts: wall seconds, environment steps, simulated seconds, a digest of θ_0, and the
-    warnings the run raised (``warnings``: (text, category, file name, line, module) each), for
-    :func:`replay_warnings`.
+    The training curve's return is the mean of the last 100 training trajectories; with heterogeneous environments
+    it is the equal-weighted return (1/n) Σ_i (mean of agent i's last 100 trajectories).
     """
     import torch as th
+    from stable_baselines3.common.callbacks import CallbackList
 
     from sb3_nigt.compare import Recorder
+    from sb3_nigt.experiments.evaluation import MEAN, SHARED, Evaluator, eval_env_factories, eval_env_labels
 
     class EqualWeightRecorder(Recorder):
         """Records (1/n) Σ_i mean return of agent i's last ``window`` trajectories, once every agent has one."""
@@ -115,23 +120,41 @@ def run_one(experiment: Experiment, spec: RunSpec, path: str) -> dict[str, Any]:
     th.set_num_threads(1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # every warning is kept, and shown by the main process's filters
-        model = build_model(experiment, spec)
+        model = build_model(experiment, spec, tuning=tuning)
         theta0 = hashlib.sha256(model.get_flat_params().tobytes()).hexdigest()[:12]
         recorder = (EqualWeightRecorder if experiment.heterogeneous_envs else Recorder)(window=100, max_seconds=spec.seconds)
-        start = time.perf_counter()
-        model.learn(experiment.max_steps, callback=recorder)
-        wall = time.perf_counter() - start
+        # A calibration run measures training's cost: θ_0 and its end only (evaluation costs per run, not per second).
+        times = ([0.0, spec.seconds] if spec.phase == "calibrate" else
+                 [t * spec.seconds / experiment.seconds_for(spec.n_agents) for t in experiment.eval_times(spec.n_agents)])
+        evaluator = Evaluator(times, eval_env_factories(experiment, spec.n_agents),
+                              eval_env_labels(experiment, spec.n_agents), experiment.eval_episodes, spec.seed, report)
+        start = time.process_time()
+        model.learn(experiment.max_steps, callback=CallbackList([evaluator, recorder]))
+        cpu = time.process_time() - start
         model.close()  # its workers: the next run starts its own
+    train_label = MEAN if experiment.heterogeneous_envs else SHARED
+    rows = [("train", train_label, *row[:4]) for row in recorder.rows]
+    rows += [("eval", label, seconds, steps, comms, value) for seconds, steps, comms, label, value in evaluator.rows]
+    return {"rows": rows, "theta0": theta0, "cpu_seconds": cpu, "env_steps": int(model.num_timesteps),
+            "simulated_seconds": float(model.simulated_time), "stopped": evaluator.stopped,
+            "warnings": [(str(w.message), w.category, w.filename, w.lineno, module_name(w.filename)) for w in caught]}
+
+
+def run_one(experiment: Experiment, spec: RunSpec, path: str) -> dict[str, Any]:
+    """Train one run (:func:`train`) and write its curves to ``path`` (atomically: a partial file never looks
+    finished); append its cost to the ledger beside it. Returns :func:`train`'s facts without the rows."""
+    facts = train(experiment, spec)
     target = Path(path)
     partial = target.with_suffix(".partial")
     with open(partial, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([f"# theta0={theta0} wall_seconds={wall:.3f}"])
+        writer.writerow([f"# theta0={facts['theta0']} cpu_seconds={facts['cpu_seconds']:.3f}"])
         writer.writerow(RUN_COLUMNS)
-        writer.writerows([row[:4] for row in recorder.rows])
+        writer.writerows(facts.pop("rows"))
     os.replace(partial, target)
-    return {"wall_seconds": wall, "env_steps": int(model.num_timesteps), "simulated_seconds": float(model.simulated_time),
-            "theta0": theta0, "warnings": [(str(w.message), w.category, w.filename, w.lineno, module_name(w.filename)) for w in caught]}
+    record_cost(target.parent, experiment, spec.phase, spec.algorithm, spec.n_agents, facts["simulated_seconds"],
+                facts["cpu_seconds"])
+    return facts
 
 
 def module_name(filename: str) -> Optional[str]:
@@ -162,13 +185,18 @@ def replay_warnings(facts: dict[str, Any]) -> None:
         warnings.warn_explicit(text, category, filename, lineno, module=module, registry=_SHOWN)
 
 
-def read_run(path: Path) -> tuple[dict[str, str], list[tuple[float, int, int, float]]]:
-    """A cached run: its header facts (``theta0``, ``wall_seconds``) and its rows."""
+def read_run(path: Path) -> tuple[dict[str, str], Curve, dict[str, Curve]]:
+    """A cached run: its header facts (``theta0``, ``cpu_seconds``), its training curve and its evaluation curves
+    (column → rows, :func:`~sb3_nigt.experiments.evaluation.eval_env_labels` plus ``"mean"`` where several)."""
     with open(path, newline="") as f:
         lines = list(csv.reader(f))
     facts = dict(item.split("=", 1) for item in lines[0][0].lstrip("# ").split())
-    rows = [(float(r[0]), int(r[1]), int(r[2]), float(r[3])) for r in lines[2:]]
-    return facts, rows
+    training: Curve = []
+    evaluation: dict[str, Curve] = {}
+    for curve, env, seconds, steps, communications, value in lines[2:]:
+        row = (float(seconds), int(steps), int(communications), float(value))
+        (training if curve == "train" else evaluation.setdefault(env, [])).append(row)
+    return facts, training, evaluation
 
 
 def execute(experiment: Experiment, specs: list[RunSpec], cache: Path, workers: int,
@@ -187,45 +215,48 @@ def execute(experiment: Experiment, specs: list[RunSpec], cache: Path, workers: 
             progress(spec, True)
     if not todo:
         return paths
-    if workers <= 1:
-        for spec in todo:
-            replay_warnings(run_one(experiment, spec, str(paths[spec])))
-            if progress is not None:
-                progress(spec, False)
-        return paths
-    import multiprocessing as mp
 
-    from sb3_nigt.algorithms.base import _terminate_like_interrupt
+    def done(spec: RunSpec, facts: dict[str, Any]) -> None:
+        replay_warnings(facts)
+        if progress is not None:
+            progress(spec, False)
 
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    failures: list[str] = []
-    # Pool's __exit__ terminates the workers, so Ctrl-C, SIGTERM (raised as SystemExit here) or an error leaves no
-    # run behind; the runs that had finished are already cached.
-    with _terminate_like_interrupt(), mp.get_context(method).Pool(processes=workers, maxtasksperchild=1) as pool:
-        pending = {spec: pool.apply_async(run_one, (experiment, spec, str(paths[spec]))) for spec in todo}
-        while pending:
-            finished = [spec for spec, result in pending.items() if result.ready()]
-            if not finished:
-                time.sleep(0.2)
-                continue
-            for spec in finished:
-                result = pending.pop(spec)
-                try:
-                    replay_warnings(result.get())
-                except Exception as error:  # reported with the others below
-                    failures.append(f"{spec}: {type(error).__name__}: {error}")
-                    continue
-                if progress is not None:
-                    progress(spec, False)
+    failures = pool_map({spec: (run_one, (experiment, spec, str(paths[spec]))) for spec in todo}, workers, done)
     if failures:
         raise RuntimeError(f"{len(failures)} run(s) failed (the others are cached): " + "; ".join(failures))
     return paths
 
 
-def tuning_score(rows: list[tuple[float, int, int, float]], seconds: float) -> float:
-    """Mean training return over the rounds that ended in the last quarter of the run's simulated time; the last
-    round's return if none did (rounds longer than a quarter of the budget); −inf for a run without a round."""
-    tail = [r[3] for r in rows if r[0] >= 0.75 * seconds and math.isfinite(r[3])]
-    if tail:
-        return float(sum(tail) / len(tail))
-    return float(rows[-1][3]) if rows and math.isfinite(rows[-1][3]) else -math.inf
+def pool_map(jobs: dict[Any, tuple[Callable[..., Any], tuple]], workers: int,
+             done: Callable[[Any, Any], Any]) -> list[str]:
+    """Call every job ``function(*args)``, ``workers`` at a time in fresh processes (in this one for
+    ``workers`` <= 1), and ``done(key, result)`` in this process as each ends; return the failures' descriptions.
+
+    Ctrl-C, SIGTERM (raised as SystemExit here) or an error terminates the pool's workers: no job is left behind.
+    """
+    failures: list[str] = []
+    if workers <= 1:
+        for key, (function, args) in jobs.items():
+            done(key, function(*args))
+        return failures
+    import multiprocessing as mp
+
+    from sb3_nigt.algorithms.base import _terminate_like_interrupt
+
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    with _terminate_like_interrupt(), mp.get_context(method).Pool(processes=workers, maxtasksperchild=1) as pool:
+        pending = {key: pool.apply_async(function, args) for key, (function, args) in jobs.items()}
+        while pending:
+            finished = [key for key, result in pending.items() if result.ready()]
+            if not finished:
+                time.sleep(0.2)
+                continue
+            for key in finished:
+                result = pending.pop(key)
+                try:
+                    value = result.get()
+                except Exception as error:  # reported with the others by the caller
+                    failures.append(f"{key}: {type(error).__name__}: {error}")
+                    continue
+                done(key, value)
+    return failures
