@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -56,7 +57,15 @@ def smoke_runs(smoke_root):
     return smoke
 
 
-@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+#: The experiments run end to end in smoke form: one per distinct path through the runner (heterogeneous
+#: environments, several n, a time schedule, an outage with its twin, expensive communication read from a shared
+#: cache, runs over two processes). The others differ from one of these only in their environment or their times:
+#: each of them builds and trains every model it would run (test_every_experiment_trains_each_of_its_models).
+END_TO_END = ("agents-heterogeneous", "comm", "decreasing", "expensive-comm", "heterogeneous-envs-hopper", "outage",
+              "reacher-expensive-comm")
+
+
+@pytest.mark.parametrize("name", END_TO_END)
 def test_every_experiment_runs_end_to_end_in_smoke_form(name, smoke_runs):
     experiment, out, result = smoke_runs(name)
     for file in ("results.csv", "tuning.csv", "returns.png", "report.md"):
@@ -89,7 +98,25 @@ def test_every_experiment_runs_end_to_end_in_smoke_form(name, smoke_runs):
         assert "Caveat:" in report
 
 
-@pytest.mark.parametrize("name", ["heterogeneous-envs", "decreasing"])
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_trains_each_of_its_models(name):
+    """Every experiment's every (algorithm, n) of its smoke form builds and trains for a few rounds."""
+    from sb3_nigt.experiments.runner import RunSpec, build_model
+
+    experiment = EXPERIMENTS[name].smoke()
+    for algorithm in experiment.algorithms:
+        for n in experiment.n_agents:
+            spec = RunSpec(name, "report", algorithm, n, experiment.alpha_grid[0], 0, experiment.seconds_for(n),
+                           experiment.round_size_grid[0])
+            model = build_model(experiment, spec)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # budget and heterogeneous-environment notices
+                model.learn(300)
+            assert model.num_timesteps >= 300 and model.simulated_time > 0, (algorithm, n)
+            model.close()
+
+
+@pytest.mark.parametrize("name", ["heterogeneous-envs-hopper", "decreasing"])
 def test_evaluation_rows_at_the_fixed_times_for_every_agent_env(name, smoke_runs):
     experiment, out, _ = smoke_runs(name)
     n = experiment.n_agents[0]
