@@ -14,7 +14,7 @@ from sb3_nigt.clock.exact import ExactTime
 from sb3_nigt.clock.real import WallClock, lost_work
 from sb3_nigt.clock.rounds import Arrival, Collector
 from sb3_nigt.clock.trace import TraceEvent
-from sb3_nigt.workers.rollout import ObsNorm, UnitResult
+from sb3_nigt.workers.rollout import ObsNorm, UnitResult, WorkUnit
 
 
 class AsyncServer:
@@ -150,15 +150,25 @@ class AsyncServer:
                 if key not in downloaded:  # a stale result
                     continue
                 download, k = downloaded.pop(key)
-                computed = max(0.0, event.seconds - unit.delay - unit.upload_delay)
-                trace.append(TraceEvent(k, unit.agent, "broadcast", -1, download, download + unit.delay, "sent"))
-                trace.append(TraceEvent(k, unit.agent, "compute", unit.first, at - unit.upload_delay - computed, at - unit.upload_delay, "counted"))
-                trace.append(TraceEvent(k, unit.agent, "upload", -1, at - unit.upload_delay, at, "sent"))
+                trace.extend(measured_job(k, unit, download, at, event.seconds))
                 reply, stop = on_arrival(Arrival(ExactTime.of(at), unit.agent, unit.first, event.trajectories[0], event.gradient, k))
                 if stop or reply is None:
                     return
                 theta, norm, new_version = reply
                 begin(unit.agent, unit.first + 1, theta, norm, new_version)
+
+
+def measured_job(version: int, unit: WorkUnit, download: float, at: float, seconds: float) -> list[TraceEvent]:
+    """The trace of one real-clock AFedPG job, sent at ``download`` and back at ``at`` (seconds on the clock), that
+    took ``seconds`` on its worker (emulated sleeps included). Measured: the gradient (the worker's time less its
+    emulated transfers); the upload is the emulated κ_i its worker slept (no clock observes it apart); the
+    broadcast is the rest of the round trip (θ's travel and the result's way back, emulated download included), so
+    the three add up to ``at - download``."""
+    computed = max(0.0, seconds - unit.delay - unit.upload_delay)
+    sent = max(download, at - unit.upload_delay - computed)
+    return [TraceEvent(version, unit.agent, "broadcast", -1, download, sent, "sent", sent - download),
+            TraceEvent(version, unit.agent, "compute", unit.first, sent, at - unit.upload_delay, "counted", computed),
+            TraceEvent(version, unit.agent, "upload", -1, at - unit.upload_delay, at, "sent", unit.upload_delay)]
 
 
 def new_job(agent: int, index: int, download: ExactTime, params: np.ndarray, obs_norm: Optional[ObsNorm], version: int) -> dict:
