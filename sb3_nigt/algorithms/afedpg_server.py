@@ -125,14 +125,16 @@ class AsyncServer:
         clock = WallClock(collector, base)
         downloaded: dict[tuple[int, int], tuple[float, int]] = {}
 
-        def begin(agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], k: int) -> None:
+        def begin(agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], k: int, since: Optional[float] = None) -> None:
+            """Send the agent its job; ``since``: its previous arrival, from which the trace times its download (the
+            server's update in between is part of it, as the simulated clock has the agent download at once)."""
             at = clock.now()
             kappa = clock.transfer(agent, at)
             minimum = clock.computes(agent, at + kappa, 1)[0]
             upload = clock.transfer(agent, at + kappa)  # drawn ahead: the worker sleeps it
             self._send_job(agent, index, theta, norm, delay=kappa, min_duration=minimum, per_step=clock.timing.per_step,
                            upload_delay=upload)
-            downloaded[(agent, index)] = (at, k)
+            downloaded[(agent, index)] = (at if since is None else min(since, at), k)
 
         for agent in range(collector.n_agents):
             begin(agent, first_index[agent], params, obs_norm, version)
@@ -155,7 +157,7 @@ class AsyncServer:
                 if stop or reply is None:
                     return
                 theta, norm, new_version = reply
-                begin(unit.agent, unit.first + 1, theta, norm, new_version)
+                begin(unit.agent, unit.first + 1, theta, norm, new_version, since=at)
 
 
 def measured_job(version: int, unit: WorkUnit, download: float, at: float, seconds: float) -> list[TraceEvent]:

@@ -71,6 +71,9 @@ class RecordedTimes:
     :param seed: the seed of ``"resample"``.
     :param stream: 0 (compute) or 1 (communication), so that both kinds of draw are independent.
     :param kind: ``"compute_times"`` or ``"communication_times"``, for errors.
+    :param first_round: the first recorded round (with ``starts``).
+    :param starts: per recorded round (``first_round``, ``first_round + 1``, ...), per agent, the position in
+        ``durations`` of the round's first draw; None: no alignment by round.
     """
 
     durations: tuple[tuple[float, ...], ...]
@@ -79,6 +82,8 @@ class RecordedTimes:
     seed: int
     stream: int
     kind: str
+    first_round: int = 0
+    starts: Optional[tuple[tuple[int, ...], ...]] = None
 
     @property
     def n_agents(self) -> int:
@@ -92,6 +97,18 @@ class RecordedTimes:
         pool = self.pool[agent]
         rng = np.random.default_rng([self.seed, self.stream, agent, counter])
         return pool[int(rng.integers(len(pool)))]
+
+    def align_round(self, round_index: int, counters: list[int]) -> None:
+        """Called by the simulated clock as round ``round_index`` starts (:meth:`TimingModel.begin_round
+        <sb3_nigt.clock.timing.TimingModel.begin_round>`): set each agent's counter to where the recording of that
+        round starts (cycling past the last recorded round), so that a round that counted one gradient more or fewer
+        than the recorded one does not shift the rounds after it. Without ``starts``, or before ``first_round``,
+        nothing changes."""
+        if self.starts is None or round_index < self.first_round:
+            return
+        cycle, position = divmod(round_index - self.first_round, len(self.starts))
+        for agent in range(min(len(counters), self.n_agents)):
+            counters[agent] = cycle * len(self.durations[agent]) + self.starts[position][agent]
 
     def check_timing(self, n_agents: int, unit: str, arg: str) -> None:
         """Called by :class:`~sb3_nigt.clock.timing.TimingModel` when it parses the specification.
@@ -119,12 +136,17 @@ class TraceTimes:
     :param seed: the seed of ``"resample"`` (int >= 0).
     :param compute_pool: per agent, the durations ``"resample"`` draws gradients from (default: ``compute``);
         :meth:`from_trace` leaves out the modelled in-flight gradients.
+    :param rounds: ``(first_round, compute_starts, communication_starts)``: the recorded rounds' positions in the
+        sequences (per round, per agent, the index of its first draw; :meth:`from_trace` sets them for a trace of
+        aggregation rounds): the simulated clock then starts each round r at its recording's position, agent i's
+        k-th gradient of round r taking the k-th recorded gradient of agent i in round r. None: by counter only.
     :raises ValueError: naming the argument, for an unknown mode, a bad seed, no agent, an agent with no recorded
         gradient (or transfer), or a negative (compute: zero), non-finite or > 1e15 duration.
     """
 
     def __init__(self, compute: Sequence[Sequence[float]], communication: Sequence[Sequence[float]], mode: str = "replay",
-                 seed: int = 0, compute_pool: Optional[Sequence[Sequence[float]]] = None):
+                 seed: int = 0, compute_pool: Optional[Sequence[Sequence[float]]] = None,
+                 rounds: Optional[tuple[int, Sequence[Sequence[int]], Sequence[Sequence[int]]]] = None):
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -136,10 +158,13 @@ class TraceTimes:
             raise ValueError(f"communication: expected {len(durations)} agents, as compute, got {len(transfers)}"
                              + ("" if len(pool) == len(durations) else f" (compute_pool: {len(pool)})"))
         self.mode, self.seed = mode, int(seed)
+        first, compute_starts, transfer_starts = (0, None, None) if rounds is None else (
+            int(rounds[0]), _check_starts(rounds[1], durations, "compute"), _check_starts(rounds[2], transfers, "communication"))
         #: h_i: pass as ``compute_times=`` (seconds per gradient).
-        self.compute = RecordedTimes(durations, pool, mode, self.seed, _COMPUTE, "compute_times")
+        self.compute = RecordedTimes(durations, pool, mode, self.seed, _COMPUTE, "compute_times", first, compute_starts)
         #: κ_i: pass as ``communication_times=`` (seconds per transfer).
-        self.communication = RecordedTimes(transfers, transfers, mode, self.seed, _COMMUNICATION, "communication_times")
+        self.communication = RecordedTimes(transfers, transfers, mode, self.seed, _COMMUNICATION, "communication_times",
+                                           first, transfer_starts)
 
     @property
     def n_agents(self) -> int:
@@ -169,14 +194,18 @@ class TraceTimes:
             raise ValueError("trace: no event" + ("" if algorithm is None else f" of algorithm {algorithm!r}"))
         n_agents = 1 + max(e.agent for e in events)
         measured = _measured_gradients(events, n_agents)
+        rounds = _by_round(events)
         missing = [agent for agent in range(n_agents) if not measured[agent]]
         if missing:
             raise ValueError(
                 f"trace: agents {missing} have no recorded gradient (none counted, none measured), so their compute "
                 f"times are unknown; with RennalaNIGT a slow agent may never count: record with a larger round_size, "
                 f"or with MaleniaNIGT or SynchronizedNIGT, where every agent counts")
-        compute = _compute_sequences(events, n_agents, measured)
-        return cls(compute, _transfer_sequences(events, n_agents), mode, seed, compute_pool=measured)
+        compute, compute_starts = _compute_sequences(rounds, n_agents, measured)
+        transfers, transfer_starts = _transfer_sequences(rounds, n_agents)
+        aligned = _aggregation_rounds(rounds, n_agents)
+        return cls(compute, transfers, mode, seed, compute_pool=measured,
+                   rounds=(min(rounds), compute_starts, transfer_starts) if aligned else None)
 
     @classmethod
     def read_csv(cls, path: Union[str, "os.PathLike[str]"], mode: str = "replay", seed: int = 0,
@@ -274,12 +303,32 @@ def _measured_gradients(events: list[TraceEvent], n_agents: int) -> list[list[fl
     return per_agent
 
 
-def _compute_sequences(events: list[TraceEvent], n_agents: int, measured: list[list[float]]) -> list[list[float]]:
+def _check_starts(starts: Sequence[Sequence[int]], durations: tuple[tuple[float, ...], ...], name: str) -> tuple[tuple[int, ...], ...]:
+    """Round starts as tuples, checked against the sequences. :raises ValueError: naming ``rounds``."""
+    checked = tuple(tuple(int(x) for x in row) for row in starts)
+    if not checked or any(len(row) != len(durations) or any(not 0 <= x < len(d) for x, d in zip(row, durations)) for row in checked):
+        raise ValueError(f"rounds: {name} starts must give, per round, one position per agent within its sequence")
+    return checked
+
+
+def _aggregation_rounds(rounds: dict[int, list[TraceEvent]], n_agents: int) -> bool:
+    """Whether the trace's rounds are aggregation rounds, numbered without gaps, each broadcasting θ to every
+    agent (not AFedPG's server versions): then its replay is aligned by round."""
+    numbers = list(rounds)
+    return numbers == list(range(numbers[0], numbers[0] + len(numbers))) and all(
+        {e.agent for e in events if e.kind == "broadcast"} == set(range(n_agents)) for events in rounds.values())
+
+
+def _compute_sequences(rounds: dict[int, list[TraceEvent]], n_agents: int,
+                       measured: list[list[float]]) -> tuple[list[list[float]], list[list[int]]]:
     """Per agent, the gradients in the order the simulated clock draws them: each round's counted ones, then the
-    one in flight at the stop (modelled: its seconds at the stop plus the agent's median)."""
+    one in flight at the stop (its measured duration if it finished before its agent was stopped, else modelled:
+    its seconds at the stop plus the agent's median); and per round, where each agent's draws begin."""
     medians = [float(np.median(m)) if m else 0.0 for m in measured]
     sequences: list[list[float]] = [[] for _ in range(n_agents)]
-    for events_of_round in _by_round(events).values():
+    starts: list[list[int]] = []
+    for events_of_round in rounds.values():
+        starts.append([len(sequence) for sequence in sequences])
         counted = [e for e in events_of_round if e.kind == "compute" and e.status == "counted"]
         if not counted:
             continue
@@ -294,7 +343,13 @@ def _compute_sequences(events: list[TraceEvent], n_agents: int, measured: list[l
                         and e.measured is not None and e.index == (mine[-1].index + 1 if mine else e.index)]
                 whole = min(late, key=lambda e: e.index).measured if late else None
                 sequences[agent].append(float(whole) if whole is not None else stop - busy_from + medians[agent])
-    return sequences
+    return sequences, _within(starts, sequences)
+
+
+def _within(starts: list[list[int]], sequences: list[list[float]]) -> list[list[int]]:
+    """Round starts kept inside each sequence (a round in which an agent drew nothing starts where the next one
+    does, or, at the end, wraps to 0)."""
+    return [[start if start < len(sequence) else 0 for start, sequence in zip(row, sequences)] for row in starts]
 
 
 def _in_flight_since(events: list[TraceEvent], agent: int, counted: list[TraceEvent], stop: float) -> Optional[float]:
@@ -312,13 +367,14 @@ def _in_flight_since(events: list[TraceEvent], agent: int, counted: list[TraceEv
     return arrived if arrived < stop else None
 
 
-def _transfer_sequences(events: list[TraceEvent], n_agents: int) -> list[list[float]]:
+def _transfer_sequences(rounds: dict[int, list[TraceEvent]], n_agents: int) -> tuple[list[list[float]], list[list[int]]]:
     """Per agent, its transfers in the order the simulated clock draws them: round by round, the broadcast(s),
-    then the upload."""
+    then the upload; and per round, where each agent's transfers begin."""
     order = {"broadcast": 0, "upload": 1}
-    transfers = sorted((e for e in events if e.kind in order and e.status == "sent"),
-                       key=lambda e: (e.round, order[e.kind], float(e.start)))
     per_agent: list[list[float]] = [[] for _ in range(n_agents)]
-    for event in transfers:
-        per_agent[event.agent].append(_seconds(event))
-    return per_agent
+    starts: list[list[int]] = []
+    for events in rounds.values():
+        starts.append([len(sequence) for sequence in per_agent])
+        for event in sorted((e for e in events if e.kind in order and e.status == "sent"), key=lambda e: (order[e.kind], float(e.start))):
+            per_agent[event.agent].append(_seconds(event))
+    return per_agent, _within(starts, per_agent)

@@ -318,8 +318,8 @@ class RealRound:
             if not measured or position >= len(self.trace):
                 continue
             first = min(measured, key=lambda c: c.index)
-            event = self.trace[position]
-            seconds = max(0.0, first.at - first.seconds - float(event.start))
+            event, duration = self.trace[position], float(first.seconds or 0.0)
+            seconds = max(0.0, first.at - duration - float(event.start))
             self.trace[position] = replace(event, end=max(float(event.end), float(event.start) + seconds), measured=seconds)
 
     def _finish(self, tally: Tally) -> RealRoundResult:

@@ -261,6 +261,16 @@ class TimingModel:
         """κ_i of a transfer (one vector, one direction) of ``agent`` starting at ``start``, its ``counter``-th."""
         return self._value(self._communication, "communication_times", agent, start, counter, _COMMUNICATION, False)
 
+    def begin_round(self, round_index: int, counters: TimeCounters) -> None:
+        """A round of the simulated clock starts: a specification with a method ``align_round(round_index,
+        counters)`` (times recorded round by round, :class:`~sb3_nigt.clock.calibration.TraceTimes`) may set the
+        agents' counters of its kind (a list of ints, one per agent) to where the recording of that round starts.
+        Every other specification is left alone."""
+        for parsed, values in ((self._compute, counters.compute), (self._communication, counters.communication)):
+            align = getattr(parsed, "align_round", None)
+            if callable(align):
+                align(round_index, values)
+
     def constant_times(self) -> Optional[tuple[list[ExactTime], list[ExactTime]]]:
         """(per-gradient durations, communication times) of every agent when both are constant (lists or presets)
         and durations do not depend on the trajectory; else None. Lets the clock plan a round with vectorized

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from sb3_nigt.experiments.registry import EXPERIMENTS, LABELS, Experiment, estimated_cpu_seconds, format_alpha
+from sb3_nigt.experiments.registry import EXPERIMENTS, LABELS, Experiment, estimated_cpu_seconds, format_alpha, with_trace_times
 from sb3_nigt.experiments.report import plot, summary_line, tables, write_results
 from sb3_nigt.experiments.runner import RunSpec, execute, read_run, tuning_score
 
@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="report seeds 0 .. N-1 instead of the experiment's own (cached seeds are reused)")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget (two α, two seeds, a few rounds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--times-from", default=None, metavar="TRACE_CSV",
+                        help="run the experiment on the agents of a recorded real run: their measured h_i and κ_i "
+                             "(a trace CSV of a real-clock run with record_trace=True; docs/calibration.md), the "
+                             "budget scaled to about as many gradients")
     return parser
 
 
@@ -111,7 +115,8 @@ def report_header(experiment: Experiment, seeds: Optional[int], same_start: bool
     :return: Markdown lines.
     """
     command = (f"python -m sb3_nigt.experiments {experiment.name}{' --smoke' if experiment.is_smoke else ''}"
-               f"{f' --seeds {seeds}' if seeds is not None else ''}")
+               f"{f' --seeds {seeds}' if seeds is not None else ''}"
+               f"{f' --times-from {experiment.times_from}' if experiment.times_from is not None else ''}")
     smoke = ([f"**Smoke run: its figures are meaningless.** It only checks that the pipeline runs end to end, with "
               f"{experiment.simulated_seconds:g} simulated seconds, M = {experiment.batch_size}, two α values and "
               f"seeds {list(experiment.seeds)}: a few rounds, far too few to learn or to compare the algorithms. "
@@ -121,8 +126,9 @@ def report_header(experiment: Experiment, seeds: Optional[int], same_start: bool
         f"## {experiment.name} ({experiment.figure}){' — smoke run' if experiment.is_smoke else ''}", "", *smoke,
         f"Claim checked{' (by the full experiment)' if experiment.is_smoke else ''}: {experiment.claim}.", "",
         f"```bash\n{command}\n```", "",
-        f"{experiment.env}, times `{experiment.scenario}`"
-        + (f" with h = {list(experiment.compute_times)}" if experiment.compute_times else "")
+        (f"{experiment.env}, times measured in a real run (`{experiment.times_from}`, replayed)"
+         if experiment.times_from is not None else f"{experiment.env}, times `{experiment.scenario}`"
+         + (f" with h = {list(experiment.compute_times)}" if experiment.compute_times else ""))
         + (f", outages {experiment.outages}" if experiment.outages else "")
         + f", M = {experiment.batch_size}, η = {experiment.momentum}, budget {experiment.simulated_seconds:g} simulated s, "
           f"seeds {list(experiment.seeds)}, tuning seeds {list(experiment.tuning_seeds)}. "
@@ -208,12 +214,14 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict[str, Any]]:
     experiment = EXPERIMENTS[args.name]
     if args.smoke:
         experiment = experiment.smoke()
-    if args.seeds is not None:
-        try:
+    try:
+        if args.seeds is not None:
             experiment = with_seeds(experiment, args.seeds)
-        except ValueError as exc:
-            build_parser().error(str(exc))
-    folder = out / (args.name + ("-smoke" if args.smoke else ""))
+        if args.times_from is not None:
+            experiment = with_trace_times(experiment, args.times_from)
+    except ValueError as exc:
+        build_parser().error(str(exc))
+    folder = out / (args.name + ("-smoke" if args.smoke else "") + ("-recorded" if args.times_from is not None else ""))
     result = run_experiment(experiment, folder, args.workers, progress=not args.no_progress and sys.stderr.isatty(),
                             seeds=args.seeds)
     print((folder / "report.md").read_text())

@@ -6,6 +6,7 @@ and per algorithm on the grid 2^-10 … 2^-1 with seeds kept apart from the repo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
@@ -60,6 +61,9 @@ class Experiment:
         ``"alike"`` (near 1) or ``"outage"`` (the reference and its no-outage twin alike, the others slower).
     :param is_smoke: a smoke run (:meth:`smoke`): a pipeline check whose figures are meaningless; ``differences``
         then describes the full experiment it stands for.
+    :param times_from: a trace CSV of a real-clock run (``--times-from``): every algorithm's h_i and κ_i are the
+        times measured there (:class:`~sb3_nigt.clock.calibration.TraceTimes`, mode ``"replay"``) instead of the
+        scenario's; None: the scenario's.
     """
 
     def seconds_for(self, n_agents: int) -> float:
@@ -98,6 +102,7 @@ class Experiment:
     expected_ratio: str = "faster"  # "faster": the reference should need less time; "alike": about the same
     notes: tuple[str, ...] = field(default_factory=tuple)
     is_smoke: bool = False
+    times_from: Optional[str] = None
 
     def runs(self) -> int:
         """Runs in all: tuning (algorithms × α × tuning seeds, at one n) and reported (algorithms × n × seeds)."""
@@ -118,6 +123,7 @@ class Experiment:
             momentum=self.momentum, thresholds=self.thresholds, seeds=(0, 1), tuning_seeds=(100,),
             alpha_grid=(2.0**-6, 2.0**-4), tuning_fraction=0.5, tune_at=None, max_steps=5_000,
             expected_ratio=self.expected_ratio, notes=self.notes, budget_per_agents=self.budget_per_agents, is_smoke=True,
+            times_from=self.times_from,
         )
         return replace(tiny, differences=f"the full experiment's {self.settings()}. How the full experiment differs "
                                          f"from the paper: {self.differences}")
@@ -256,13 +262,51 @@ ENV_COST: dict[str, tuple[float, float]] = {
 
 def compute_times_of(experiment: Experiment, n_agents: int) -> list[float]:
     """h_1, …, h_n of the experiment's agents (seconds per gradient): its ``compute_times`` or its scenario's, read
-    by :class:`~sb3_nigt.clock.timing.TimingModel` as the algorithms read them, then rounded to floats."""
+    by :class:`~sb3_nigt.clock.timing.TimingModel` as the algorithms read them, then rounded to floats; with
+    ``times_from``, each agent's mean recorded gradient."""
     from sb3_nigt.clock.timing import TimingModel
     from sb3_nigt.compare import scenario_times
+
+    if experiment.times_from is not None:
+        recorded = recorded_times(experiment.times_from).compute.durations[:n_agents]
+        return [sum(durations) / len(durations) for durations in recorded]
 
     compute = list(experiment.compute_times) if experiment.compute_times is not None else scenario_times(experiment.scenario, n_agents)[0]
     model = TimingModel(len(compute) if isinstance(compute, list) else n_agents, compute)
     return [float(model.compute_time(agent)) for agent in range(model.n_agents)]
+
+
+@functools.lru_cache(maxsize=4)
+def recorded_times(path: str) -> Any:
+    """The :class:`~sb3_nigt.clock.calibration.TraceTimes` of a trace CSV (read once per path).
+
+    :raises ValueError: for a file that is not a usable trace (see ``TraceTimes.read_csv``).
+    """
+    from sb3_nigt.clock.calibration import TraceTimes
+
+    return TraceTimes.read_csv(path)
+
+
+def with_trace_times(experiment: Experiment, path: str) -> Experiment:
+    """The experiment on the agents of a recorded real run (``--times-from``): their measured h_i and κ_i, and the
+    budget and outage windows scaled by the agents' compute rate, Σ_i 1/h_i of the scenario over that of the trace
+    (at the first n), so that a run computes about as many gradients as with the scenario's times.
+
+    :raises ValueError: starting ``--times-from:`` for a file that is not a usable trace, or a trace with fewer
+        agents than the experiment's largest n.
+    """
+    try:
+        recorded = recorded_times(str(path))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--times-from: {path}: {exc}") from None
+    if recorded.n_agents < max(experiment.n_agents):
+        raise ValueError(f"--times-from: {path} records {recorded.n_agents} agents; the experiment {experiment.name} needs "
+                         f"{max(experiment.n_agents)} (n = {', '.join(map(str, experiment.n_agents))})")
+    n = experiment.n_agents[0]
+    scale = compute_rate(experiment, n) / compute_rate(replace(experiment, times_from=str(path)), n)
+    outages = None if experiment.outages is None else {
+        agent: [(a * scale, b * scale) for a, b in windows] for agent, windows in experiment.outages.items()}
+    return replace(experiment, times_from=str(path), simulated_seconds=experiment.simulated_seconds * scale, outages=outages)
 
 
 def compute_rate(experiment: Experiment, n_agents: int) -> float:

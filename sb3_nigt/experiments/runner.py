@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from sb3_nigt.experiments.registry import VARIANTS, Experiment
+from sb3_nigt.experiments.registry import VARIANTS, Experiment, recorded_times
 
 #: Columns of a cached run (one row per round; AFedPG: per n updates).
 RUN_COLUMNS = ["simulated_seconds", "env_steps", "communications", "mean_return"]
@@ -58,6 +58,8 @@ def settings_digest(experiment: Experiment) -> str:
     relevant = {key: value for key, value in asdict(experiment).items()
                 if key in ("env", "scenario", "compute_times", "heterogeneous_envs", "outages", "batch_size", "momentum",
                            "max_steps")}
+    if experiment.times_from is not None:  # the recorded times themselves, wherever the file lies
+        relevant["times_from"] = hashlib.sha256(Path(experiment.times_from).read_bytes()).hexdigest()
     if experiment.heterogeneous_envs:  # their curve is the equal-weighted return (see run_one)
         relevant["metric"] = "equal-weight"
     return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:8]
@@ -72,6 +74,9 @@ def build_model(experiment: Experiment, spec: RunSpec) -> Any:
     compute, communication = scenario_times(experiment.scenario, spec.n_agents)
     if experiment.compute_times is not None:
         compute = list(experiment.compute_times)
+    if experiment.times_from is not None:
+        recorded = recorded_times(experiment.times_from)
+        compute, communication = recorded.compute, recorded.communication
     # The outage is the experiment's treatment, not a setting to tune for: tuning runs have every agent.
     outages = experiment.outages if spec.algorithm != "rennala-no-outage" and spec.phase != "tune" else None
     env: Any = heterogeneous_envs(experiment.env, spec.n_agents) if experiment.heterogeneous_envs else experiment.env
