@@ -123,17 +123,24 @@ def compare_runs(real: list, sim: list, name: str) -> tuple[int, float, float]:
     return n, statistics.median(errors), 100.0 * sum(equal) / n
 
 
+def real_run(name: str, setting: str, rounds: int, seed: int) -> tuple[Any, float]:
+    """A trained real-clock model of the setting, and its ``learn()`` in wall seconds."""
+    env, times, horizon, rounds = settings(setting, rounds)
+    real = build(name, env, horizon, seed, clock="real", backend="subprocess", n_workers=N_AGENTS, **times)
+    begin = time.perf_counter()
+    real.learn(budget(name, horizon, rounds))
+    learn_seconds = time.perf_counter() - begin
+    real.close()
+    return real, learn_seconds
+
+
 def run_pair(name: str, setting: str, rounds: int, seed: int) -> dict:
     """The real run, its replay, and the measures."""
     from sb3_nigt import TraceTimes
 
-    env, times, horizon, rounds = settings(setting, rounds)
+    env, _, horizon, rounds = settings(setting, rounds)
     steps = budget(name, horizon, rounds)
-    real = build(name, env, horizon, seed, clock="real", backend="subprocess", n_workers=N_AGENTS, **times)
-    begin = time.perf_counter()
-    real.learn(steps)
-    learn_seconds = time.perf_counter() - begin
-    real.close()
+    real, learn_seconds = real_run(name, setting, rounds, seed)
     recorded = TraceTimes.from_trace(real.trace)
     sim = build(name, env, horizon, seed, compute_times=recorded.compute, communication_times=recorded.communication)
     sim.learn(steps)
@@ -142,6 +149,24 @@ def run_pair(name: str, setting: str, rounds: int, seed: int) -> dict:
     return {"setting": setting, "algorithm": name, "rounds": compared, "round_err": round_error, "counts_eq": counts_equal,
             "real_s": total_real, "sim_s": total_sim, "total_err": abs(total_sim - total_real) / total_real * 100,
             "learn_s": learn_seconds, "outside_s": learn_seconds - total_real, "real": real.trace, "sim": sim.trace}
+
+
+def next_run(row: dict, rounds: int, seed: int) -> dict:
+    """A prediction rather than a replay: a second real run (seed + 1: other trajectories and, emulated, other
+    draws) against the simulated clock with the first run's times in mode "resample" (seed + 1). Rounds are not
+    paired: compared are the mean round duration and the total."""
+    from sb3_nigt import TraceTimes
+
+    name, setting = row["algorithm"], row["setting"]
+    env, _, horizon, rounds = settings(setting, rounds)
+    real, _ = real_run(name, setting, rounds, seed + 1)
+    drawn = TraceTimes.from_trace(row["real"], mode="resample", seed=seed + 1)
+    sim = build(name, env, horizon, seed + 1, compute_times=drawn.compute, communication_times=drawn.communication)
+    sim.learn(budget(name, horizon, rounds))
+    mean = [statistics.fmean(b - a for a, b, _ in rounds_of(t.trace, name)) for t in (real, sim)]
+    return {**row, "next_round_err": abs(mean[1] - mean[0]) / mean[0] * 100, "next_real_s": real.simulated_time,
+            "next_sim_s": sim.simulated_time,
+            "next_total_err": abs(sim.simulated_time - real.simulated_time) / real.simulated_time * 100}
 
 
 def busy_process() -> subprocess.Popen:
@@ -156,6 +181,13 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['setting']:9} {r['algorithm']:9} {r['rounds']:6d} {r['round_err']:11.3f} {r['counts_eq']:11.1f} "
               f"{r['real_s']:7.2f} {r['sim_s']:7.2f} {r['total_err']:11.3f} {r['learn_s']:7.2f} {r['outside_s']:9.2f}")
+
+
+def print_next(rows: list[dict]) -> None:
+    print(f"{'setting':9} {'algorithm':9} {'mean round err %':>16} {'real s':>7} {'predicted s':>11} {'total err %':>11}")
+    for r in rows:
+        print(f"{r['setting']:9} {r['algorithm']:9} {r['next_round_err']:16.2f} {r['next_real_s']:7.2f} "
+              f"{r['next_sim_s']:11.2f} {r['next_total_err']:11.2f}")
 
 
 def plot(row: dict, path: str, rounds: int = 3) -> None:
@@ -175,6 +207,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--settings", nargs="+", default=["emulated", "natural"], choices=["emulated", "natural"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=None, metavar="PNG", help="save the first setting's Rennala real vs replayed timeline")
+    parser.add_argument("--next-run", action="store_true",
+                        help="also predict a second real run (seed + 1) from the first one's times (mode resample)")
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
     rows = []
@@ -182,13 +216,17 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         busy = busy_process() if setting == "natural" else None
         try:
             for name in args.algorithms:
-                rows.append(run_pair(name, setting, rounds, args.seed))
+                row = run_pair(name, setting, rounds, args.seed)
+                rows.append(next_run(row, rounds, args.seed) if args.next_run else row)
         finally:
             if busy is not None:
                 busy.kill()
                 busy.wait()
     print(f"{os.cpu_count()} CPUs, {N_AGENTS} agents, subprocess backend, seed {args.seed}, {rounds} rounds per run")
     print_table(rows)
+    if args.next_run:
+        print("\nthe next run (seed + 1) predicted from this run's times (resample):")
+        print_next(rows)
     if args.plot:
         plot(rows[0], args.plot)
     return rows
