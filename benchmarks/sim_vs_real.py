@@ -8,11 +8,16 @@ settings) runs on the simulated clock with those times. Printed per algorithm:
   of every agent in the sweep);
 - ``total err``: |simulated − real| / real of the clock's time at the end of training, in %;
 - ``learn s`` and ``outside s``: the real ``learn()`` call in wall seconds, and the part of it the clock does
-  not count (the main process's own work between rounds: the update, logging, publishing θ; and start-up).
+  not count (the main process's own work between rounds: the update, logging, publishing θ; and start-up);
+- ``jitter ms``: median/max over the run of how far the main process's view of a gradient's end strays from its
+  worker's (the reports' latency), which the replay does not see;
+- the rounds whose counts differ, each with how close it came to a tie, in ms (the smallest gap, in either run,
+  between the gradient that ended the round and another agent's counted one; AFedPG: between two arrivals).
 
+With ``--next-run`` it also predicts a second real run (seed + 1) from the first run's times (mode "resample").
 Two settings:
 
-- ``emulated``: n = 4 agents with lognormal per-gradient times of means 25–160 ms (draws from about 10 to 300 ms)
+- ``emulated``: n = 4 agents with lognormal per-gradient times of means 25–160 ms (draws from about 15 to 300 ms)
   and communication times of 10–100 ms, emulated by sleeping (``time_scale=1``);
 - ``natural``: no emulated time at all: MuJoCo Hopper agents with different physics substeps per step
   (``frame_skip`` 2, 8, 24, 8) and agent 3 pinned to CPU 1 beside a busy process spinning there. (A
@@ -22,7 +27,7 @@ Targets (2-core machine): median round error <= 5 %, total within 5 %, counts eq
 emulated times. Run it from the checkout (about three minutes; ``--quick`` a smoke test of a few seconds per
 run)::
 
-    python benchmarks/sim_vs_real.py [--quick] [--settings emulated natural] [--plot docs/img/calibration.png]
+    python benchmarks/sim_vs_real.py [--quick] [--next-run] [--settings emulated natural] [--plot docs/img/calibration_timeline.png]
 """
 
 from __future__ import annotations
@@ -83,9 +88,20 @@ def build(name: str, env: Any, horizon: int, seed: int, **kwargs: Any) -> Any:
 
 
 def budget(name: str, horizon: int, rounds: int) -> int:
-    """Environment steps for about ``rounds`` rounds (AFedPG: ``rounds`` sweeps of n updates)."""
-    per_round = ROUND_SIZE.get(name, N_AGENTS)
-    return rounds * per_round * horizon
+    """Environment steps: AFedPG, ``rounds`` sweeps of n updates; the others, more than ``rounds`` rounds need (the
+    callback of :func:`learn` stops them)."""
+    return rounds * N_AGENTS * horizon if name == "afedpg" else 10**7
+
+
+def learn(model: Any, name: str, horizon: int, rounds: int) -> None:
+    """Train for ``rounds`` aggregation rounds (AFedPG: ``rounds`` sweeps of n updates), the same on both clocks."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Rounds(BaseCallback):
+        def _on_step(self) -> bool:
+            return name == "afedpg" or self.model.n_rounds < rounds
+
+    model.learn(budget(name, horizon, rounds), callback=Rounds())
 
 
 def rounds_of(trace: list, name: str) -> list[tuple[float, float, dict[int, int]]]:
@@ -114,13 +130,42 @@ def rounds_of(trace: list, name: str) -> list[tuple[float, float, dict[int, int]
     return out
 
 
-def compare_runs(real: list, sim: list, name: str) -> tuple[int, float, float]:
-    """(rounds compared, median |round error| %, counts equal %) over the rounds both runs have."""
+def compare_runs(real: list, sim: list, name: str) -> tuple[int, float, float, list[tuple[int, float]]]:
+    """(rounds compared, median |round error| %, counts equal %, (round, tie margin) of each round whose counts
+    differ) over the rounds both runs have."""
     a, b = rounds_of(real, name), rounds_of(sim, name)
     n = min(len(a), len(b))
     errors = [abs((b[k][1] - b[k][0]) - (a[k][1] - a[k][0])) / (a[k][1] - a[k][0]) * 100 for k in range(n)]
     equal = [a[k][2] == b[k][2] for k in range(n)]
-    return n, statistics.median(errors), 100.0 * sum(equal) / n
+    margins = [(k, tie_margin(real, sim, k, name)) for k in range(n) if not equal[k]]
+    return n, statistics.median(errors), 100.0 * sum(equal) / n, margins
+
+
+def report_jitter(real: list) -> tuple[float, float]:
+    """(median, max) in ms over the run of |(arrival_k − arrival_{k−1}) − duration_k| for an agent's consecutive
+    counted gradients: how far the main process's view of a gradient's end strays from its worker's (the reports'
+    latency: pipes and scheduling). The replay sees only the worker's."""
+    by_agent: dict[tuple[int, int], list] = defaultdict(list)
+    for e in real:
+        if e.kind == "compute" and e.status == "counted" and e.measured is not None:
+            by_agent[(e.round, e.agent)].append(e)
+    gaps = [abs((float(b.end) - float(a.end)) - b.measured) * 1000 for events in by_agent.values()
+            for a, b in zip(sorted(events, key=lambda e: e.index), sorted(events, key=lambda e: e.index)[1:])]
+    return (statistics.median(gaps), max(gaps)) if gaps else (0.0, 0.0)
+
+
+def tie_margin(real: list, sim: list, round_index: int, name: str) -> float:
+    """How close round ``round_index`` came to a tie, in ms: the smallest gap, in either run, between the gradient
+    that ended the round and another agent's counted gradient (AFedPG: between consecutive arrivals of the sweep)."""
+    if name == "afedpg":
+        ends = sorted(float(e.end) for e in real if e.kind == "upload")[round_index * N_AGENTS:(round_index + 1) * N_AGENTS + 1]
+        return min(b - a for a, b in zip(ends, ends[1:])) * 1000
+    gaps = []
+    for trace in (real, sim):
+        counted = [e for e in trace if e.round == round_index and e.kind == "compute" and e.status == "counted"]
+        last = max(counted, key=lambda e: float(e.end))
+        gaps += [float(last.end) - float(e.end) for e in counted if e.agent != last.agent]
+    return min(gaps) * 1000
 
 
 def real_run(name: str, setting: str, rounds: int, seed: int) -> tuple[Any, float]:
@@ -128,7 +173,7 @@ def real_run(name: str, setting: str, rounds: int, seed: int) -> tuple[Any, floa
     env, times, horizon, rounds = settings(setting, rounds)
     real = build(name, env, horizon, seed, clock="real", backend="subprocess", n_workers=N_AGENTS, **times)
     begin = time.perf_counter()
-    real.learn(budget(name, horizon, rounds))
+    learn(real, name, horizon, rounds)
     learn_seconds = time.perf_counter() - begin
     real.close()
     return real, learn_seconds
@@ -139,16 +184,16 @@ def run_pair(name: str, setting: str, rounds: int, seed: int) -> dict:
     from sb3_nigt import TraceTimes
 
     env, _, horizon, rounds = settings(setting, rounds)
-    steps = budget(name, horizon, rounds)
     real, learn_seconds = real_run(name, setting, rounds, seed)
     recorded = TraceTimes.from_trace(real.trace)
     sim = build(name, env, horizon, seed, compute_times=recorded.compute, communication_times=recorded.communication)
-    sim.learn(steps)
-    compared, round_error, counts_equal = compare_runs(real.trace, sim.trace, name)
+    learn(sim, name, horizon, rounds)
+    compared, round_error, counts_equal, margins = compare_runs(real.trace, sim.trace, name)
     total_real, total_sim = real.simulated_time, sim.simulated_time
     return {"setting": setting, "algorithm": name, "rounds": compared, "round_err": round_error, "counts_eq": counts_equal,
             "real_s": total_real, "sim_s": total_sim, "total_err": abs(total_sim - total_real) / total_real * 100,
-            "learn_s": learn_seconds, "outside_s": learn_seconds - total_real, "real": real.trace, "sim": sim.trace}
+            "learn_s": learn_seconds, "outside_s": learn_seconds - total_real, "real": real.trace, "sim": sim.trace,
+            "ties": margins, "jitter": report_jitter(real.trace)}
 
 
 def next_run(row: dict, rounds: int, seed: int) -> dict:
@@ -162,7 +207,7 @@ def next_run(row: dict, rounds: int, seed: int) -> dict:
     real, _ = real_run(name, setting, rounds, seed + 1)
     drawn = TraceTimes.from_trace(row["real"], mode="resample", seed=seed + 1)
     sim = build(name, env, horizon, seed + 1, compute_times=drawn.compute, communication_times=drawn.communication)
-    sim.learn(budget(name, horizon, rounds))
+    learn(sim, name, horizon, rounds)
     mean = [statistics.fmean(b - a for a, b, _ in rounds_of(t.trace, name)) for t in (real, sim)]
     return {**row, "next_round_err": abs(mean[1] - mean[0]) / mean[0] * 100, "next_real_s": real.simulated_time,
             "next_sim_s": sim.simulated_time,
@@ -177,10 +222,12 @@ def busy_process() -> subprocess.Popen:
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'setting':9} {'algorithm':9} {'rounds':>6} {'round err %':>11} {'counts eq %':>11} {'real s':>7} "
-          f"{'sim s':>7} {'total err %':>11} {'learn s':>7} {'outside s':>9}")
+          f"{'sim s':>7} {'total err %':>11} {'learn s':>7} {'outside s':>9} {'jitter ms':>11}  rounds whose counts differ: tie ms")
     for r in rows:
+        ties = " ".join(f"r{k}: {t:.1f}" for k, t in r["ties"]) or "-"
         print(f"{r['setting']:9} {r['algorithm']:9} {r['rounds']:6d} {r['round_err']:11.3f} {r['counts_eq']:11.1f} "
-              f"{r['real_s']:7.2f} {r['sim_s']:7.2f} {r['total_err']:11.3f} {r['learn_s']:7.2f} {r['outside_s']:9.2f}")
+              f"{r['real_s']:7.2f} {r['sim_s']:7.2f} {r['total_err']:11.3f} {r['learn_s']:7.2f} {r['outside_s']:9.2f} "
+              f"{r['jitter'][0]:5.1f}/{r['jitter'][1]:5.1f}  {ties}")
 
 
 def print_next(rows: list[dict]) -> None:
@@ -211,6 +258,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                         help="also predict a second real run (seed + 1) from the first one's times (mode resample)")
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
+    load = os.getloadavg()
     rows = []
     for setting in args.settings:
         busy = busy_process() if setting == "natural" else None
@@ -222,7 +270,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
             if busy is not None:
                 busy.kill()
                 busy.wait()
-    print(f"{os.cpu_count()} CPUs, {N_AGENTS} agents, subprocess backend, seed {args.seed}, {rounds} rounds per run")
+    print(f"{os.cpu_count()} CPUs, {N_AGENTS} agents, subprocess backend, seed {args.seed}, {rounds} rounds per run; "
+          f"load average (1, 5, 15 min) {' '.join(f'{x:.1f}' for x in load)} at the start, "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end")
     print_table(rows)
     if args.next_run:
         print("\nthe next run (seed + 1) predicted from this run's times (resample):")
