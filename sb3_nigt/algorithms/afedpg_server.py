@@ -136,8 +136,8 @@ class AsyncServer:
                            upload_delay=upload)
             downloaded[(agent, index)] = (at if since is None else min(since, at), k)
 
-        for agent in range(collector.n_agents):
-            begin(agent, first_index[agent], params, obs_norm, version)
+        for agent in range(collector.n_agents):  # the simulated clock has every agent download at the start
+            begin(agent, first_index[agent], params, obs_norm, version, since=base)
         while True:
             for event in collector.backend.wait(timeout=1.0):
                 if isinstance(event, WorkerLost):
