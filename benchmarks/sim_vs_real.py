@@ -11,7 +11,9 @@ settings) runs on the simulated clock with those times. Printed per algorithm:
   not count (the main process's own work between rounds: the update, logging, publishing θ; and start-up);
 - ``jitter ms``: median/max over the run of how far the main process's view of a gradient's end strays from its
   worker's (the reports' latency), which the replay does not see;
-- the rounds whose counts differ, each with how close it came to a tie, in ms (the smallest gap, in either run,
+- ``arrivals: err %, eq %``: the round error and counts agreement of a second replay whose gradients last what
+  the server saw (``TraceTimes.from_trace(trace, gradients="arrivals")``: report latency included);
+- the rounds whose counts differ (first replay), each with how close it came to a tie, in ms (the smallest gap, in either run,
   between the gradient that ended the round and another agent's counted one; AFedPG: between two arrivals).
 
 With ``--next-run`` it also predicts a second real run (seed + 1) from the first run's times (mode "resample").
@@ -189,11 +191,15 @@ def run_pair(name: str, setting: str, rounds: int, seed: int) -> dict:
     sim = build(name, env, horizon, seed, compute_times=recorded.compute, communication_times=recorded.communication)
     learn(sim, name, horizon, rounds)
     compared, round_error, counts_equal, margins = compare_runs(real.trace, sim.trace, name)
+    spaced = TraceTimes.from_trace(real.trace, gradients="arrivals")  # the server's view: report latency included
+    server = build(name, env, horizon, seed, compute_times=spaced.compute, communication_times=spaced.communication)
+    learn(server, name, horizon, rounds)
+    _, server_error, server_equal, _ = compare_runs(real.trace, server.trace, name)
     total_real, total_sim = real.simulated_time, sim.simulated_time
     return {"setting": setting, "algorithm": name, "rounds": compared, "round_err": round_error, "counts_eq": counts_equal,
             "real_s": total_real, "sim_s": total_sim, "total_err": abs(total_sim - total_real) / total_real * 100,
             "learn_s": learn_seconds, "outside_s": learn_seconds - total_real, "real": real.trace, "sim": sim.trace,
-            "ties": margins, "jitter": report_jitter(real.trace)}
+            "ties": margins, "jitter": report_jitter(real.trace), "arrivals": (server_error, server_equal)}
 
 
 def next_run(row: dict, rounds: int, seed: int) -> dict:
@@ -222,12 +228,13 @@ def busy_process() -> subprocess.Popen:
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'setting':9} {'algorithm':9} {'rounds':>6} {'round err %':>11} {'counts eq %':>11} {'real s':>7} "
-          f"{'sim s':>7} {'total err %':>11} {'learn s':>7} {'outside s':>9} {'jitter ms':>11}  rounds whose counts differ: tie ms")
+          f"{'sim s':>7} {'total err %':>11} {'learn s':>7} {'outside s':>9} {'jitter ms':>11} {'arrivals: err %, eq %':>21}"
+          f"  rounds whose counts differ: tie ms")
     for r in rows:
         ties = " ".join(f"r{k}: {t:.1f}" for k, t in r["ties"]) or "-"
         print(f"{r['setting']:9} {r['algorithm']:9} {r['rounds']:6d} {r['round_err']:11.3f} {r['counts_eq']:11.1f} "
               f"{r['real_s']:7.2f} {r['sim_s']:7.2f} {r['total_err']:11.3f} {r['learn_s']:7.2f} {r['outside_s']:9.2f} "
-              f"{r['jitter'][0]:5.1f}/{r['jitter'][1]:5.1f}  {ties}")
+              f"{r['jitter'][0]:5.1f}/{r['jitter'][1]:5.1f} {r['arrivals'][0]:13.3f} {r['arrivals'][1]:7.1f}  {ties}")
 
 
 def print_next(rows: list[dict]) -> None:

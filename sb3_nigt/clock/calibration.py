@@ -23,7 +23,7 @@ import csv
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -33,6 +33,9 @@ from sb3_nigt.clock.trace import COLUMNS, COLUMNS_WITHOUT_MEASURED, TraceEvent
 
 #: ``mode`` values: the k-th recorded duration for the k-th draw (cycling), or seeded draws among them.
 MODES = ("replay", "resample")
+#: ``gradients`` values of :meth:`TraceTimes.from_trace`: durations measured on the workers, or the spacing of the
+#: arrivals at the server.
+GRADIENTS = ("worker", "arrivals")
 
 _COMPUTE, _COMMUNICATION = 0, 1  # random streams of "resample"
 
@@ -176,7 +179,8 @@ class TraceTimes:
         return f"TraceTimes({self.n_agents} agents, gradients recorded per agent: {counts}, mode={self.mode!r})"
 
     @classmethod
-    def from_trace(cls, trace: Iterable[Any], mode: str = "replay", seed: int = 0, algorithm: Optional[str] = None) -> "TraceTimes":
+    def from_trace(cls, trace: Iterable[Any], mode: str = "replay", seed: int = 0, algorithm: Optional[str] = None,
+                   gradients: str = "worker") -> "TraceTimes":
         """The times of a recorded trace (``model.trace``, or rows of :func:`sb3_nigt.timeline.read_trace_csv`).
 
         Durations are the events' ``measured`` seconds; where an event has none (a simulated-clock trace), its
@@ -186,10 +190,18 @@ class TraceTimes:
         :param mode: ``"replay"`` or ``"resample"``.
         :param seed: the seed of ``"resample"``.
         :param algorithm: keep only the rows of this ``algorithm`` column (a CSV holding several); None: every row.
+        :param gradients: ``"worker"``: each gradient lasts what its worker measured; ``"arrivals"``: as the server
+            saw it: an agent's gradient after its first of the round lasts from the arrival of the one before to its
+            own (the reports' latency included, so that a replay puts every arrival where the real run had it).
         :raises ValueError: for an empty trace (or no row of ``algorithm``), an agent (0 .. the highest recorded)
-            with no counted gradient, a negative or non-finite duration, or a bad ``mode`` or ``seed``.
+            with no counted gradient, a negative or non-finite duration, or a bad ``mode``, ``seed`` or
+            ``gradients``.
         """
+        if gradients not in GRADIENTS:
+            raise ValueError(f"gradients: must be one of {', '.join(map(repr, GRADIENTS))}, got {gradients!r}")
         events = [_event(e) for e in trace if algorithm is None or _field(e, "algorithm", "") == algorithm]
+        if gradients == "arrivals":
+            events = _arrival_spacing(events)
         if not events:
             raise ValueError("trace: no event" + ("" if algorithm is None else f" of algorithm {algorithm!r}"))
         n_agents = 1 + max(e.agent for e in events)
@@ -209,7 +221,7 @@ class TraceTimes:
 
     @classmethod
     def read_csv(cls, path: Union[str, "os.PathLike[str]"], mode: str = "replay", seed: int = 0,
-                 algorithm: Optional[str] = None) -> "TraceTimes":
+                 algorithm: Optional[str] = None, gradients: str = "worker") -> "TraceTimes":
         """The times of a trace CSV (:func:`sb3_nigt.timeline.write_trace_csv`; a file without the ``measured``
         column reads as unmeasured).
 
@@ -224,7 +236,7 @@ class TraceTimes:
         names = sorted({row["algorithm"] for row in rows})
         if algorithm is None and len(names) > 1:
             raise ValueError(f"algorithm: {path} holds the traces of {', '.join(map(repr, names))}; name one")
-        return cls.from_trace(rows, mode, seed, algorithm)
+        return cls.from_trace(rows, mode, seed, algorithm, gradients)
 
 
 def read_rows(path: Union[str, "os.PathLike[str]"]) -> list[dict[str, Any]]:
@@ -290,6 +302,21 @@ def _by_round(events: list[TraceEvent]) -> dict[int, list[TraceEvent]]:
     for event in events:
         rounds[event.round].append(event)
     return dict(sorted(rounds.items()))
+
+
+def _arrival_spacing(events: list[TraceEvent]) -> list[TraceEvent]:
+    """The events with each measured gradient after an agent's first of the round lasting from the previous one's
+    arrival to its own (at least 1 µs: reports read in one burst arrive together)."""
+    gradients = sorted((i for i, e in enumerate(events) if e.kind == "compute" and e.measured is not None),
+                       key=lambda i: (events[i].round, events[i].agent, events[i].index))
+    spaced, previous = list(events), dict[tuple[int, int], float]()
+    for i in gradients:
+        event = events[i]
+        key = (event.round, event.agent)
+        if key in previous:
+            spaced[i] = replace(event, measured=max(float(event.end) - previous[key], 1e-6))
+        previous[key] = float(event.end)
+    return spaced
 
 
 def _measured_gradients(events: list[TraceEvent], n_agents: int) -> list[list[float]]:
