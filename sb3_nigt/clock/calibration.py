@@ -309,7 +309,8 @@ def _arrival_spacing(events: list[TraceEvent]) -> list[TraceEvent]:
     arrival to its own (at least 1 µs: reports read in one burst arrive together)."""
     gradients = sorted((i for i, e in enumerate(events) if e.kind == "compute" and e.measured is not None),
                        key=lambda i: (events[i].round, events[i].agent, events[i].index))
-    spaced, previous = list(events), dict[tuple[int, int], float]()
+    spaced = list(events)
+    previous: dict[tuple[int, int], float] = {}
     for i in gradients:
         event = events[i]
         key = (event.round, event.agent)
