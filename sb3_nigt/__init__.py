@@ -8,9 +8,10 @@ from sb3_nigt.algorithms.afedpg import AFedPG
 from sb3_nigt.algorithms.malenia import MaleniaNIGT
 from sb3_nigt.algorithms.rennala import RennalaNIGT
 from sb3_nigt.algorithms.synchronized import SynchronizedNIGT
+from sb3_nigt.clock.calibration import TraceTimes
 from sb3_nigt.clock.timing import RandomTimes, TimingModel
 from sb3_nigt.policies import MlpPolicy, NIGTPolicy
 
 __version__ = "0.1.0"
 
-__all__ = ["AFedPG", "MaleniaNIGT", "MlpPolicy", "NIGTPolicy", "RandomTimes", "RennalaNIGT", "SynchronizedNIGT", "TimingModel", "__version__"]
+__all__ = ["AFedPG", "MaleniaNIGT", "MlpPolicy", "NIGTPolicy", "RandomTimes", "RennalaNIGT", "SynchronizedNIGT", "TimingModel", "TraceTimes", "__version__"]

@@ -19,6 +19,11 @@ docs/algorithms.md, "The time model in brief"):
     --scenario decreasing (paper Fig. 8)                      √(n + 1 − i)    0
     App. H.3: --heterogeneous-envs --n-agents 2
               --compute-times 1 10                            (1, 10)         0
+    a real run's: --times-from trace.csv                      measured        measured
+
+``--times-from`` reads a trace CSV of a real-clock run (``record_trace=True``) as
+:class:`~sb3_nigt.clock.calibration.TraceTimes`: which algorithm would be fastest on those machines
+(docs/calibration.md).
 
 ``decreasing`` gives compute times that decrease with the agent index (agent 0 is the slowest, √n), passed to
 the algorithms as an explicit list of n floats. With identical environments it is a permutation of
@@ -84,6 +89,7 @@ from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalizati
 
 from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.algorithms.base import NIGTAlgorithm
+from sb3_nigt.clock.calibration import RecordedTimes, TraceTimes
 from sb3_nigt.envs import heterogeneous_envs
 from sb3_nigt.workers.env_factory import AgentVecEnv
 
@@ -115,7 +121,7 @@ _UNSET = object()
 #: constructor arguments the runner passes positionally; ``--set`` may not override them.
 RESERVED_KEYS = ("policy", "env")
 
-TimeSpec = Union[str, float, list]
+TimeSpec = Union[str, float, list, RecordedTimes]
 #: ``--env``'s default: a task the algorithms visibly learn at the default budget (docs/baselines.md).
 DEFAULT_ENV = "InvertedPendulum-v5"
 #: The algorithms whose round collects M = ``--batch-size`` gradients (``round_size``).
@@ -222,6 +228,25 @@ def parse_times(tokens: Sequence[str], option: str, presets: Sequence[str], n_ag
 _WORDS = {"true": True, "false": False, "none": None, "null": None}
 
 
+def recorded_times(args: argparse.Namespace) -> tuple[TimeSpec, TimeSpec]:
+    """``--times-from``: the recorded h_i and κ_i (:class:`~sb3_nigt.clock.calibration.TraceTimes`), checked
+    against ``--n-agents``.
+
+    :raises ValueError: starting ``--times-from:``, with ``--compute-times`` or ``--communication-times`` too, for a
+        file that is not a trace, a bad trace, or fewer agents recorded than ``--n-agents``.
+    """
+    from sb3_nigt.clock.timing import TimingModel
+
+    if args.compute_times is not None or args.communication_times is not None:
+        raise ValueError("--times-from: gives h_i and κ_i; drop --compute-times and --communication-times")
+    try:
+        recorded = TraceTimes.read_csv(args.times_from, args.times_mode, algorithm=args.times_algorithm)
+        TimingModel(args.n_agents, recorded.compute, recorded.communication)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--times-from: {args.times_from}: {exc}") from None
+    return recorded.compute, recorded.communication
+
+
 def parse_value(text: str) -> Any:
     """A ``--set`` value: ``true``/``false`` (any case), ``None``/``null``, an int, a float (``inf`` and ``nan``
     too), a list of numbers (``1,10`` or ``[1, 10]``, always floats), any other Python literal (a dict, a quoted
@@ -321,6 +346,8 @@ def format_ratio(seconds: float, reference_seconds: float, reference: str) -> st
 
 def describe_times(spec: TimeSpec) -> str:
     """A short description of a time specification for the plot's title."""
+    if isinstance(spec, RecordedTimes):
+        return f"recorded ({spec.mode})"
     if isinstance(spec, (list, tuple)):
         if len(set(spec)) == 1:
             return f"{spec[0]:g}"
@@ -382,6 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--communication-times", nargs="+", default=None, metavar="KAPPA",
                         help=f"κ_i, overriding the scenario's: a preset ({', '.join(COMMUNICATION_PRESETS)}), one float for "
                              "every agent, or n floats; >= 0 seconds")
+    parser.add_argument("--times-from", default=None, metavar="TRACE_CSV",
+                        help="h_i and κ_i measured in a real run: a trace CSV of a real-clock run with record_trace=True "
+                             "(sb3_nigt.TraceTimes, docs/calibration.md); replaces the scenario's times; --n-agents "
+                             "at most the agents recorded")
+    parser.add_argument("--times-mode", default="replay", choices=["replay", "resample"],
+                        help="with --times-from: agent i's k-th gradient takes its k-th recorded duration (replay, "
+                             "cycling) or a seeded draw among them (resample)")
+    parser.add_argument("--times-algorithm", default=None, metavar="NAME",
+                        help="with --times-from: the algorithm column to read, when the CSV holds several traces")
     parser.add_argument("--algorithms", nargs="+", default=["rennala", "afedpg", "sync"], choices=list(ALGORITHMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--timesteps", type=int, default=200_000, help="environment steps per algorithm and seed (at most)")
@@ -436,6 +472,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         if args.communication_times is not None:
             communication = parse_times(args.communication_times, "--communication-times", COMMUNICATION_PRESETS,
                                         args.n_agents, positive=False)
+        if args.times_from is not None:
+            compute, communication = recorded_times(args)
         args.override_map = parse_overrides(args.overrides, args.algorithms)
         check_env(args.env)
     except ValueError as exc:
@@ -573,6 +611,7 @@ def plot_title(args: argparse.Namespace) -> str:
     times = "".join([
         f", h = {describe_times(args.compute)}" if args.compute_times is not None else "",
         f", κ = {describe_times(args.communication)}" if args.communication_times is not None else "",
+        f", times from {Path(args.times_from).name} ({args.times_mode})" if args.times_from is not None else "",
     ])
     return (f"{args.env}{' (App. H.3 agents)' if args.heterogeneous_envs else ''}, scenario {args.scenario}{times}, "
             f"n = {args.n_agents}, {len(args.seeds)} seeds")

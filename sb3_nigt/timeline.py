@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union, cast
 
 from sb3_nigt.clock.exact import ExactTime
-from sb3_nigt.clock.trace import COLUMNS, KINDS, STATUSES, TraceEvent
+from sb3_nigt.clock.trace import COLUMNS, COLUMNS_WITHOUT_MEASURED, KINDS, STATUSES, TraceEvent
 
 if TYPE_CHECKING:  # matplotlib is an optional dependency, imported when plotting
     from matplotlib.axes import Axes
@@ -103,22 +103,37 @@ def _integer(value: Any, what: str) -> int:
         raise ValueError(f"trace: {what} must be an integer, got {value!r}") from None
 
 
+def _measured(value: Any) -> float | None:
+    """The ``measured`` field: None (or empty text) when nothing was measured, else a finite float >= 0 (seconds).
+
+    :raises ValueError: for text that is not a number, a negative or a non-finite duration.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    seconds = _time(value, "measured")
+    if seconds < 0:
+        raise ValueError(f"trace: measured must be a duration >= 0 seconds, got {value!r}")
+    return seconds
+
+
 def as_event(event: EventLike) -> TraceEvent:
     """One event as a :class:`TraceEvent` with float times (seconds), checked.
 
     :param event: a :class:`TraceEvent` (times floats or :class:`ExactTime`) or a mapping with the keys
-        ``round, agent, kind, index, start, end, status`` (values may be text, as in a CSV row).
+        ``round, agent, kind, index, start, end, status`` and optionally ``measured`` (values may be text, as in a
+        CSV row; an empty or missing ``measured`` is None).
     :return: the event, times as floats.
-    :raises ValueError: for a missing field, an unknown kind or status, a non-finite time or ``end < start``.
+    :raises ValueError: for a missing field, an unknown kind or status, a non-finite time, ``end < start`` or a
+        negative measured duration.
     :raises TypeError: when ``event`` is neither a :class:`TraceEvent` nor a mapping.
     """
     if isinstance(event, TraceEvent):
         fields = {name: getattr(event, name) for name in COLUMNS[1:]}
     elif isinstance(event, Mapping):
-        missing = [name for name in COLUMNS[1:] if name not in event]
+        missing = [name for name in COLUMNS_WITHOUT_MEASURED[1:] if name not in event]
         if missing:
             raise ValueError(f"trace: event {dict(event)!r} lacks {missing}")
-        fields = {name: event[name] for name in COLUMNS[1:]}
+        fields = {name: event.get(name) for name in COLUMNS[1:]}
     else:
         raise TypeError(f"trace: an event must be a TraceEvent or a mapping, got {type(event).__name__}")
     kind, status = str(fields["kind"]), str(fields["status"])
@@ -137,6 +152,7 @@ def as_event(event: EventLike) -> TraceEvent:
         start=start,
         end=end,
         status=status,
+        measured=_measured(fields["measured"]),
     )
 
 
@@ -246,9 +262,11 @@ def _select(trace: list[TraceEvent], window: tuple[int, int] | None, limit: int 
 
 # ---------------------------------------------------------------------------------------------------------- CSV
 def _rows(events: Iterable[EventLike], algorithm: str) -> list[list[str]]:
-    """CSV rows of one trace (floats written as ``repr``, which reads back to the same float)."""
+    """CSV rows of one trace (floats written as ``repr``, which reads back to the same float; an unmeasured
+    ``measured`` is empty)."""
     return [
-        [algorithm, str(e.round), str(e.agent), e.kind, str(e.index), repr(float(e.start)), repr(float(e.end)), e.status]
+        [algorithm, str(e.round), str(e.agent), e.kind, str(e.index), repr(float(e.start)), repr(float(e.end)), e.status,
+         "" if e.measured is None else repr(float(e.measured))]
         for e in as_events(events)
     ]
 
@@ -266,7 +284,7 @@ def write_trace_csv(
     :raises ValueError: for an invalid event (:func:`as_event`), or when ``algorithm`` is given with a mapping.
     :raises TypeError: when ``events`` is neither a sequence of events nor a mapping of them.
     """
-    if isinstance(events, Mapping) and not set(COLUMNS[1:]) <= set(events):
+    if isinstance(events, Mapping) and not set(COLUMNS_WITHOUT_MEASURED[1:]) <= set(events):
         if algorithm:
             raise ValueError("write_trace_csv: algorithm must be empty when events maps algorithm names to events")
         rows = [row for name, trace in events.items() for row in _rows(trace, str(name))]
@@ -283,28 +301,32 @@ def write_trace_csv(
 
 
 def read_trace_csv(path: PathLike) -> list[dict[str, Any]]:
-    """Read a CSV written by :func:`write_trace_csv`.
+    """Read a CSV written by :func:`write_trace_csv` (also one written before the ``measured`` column existed, whose
+    rows then read as unmeasured).
 
     :param path: the CSV file.
     :return: one dict per row with the keys of :data:`COLUMNS`: ``round``, ``agent`` and ``index`` as int,
-        ``start`` and ``end`` as float (seconds), ``algorithm``, ``kind`` and ``status`` as str.
-    :raises ValueError: when the header is not :data:`COLUMNS` or a row is invalid (the line number is given).
+        ``start`` and ``end`` as float (seconds), ``algorithm``, ``kind`` and ``status`` as str, ``measured`` as float
+        (seconds) or None.
+    :raises ValueError: when the header is neither :data:`COLUMNS` nor
+        :data:`~sb3_nigt.clock.trace.COLUMNS_WITHOUT_MEASURED`, or a row is invalid (the line number is given).
     :raises FileNotFoundError: when the file does not exist.
     """
     path = Path(path)
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
-        if header is None or tuple(header) != COLUMNS:
+        if header is None or tuple(header) not in (COLUMNS, COLUMNS_WITHOUT_MEASURED):
             raise ValueError(f"{path}: expected the header {','.join(COLUMNS)}, got {header!r}")
+        columns = tuple(header)
         records = []
         for line, row in enumerate(reader, start=2):
             if not row:
                 continue
-            if len(row) != len(COLUMNS):
-                raise ValueError(f"{path}, line {line}: expected {len(COLUMNS)} fields, got {len(row)}")
+            if len(row) != len(columns):
+                raise ValueError(f"{path}, line {line}: expected {len(columns)} fields, got {len(row)}")
             try:
-                event = as_event(dict(zip(COLUMNS, row)))
+                event = as_event(dict(zip(columns, row)))
             except ValueError as error:
                 raise ValueError(f"{path}, line {line}: {error}") from None
             records.append(
@@ -317,6 +339,7 @@ def read_trace_csv(path: PathLike) -> list[dict[str, Any]]:
                     "start": float(event.start),
                     "end": float(event.end),
                     "status": event.status,
+                    "measured": event.measured,
                 }
             )
     return records

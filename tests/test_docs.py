@@ -58,7 +58,7 @@ def test_the_pages_that_show_code_are_collected():
     pages = {page for page, _ in BLOCKS}
     for page in ("README.md", "docs/rennala_nigt.md", "docs/malenia_nigt.md", "docs/synchronized_nigt.md",
                  "docs/afedpg.md", "docs/time.md", "docs/algorithms.md", "docs/backends.md", "docs/zoo.md",
-                 "docs/policy.md", "docs/reproduction.md"):
+                 "docs/policy.md", "docs/reproduction.md", "docs/calibration.md"):
         assert page in pages, f"{page} has no ```python block"
 
 

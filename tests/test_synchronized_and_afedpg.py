@@ -224,7 +224,9 @@ def test_every_algorithm_learns_a_bandit(algorithm):
     )
     obs = np.ones((1, 1), dtype=np.float32)
     before = float(model.predict(obs, deterministic=True)[0][0, 0])
-    model.learn(1200)
+    # 2,400 one-step trajectories: with 1,200, some seeds of the lockstep engine's noise streams are still on their
+    # way (seeds 0-5: Malenia NIGT 0.76-1.0, and AFedPG's seed 0 at −1.0 before it turns back; all >= 0.85 at 2,400).
+    model.learn(2400)
     after = float(model.predict(obs, deterministic=True)[0][0, 0])
     assert before < 0.6 and after > 0.95, (before, after)
 

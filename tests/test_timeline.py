@@ -103,15 +103,15 @@ def test_csv_round_trip_several_algorithms(tmp_path):
 
     with path.open(newline="") as handle:
         raw = list(csv.reader(handle))
-    assert raw[0] == ["algorithm", "round", "agent", "kind", "index", "start", "end", "status"]
+    assert raw[0] == ["algorithm", "round", "agent", "kind", "index", "start", "end", "status", "measured"]
     assert tuple(raw[0]) == COLUMNS
     assert len(raw) == 1 + 19 + 2
-    assert raw[-2] == ["afedpg", "0", "0", "compute", "0", "0.1", "0.30000000000000004", "counted"]  # repr precision
+    assert raw[-2] == ["afedpg", "0", "0", "compute", "0", "0.1", "0.30000000000000004", "counted", ""]  # repr precision
 
     rows = read_trace_csv(path)
     assert [r["algorithm"] for r in rows] == ["rennala"] * 19 + ["afedpg"] * 2
     assert rows[8] == {"algorithm": "rennala", "round": 0, "agent": 2, "kind": "compute", "index": 0,
-                       "start": 0.1, "end": 2.3, "status": "abandoned"}
+                       "start": 0.1, "end": 2.3, "status": "abandoned", "measured": None}
     assert list(rows[0]) == list(COLUMNS)
     for row in rows:
         assert type(row["round"]) is int and type(row["agent"]) is int and type(row["index"]) is int
@@ -163,7 +163,7 @@ def test_csv_errors(tmp_path):
     with pytest.raises(ValueError, match="header"):
         read_trace_csv(bad_header)
     bad_row = tmp_path / "row.csv"
-    bad_row.write_text(",".join(COLUMNS) + "\nsync,0,zero,compute,0,0.0,1.0,counted\n")
+    bad_row.write_text(",".join(COLUMNS) + "\nsync,0,zero,compute,0,0.0,1.0,counted,\n")
     with pytest.raises(ValueError, match="line 2.*agent"):
         read_trace_csv(bad_row)
 

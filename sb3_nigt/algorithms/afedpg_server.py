@@ -14,7 +14,7 @@ from sb3_nigt.clock.exact import ExactTime
 from sb3_nigt.clock.real import WallClock, lost_work
 from sb3_nigt.clock.rounds import Arrival, Collector
 from sb3_nigt.clock.trace import TraceEvent
-from sb3_nigt.workers.rollout import ObsNorm, UnitResult
+from sb3_nigt.workers.rollout import ObsNorm, UnitResult, WorkUnit
 
 
 class AsyncServer:
@@ -125,17 +125,19 @@ class AsyncServer:
         clock = WallClock(collector, base)
         downloaded: dict[tuple[int, int], tuple[float, int]] = {}
 
-        def begin(agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], k: int) -> None:
+        def begin(agent: int, index: int, theta: np.ndarray, norm: Optional[ObsNorm], k: int, since: Optional[float] = None) -> None:
+            """Send the agent its job; ``since``: its previous arrival, from which the trace times its download (the
+            server's update in between is part of it, as the simulated clock has the agent download at once)."""
             at = clock.now()
             kappa = clock.transfer(agent, at)
             minimum = clock.computes(agent, at + kappa, 1)[0]
             upload = clock.transfer(agent, at + kappa)  # drawn ahead: the worker sleeps it
             self._send_job(agent, index, theta, norm, delay=kappa, min_duration=minimum, per_step=clock.timing.per_step,
                            upload_delay=upload)
-            downloaded[(agent, index)] = (at, k)
+            downloaded[(agent, index)] = (at if since is None else min(since, at), k)
 
-        for agent in range(collector.n_agents):
-            begin(agent, first_index[agent], params, obs_norm, version)
+        for agent in range(collector.n_agents):  # the simulated clock has every agent download at the start
+            begin(agent, first_index[agent], params, obs_norm, version, since=base)
         while True:
             for event in collector.backend.wait(timeout=1.0):
                 if isinstance(event, WorkerLost):
@@ -150,15 +152,25 @@ class AsyncServer:
                 if key not in downloaded:  # a stale result
                     continue
                 download, k = downloaded.pop(key)
-                computed = max(0.0, event.seconds - unit.delay - unit.upload_delay)
-                trace.append(TraceEvent(k, unit.agent, "broadcast", -1, download, download + unit.delay, "sent"))
-                trace.append(TraceEvent(k, unit.agent, "compute", unit.first, at - unit.upload_delay - computed, at - unit.upload_delay, "counted"))
-                trace.append(TraceEvent(k, unit.agent, "upload", -1, at - unit.upload_delay, at, "sent"))
+                trace.extend(measured_job(k, unit, download, at, event.seconds))
                 reply, stop = on_arrival(Arrival(ExactTime.of(at), unit.agent, unit.first, event.trajectories[0], event.gradient, k))
                 if stop or reply is None:
                     return
                 theta, norm, new_version = reply
-                begin(unit.agent, unit.first + 1, theta, norm, new_version)
+                begin(unit.agent, unit.first + 1, theta, norm, new_version, since=at)
+
+
+def measured_job(version: int, unit: WorkUnit, download: float, at: float, seconds: float) -> list[TraceEvent]:
+    """The trace of one real-clock AFedPG job, sent at ``download`` and back at ``at`` (seconds on the clock), that
+    took ``seconds`` on its worker (emulated sleeps included). Measured: the gradient (the worker's time less its
+    emulated transfers); the upload is the emulated κ_i its worker slept (no clock observes it apart); the
+    broadcast is the rest of the round trip (θ's travel and the result's way back, emulated download included), so
+    the three add up to ``at - download``."""
+    computed = max(0.0, seconds - unit.delay - unit.upload_delay)
+    sent = max(download, at - unit.upload_delay - computed)
+    return [TraceEvent(version, unit.agent, "broadcast", -1, download, sent, "sent", sent - download),
+            TraceEvent(version, unit.agent, "compute", unit.first, sent, at - unit.upload_delay, "counted", computed),
+            TraceEvent(version, unit.agent, "upload", -1, at - unit.upload_delay, at, "sent", unit.upload_delay)]
 
 
 def new_job(agent: int, index: int, download: ExactTime, params: np.ndarray, obs_norm: Optional[ObsNorm], version: int) -> dict:

@@ -165,7 +165,7 @@ class InlineBackend(BackendHooks):
             with single_threaded_torch():
                 state.pending = state.sample(worker, lambda: False)
             due = state.pending[1]
-            self._hold(due, AgentReport(state.run.epoch, state.pending[0].stats), state)
+            self._hold(due, AgentReport(state.run.epoch, state.pending[0].stats, due - state.next_at), state)
             if state.run.max_gradients is not None and len(state.trajectories) + 1 >= state.run.max_gradients:
                 state.finish()  # its last trajectory: the run ends and sends its sum after the emulated upload
                 del self.runs[agent]

@@ -343,7 +343,7 @@ class RemoteDriver(BackendHooks):
         run = worker.runs.get(agent)
         self.failures = 0
         if run is not None and run.epoch == epoch and agent not in worker.flushed and epoch >= self.live:
-            return AgentReport(epoch, message.stats)
+            return AgentReport(epoch, message.stats, message.seconds)
         return None
 
     def _on_cancelled(self, message: UnitCancelled, index: int, worker: RemoteWorker) -> None:

@@ -69,6 +69,7 @@ def plan_round(agents: Agents, rule: AggregationRule, round_index: int, start: E
 
     :raises RuntimeError: when the rule can never be satisfied (agents down for good, or none computing).
     """
+    agents.timing.begin_round(round_index, agents.counters)  # recorded times re-align their counters by round
     fast = plan_vectorized(agents, rule, start)
     return fast if fast is not None else RoundPlanner(agents, rule, round_index, start, trace, results).run()
 

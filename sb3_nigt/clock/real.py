@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Protocol
 
 import numpy as np
@@ -75,13 +75,14 @@ def lost_work(collector: Any, event: WorkerLost) -> WorkerLost:
 @dataclass
 class Counted:
     """One counted gradient: ``agent``'s trajectory ``index``, the ``order``-th to arrive (over every rank), at
-    ``at`` seconds on the clock."""
+    ``at`` seconds on the clock; ``seconds``: its duration measured on its worker (None: not measured)."""
 
     order: int
     at: float
     agent: int
     index: int
     stats: TrajectoryStats
+    seconds: Optional[float] = None
 
 
 @dataclass
@@ -203,6 +204,8 @@ class RealRound:
         self.first = [0] * collector.n_agents  # each restart of an agent starts past its earlier trajectories
         self.tally = Tally({agent: [] for agent in range(collector.n_agents)})
         self.running: set[int] = set()
+        self.broadcasts: dict[int, int] = {}  # agent → the position of its latest broadcast in ``trace``
+        self.late: list[Counted] = []  # trajectories of this process's agents that finished after the rule was met
 
     def run(self) -> RealRoundResult:
         """Play the round.
@@ -232,6 +235,7 @@ class RealRound:
         alike, so that the counters agree."""
         collector, clock, limit = self.collector, self.clock, self.rule.max_per_agent
         delay = clock.transfer(agent, at)
+        self.broadcasts[agent] = len(self.trace)
         self.trace.append(TraceEvent(self.round_index, agent, "broadcast", -1, at, at + delay, "sent"))
         durations = clock.computes(agent, at + delay, 2 * self.rule.batch_size + 8) if clock.scale > 0 else ()
         upload = clock.transfer(agent, at) if limit is not None else 0.0  # drawn ahead: the agent sends at once
@@ -284,24 +288,40 @@ class RealRound:
                     self._restart(run.agent)
         elif isinstance(event, AgentReport):
             if event.epoch == epoch and event.stats.agent in self.running:
-                self._report(event.stats)
+                self._report(event.stats, event.seconds)
         elif isinstance(event, UnitResult) and event.unit.epoch == epoch and self._owes(event.unit.agent):
             agent = event.unit.agent  # a flushed sum, or an early one (Synchronized NIGT: one gradient, sent at once)
             tally.sums[agent], tally.uploaded[agent] = event.gradient, self.clock.now()
             tally.vectors += 1
 
-    def _report(self, stats: TrajectoryStats) -> None:
-        """A running agent finished a trajectory: count it if the counter says so."""
+    def _report(self, stats: TrajectoryStats, seconds: Optional[float] = None) -> None:
+        """A running agent finished a trajectory (``seconds`` long, measured on its worker): count it if the counter
+        says so."""
         order = self.counter.arrive(stats.agent)
-        if order is None:
-            return
         at = self.clock.now()
-        self.tally.counted[stats.agent].append(Counted(order, at, stats.agent, stats.index, stats))
+        if order is None:  # too late to count: kept for the trace (its measured duration)
+            self.late.append(Counted(0, at, stats.agent, stats.index, stats, seconds))
+            return
+        self.tally.counted[stats.agent].append(Counted(order, at, stats.agent, stats.index, stats, seconds))
         if not self.rule.wants_more(stats.agent):
             self.tally.stops[stats.agent] = at
             self.running.discard(stats.agent)
 
     # ----------------------------------------------------------------------------------------------- the end
+    def _measure_broadcasts(self, tally: Tally) -> None:
+        """Each broadcast's measured seconds, as the main process sees them: from the agent's launch to the arrival
+        of its first gradient of the round, less that gradient's duration measured on its worker (so θ's travel,
+        the worker's start and the report's way back, emulated κ_i included). Agents without a counted, measured
+        gradient keep the modelled broadcast (``measured`` None)."""
+        for agent, position in self.broadcasts.items():
+            measured = [c for c in tally.counted.get(agent, []) if c.seconds is not None]
+            if not measured or position >= len(self.trace):
+                continue
+            first = min(measured, key=lambda c: c.index)
+            event, duration = self.trace[position], float(first.seconds or 0.0)
+            seconds = max(0.0, first.at - duration - float(event.start))
+            self.trace[position] = replace(event, end=max(float(event.end), float(event.start) + seconds), measured=seconds)
+
     def _finish(self, tally: Tally) -> RealRoundResult:
         """The round's arrivals, sums, stop and end from the whole ``tally``; the trace's gradients and uploads; the
         counters of the draws made elsewhere (another rank's agents' uploads; without emulation, h_i per gradient
@@ -313,11 +333,18 @@ class RealRound:
             if clock.scale == 0:
                 clock.counters.compute[agent] += len(counted) + 1
         counted = sorted((c for agent in tally.counted.values() for c in agent), key=lambda c: c.order)
+        self._measure_broadcasts(tally)
         for c in counted:
-            self.trace.append(TraceEvent(self.round_index, c.agent, "compute", c.index, c.at, c.at, "counted"))
+            begin = c.at if c.seconds is None else max(self.clock.base, c.at - c.seconds)
+            self.trace.append(TraceEvent(self.round_index, c.agent, "compute", c.index, begin, c.at, "counted", c.seconds))
+        for c in self.late:
+            if c.index not in {k.index for k in tally.counted.get(c.agent, [])}:
+                begin = c.at if c.seconds is None else max(self.clock.base, c.at - c.seconds)
+                self.trace.append(TraceEvent(self.round_index, c.agent, "compute", c.index, begin, c.at, "abandoned", c.seconds))
         end = max([stop] + list(tally.uploaded.values()))
         for agent in sorted(tally.uploaded):
             begin = tally.stops.get(agent, stop)
-            self.trace.append(TraceEvent(self.round_index, agent, "upload", -1, begin, max(begin, tally.uploaded[agent]), "sent"))
+            arrived = max(begin, tally.uploaded[agent])
+            self.trace.append(TraceEvent(self.round_index, agent, "upload", -1, begin, arrived, "sent", arrived - begin))
         sums = {agent: tally.sums[agent] for agent in sorted(tally.sums) if self.rule.counts[agent] > 0}
         return RealRoundResult(counted, sums, stop, end, tally.vectors)

@@ -157,7 +157,9 @@ class TimingModel:
       :func:`expensive_factor`);
     - a :class:`RandomTimes` (or a dict of its fields): a random draw per gradient or per transfer;
     - a callable ``f(agent, start_seconds, counter) -> seconds``: agent from 0, the simulated time (float seconds)
-      at which the work starts, and the agent's counter of that kind of work (:class:`TimeCounters`).
+      at which the work starts, and the agent's counter of that kind of work (:class:`TimeCounters`); if it has a
+      method ``check_timing(n_agents, compute_time_unit, arg)``, it is called here and may raise ``ValueError``
+      (times measured in a real run, :class:`~sb3_nigt.clock.calibration.TraceTimes`, check their agents so).
 
     :param n_agents: n, the number of agents (>= 1).
     :param compute_times: h_i, seconds per gradient (or per environment step, see ``compute_time_unit``). > 0.
@@ -218,6 +220,9 @@ class TimingModel:
                 raise ValueError(f"{arg}: RandomTimes.mean must be a preset, a float or a list of {self.n_agents} floats")
             return (spec, [float(m) for m in means])
         if callable(spec):
+            check = getattr(spec, "check_timing", None)  # e.g. recorded times (clock/calibration.py): enough agents?
+            if callable(check):
+                check(self.n_agents, self.unit, arg)
             return spec
         if isinstance(spec, str):
             return _preset(spec, self.n_agents, n_params, arg)
@@ -255,6 +260,16 @@ class TimingModel:
     def communication_time(self, agent: int, start: Union[ExactTime, float] = 0.0, counter: int = 0) -> ExactTime:
         """κ_i of a transfer (one vector, one direction) of ``agent`` starting at ``start``, its ``counter``-th."""
         return self._value(self._communication, "communication_times", agent, start, counter, _COMMUNICATION, False)
+
+    def begin_round(self, round_index: int, counters: TimeCounters) -> None:
+        """A round of the simulated clock starts: a specification with a method ``align_round(round_index,
+        counters)`` (times recorded round by round, :class:`~sb3_nigt.clock.calibration.TraceTimes`) may set the
+        agents' counters of its kind (a list of ints, one per agent) to where the recording of that round starts.
+        Every other specification is left alone."""
+        for parsed, values in ((self._compute, counters.compute), (self._communication, counters.communication)):
+            align = getattr(parsed, "align_round", None)
+            if callable(align):
+                align(round_index, values)
 
     def constant_times(self) -> Optional[tuple[list[ExactTime], list[ExactTime]]]:
         """(per-gradient durations, communication times) of every agent when both are constant (lists or presets)

@@ -7,7 +7,7 @@ With ``record_trace=True`` an algorithm appends one :class:`TraceEvent` per broa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 from sb3_nigt.clock.exact import ExactTime
 
@@ -18,8 +18,11 @@ KINDS = ("broadcast", "compute", "upload")
 #: ``"down"`` events.
 STATUSES = ("counted", "abandoned", "sent", "down")
 
-#: CSV columns, in order (:func:`sb3_nigt.timeline.write_trace_csv`).
-COLUMNS = ("algorithm", "round", "agent", "kind", "index", "start", "end", "status")
+#: CSV columns, in order (:func:`sb3_nigt.timeline.write_trace_csv`). ``measured`` is empty where nothing was
+#: measured (the simulated clock); files written before it existed (:data:`COLUMNS_WITHOUT_MEASURED`) still read.
+COLUMNS = ("algorithm", "round", "agent", "kind", "index", "start", "end", "status", "measured")
+#: The columns of trace files written before the ``measured`` column existed.
+COLUMNS_WITHOUT_MEASURED = COLUMNS[:-1]
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class TraceEvent:
     :param start: when the interval starts (seconds; exact on the simulated clock).
     :param end: when it ends (seconds).
     :param status: ``"counted"``, ``"abandoned"``, ``"sent"`` or ``"down"``.
+    :param measured: real clock only: the interval's duration as measured, in wall seconds (a gradient: on its
+        worker, from when it could start to its end; a transfer: as the main process observes it, see
+        docs/calibration.md); None where the clock modelled it instead (the simulated clock).
     """
 
     round: int
@@ -43,7 +49,10 @@ class TraceEvent:
     start: Union[ExactTime, float]
     end: Union[ExactTime, float]
     status: str
+    measured: Optional[float] = None
 
     def as_row(self, algorithm: str = "") -> tuple:
-        """The CSV row (:data:`COLUMNS`), times as floats."""
-        return (algorithm, self.round, self.agent, self.kind, self.index, float(self.start), float(self.end), self.status)
+        """The CSV row (:data:`COLUMNS`), times as floats (``measured``: None when not measured)."""
+        measured = None if self.measured is None else float(self.measured)
+        return (algorithm, self.round, self.agent, self.kind, self.index, float(self.start), float(self.end), self.status,
+                measured)

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from sb3_nigt.experiments.costs import calibrate as calibrate_costs
 from sb3_nigt.experiments.costs import estimate, spent
-from sb3_nigt.experiments.registry import EXPERIMENTS, LABELS, Experiment, format_alpha
+from sb3_nigt.experiments.registry import EXPERIMENTS, LABELS, Experiment, format_alpha, with_trace_times
 from sb3_nigt.experiments.report import plot, summary_line, tables, verdict_lines, write_results
 from sb3_nigt.experiments.runner import RunSpec, execute, pool_map, read_run
 from sb3_nigt.experiments.tuning import run_study, study_algorithm
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not run more seeds where an interval straddles its boundary; print the command instead")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget (two α, two round sizes, two seeds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--times-from", default=None, metavar="TRACE_CSV",
+                        help="run the experiment on the agents of a recorded real run: their measured h_i and κ_i "
+                             "(a trace CSV of a real-clock run with record_trace=True; docs/calibration.md)")
     return parser
 
 
@@ -117,7 +120,8 @@ def with_seeds(experiment: Experiment, seeds: int) -> Experiment:
 def command_of(experiment: Experiment, seeds: Optional[int]) -> str:
     """The command that reports ``experiment`` (its smoke form, its ``--seeds``)."""
     return (f"python -m sb3_nigt.experiments {experiment.name}{' --smoke' if experiment.is_smoke else ''}"
-            f"{f' --seeds {seeds}' if seeds is not None else ''}")
+            f"{f' --seeds {seeds}' if seeds is not None else ''}"
+            f"{f' --times-from {experiment.times_from}' if experiment.times_from is not None else ''}")
 
 
 def report_header(experiment: Experiment, seeds: Optional[int], same_start: bool) -> list[str]:
@@ -140,7 +144,8 @@ def report_header(experiment: Experiment, seeds: Optional[int], same_start: bool
         f"## {experiment.name} ({experiment.figure}){' — smoke run' if experiment.is_smoke else ''}", "", *smoke,
         f"Claim checked{' (by the full experiment)' if experiment.is_smoke else ''}: {experiment.claim}.", "",
         f"```bash\n{command_of(experiment, seeds)}\n```", "",
-        f"{experiment.env}, times `{experiment.scenario}`{times}"
+        (f"{experiment.env}, times measured in a real run (`{experiment.times_from}`, replayed)"
+         if experiment.times_from is not None else f"{experiment.env}, times `{experiment.scenario}`{times}")
         + (f", outages {experiment.outages}" if experiment.outages else "")
         + f", M/S grid {list(experiment.round_size_grid)}, η = {experiment.momentum}, budget "
           f"{experiment.simulated_seconds:g} simulated s, seeds {list(experiment.seeds)}, tuning seeds "
@@ -271,12 +276,14 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict[str, Any]]:
     experiment = EXPERIMENTS[args.name]
     if args.smoke:
         experiment = experiment.smoke()
-    if args.seeds is not None:
-        try:
+    try:
+        if args.seeds is not None:
             experiment = with_seeds(experiment, args.seeds)
-        except ValueError as exc:
-            build_parser().error(str(exc))
-    folder = out / (args.name + ("-smoke" if args.smoke else ""))
+        if args.times_from is not None:
+            experiment = with_trace_times(experiment, args.times_from)
+    except ValueError as exc:
+        build_parser().error(str(exc))
+    folder = out / (args.name + ("-smoke" if args.smoke else "") + ("-recorded" if args.times_from is not None else ""))
     result = run_experiment(experiment, folder, args.workers, progress=not args.no_progress and sys.stderr.isatty(),
                             seeds=args.seeds, extend=not args.no_extend)
     print((folder / "report.md").read_text())

@@ -33,6 +33,8 @@ def settings_digest(experiment: Experiment) -> str:
                 if key in ("env", "scenario", "compute_times", "heterogeneous_envs", "outages", "momentum",
                            "max_steps", "eval_points", "eval_episodes")}
     relevant["compute_schedule"] = repr(experiment.compute_schedule)
+    if experiment.times_from is not None:  # the recorded times themselves, wherever the file lies
+        relevant["times_from"] = hashlib.sha256(Path(experiment.times_from).read_bytes()).hexdigest()
     relevant["engine_version"] = ENGINE_VERSION
     relevant["cache_format"] = CACHE_FORMAT
     return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:8]

@@ -8,6 +8,7 @@ NIGT, S for Malenia NIGT), which are tuned per experiment, per algorithm and per
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -104,6 +105,9 @@ class Experiment:
         others worse).
     :param is_smoke: a smoke run (:meth:`smoke`): a pipeline check whose figures are meaningless; ``differences``
         then describes the full experiment it stands for.
+    :param times_from: a trace CSV of a real-clock run (``--times-from``): every algorithm's h_i and κ_i are the
+        times measured there (:class:`~sb3_nigt.clock.calibration.TraceTimes`, mode ``"replay"``) instead of the
+        scenario's, over the same budget in simulated seconds; None: the scenario's.
     """
 
     name: str
@@ -133,6 +137,7 @@ class Experiment:
     expected_ratio: str = "faster"
     notes: tuple[str, ...] = field(default_factory=tuple)
     is_smoke: bool = False
+    times_from: Optional[str] = None
 
     def seconds_for(self, n_agents: int) -> float:
         """The budget of a run with n agents, in simulated seconds: the same for every n."""
@@ -178,7 +183,7 @@ class Experiment:
             outages=outages, momentum=self.momentum, thresholds=self.thresholds, return_margin=self.return_margin,
             seeds=(0, 1), max_seeds=2, tuning_seeds=(100,), alpha_grid=(2.0**-6, 2.0**-4),
             round_size_grid=(4, 6) if compute is None else (12, 14), eval_points=4, eval_episodes=1, max_steps=5_000,
-            expected_ratio=self.expected_ratio, notes=self.notes, is_smoke=True,
+            expected_ratio=self.expected_ratio, notes=self.notes, is_smoke=True, times_from=self.times_from,
         )
         return replace(tiny, differences=f"the full experiment's {self.settings()}. How the full experiment differs "
                                          f"from the paper: {self.differences}")
@@ -310,3 +315,31 @@ def format_alpha(alpha: float) -> str:
     """``2^-6`` for powers of two, else the float."""
     exponent = math.log2(alpha)
     return f"2^{exponent:g}" if exponent == int(exponent) else f"{alpha:g}"
+
+
+@functools.lru_cache(maxsize=4)
+def recorded_times(path: str) -> Any:
+    """The :class:`~sb3_nigt.clock.calibration.TraceTimes` of a trace CSV (read once per path).
+
+    :raises ValueError: for a file that is not a usable trace (see ``TraceTimes.read_csv``).
+    """
+    from sb3_nigt.clock.calibration import TraceTimes
+
+    return TraceTimes.read_csv(path)
+
+
+def with_trace_times(experiment: Experiment, path: str) -> Experiment:
+    """The experiment on the agents of a recorded real run (``--times-from``): their measured h_i and κ_i replace
+    the scenario's; the budget stays the experiment's, in simulated seconds.
+
+    :raises ValueError: starting ``--times-from:`` for a file that is not a usable trace, or a trace with fewer
+        agents than the experiment's largest n.
+    """
+    try:
+        recorded = recorded_times(str(path))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--times-from: {path}: {exc}") from None
+    if recorded.n_agents < max(experiment.n_agents):
+        raise ValueError(f"--times-from: {path} records {recorded.n_agents} agents; the experiment {experiment.name} needs "
+                         f"{max(experiment.n_agents)} (n = {', '.join(map(str, experiment.n_agents))})")
+    return replace(experiment, times_from=str(path))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from sb3_nigt.experiments.cache import record_cost, settings_digest
-from sb3_nigt.experiments.registry import VARIANTS, Experiment
+from sb3_nigt.experiments.registry import VARIANTS, Experiment, recorded_times
 
 __all__ = ["RunSpec", "build_model", "execute", "read_run", "run_one", "settings_digest", "train"]
 
@@ -75,6 +75,9 @@ def build_model(experiment: Experiment, spec: RunSpec, tuning: bool = False) -> 
         compute = list(experiment.compute_times)
     if experiment.compute_schedule is not None:
         compute = experiment.compute_schedule
+    if experiment.times_from is not None:  # a recorded real run's agents (docs/calibration.md)
+        recorded = recorded_times(experiment.times_from)
+        compute, communication = recorded.compute, recorded.communication
     # The outage is the experiment's treatment, not a setting to tune for: tuning runs have every agent.
     outages = experiment.outages if spec.algorithm != "rennala-no-outage" and not tuning else None
     env: Any = heterogeneous_envs(experiment.env, spec.n_agents) if experiment.heterogeneous_envs else experiment.env

@@ -172,7 +172,10 @@ class LockstepBatch:
     def _check_rewards(self) -> None:
         """Every reward as a float64, checked finite (the error names the first bad step's agent and t)."""
         for lane in self.lanes:
-            rewards = np.asarray(lane.rewards, dtype=np.float64)
+            rewards = np.asarray(lane.rewards, dtype=np.float64).reshape(-1)  # floats, or one-element arrays
+            if rewards.size != len(lane.rewards):
+                raise ValueError(f"reward: the environment of agent {lane.agent} returned a reward that is not one number "
+                                 f"(got {lane.rewards[0]!r}); gymnasium's step returns a float")
             if not np.isfinite(rewards).all():
                 t = int(np.flatnonzero(~np.isfinite(rewards))[0])
                 raise NonFiniteEnvironmentError("reward", float(rewards[t]), lane.agent, self.round_index, t)

@@ -39,6 +39,7 @@ class RunState:
         self.trajectories: list[Trajectory] = []
         self.next_at = received + run.delay
         self.pending: Optional[tuple[Trajectory, float]] = None
+        self.seconds = 0.0  # wall seconds of the last finished trajectory, from when it could start to its end
 
     def emulated(self, trajectory: Trajectory) -> float:
         """Emulated seconds of the next trajectory (0 without emulation)."""
@@ -56,10 +57,11 @@ class RunState:
         return trajectory, max(self.next_at + self.emulated(trajectory), time.monotonic())
 
     def finish(self) -> TrajectoryStats:
-        """The pending trajectory ends: keep it; the next one starts now (emulated)."""
+        """The pending trajectory ends: keep it, and its duration in ``seconds``; the next one starts now (emulated)."""
         assert self.pending is not None
         trajectory, finish = self.pending
         self.trajectories.append(trajectory)
+        self.seconds = finish - self.next_at
         self.next_at, self.pending = finish, None
         return trajectory.stats
 
@@ -215,7 +217,8 @@ class WorkerLoop:
             progressed = True
         if time.monotonic() < state.pending[1]:
             return progressed
-        self.send(TrajectoryDone(run.epoch, state.finish()))
+        stats = state.finish()
+        self.send(TrajectoryDone(run.epoch, stats, state.seconds))
         if state.limit_reached:  # Synchronized NIGT: the agent stops and uploads at once
             del self.runs[run.agent]
             self.upload(state, len(state.trajectories), run.upload_delay)

@@ -61,10 +61,12 @@ class AgentRun:
 
 @dataclass
 class AgentReport:
-    """A small event: agent ``stats.agent`` finished trajectory ``stats.index`` (no vector travels)."""
+    """A small event: agent ``stats.agent`` finished trajectory ``stats.index`` (no vector travels); ``seconds``:
+    its duration measured on its worker (:class:`TrajectoryDone`), None where it was not measured."""
 
     epoch: int
     stats: TrajectoryStats
+    seconds: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -127,10 +129,13 @@ class UnitCancelled:
 
 @dataclass
 class TrajectoryDone:
-    """A run's trajectory ended (in emulated time): its statistics, no vector."""
+    """A run's trajectory ended (in emulated time): its statistics, no vector, and ``seconds``, its wall duration
+    measured on the worker: from when it could start (the run's start after its broadcast delay, or the end of the
+    agent's previous trajectory) to its end (emulated waits included)."""
 
     epoch: int
     stats: TrajectoryStats
+    seconds: Optional[float] = None
 
 
 @dataclass
