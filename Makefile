@@ -27,7 +27,7 @@ train: $(STAMP)
 	$(PY) -m sb3_nigt.train --out runs/hopper
 
 # The suite in two processes (pytest-xdist); --dist loadgroup keeps each group of tests/conftest.py in one process
-# (every Ray test, with one Ray runtime; the tests of a module-scoped fixture).
+# (the Ray tests in two groups, one Ray runtime per process; the tests of a module-scoped fixture).
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 

@@ -45,13 +45,15 @@ SHARED_MODULES = ("tests/test_architecture.py", "tests/test_determinism.py", "te
 
 def xdist_group(nodeid: str) -> Optional[str]:
     """The group of a test for ``make test`` (two pytest-xdist processes, ``--dist loadgroup``): the tests of a group
-    run in one process, so what they share is set up once. "ray": every Ray test (one Ray runtime, started once,
-    serves them all); a module of SHARED_MODULES: its tests (the fixture runs once); None: the test runs anywhere.
-    The controller of xdist knows the ids only, so the group is read from the id."""
+    run in one process, so what they share is set up once. The Ray tests form two groups of about equal time, the
+    backend contract's ("ray-contract") and the others ("ray"), so that both processes can run Ray tests at once
+    (a process starts one Ray runtime, the first time one of its tests asks for it, and keeps it for the rest);
+    a module of SHARED_MODULES: its tests (the fixture runs once); None: the test runs anywhere. The controller of
+    xdist knows the ids only, so the group is read from the id."""
     nodeid = nodeid.split("@", 1)[0]
     path, _, name = nodeid.partition("::")
     if RAY_IN_ID.search(nodeid.lower()) and name.split("[", 1)[0] not in OWN_RUNTIME:
-        return "ray"
+        return "ray-contract" if path == "tests/test_backend_contract.py" else "ray"
     return path if path in SHARED_MODULES else None
 
 
@@ -70,11 +72,11 @@ def pytest_xdist_make_scheduler(config, log) -> Any:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Keep :func:`xdist_group` honest: a test that takes the session's Ray runtime is in the group "ray", a Ray
+    """Keep :func:`xdist_group` honest: a test that takes the session's Ray runtime is in a Ray group, a Ray
     test marked ``own_runtime`` is not, and a test that uses a module-scoped fixture is in its module's group."""
     for item in items:
         group = xdist_group(item.nodeid)
-        if "ray_runtime" in getattr(item, "fixturenames", ()) and group != "ray":
+        if "ray_runtime" in getattr(item, "fixturenames", ()) and group not in ("ray", "ray-contract"):
             raise pytest.UsageError(f"{item.nodeid} uses the Ray runtime: its id must name Ray (conftest.RAY_IN_ID)")
         if item.get_closest_marker("own_runtime") is not None and group is not None:
             raise pytest.UsageError(f"{item.nodeid} is marked own_runtime: add its name to conftest.OWN_RUNTIME")
@@ -86,8 +88,8 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 @pytest.fixture(scope="session")
 def ray_runtime() -> Any:
-    """One local Ray runtime (loopback, two CPUs, no dashboard) for every Ray test of the session, shut down at its
-    end: starting one takes several seconds. The actors import this folder's modules (contract_envs, fault_envs) by
+    """One local Ray runtime (loopback, two CPUs, no dashboard) for every Ray test of the session (under xdist: of
+    the process), shut down at its end: starting one takes several seconds. The actors import this folder's modules (contract_envs, fault_envs) by
     name, as subprocess workers do."""
     ray = pytest.importorskip("ray", reason='the Ray backend needs ray: pip install "sb3-nigt[ray]"')
     started_here = not ray.is_initialized()
