@@ -26,8 +26,10 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) -m sb3_nigt.train --out runs/hopper
 
+# The suite in two processes (pytest-xdist); --dist loadgroup keeps each group of tests/conftest.py in one process
+# (the Ray tests in two groups, one Ray runtime per process; the tests of a module-scoped fixture).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check sb3_nigt tests benchmarks examples

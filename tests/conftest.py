@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 from typing import Any, Callable, Optional
 
 import gymnasium as gym
@@ -24,16 +25,71 @@ from sb3_nigt.workers.env_factory import EnvFactory
 
 
 def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "own_runtime: a Ray test that starts its own Ray runtime (in a fresh process), "
+                                       "not the session's")
     # Subprocess workers start from a forkserver (the library's default). Preloading the library there makes a
     # worker start in a fraction of a second instead of re-importing torch each time (several seconds on two
     # busy cores). test_determinism.py also runs one "spawn" configuration, which preloads nothing.
     mp.set_forkserver_preload(["sb3_nigt.backends.subprocess"])
 
 
+#: A Ray test's id names Ray standing alone (the Ray cases of the backend contract and of the digests, docs/ray.md,
+#: tests/test_ray_backend.py, tests that take ``ray_runtime``): "ray2" and "on_ray" count, "array" does not.
+RAY_IN_ID = re.compile(r"(?<![a-z])ray(?![a-z])")
+#: Ray tests that start a runtime of their own in a fresh process (marked ``own_runtime``): they may run anywhere.
+OWN_RUNTIME = ("test_its_own_local_runtime_listens_on_the_loopback_and_is_shut_down_at_close",)
+#: Modules whose tests share a module-scoped fixture (checked at collection: see pytest_collection_modifyitems).
+SHARED_MODULES = ("tests/test_architecture.py", "tests/test_determinism.py", "tests/test_experiments.py",
+                  "tests/test_main_guard.py", "tests/test_torch_distributed.py")
+
+
+def xdist_group(nodeid: str) -> Optional[str]:
+    """The group of a test for ``make test`` (two pytest-xdist processes, ``--dist loadgroup``): the tests of a group
+    run in one process, so what they share is set up once. The Ray tests form two groups of about equal time, the
+    backend contract's ("ray-contract") and the others ("ray"), so that both processes can run Ray tests at once
+    (a process starts one Ray runtime, the first time one of its tests asks for it, and keeps it for the rest);
+    a module of SHARED_MODULES: its tests (the fixture runs once); None: the test runs anywhere. The controller of
+    xdist knows the ids only, so the group is read from the id."""
+    nodeid = nodeid.split("@", 1)[0]
+    path, _, name = nodeid.partition("::")
+    if RAY_IN_ID.search(nodeid.lower()) and name.split("[", 1)[0] not in OWN_RUNTIME:
+        return "ray-contract" if path == "tests/test_backend_contract.py" else "ray"
+    return path if path in SHARED_MODULES else None
+
+
+def pytest_xdist_make_scheduler(config, log) -> Any:
+    """``--dist loadgroup`` with the groups of :func:`xdist_group` (pytest-xdist's own loadgroup reads
+    ``xdist_group`` marks through ``item._nodeid``, which pytest >= 9.2 no longer has)."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid) or nodeid
+
+    return GroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Keep :func:`xdist_group` honest: a test that takes the session's Ray runtime is in a Ray group, a Ray
+    test marked ``own_runtime`` is not, and a test that uses a module-scoped fixture is in its module's group."""
+    for item in items:
+        group = xdist_group(item.nodeid)
+        if "ray_runtime" in getattr(item, "fixturenames", ()) and group not in ("ray", "ray-contract"):
+            raise pytest.UsageError(f"{item.nodeid} uses the Ray runtime: its id must name Ray (conftest.RAY_IN_ID)")
+        if item.get_closest_marker("own_runtime") is not None and group is not None:
+            raise pytest.UsageError(f"{item.nodeid} is marked own_runtime: add its name to conftest.OWN_RUNTIME")
+        fixtures = getattr(item, "_fixtureinfo", None)
+        shared = fixtures is not None and any(d.scope == "module" for defs in fixtures.name2fixturedefs.values() for d in defs)
+        if shared and group is None:
+            raise pytest.UsageError(f"{item.nodeid} uses a module-scoped fixture: add its module to conftest.SHARED_MODULES")
+
+
 @pytest.fixture(scope="session")
 def ray_runtime() -> Any:
-    """One local Ray runtime (loopback, two CPUs, no dashboard) for every Ray test of the session, shut down at its
-    end: starting one takes several seconds. The actors import this folder's modules (contract_envs, fault_envs) by
+    """One local Ray runtime (loopback, two CPUs, no dashboard) for every Ray test of the session (under xdist: of
+    the process), shut down at its end: starting one takes several seconds. The actors import this folder's modules (contract_envs, fault_envs) by
     name, as subprocess workers do."""
     ray = pytest.importorskip("ray", reason='the Ray backend needs ray: pip install "sb3-nigt[ray]"')
     started_here = not ray.is_initialized()

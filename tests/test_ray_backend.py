@@ -40,9 +40,10 @@ SMALL = dict(horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]))
 
 
 @pytest.fixture(autouse=True)
-def _ray(ray_runtime):
-    """Every test here runs in the session's Ray runtime (conftest.py)."""
-    yield ray_runtime
+def _ray(request):
+    """Every test here runs in the session's Ray runtime (conftest.py), except those marked ``own_runtime``, which
+    start a runtime of their own in a fresh process (and so may run beside the session's Ray tests under xdist)."""
+    yield None if request.node.get_closest_marker("own_runtime") else request.getfixturevalue("ray_runtime")
 
 
 def faulty(mode: str = "none", marker=None, **kwargs):
@@ -261,6 +262,7 @@ def test_actor_options_default_to_a_share_of_the_cpus_and_keep_the_callers_blas_
 
 # ---------------------------------------------------------------------------------------- the connection
 @pytest.mark.timeout(120)
+@pytest.mark.own_runtime
 def test_its_own_local_runtime_listens_on_the_loopback_and_is_shut_down_at_close():
     # In a fresh process (this one's runtime is already up): RayBackend() with no address starts Ray itself. The
     # same process first checks that importing sb3_nigt (and its registry, which names "ray") does not import ray.

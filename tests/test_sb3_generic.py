@@ -764,12 +764,17 @@ def test_tensorboard_run_folders_and_scalars(algo, backend, tmp_path):
     model.learn(2 * ROUND, log_interval=1)  # default run name: the class name
     assert (tmp_path / f"{algo.__name__}_1").is_dir()
 
-    accumulator = EventAccumulator(str(tmp_path / "run_1"))
-    accumulator.Reload()
-    scalars = set(accumulator.Tags()["scalars"])
-    assert {"rollout/ep_rew_mean", "rollout/ep_len_mean", "time/fps"} <= scalars, scalars
-    steps = [event.step for event in accumulator.Scalars("rollout/ep_rew_mean")]
-    assert steps == sorted(steps) and steps[-1] == 5 * ROUND
+    # One event file per learn() call, read in the order they were written: TensorBoard orders a folder's files by
+    # name, and names made in the same second differ by a process-wide counter ("...9" sorts after "...10").
+    events = []
+    for path in sorted((tmp_path / "run_1").iterdir()):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        scalars = set(accumulator.Tags()["scalars"])
+        assert {"rollout/ep_rew_mean", "rollout/ep_len_mean", "time/fps"} <= scalars, scalars
+        events += [(event.wall_time, event.step) for event in accumulator.Scalars("rollout/ep_rew_mean")]
+    steps = [step for _, step in sorted(events)]
+    assert len(os.listdir(tmp_path / "run_1")) == 2 and steps == sorted(steps) and steps[-1] == 5 * ROUND
 
 
 # ================================================================================== test_vec_normalize.py

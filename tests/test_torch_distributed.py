@@ -40,6 +40,11 @@ STEP_KWARGS = dict(KWARGS, compute_times=[0.1, 0.2, 0.3], compute_time_unit="ste
 ALGORITHMS = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT}
 REAL = {"rennala": RennalaNIGT, "malenia": MaleniaNIGT, "synchronized": SynchronizedNIGT}
 REAL_KWARGS = dict(n_agents=3, round_size=4, horizon=5, seed=0, policy_kwargs=dict(net_arch=[8]), clock="real")
+# Malenia's real-clock rounds have no fixed size: an agent on a rank that the machine starves holds the round open while
+# the others keep sampling, so a step budget may end after 2 rounds. It runs REAL_ROUNDS rounds instead (stopped by
+# StopAfterRounds, the budget far out of reach); Rennala's and Synchronized NIGT's rounds are M and n trajectories,
+# so TOTAL steps give them a known number of rounds.
+REAL_ROUNDS = 4
 
 
 class CheckpointThenDie(BaseCallback):
@@ -58,6 +63,22 @@ class CheckpointThenDie(BaseCallback):
         if self.n_calls == self.die_at:
             self.die()
         return True
+
+
+class StopAfterRounds(BaseCallback):
+    """Stops training at the last environment step of round ``rounds`` (before that round's update). Every rank
+    replays the same rounds, so every rank stops at the same step."""
+
+    def __init__(self, rounds: int):
+        super().__init__()
+        self.rounds, self.steps = rounds, 0
+
+    def _on_rollout_start(self) -> None:
+        self.steps = 0
+
+    def _on_step(self) -> bool:
+        self.steps += 1
+        return not (self.model.n_rounds >= self.rounds and self.steps == self.model.round_stats["steps_per_round"])
 
 
 def free_port() -> int:
@@ -97,7 +118,11 @@ def first_run(rank: int, out: Path) -> dict[str, Any]:
     seen["per_step"] = dict(model_state(model), collectives=backend.collectives)
     for name, algorithm in REAL.items():  # the real clock: counted with TCPStore.add, one collective per round
         backend = TorchDistributedBackend()
-        model = algorithm("MlpPolicy", "Pendulum-v1", backend=backend, **REAL_KWARGS).learn(TOTAL)
+        model = algorithm("MlpPolicy", "Pendulum-v1", backend=backend, **REAL_KWARGS)
+        if name == "malenia":
+            model.learn(10**5, callback=StopAfterRounds(REAL_ROUNDS))
+        else:
+            model.learn(TOTAL)
         seen[f"real_{name}"] = dict(model_state(model), collectives=backend.collectives, counts=model.last_counts.copy())
     store = default_store()
     assert store is not None
@@ -256,6 +281,7 @@ def test_real_clock_over_two_ranks_ends_identical_on_both_with_one_collective_pe
     np.testing.assert_array_equal(first["counts"], second["counts"])
     for seen in (first, second):
         assert seen["rounds"] >= 3 and seen["collectives"] == seen["rounds"]
+        assert seen["rounds"] == REAL_ROUNDS if name == "malenia" else seen["steps"] >= TOTAL
         assert np.all(seen["counts"] >= 1) if name != "rennala" else seen["counts"].sum() == REAL_KWARGS["round_size"]
     if name == "rennala":  # exactly M trajectories of H steps in every round (Pendulum never ends before H)
         assert first["steps"] == first["rounds"] * REAL_KWARGS["round_size"] * REAL_KWARGS["horizon"]
