@@ -137,9 +137,9 @@ def profile(name: str, algorithm: str, seconds: float, alpha: float) -> dict[str
     spec = RunSpec(experiment.name, "profile", algorithm, experiment.n_agents[0], alpha, 0, seconds)
     model = build_model(experiment, spec)
     recorder = Recorder(window=100, max_seconds=seconds)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model.learn(experiment.max_steps, callback=recorder)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     parts = {key: timers.spent.get(key, 0.0) for key, _ in PARTS if key != "rest"}
     parts["rest"] = wall - sum(parts.values())
     try:
@@ -147,7 +147,7 @@ def profile(name: str, algorithm: str, seconds: float, alpha: float) -> dict[str
         version: Any = ENGINE_VERSION
     except ImportError:
         version = "unknown"
-    return dict(name=name, algorithm=algorithm, n_agents=spec.n_agents, seconds=seconds, wall=wall, steps=timers.env_steps, num_timesteps=int(model.num_timesteps),
+    return dict(name=name, algorithm=algorithm, n_agents=spec.n_agents, seconds=seconds, wall=wall, cpu=cpu, steps=timers.env_steps, num_timesteps=int(model.num_timesteps),
                 rounds=int(getattr(model, "n_rounds", 0)), simulated=float(model.simulated_time), engine=version,
                 tree=os.path.dirname(os.path.dirname(os.path.abspath(sb3_nigt.__file__))), parts=parts)
 
@@ -157,7 +157,7 @@ def table(result: dict[str, Any]) -> str:
     wall = result["wall"]
     lines = [f"{result['name']}, {result['algorithm']}, n = {result['n_agents']}, {result['seconds']:g} simulated s "
              f"(engine {result['engine']}, {result['tree']}): {result['steps']} env steps (num_timesteps {result['num_timesteps']}), {result['rounds']} rounds "
-             f"in {wall:.1f} wall s ({result['steps'] / wall:,.0f} steps/s)", "", "| part | seconds | share |", "|---|---:|---:|"]
+             f"in {wall:.1f} wall s ({result['steps'] / wall:,.0f} steps/s), {result['cpu']:.1f} CPU s of the process", "", "| part | seconds | share |", "|---|---:|---:|"]
     lines += [f"| {label} | {result['parts'][key]:.2f} | {100 * result['parts'][key] / wall:.1f}% |" for key, label in PARTS]
     return "\n".join(lines) + "\n"
 
@@ -176,7 +176,7 @@ def compare(runs: list[str], old_tree: str, seconds: float, alpha: float, repeat
     """Alternates every run between this checkout and ``old_tree`` ``repeats`` times; prints each breakdown and
     the speed-up of the summed wall times."""
     trees = {"new": THIS_TREE, "old": os.path.abspath(old_tree)}
-    totals: dict[tuple[str, str], list[float]] = {}  # (run, engine) → [wall s, env steps, env.step seconds]
+    totals: dict[tuple[str, str], list[float]] = {}  # (run, engine) → [wall s, env steps, env.step seconds, CPU s]
     for repeat in range(repeats):
         for r, run in enumerate(runs):
             order = ("old", "new") if (repeat + r) % 2 == 0 else ("new", "old")
@@ -184,23 +184,28 @@ def compare(runs: list[str], old_tree: str, seconds: float, alpha: float, repeat
                 print(f"## repeat {repeat + 1}, {which} engine, load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}\n", flush=True)
                 result = run_child(trees[which], run, seconds, alpha)
                 print(table(result), flush=True)
-                total = totals.setdefault((run, which), [0.0, 0.0, 0.0])
+                total = totals.setdefault((run, which), [0.0, 0.0, 0.0, 0.0])
                 total[0] += result["wall"]
                 total[1] += result["steps"]
                 total[2] += result["parts"]["env"]
+                total[3] += result["cpu"]
     print("## Speed-up (the same work, alternating in this run)\n")
     print("The two engines' runs differ in their bits, so they take slightly different numbers of env steps: the "
           "speed-up is given per run and per env step. The bound is the old engine's wall time over its own env.step "
-          "time: the speed-up of an engine that cost nothing beyond env.step, at the old runs' env.step speed.\n")
-    print("| run | old engine wall s | new engine wall s | speed-up | old steps/s | new steps/s | speed-up per env step | bound |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "time: the speed-up of an engine that cost nothing beyond env.step, at the old runs' env.step speed. CPU: the "
+          "process's CPU seconds (one process, one torch thread), which other work on the machine moves less than "
+          "the wall time.\n")
+    print("| run | old engine wall s | new engine wall s | speed-up | old steps/s | new steps/s | speed-up per env step | "
+          "old CPU s | new CPU s | CPU speed-up per env step | bound |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs + ["all"]:
         keys = runs if run == "all" else [run]
-        old = [sum(totals[(k, "old")][i] for k in keys) for i in range(3)]
-        new = [sum(totals[(k, "new")][i] for k in keys) for i in range(3)]
+        old = [sum(totals[(k, "old")][i] for k in keys) for i in range(4)]
+        new = [sum(totals[(k, "new")][i] for k in keys) for i in range(4)]
         label = "**all** (target >= 1.5x)" if run == "all" else f"{run} (x{repeats})"
         print(f"| {label} | {old[0]:.1f} | {new[0]:.1f} | {old[0] / new[0]:.2f}x | {old[1] / old[0]:,.0f} | {new[1] / new[0]:,.0f} | "
-              f"{(new[1] / new[0]) / (old[1] / old[0]):.2f}x | {old[0] / old[2]:.2f}x |")
+              f"{(new[1] / new[0]) / (old[1] / old[0]):.2f}x | {old[3]:.1f} | {new[3]:.1f} | {(new[1] / new[3]) / (old[1] / old[3]):.2f}x | "
+              f"{old[0] / old[2]:.2f}x |")
 
 
 def main() -> None:
