@@ -1,40 +1,44 @@
-"""Throughput benchmark: environment steps per second of gradient collection on Hopper.
+"""Throughput benchmark: environment steps per second of gradient collection, against the physical limit.
 
-Measures, in one run, and prints a Markdown table:
+The physical limit of one core is ``env.step`` replaying the very states the policy visits (the same reset seeds
+and the same actions, recorded in an untimed pass: MuJoCo is deterministic, and the script checks every replayed
+return). The random-action rate is printed too, but it is not a limit: gymnasium's ``Box.sample`` alone costs
+tens of µs per step. Measures, in one run, and prints a Markdown table:
 
-1. the raw ``env.step`` rate in the main process (the physical limit per core), two ways: with random actions
-   (the usual baseline), and replaying the policy's own trajectories (the same reset seeds and actions, hence the
-   very same states, recorded in an untimed pass), which leaves out only the library's work;
-2. inline collection (``Collector.collect`` timed directly) at the initial θ_0, whose very short trajectories
-   (about 14 steps on Hopper) expose the fixed cost per gradient. It *alternates* with both baselines of item 1
-   every round (one ``collect`` round, the replay of its trajectories, as many random-action steps), so that
-   all three see the same machine load; ratios are of the summed rates, with their spread over ``--blocks``
-   consecutive groups;
-3. the per-step cost on 1000-step trajectories: Hopper without early termination (every trajectory, random
-   actions or the policy's, lasts the time limit), alternating every unit of ``CHUNK_SIZE`` trajectories:
-   ``GradientWorker.run_unit`` (one batched backward per unit: what the engine runs), ``run_unit`` on units
-   of one trajectory (one trajectory, one backward), the replay of the same trajectories and as many
-   random-action steps;
-4. RennalaNIGT with ``backend="inline"``: ``model.learn`` rate (wall clock, and after the first round) and the
+1. inline collection (``Collector.collect`` timed directly) on Hopper at the initial θ_0, whose very short
+   trajectories (about 14 steps) expose the fixed cost per gradient. It *alternates* every round with the replay
+   of that round's trajectories and as many random-action steps, so that all three see the same machine load;
+   ratios are of the summed rates, with their spread over ``--blocks`` consecutive groups;
+2. what the simulated clock's engine runs, on trajectories that all last the time limit: Hopper without early
+   termination (1000 steps) and Reacher (50 steps), cut into lockstep batches as a round of that many counted
+   trajectories is (at most ``LOCKSTEP_SIZE``), alternating every batch: ``GradientWorker.run_unit`` on the
+   batch (one batched forward per step, one weighted backward), ``run_unit`` on lockstep batches of one (one
+   trajectory, its own backward), the replay of the same trajectories, as many random-action steps, and the
+   replay stepped in lockstep over one environment instance per trajectory (what a batch's environments cost);
+3. memory per lockstep batch: the ``tracemalloc`` peak of ``run_unit`` on batches of 1, 4 and 16 trajectories of
+   the same length, as bytes per trajectory-step (it should not grow with the batch);
+4. per-call costs that explain the ratios (``Box.sample``, the NumPy forward of one and of 16 observations, the
+   seeding and reset, ``weighted_gradient`` of θ_0 batches);
+5. RennalaNIGT with ``backend="inline"``: ``model.learn`` rate (wall clock, and after the first round) and the
    collection-only rate at θ after the learn run (the same θ for every backend on the simulated clock;
    checked);
-5. the same with ``backend="subprocess"`` and ``n_workers`` = 1 and 2 (worker start-up excluded from the
+6. the same with ``backend="subprocess"`` and ``n_workers`` = 1 and 2 (worker start-up excluded from the
    collection-only rate), and the speedup of 2 workers over 1;
-6. SB3 PPO's ``learn`` rate on the same environment (default hyperparameters, DummyVecEnv, one env, CPU), with
-   torch's default thread count and with one thread (``--ppo-threads``): with 2 threads on a busy machine
-   OpenMP oversubscription can slow PPO several-fold, so both are shown.
+7. SB3 PPO's ``learn`` rate on the same environment (default hyperparameters, DummyVecEnv, one env, CPU), with
+   torch's default thread count and with one thread (``--ppo-threads``).
 
 For every measurement that runs in this process (raw, inline, same states) the CPU time of this process is
 taken too (``time.process_time``): on a machine shared with other work the wall rates move with the load, while
-steps per CPU second compare the per-core cost of the code itself; both ratios are printed.
+steps per CPU second compare the per-core cost of the code itself; both ratios are printed. Targets are printed
+beside the measured figures, never asserted.
 
 RennalaNIGT settings: n_agents=10, compute_times="sqrt", round_size=20, seed=0, simulated clock.
 Every figure printed is measured in this run; nothing is hard-coded.
 
 Usage::
 
-    .venv/bin/python benchmarks/throughput.py                 # full run, about 9 minutes on 2 cores (2026-11-29)
-    .venv/bin/python benchmarks/throughput.py --quick         # smoke run, about 1-1.5 minutes
+    .venv/bin/python benchmarks/throughput.py                 # full run
+    .venv/bin/python benchmarks/throughput.py --quick         # smoke run
     .venv/bin/python benchmarks/throughput.py --steps 300000 --out runs/throughput.md
 """
 
@@ -83,11 +87,12 @@ class Row:
         return self.steps / self.cpu if self.cpu else None
 
 
-def hopper_id() -> str:
-    """Hopper-v4 where it can be made, else Hopper-v5."""
+def first_makeable(*env_ids: str) -> str:
+    """The first of ``env_ids`` that ``gymnasium.make`` can build (Hopper-v4, else Hopper-v5: mujoco's version
+    decides)."""
     import gymnasium as gym
 
-    for env_id in ("Hopper-v4", "Hopper-v5"):
+    for env_id in env_ids:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -95,7 +100,12 @@ def hopper_id() -> str:
             return env_id
         except Exception as exc:  # noqa: BLE001 - report and fall back
             print(f"note: gym.make({env_id!r}) failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-    raise RuntimeError("neither Hopper-v4 nor Hopper-v5 can be made (is mujoco installed?)")
+    raise RuntimeError(f"none of {env_ids} can be made (is mujoco installed?)")
+
+
+def hopper_id() -> str:
+    """Hopper-v4 where it can be made, else Hopper-v5."""
+    return first_makeable("Hopper-v4", "Hopper-v5")
 
 
 def quiet_make_factory(factory):
@@ -178,6 +188,35 @@ class ReplaySession:
 
     def close(self) -> None:
         self.env.close()
+
+
+class LockstepReplaySession:
+    """The replay of a lockstep batch as the batch steps it: one environment instance per trajectory, step t of
+    every live trajectory before step t + 1 of any. Against :class:`ReplaySession` (one instance, trajectory
+    after trajectory), it shows what stepping B instances in turn costs the environment itself (caches)."""
+
+    def __init__(self, envs: list):
+        self.envs = envs
+
+    def run(self, trajectories: list) -> tuple[int, float]:
+        """``trajectories``: (reset seed, env actions, recorded return) each, at most one per instance."""
+        envs = self.envs[:len(trajectories)]
+        start = time.perf_counter()
+        for env, (reset_seed, _, _) in zip(envs, trajectories):
+            env.reset(seed=reset_seed)
+        live = [(env.step, actions) for env, (_, actions, _) in zip(envs, trajectories)]
+        t = 0
+        while live:
+            for step, actions in live:
+                step(actions[t])
+            t += 1
+            live = [(step, actions) for step, actions in live if len(actions) > t]
+        seconds = time.perf_counter() - start
+        return sum(len(actions) for _, actions, _ in trajectories), seconds
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
 
 
 def record_actions(worker, unit) -> list:
@@ -321,15 +360,19 @@ def measure_raw_and_theta0(env_id: str, steps: int, groups: int) -> tuple[Row, R
     return raw, replay, coll
 
 
-def measure_same_states(env_id: str, steps: int, groups: int) -> tuple[list[Row], str]:
-    """Per-step efficiency on 1000-step trajectories: Hopper without early termination, so every trajectory
-    (random actions or the policy's) lasts the full time limit and resets are rare.
+def measure_same_states(env_id: str, env_kwargs: dict, label: str, steps: int, groups: int) -> tuple[list[Row], str]:
+    """Per-step efficiency of what the engine runs on trajectories that all last the time limit: Hopper without
+    early termination (1000 steps) or Reacher (50 steps, it never terminates).
 
-    Four sessions on the same trajectories (same job seeds), alternating every unit of ``CHUNK_SIZE``
-    trajectories (the order rotates), all in this process with torch on one thread:
-    ``GradientWorker.run_unit`` (one batched forward/backward for the unit: what the engine runs),
-    ``run_unit`` on a unit of each single trajectory (its own backward), the replay of the unit's
-    trajectories (same states, recorded in an untimed pass) and as many raw steps with random actions.
+    The trajectories (same job seeds) are cut into lockstep batches as the engine cuts a round of that many
+    counted trajectories (``lockstep_sizes``: near-equal, at most ``LOCKSTEP_SIZE``). Five sessions alternate
+    every batch (the order rotates), all in this process with torch on one thread: ``GradientWorker.run_unit``
+    on the lockstep batch (one batched forward per step, one weighted backward: the simulated clock's path),
+    ``run_unit`` on a lockstep batch of one for each of its trajectories (one forward per step of one
+    observation, one backward per trajectory), the replay of the batch's trajectories (same states, recorded in
+    an untimed pass), as many raw steps with random actions, and the replay stepped in lockstep over one
+    environment instance per trajectory (what the batch's environments alone cost). Every weight is 1, so the
+    two gradient sums compare directly. Every environment instance is built before timing starts.
     """
     import numpy as np
     import torch as th
@@ -337,53 +380,60 @@ def measure_same_states(env_id: str, steps: int, groups: int) -> tuple[list[Row]
     from sb3_nigt.backends.contract import single_threaded_torch
     from sb3_nigt.policies import NIGTPolicy
     from sb3_nigt.workers.env_factory import EnvFactory
-    from sb3_nigt.workers.rollout import CHUNK_SIZE, GradientWorker, WorkUnit
+    from sb3_nigt.workers.rollout import LOCKSTEP_SIZE, BatchItem, GradientWorker, WorkUnit, lockstep_sizes
 
-    factory = EnvFactory(env_id, {"terminate_when_unhealthy": False})
+    factory = EnvFactory(env_id, env_kwargs)
     probe = quiet_make_factory(factory)
     th.manual_seed(0)
     make = functools.partial(quiet_make_factory, factory)
     workers = [GradientWorker([make], NIGTPolicy, probe.observation_space, probe.action_space, {}, step_data=(i == 2)) for i in range(3)]
-    unit_worker, job_worker, recorder = workers
-    theta = th.nn.utils.parameters_to_vector(unit_worker.policy.parameters()).detach().numpy()
-    job_worker.set_params(theta)
+    batch_worker, single_worker, recorder = workers
+    theta = th.nn.utils.parameters_to_vector(batch_worker.policy.parameters()).detach().numpy()
+    single_worker.set_params(theta)
     recorder.set_params(theta)
+    for worker in workers:
+        for copy in range(LOCKSTEP_SIZE):
+            worker.env(0, copy)  # built now, not inside a timed piece
     horizon = probe.spec.max_episode_steps or 1000
     n_traj = max(1, steps // horizon)
     seed, gamma = 0, 0.99
-    units = [WorkUnit(0, 0, first, min(CHUNK_SIZE, n_traj - first), seed, 0, horizon, gamma) for first in range(0, n_traj, CHUNK_SIZE)]
-    sums: dict = {"unit": None, "job": None}
-
-    raw_session = RawSession(probe)
-    raw_session.warm_up(min(1000, steps))
-    replay_session = ReplaySession(quiet_make_factory(factory))
-    label = "no early termination"
-    raw = Row(f"raw env.step, random actions, {label}", "main process", "1", 0, 0.0)
-    replay = Row(f"raw env.step replaying the policy's trajectories (same states), {label}", "main process", "1", 0, 0.0)
-    unit_row = Row(f"GradientWorker.run_unit (rollout + batched g_H), {label}", "main process", "1", 0, 0.0)
-    job_row = Row(f"GradientWorker.run_unit, one trajectory per unit (per-trajectory g_H), {label}", "main process", "1", 0, 0.0)
+    units, first = [], 0
+    for size in lockstep_sizes(n_traj):
+        items = tuple(BatchItem(0, k, 0, 1.0) for k in range(first, first + size))
+        units.append(WorkUnit(0, 0, first, size, seed, 0, horizon, gamma, items=items))
+        first += size
+    sums: dict = {"batch": None, "single": None}
 
     def add(key: str, gradient: np.ndarray) -> None:
         gradient = gradient.astype(np.float64)
         sums[key] = gradient if sums[key] is None else sums[key] + gradient
 
-    def run_unit(unit: WorkUnit) -> tuple[int, float]:
+    def run_batch(unit: WorkUnit) -> tuple[int, float]:
         start = time.perf_counter()
-        result = unit_worker.run_unit(unit)
+        result = batch_worker.run_unit(unit)
         seconds = time.perf_counter() - start
-        add("unit", result.gradient)
+        add("batch", result.gradient)
         return result.n_steps, seconds
 
-    def run_jobs(unit: WorkUnit) -> tuple[int, float]:
+    def run_singles(unit: WorkUnit) -> tuple[int, float]:
         done, seconds = 0, 0.0
-        for k in unit.indices:
+        for item in unit.items:
             start = time.perf_counter()
-            result = job_worker.run_unit(WorkUnit(0, 0, k, 1, seed, 0, horizon, gamma))
+            result = single_worker.run_unit(WorkUnit(0, 0, item.index, 1, seed, 0, horizon, gamma, items=(item,)))
             seconds += time.perf_counter() - start
             done += result.n_steps
-            add("job", result.gradient)
+            add("single", result.gradient)
         return done, seconds
 
+    raw_session = RawSession(probe)
+    raw_session.warm_up(min(1000, steps))
+    replay_session = ReplaySession(quiet_make_factory(factory))
+    lockstep_replay = LockstepReplaySession([quiet_make_factory(factory) for _ in range(LOCKSTEP_SIZE)])
+    raw = Row(f"raw env.step, random actions, {label}", "main process", "1", 0, 0.0)
+    replay_b = Row(f"raw env.step replaying the same trajectories in lockstep, one instance each, {label}", "main process", "1", 0, 0.0)
+    replay = Row(f"raw env.step replaying the policy's trajectories (same states), {label}", "main process", "1", 0, 0.0)
+    batch_row = Row(f"GradientWorker.run_unit, lockstep batches (batched forward, one weighted backward), {label}", "main process", "1", 0, 0.0)
+    single_row = Row(f"GradientWorker.run_unit, lockstep batches of one (per-trajectory g_H), {label}", "main process", "1", 0, 0.0)
     try:
         with single_threaded_torch():  # as in every worker; restored afterwards (PPO below uses torch's default)
             for u, unit in enumerate(units):
@@ -391,38 +441,84 @@ def measure_same_states(env_id: str, steps: int, groups: int) -> tuple[list[Row]
                 trajectories = record_actions(recorder, unit)  # untimed
                 n_steps = sum(len(t[1]) for t in trajectories)
                 pieces = [
-                    (unit_row, lambda w=unit: run_unit(w)),
+                    (batch_row, lambda w=unit: run_batch(w)),
                     (replay, lambda ts=trajectories: replay_session.run(ts)),
-                    (job_row, lambda w=unit: run_jobs(w)),
+                    (single_row, lambda w=unit: run_singles(w)),
                     (raw, lambda n=n_steps: raw_session.run(n)),
+                    (replay_b, lambda ts=trajectories: lockstep_replay.run(ts)),
                 ]
-                for row, fn in pieces[u % 4:] + pieces[:u % 4]:
+                for row, fn in pieces[u % 5:] + pieces[:u % 5]:
                     timed(row, fn, group)
     finally:
         for worker in workers:
             worker.close()
         raw_session.close()
         replay_session.close()
-    relative = float(np.abs(sums["unit"] - sums["job"]).max() / max(np.abs(sums["job"]).max(), 1e-300))
-    note = (f"{horizon} steps/trajectory, {n_traj} trajectories; the four rows alternate every unit "
-            f"({len(units)} units of <= {CHUNK_SIZE} trajectories, {len(raw.blocks)} groups)")
-    for row in (raw, replay, unit_row, job_row):
+        lockstep_replay.close()
+    relative = float(np.abs(sums["batch"] - sums["single"]).max() / max(np.abs(sums["single"]).max(), 1e-300))
+    sizes = sorted({unit.count for unit in units})
+    note = (f"{env_id}, {horizon} steps/trajectory, {n_traj} trajectories; the five rows alternate every lockstep batch "
+            f"({len(units)} batches of {'/'.join(map(str, sizes))} trajectories, {len(raw.blocks)} groups)")
+    for row in (raw, replay, batch_row, single_row, replay_b):
         row.extra = note
     replay.extra += f"; replayed return differs from the recorded one in {replay_session.mismatches} of {replay_session.trajectories}"
-    check = f"- same-states check: Σ run_unit vs Σ run gradients, max relative difference {relative:.1e} (float32 backward)"
-    return [raw, replay, unit_row, job_row], check
+    check = (f"- same-states check ({label}): Σ lockstep-batch vs Σ batch-of-one gradients, max relative difference "
+             f"{relative:.1e} (float32 forward and backward)")
+    return [raw, replay, batch_row, single_row, replay_b], check
+
+
+def measure_batch_memory(env_id: str, horizon: int, sizes: tuple[int, ...] = (1, 4, 16)) -> list[tuple[str, str]]:
+    """Peak Python-heap memory (``tracemalloc``, which NumPy reports its buffers to; torch's backward buffers are
+    not seen) of ``GradientWorker.run_unit`` on one lockstep batch of each size, Hopper without early termination
+    and H = ``horizon``, so every trajectory takes exactly H steps: bytes per trajectory-step should not grow
+    with the batch. Every environment instance is built, and one batch run, before tracing."""
+    import tracemalloc
+
+    import torch as th
+
+    from sb3_nigt.backends.contract import single_threaded_torch
+    from sb3_nigt.policies import NIGTPolicy
+    from sb3_nigt.workers.env_factory import EnvFactory
+    from sb3_nigt.workers.rollout import BatchItem, GradientWorker, WorkUnit
+
+    factory = EnvFactory(env_id, {"terminate_when_unhealthy": False})
+    probe = quiet_make_factory(factory)
+    th.manual_seed(0)
+    worker = GradientWorker([functools.partial(quiet_make_factory, factory)], NIGTPolicy, probe.observation_space,
+                            probe.action_space, {})
+    probe.close()
+
+    def unit(size: int, first: int) -> WorkUnit:
+        items = tuple(BatchItem(0, k, 0, 1.0 / size) for k in range(first, first + size))
+        return WorkUnit(0, 0, first, size, 0, 0, horizon, 0.99, items=items)
+
+    out = []
+    try:
+        with single_threaded_torch():
+            worker.run_unit(unit(max(sizes), 10_000))  # builds the instances, warms the allocators (untraced)
+            for size in sizes:
+                tracemalloc.start()
+                result = worker.run_unit(unit(size, 0))
+                _, peak = tracemalloc.get_traced_memory()
+                tracemalloc.stop()
+                out.append((f"tracemalloc peak of run_unit, lockstep batch of {size} × {result.n_steps // size} steps",
+                            f"{peak / 1e6:.2f} MB, {peak / result.n_steps:,.0f} bytes per trajectory-step"))
+    finally:
+        worker.close()
+    return out
 
 
 def measure_fixed_costs(env_id: str, repeats: int) -> list[tuple[str, str]]:
     """Per-call costs that explain the ratios, timed in this process (median of 5 batches of ``repeats`` calls):
     gymnasium's ``Box.sample`` (paid by the random-action baseline only), the policy's per-step NumPy forward,
-    the per-trajectory seeding and reset, and ``GradientWorker.gradient_sum`` (one batched forward/backward) on
-    θ_0-like trajectories (14 steps) for units of 1, 2 and 8 trajectories."""
+    for one observation and for a full lockstep step, the per-trajectory seeding and reset, and
+    ``GradientWorker.weighted_gradient`` (one forward/backward) on θ_0-like trajectories (14 steps) for lockstep
+    batches of 1, 4 and ``LOCKSTEP_SIZE``."""
     import numpy as np
 
     from sb3_nigt.backends.contract import single_threaded_torch
     from sb3_nigt.policies import NIGTPolicy
-    from sb3_nigt.workers.rollout import GradientWorker, trajectory_rng
+    from sb3_nigt.workers.rollout import LOCKSTEP_SIZE, GradientWorker, trajectory_rng
 
     env = quiet_make(env_id)
     env.action_space.seed(0)
@@ -441,24 +537,29 @@ def measure_fixed_costs(env_id: str, repeats: int) -> list[tuple[str, str]]:
 
     trajectories = []
     k = 0
-    while len(trajectories) < 8:  # θ_0 trajectories of the usual length (Hopper falls after ~14 steps)
+    while len(trajectories) < LOCKSTEP_SIZE:  # θ_0 trajectories of the usual length (Hopper falls after ~14 steps)
         t = worker.sample_batch([(0, k, 0)], 0, 1000)[0]
         k += 1
         if 10 <= t.stats.n_steps <= 18:
             trajectories.append(t)
+    batch_obs = np.repeat(obs[None], LOCKSTEP_SIZE, axis=0)
+    forward_one = per_call(lambda: worker.forward(obs[None]), repeats)
+    forward_batch = per_call(lambda: worker.forward(batch_obs), repeats)
     out = [
         ("gymnasium Box.sample() (random-action baseline only), per step", f"{1e6 * per_call(env.action_space.sample, repeats):.1f} µs"),
-        ("policy NumPy forward of one observation (a lockstep step of one trajectory)", f"{1e6 * per_call(lambda: worker.forward(obs[None]), repeats):.1f} µs"),
+        ("policy NumPy forward of one observation (a lockstep step of one trajectory)", f"{1e6 * forward_one:.1f} µs"),
+        (f"policy NumPy forward of {LOCKSTEP_SIZE} observations (a full lockstep step)",
+         f"{1e6 * forward_batch:.1f} µs ({1e6 * forward_batch / LOCKSTEP_SIZE:.1f} µs per trajectory)"),
         ("trajectory_rng + its reset seed, per trajectory",
          f"{1e6 * per_call(lambda: trajectory_rng(0, 1, 2, 3).integers(0, 2**31 - 1), repeats):.1f} µs"),
         ("env.reset(seed=...), per trajectory (paid by the replay baseline too)", f"{1e6 * per_call(lambda: env.reset(seed=1), repeats // 4):.1f} µs"),
     ]
     with single_threaded_torch():
-        for count in (1, 2, 8):
+        for count in (1, 4, LOCKSTEP_SIZE):
             chunk = trajectories[:count]
-            cost = per_call(lambda c=chunk: worker.gradient_sum(c, 0.99), max(repeats // 50, 5))
+            cost = per_call(lambda c=chunk: worker.weighted_gradient(c, [1.0] * len(c), 0.99), max(repeats // 50, 5))
             steps = sum(t.stats.n_steps for t in chunk)
-            out.append((f"gradient_sum (one batched forward/backward) of {count} θ_0 trajectories ({steps} steps)",
+            out.append((f"weighted_gradient (one forward/backward) of a lockstep batch of {count} θ_0 trajectories ({steps} steps)",
                         f"{1e3 * cost:.2f} ms ({1e3 * cost / count:.2f} ms per trajectory)"))
     worker.close()
     env.close()
@@ -565,7 +666,8 @@ def machine_facts(env_id: str) -> list[str]:
     import torch
 
     import sb3_nigt
-    from sb3_nigt.workers.rollout import CHUNK_SIZE
+    from sb3_nigt.version import ENGINE_VERSION
+    from sb3_nigt.workers.rollout import LOCKSTEP_SIZE
 
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -576,7 +678,8 @@ def machine_facts(env_id: str) -> list[str]:
         f"- platform: {platform.platform()}; CPU: {platform.processor() or platform.machine()}",
         f"- python {platform.python_version()}, torch {torch.__version__} (threads {torch.get_num_threads()}), "
         f"numpy {numpy.__version__}, mujoco {mujoco.__version__}, gymnasium {gymnasium.__version__}, "
-        f"stable-baselines3 {stable_baselines3.__version__}, sb3_nigt {sb3_nigt.__version__} (CHUNK_SIZE {CHUNK_SIZE})",
+        f"stable-baselines3 {stable_baselines3.__version__}, sb3_nigt {sb3_nigt.__version__} "
+        f"(ENGINE_VERSION {ENGINE_VERSION}, LOCKSTEP_SIZE {LOCKSTEP_SIZE})",
         f"- env: {env_id}; RennalaNIGT {', '.join(f'{k}={v!r}' for k, v in NIGT_KWARGS.items())}, simulated clock",
     ]
 
@@ -591,6 +694,78 @@ def block_ratios(a: Row, b: Row, cpu: bool = False) -> str:
     n = len(ratios)
     median = ratios[n // 2] if n % 2 else 0.5 * (ratios[n // 2 - 1] + ratios[n // 2])
     return f" (per group: median {100 * median:.1f}%, {100 * ratios[0]:.1f}–{100 * ratios[-1]:.1f}%, {n} groups)"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def steady_ratio(a: Row, b: Row) -> str:
+    return f"{a.steady / b.steady:.2f}x" if a.steady and b.steady else "n/a"
+
+
+def cpu_pct(a: Row, b: Row) -> str:
+    return pct(a.cpu_rate / b.cpu_rate) if a.cpu_rate and b.cpu_rate else "n/a"
+
+
+def paired(x: Row, y: Row) -> str:
+    """x's rate over y's, wall and CPU, with the spread over the groups."""
+    return f"wall {pct(x.rate / y.rate)}{block_ratios(x, y)}; CPU {cpu_pct(x, y)}{block_ratios(x, y, cpu=True)}"
+
+
+def per_step(batch: Row, replay: Row) -> str:
+    """Time per env step beyond replaying it, wall / CPU."""
+    wall = 1e6 * (batch.seconds - batch.steps / replay.rate) / max(batch.steps, 1)
+    cpu = 1e6 * (batch.cpu - batch.steps / replay.cpu_rate) / max(batch.steps, 1) if batch.cpu and replay.cpu_rate else float("nan")
+    return f"{wall:.1f} µs / {cpu:.1f} µs"
+
+
+def per_gradient(collect: Row, replay: Row) -> str:
+    """Time per gradient of ``collect`` beyond replaying its env steps, wall / CPU."""
+    gradients = max(collect.gradients, 1)
+    wall = 1e6 * (collect.seconds - collect.steps / replay.rate) / gradients
+    cpu = 1e6 * (collect.cpu - collect.steps / replay.cpu_rate) / gradients if collect.cpu and replay.cpu_rate else float("nan")
+    return f"{wall:.0f} µs / {cpu:.0f} µs"
+
+
+def derive(r: dict[str, Row]) -> list[tuple[str, str]]:
+    """The ratios printed under the table (targets beside the measured figures, never asserted)."""
+    reacher = r["r_batch"].extra.split(",")[0]
+    return [
+        ("**inline collection at θ_0 (short trajectories) / raw env.step replaying the same trajectories (same states, "
+         "same resets), per core (target >= 90%)**", paired(r["coll_theta0"], r["replay_theta0"])),
+        ("inline collection at θ_0 / raw env.step with random actions", paired(r["coll_theta0"], r["raw"])),
+        ("θ_0 collection: time per gradient beyond replaying its env steps, wall / CPU", per_gradient(r["coll_theta0"], r["replay_theta0"])),
+        ("**Hopper 1000-step trajectories: run_unit on lockstep batches / replaying the same trajectories, per core "
+         "(target >= 97%)**", paired(r["h_batch"], r["h_replay"])),
+        ("Hopper 1000-step: lockstep batches / raw env.step with random actions", paired(r["h_batch"], r["h_raw"])),
+        ("Hopper 1000-step: lockstep batches of one / replaying the same trajectories", paired(r["h_single"], r["h_replay"])),
+        ("Hopper 1000-step: lockstep batches, time per env step beyond replaying it, wall / CPU", per_step(r["h_batch"], r["h_replay"])),
+        ("Hopper 1000-step: replay in lockstep over one instance per trajectory / replay on one instance (the environments' own cost of a batch)",
+         paired(r["h_replay_b"], r["h_replay"])),
+        ("Hopper 1000-step: lockstep batches / replay in lockstep over one instance per trajectory", paired(r["h_batch"], r["h_replay_b"])),
+        (f"**{reacher} 50-step trajectories: run_unit on lockstep batches / replaying the same trajectories, per core "
+         "(target >= 90%)**", paired(r["r_batch"], r["r_replay"])),
+        ("Reacher: lockstep batches / raw env.step with random actions", paired(r["r_batch"], r["r_raw"])),
+        ("Reacher: lockstep batches of one / replaying the same trajectories", paired(r["r_single"], r["r_replay"])),
+        ("Reacher: lockstep batches, time per env step beyond replaying it, wall / CPU", per_step(r["r_batch"], r["r_replay"])),
+        ("Reacher: replay in lockstep over one instance per trajectory / replay on one instance", paired(r["r_replay_b"], r["r_replay"])),
+        ("Reacher: lockstep batches / replay in lockstep over one instance per trajectory", paired(r["r_batch"], r["r_replay_b"])),
+        ("raw env.step with random actions / replaying the policy's trajectories, per core (the baselines' own gap)",
+         f"Hopper θ_0 {paired(r['raw'], r['replay_theta0'])}; Hopper 1000-step {paired(r['h_raw'], r['h_replay'])}; "
+         f"Reacher {paired(r['r_raw'], r['r_replay'])}"),
+        ("inline collection (θ after learn) / raw with random actions, per core (not paired)",
+         f"wall {pct(r['coll_inline'].rate / r['raw'].rate)}; CPU {cpu_pct(r['coll_inline'], r['raw'])}"),
+        ("inline learn / raw with random actions, per core (not paired)",
+         f"wall {pct(r['learn_inline'].rate / r['raw'].rate)}; CPU {cpu_pct(r['learn_inline'], r['raw'])}"),
+        ("subprocess x1 collection / raw, per core", pct(r["coll_s1"].rate / r["raw"].rate)),
+        ("subprocess x2 collection / raw, per core (rate / 2)", pct(r["coll_s2"].rate / 2 / r["raw"].rate)),
+        ("**subprocess speedup x2 / x1, collection at θ after learn (target >= 1.9x on 2 cores)**",
+         f"{r['coll_s2'].rate / r['coll_s1'].rate:.2f}x"),
+        ("subprocess speedup x2 / x1, learn (wall, incl. start-up)", f"{r['learn_s2'].rate / r['learn_s1'].rate:.2f}x"),
+        ("subprocess speedup x2 / x1, learn after 1st round", steady_ratio(r["learn_s2"], r["learn_s1"])),
+        ("subprocess x2 collection / inline collection", f"{r['coll_s2'].rate / r['coll_inline'].rate:.2f}x"),
+    ]
 
 
 def render(rows: list[Row], derived: list[tuple[str, str]], facts: list[str], load: tuple[tuple, tuple], total_s: float) -> str:
@@ -667,13 +842,25 @@ def main() -> None:
     raw, replay_theta0, coll_theta0 = measure_raw_and_theta0(env_id, steps, blocks)
     rows += [raw, replay_theta0, coll_theta0]
     report(raw), report(replay_theta0), report(coll_theta0)
-    print("measuring: 1000-step trajectories, no early termination (run_unit / replay / run / random, alternating) ...", flush=True)
-    same_rows, check = measure_same_states(env_id, steps, blocks)
-    same_raw, same_replay, same_unit, same_job = same_rows
-    rows += same_rows
-    for row in same_rows:
+    print("measuring: Hopper 1000-step trajectories, no early termination (lockstep batch / replay / batches of one / random, alternating) ...", flush=True)
+    hopper_rows, check = measure_same_states(env_id, {"terminate_when_unhealthy": False}, "Hopper, no early termination", steps, blocks)
+    h_raw, h_replay, h_batch, h_single, h_replay_b = hopper_rows
+    rows += hopper_rows
+    for row in hopper_rows:
         report(row)
     facts.append(check)
+    reacher = first_makeable("Reacher-v4", "Reacher-v5")
+    print(f"measuring: {reacher} 50-step trajectories (lockstep batch / replay / batches of one / random, alternating) ...", flush=True)
+    reacher_rows, check = measure_same_states(reacher, {}, reacher, steps, blocks)
+    r_raw, r_replay, r_batch, r_single, r_replay_b = reacher_rows
+    rows += reacher_rows
+    for row in reacher_rows:
+        report(row)
+    facts.append(check)
+    print("measuring: memory per lockstep batch ...", flush=True)
+    memory = measure_batch_memory(env_id, 200 if args.quick else 1000)
+    for name, value in memory:
+        print(f"  {name}: {value}", flush=True)
     print("measuring: per-call costs ...", flush=True)
     fixed = measure_fixed_costs(env_id, 500 if args.quick else 2000)
     for name, value in fixed:
@@ -699,53 +886,11 @@ def main() -> None:
     same_theta = all(np.array_equal(theta[0], t) for t in theta[1:])
     facts.append(f"- θ after learn identical for inline / subprocess x1 / subprocess x2: {same_theta}")
 
-    def pct(x: float) -> str:
-        return f"{100 * x:.1f}%"
-
-    def steady_ratio(a: Row, b: Row) -> str:
-        return f"{a.steady / b.steady:.2f}x" if a.steady and b.steady else "n/a"
-
-    def paired(x: Row, y: Row) -> str:
-        wall = pct(x.rate / y.rate) + block_ratios(x, y)
-        return f"wall {wall}; CPU {cpu_pct(x, y)}{block_ratios(x, y, cpu=True)}"
-
-    def cpu_pct(a: Row, b: Row) -> str:
-        return pct(a.cpu_rate / b.cpu_rate) if a.cpu and b.cpu else "n/a"
-
-    def per_gradient(x: float, y: float) -> float:
-        return 1e6 * (x - y) / max(coll_theta0.gradients, 1)
-
-    extra_wall = per_gradient(coll_theta0.seconds, coll_theta0.steps / replay_theta0.rate)
-    extra_cpu = per_gradient(coll_theta0.cpu, coll_theta0.steps / replay_theta0.cpu_rate)
-
-    def per_step(x: float, y: float) -> float:
-        return 1e6 * (x - y) / max(same_unit.steps, 1)
-
-    derived = [
-        ("**inline collection at θ_0 (short trajectories) / raw env.step with random actions, per core (target >= 90%)**",
-         paired(coll_theta0, raw)),
-        ("inline collection at θ_0 / raw env.step replaying the same trajectories (same states, same resets)",
-         paired(coll_theta0, replay_theta0)),
-        ("θ_0 collection: time per gradient beyond replaying its env steps, wall / CPU", f"{extra_wall:.0f} µs / {extra_cpu:.0f} µs"),
-        ("**run_unit (rollout + batched g_H, 1000-step trajectories) / raw env.step with random actions, no early termination, per core (target >= 95%)**",
-         paired(same_unit, same_raw)),
-        ("run_unit / raw env.step replaying the same trajectories (same states)", paired(same_unit, same_replay)),
-        ("run (rollout + per-trajectory g_H) / raw env.step with random actions, no early termination", paired(same_job, same_raw)),
-        ("run / raw env.step replaying the same trajectories", paired(same_job, same_replay)),
-        ("run_unit: time per env step beyond replaying it, wall / CPU",
-         f"{per_step(same_unit.seconds, same_unit.steps / same_replay.rate):.1f} µs / {per_step(same_unit.cpu, same_unit.steps / same_replay.cpu_rate):.1f} µs"),
-        ("raw env.step with random actions / replaying the policy's trajectories, per core (the baselines' own gap)",
-         f"{paired(raw, replay_theta0)} at θ_0 (with termination); {paired(same_raw, same_replay)} without termination"),
-        ("inline collection (θ after learn) / raw with random actions, per core (target >= 85%; not paired)",
-         f"wall {pct(coll_inline.rate / raw.rate)}; CPU {cpu_pct(coll_inline, raw)}"),
-        ("inline learn / raw with random actions, per core (not paired)", f"wall {pct(learn_inline.rate / raw.rate)}; CPU {cpu_pct(learn_inline, raw)}"),
-        ("subprocess x1 collection / raw, per core", pct(coll_s1.rate / raw.rate)),
-        ("subprocess x2 collection / raw, per core (rate / 2)", pct(coll_s2.rate / 2 / raw.rate)),
-        ("subprocess speedup x2 / x1, collection (target >= 1.8x on 2 cores)", f"{coll_s2.rate / coll_s1.rate:.2f}x"),
-        ("subprocess speedup x2 / x1, learn (wall, incl. start-up)", f"{learn_s2.rate / learn_s1.rate:.2f}x"),
-        ("subprocess speedup x2 / x1, learn after 1st round", steady_ratio(learn_s2, learn_s1)),
-        ("subprocess x2 collection / inline collection", f"{coll_s2.rate / coll_inline.rate:.2f}x"),
-    ]
+    named = dict(raw=raw, replay_theta0=replay_theta0, coll_theta0=coll_theta0, h_raw=h_raw, h_replay=h_replay, h_batch=h_batch,
+                 h_single=h_single, h_replay_b=h_replay_b, r_raw=r_raw, r_replay=r_replay, r_batch=r_batch, r_single=r_single, r_replay_b=r_replay_b, learn_inline=learn_inline,
+                 coll_inline=coll_inline, learn_s1=learn_s1, coll_s1=coll_s1, learn_s2=learn_s2, coll_s2=coll_s2)
+    derived = derive(named)
+    derived += [(f"memory: {name}", value) for name, value in memory]
     for ppo in ppo_rows:
         tag = ppo.extra.replace("torch ", "")
         derived += [
