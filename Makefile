@@ -21,8 +21,9 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-# RennalaNIGT on Hopper, n = 10 agents, h_i = kappa_i = sqrt(i), simulated clock, both cores, seed 0: 593 s of
-# training on 2026-11-29 on a shared 2-core machine, plus the install on a fresh clone (README, docs/train.md).
+# RennalaNIGT on Hopper, n = 10 agents, h_i = kappa_i = sqrt(i), simulated clock, both cores, 3M environment steps:
+# 593 s of training on the engine of 2026-11-29; the lockstep engine's runs of 2026-12-07 ran on a loaded machine, so
+# their wall times (README, docs/train.md) are not its speed. Plus the install on a fresh clone.
 train: $(STAMP)
 	$(PY) -m sb3_nigt.train --out runs/hopper
 
