@@ -385,7 +385,9 @@ def test_trace_on_the_real_clock():
     kinds = {e.kind for e in model.trace}
     assert kinds == {"broadcast", "compute", "upload"}
     assert all(float(e.end) >= float(e.start) for e in model.trace)
-    assert sum(e.kind == "compute" for e in model.trace) == 3 * model.n_rounds
+    computes = [e for e in model.trace if e.kind == "compute"]
+    assert sum(e.status == "counted" for e in computes) == 3 * model.n_rounds
+    assert {e.status for e in computes} <= {"counted", "abandoned"}  # an agent may be mid-gradient when a round ends
 
 
 def test_trace_is_off_by_default_and_not_saved(tmp_path):
