@@ -51,15 +51,14 @@ def faulty(mode: str = "none", marker=None, **kwargs):
 
 
 # ------------------------------------------------------------------------------------- the simulated clock
-def test_rennala_on_ray_gives_the_inline_bits():
+def test_a_runtime_the_backend_did_not_start_is_left_running():
+    # Rennala on Ray gives the inline bits (θ, d_t, the clock, the counters, the episodes): tests/test_digests.py,
+    # case rennala-ray2-sqrt. Here: the shared runtime, started by the tests, outlives the model's actors.
     kwargs = dict(n_agents=3, compute_times=[1, 2, 3], round_size=4, **SMALL)
-    inline = RennalaNIGT("MlpPolicy", "Pendulum-v1", **kwargs).learn(80)
-    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", backend="ray", n_workers=2, **kwargs).learn(80)
-    assert model.num_timesteps == inline.num_timesteps > 0
-    assert not np.array_equal(model.get_flat_params(), RennalaNIGT("MlpPolicy", "Pendulum-v1", **kwargs).get_flat_params())
-    np.testing.assert_array_equal(model.get_flat_params(), inline.get_flat_params())
-    assert model.simulated_time_exact == inline.simulated_time_exact
-    assert ray.is_initialized()  # a runtime the backend did not start is left running
+    model = RennalaNIGT("MlpPolicy", "Pendulum-v1", backend="ray", n_workers=1, **kwargs).learn(40)
+    assert model.num_timesteps >= 40
+    model.close()
+    assert ray.is_initialized()
 
 
 def test_malenia_with_one_environment_per_agent_on_ray_gives_the_inline_bits():
