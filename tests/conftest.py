@@ -45,15 +45,15 @@ SHARED_MODULES = ("tests/test_architecture.py", "tests/test_determinism.py", "te
 
 def xdist_group(nodeid: str) -> Optional[str]:
     """The group of a test for ``make test`` (two pytest-xdist processes, ``--dist loadgroup``): the tests of a group
-    run in one process, so what they share is set up once. The Ray tests form two groups of about equal time, the
-    backend contract's ("ray-contract") and the others ("ray"), so that both processes can run Ray tests at once
-    (a process starts one Ray runtime, the first time one of its tests asks for it, and keeps it for the rest);
+    run in one process, so what they share is set up once. The Ray tests form one group ("ray"): one Ray runtime,
+    started the first time one of them asks for it and kept for the rest (two runtimes side by side on two cores
+    made Ray's restart and failure detection miss the tests' time bounds);
     a module of SHARED_MODULES: its tests (the fixture runs once); None: the test runs anywhere. The controller of
     xdist knows the ids only, so the group is read from the id."""
     nodeid = nodeid.split("@", 1)[0]
     path, _, name = nodeid.partition("::")
     if RAY_IN_ID.search(nodeid.lower()) and name.split("[", 1)[0] not in OWN_RUNTIME:
-        return "ray-contract" if path == "tests/test_backend_contract.py" else "ray"
+        return "ray"
     return path if path in SHARED_MODULES else None
 
 
