@@ -24,7 +24,7 @@ from sb3_nigt import AFedPG, MaleniaNIGT, RennalaNIGT, SynchronizedNIGT
 from sb3_nigt.backends.contract import WorkerError
 
 from fault_envs import FaultyEnv
-from helpers import SaveAndStop
+from helpers import SaveAndStop, processes_marked
 
 ALGORITHMS = [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT, AFedPG]
 NIGT = [RennalaNIGT, MaleniaNIGT, SynchronizedNIGT]
@@ -213,32 +213,18 @@ def test_sigterm_leaves_no_process_behind(tmp_path, call):
     try:
         assert process.stdout.readline().strip() == "started"
         time.sleep(4)  # the workers are up and stuck
-        assert len(_marked(marker)) >= 3  # the script, its workers (and the fork server)
+        assert len(processes_marked(marker)) >= 3  # the script, its workers (and the fork server)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while _marked(marker) and time.monotonic() < deadline:
+        while processes_marked(marker) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _marked(marker) == []
+        assert processes_marked(marker) == []
     finally:
         if process.poll() is None:
             process.kill()
-        for pid in _marked(marker):
+        for pid in processes_marked(marker):
             os.kill(pid, signal.SIGKILL)
-
-
-def _marked(marker: str) -> list[int]:
-    """Processes whose environment holds ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 # ------------------------------------------------------------------------------------------------------ outages

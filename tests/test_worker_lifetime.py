@@ -25,7 +25,7 @@ from sb3_nigt import AFedPG, RennalaNIGT
 from sb3_nigt.algorithms.live_workers import LiveWorkers, same_key, worker_key
 from sb3_nigt.backends.contract import BackendOptions
 
-from helpers import assert_no_worker_alive
+from helpers import assert_no_worker_alive, processes_marked
 from lifetime_envs import CountedEnv
 
 TINY = dict(n_agents=2, round_size=2, horizon=10, seed=0, policy_kwargs=dict(net_arch=[8]))
@@ -200,19 +200,6 @@ def test_save_with_live_workers_round_trips_exactly_and_does_not_store_them(tmp_
 
 
 # ------------------------------------------------------------------------------------------ other processes
-def _marked(marker: str) -> list[int]:
-    """Processes whose environment holds ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def _script(tmp_path: Path, body: str) -> Path:
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(f"""
@@ -237,7 +224,7 @@ def _run_until_gone(tmp_path: Path, body: str, send_sigterm: bool, stall: bool =
                                stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "learned"
-        assert len(_marked(marker)) >= 3  # the script and its two workers stay up after learn
+        assert len(processes_marked(marker)) >= 3  # the script and its two workers stay up after learn
         if send_sigterm:
             if stall:
                 flag.touch()  # the next learn's workers hang inside env.step: only the main process can end them
@@ -246,14 +233,14 @@ def _run_until_gone(tmp_path: Path, body: str, send_sigterm: bool, stall: bool =
             process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
         deadline = time.monotonic() + 10
-        while _marked(marker) and time.monotonic() < deadline:
+        while processes_marked(marker) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _marked(marker) == []
+        assert processes_marked(marker) == []
         return subprocess.CompletedProcess(process.args, process.returncode, out, err)
     finally:
         if process.poll() is None:
             process.kill()
-        for pid in _marked(marker):
+        for pid in processes_marked(marker):
             os.kill(pid, signal.SIGKILL)
 
 
