@@ -31,7 +31,7 @@ def settings_digest(experiment: Experiment) -> str:
 
     relevant = {key: value for key, value in asdict(experiment).items()
                 if key in ("env", "scenario", "compute_times", "heterogeneous_envs", "outages", "momentum",
-                           "max_steps", "eval_points", "eval_episodes")}
+                           "max_steps", "eval_points", "eval_episodes", "eval_deterministic")}
     relevant["compute_schedule"] = repr(experiment.compute_schedule)
     if experiment.times_from is not None:  # the recorded times themselves, wherever the file lies
         relevant["times_from"] = hashlib.sha256(Path(experiment.times_from).read_bytes()).hexdigest()

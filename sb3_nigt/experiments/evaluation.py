@@ -4,8 +4,15 @@ A run's curves come from evaluation episodes of the current θ, not from its tra
 the last 100 lags θ: for a slow agent that window spans a large part of the run). At every time t_k of
 :meth:`~sb3_nigt.experiments.registry.Experiment.eval_times` the policy θ(t_k) — the parameters after every update
 made at or before t_k, except at the budget, where training stops before the update of a round that ends exactly
-then — plays ``eval_episodes`` episodes with its deterministic (mean) action on a separately built copy
-of each agent's environment, through SB3's :func:`~stable_baselines3.common.evaluation.evaluate_policy`.
+then — plays ``eval_episodes`` episodes on a separately built copy of each agent's environment, through SB3's
+:func:`~stable_baselines3.common.evaluation.evaluate_policy`.
+
+By default the episodes sample their actions from π_θ itself, so that the mean is an unbiased estimate of the
+paper's objective J(θ) (Eq. 1), the quantity the algorithms climb. The deterministic (mean-action) return SB3 reports
+by default is another quantity: on Reacher it hardly moved in a whole run while J(θ) rose (docs/reproduction.md,
+"What the first faithful run taught us"). The sampling noise comes from torch's generator, seeded per run, time and
+environment column inside :func:`torch.random.fork_rng`, so an evaluation never touches the training's randomness and
+a recovered run evaluates bit for bit as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional
 
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -55,6 +63,7 @@ class Evaluator(BaseCallback):
     :param labels: the columns' labels (:func:`eval_env_labels`).
     :param episodes: episodes per environment and time (>= 1).
     :param seed: the run's seed (:func:`eval_seed`).
+    :param deterministic: play the mean action (SB3's default) instead of sampling from π_θ (the paper's J(θ)).
     :param report: called as ``report(index, seconds, returns)`` after each evaluation (``returns``: column →
         mean return); returning True stops training (a pruned tuning trial).
 
@@ -66,7 +75,8 @@ class Evaluator(BaseCallback):
     """
 
     def __init__(self, times: list[float], factories: list[Callable[[], Any]], labels: list[str], episodes: int,
-                 seed: int, report: Optional[Callable[[int, float, dict[str, float]], bool]] = None) -> None:
+                 seed: int, report: Optional[Callable[[int, float, dict[str, float]], bool]] = None,
+                 deterministic: bool = False) -> None:
         super().__init__()
         if not times or any(b <= a for a, b in zip(times, times[1:])):
             raise ValueError(f"times: must be a non-empty increasing list of simulated seconds, got {times!r}")
@@ -75,6 +85,7 @@ class Evaluator(BaseCallback):
         if len(labels) != len(factories):
             raise ValueError(f"labels: one per factory ({len(factories)}), got {len(labels)}")
         self.times, self.labels, self.episodes, self.seed, self.report = list(times), list(labels), episodes, seed, report
+        self.deterministic = bool(deterministic)
         self.envs = [DummyVecEnv([factory]) for factory in factories]
         self.next = 0
         self.stopped = False
@@ -83,9 +94,13 @@ class Evaluator(BaseCallback):
     def _evaluate(self) -> None:
         index = self.next
         returns: dict[str, float] = {}
-        for label, env in zip(self.labels, self.envs):
-            env.seed(eval_seed(self.seed, index))
-            mean, _ = evaluate_policy(self.model, env, n_eval_episodes=self.episodes, deterministic=True, warn=False)
+        for column, (label, env) in enumerate(zip(self.labels, self.envs)):
+            seed = eval_seed(self.seed, index)
+            env.seed(seed)
+            with torch.random.fork_rng(devices=[]):  # the action noise: its own stream, the global one untouched
+                torch.manual_seed(seed + 104_729 * column)
+                mean, _ = evaluate_policy(self.model, env, n_eval_episodes=self.episodes,
+                                          deterministic=self.deterministic, warn=False)
             returns[label] = float(mean)  # type: ignore[arg-type]
         if len(returns) > 1:
             returns[MEAN] = math.fsum(returns.values()) / len(returns)

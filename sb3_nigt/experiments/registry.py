@@ -98,6 +98,8 @@ class Experiment:
         value as M_init.
     :param eval_points: evaluations at k · budget / ``eval_points`` simulated seconds, k = 0 … ``eval_points``.
     :param eval_episodes: evaluation episodes per agent environment and evaluation time.
+    :param eval_deterministic: evaluate the mean action (SB3's default) instead of actions sampled from π_θ (the
+        default: the paper's objective J(θ), Eq. 1; see :mod:`sb3_nigt.experiments.evaluation`).
     :param max_steps: a cap on environment steps per run (a safety net; the simulated budget ends runs first).
     :param differences: how this experiment differs from the paper's.
     :param expected_ratio: what the claim expects of the other algorithms against the reference: ``"faster"``
@@ -131,7 +133,8 @@ class Experiment:
     alpha_grid: tuple[float, ...] = ALPHA_GRID
     round_size_grid: tuple[int, ...] = ROUND_SIZE_GRID
     eval_points: int = 20
-    eval_episodes: int = 5
+    eval_episodes: int = 10
+    eval_deterministic: bool = False
     max_steps: int = 50_000_000
     differences: str = ""
     expected_ratio: str = "faster"
@@ -182,7 +185,8 @@ class Experiment:
             compute_times=compute, compute_schedule=schedule, heterogeneous_envs=self.heterogeneous_envs,
             outages=outages, momentum=self.momentum, thresholds=self.thresholds, return_margin=self.return_margin,
             seeds=(0, 1), max_seeds=2, tuning_seeds=(100,), alpha_grid=(2.0**-6, 2.0**-4),
-            round_size_grid=(4, 6) if compute is None else (12, 14), eval_points=4, eval_episodes=1, max_steps=5_000,
+            round_size_grid=(4, 6) if compute is None else (12, 14), eval_points=4, eval_episodes=1,
+            eval_deterministic=self.eval_deterministic, max_steps=5_000,
             expected_ratio=self.expected_ratio, notes=self.notes, is_smoke=True, times_from=self.times_from,
         )
         return replace(tiny, differences=f"the full experiment's {self.settings()}. How the full experiment differs "

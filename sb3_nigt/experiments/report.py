@@ -237,8 +237,9 @@ def plot(path: Path, experiment: Experiment, runs: dict[tuple[str, int], dict[in
             ax.set_title(f"{experiment.env}, {experiment.scenario}, n = {n}", fontsize=10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle(f"{experiment.name} ({experiment.figure}): deterministic evaluation of the current θ, median and "
-                 "20–80% band", fontsize=11)
+    kind = "deterministic evaluation" if experiment.eval_deterministic else "evaluation (actions sampled from π_θ)"
+    fig.suptitle(f"{experiment.name} ({experiment.figure}): {kind} of the current θ, median and 20–80% band",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -130,7 +130,8 @@ def train(experiment: Experiment, spec: RunSpec, report: Optional[Callable[[int,
         times = ([0.0, spec.seconds] if spec.phase == "calibrate" else
                  [t * spec.seconds / experiment.seconds_for(spec.n_agents) for t in experiment.eval_times(spec.n_agents)])
         evaluator = Evaluator(times, eval_env_factories(experiment, spec.n_agents),
-                              eval_env_labels(experiment, spec.n_agents), experiment.eval_episodes, spec.seed, report)
+                              eval_env_labels(experiment, spec.n_agents), experiment.eval_episodes, spec.seed, report,
+                              deterministic=experiment.eval_deterministic)
         start = time.process_time()
         model.learn(experiment.max_steps, callback=CallbackList([evaluator, recorder]))
         cpu = time.process_time() - start
