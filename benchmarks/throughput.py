@@ -14,7 +14,10 @@ tens of µs per step. Measures, in one run, and prints a Markdown table:
    trajectories is (at most ``LOCKSTEP_SIZE``), alternating every batch: ``GradientWorker.run_unit`` on the
    batch (one batched forward per step, one weighted backward), ``run_unit`` on lockstep batches of one (one
    trajectory, its own backward), the replay of the same trajectories, as many random-action steps, and the
-   replay stepped in lockstep over one environment instance per trajectory (what a batch's environments cost);
+   replay stepped in lockstep over one environment instance per trajectory (what a batch's environments cost),
+   and the policy's arithmetic alone on the same trajectories (the batched NumPy forward of every step and the
+   one weighted torch backward, no environment), which gives the ceiling of any engine built on that arithmetic:
+   replay / (replay + arithmetic). The same is measured on Hopper at θ_0 with its early termination;
 3. memory per lockstep batch: the ``tracemalloc`` peak of ``run_unit`` on batches of 1, 4 and 16 trajectories of
    the same length, as bytes per trajectory-step (it should not grow with the batch);
 4. per-call costs that explain the ratios (``Box.sample``, the NumPy forward of one and of 16 observations, the
@@ -360,7 +363,8 @@ def measure_raw_and_theta0(env_id: str, steps: int, groups: int) -> tuple[Row, R
     return raw, replay, coll
 
 
-def measure_same_states(env_id: str, env_kwargs: dict, label: str, steps: int, groups: int) -> tuple[list[Row], str]:
+def measure_same_states(env_id: str, env_kwargs: dict, label: str, steps: int, groups: int,
+                        trajectory_steps: Optional[int] = None) -> tuple[list[Row], str]:
     """Per-step efficiency of what the engine runs on trajectories that all last the time limit: Hopper without
     early termination (1000 steps) or Reacher (50 steps, it never terminates).
 
@@ -395,7 +399,7 @@ def measure_same_states(env_id: str, env_kwargs: dict, label: str, steps: int, g
         for copy in range(LOCKSTEP_SIZE):
             worker.env(0, copy)  # built now, not inside a timed piece
     horizon = probe.spec.max_episode_steps or 1000
-    n_traj = max(1, steps // horizon)
+    n_traj = max(1, steps // (trajectory_steps or horizon))  # trajectory_steps: a typical length, sizes the run only
     seed, gamma = 0, 0.99
     units, first = [], 0
     for size in lockstep_sizes(n_traj):
@@ -414,6 +418,19 @@ def measure_same_states(env_id: str, env_kwargs: dict, label: str, steps: int, g
         seconds = time.perf_counter() - start
         add("batch", result.gradient)
         return result.n_steps, seconds
+
+    def run_compute(unit: WorkUnit, trajectories: list, frames: list) -> tuple[int, float]:
+        """The policy's arithmetic alone on the batch's recorded trajectories: the batched NumPy forward of every
+        step (``frames``: the live observations of each step, built untimed) and the one weighted backward."""
+        start = time.perf_counter()
+        for frame in frames:
+            batch_worker.forward(frame)
+        batch_worker.weighted_gradient(trajectories, [item.weight for item in unit.items], gamma)
+        return sum(len(t.rewards) for t in trajectories), time.perf_counter() - start
+
+    def frames_of(trajectories: list) -> list:
+        longest = max(len(t.rewards) for t in trajectories)
+        return [np.stack([t.observations[step] for t in trajectories if len(t.rewards) > step]) for step in range(longest)]
 
     def run_singles(unit: WorkUnit) -> tuple[int, float]:
         done, seconds = 0, 0.0
@@ -434,11 +451,16 @@ def measure_same_states(env_id: str, env_kwargs: dict, label: str, steps: int, g
     replay = Row(f"raw env.step replaying the policy's trajectories (same states), {label}", "main process", "1", 0, 0.0)
     batch_row = Row(f"GradientWorker.run_unit, lockstep batches (batched forward, one weighted backward), {label}", "main process", "1", 0, 0.0)
     single_row = Row(f"GradientWorker.run_unit, lockstep batches of one (per-trajectory g_H), {label}", "main process", "1", 0, 0.0)
+    compute_row = Row(f"the policy's arithmetic alone (batched NumPy forward of every step + one weighted torch backward, "
+                      f"no environment), {label}", "main process", "1", 0, 0.0)
     try:
         with single_threaded_torch():  # as in every worker; restored afterwards (PPO below uses torch's default)
             for u, unit in enumerate(units):
                 group = u * groups // len(units)
                 trajectories = record_actions(recorder, unit)  # untimed
+                sampled = batch_worker.sample_batch([(i.agent, i.index, i.env_index) for i in unit.items], unit.seed,
+                                                    unit.horizon, round_index=unit.round_index)  # untimed
+                frames = frames_of(sampled)
                 n_steps = sum(len(t[1]) for t in trajectories)
                 pieces = [
                     (batch_row, lambda w=unit: run_batch(w)),
@@ -446,8 +468,9 @@ def measure_same_states(env_id: str, env_kwargs: dict, label: str, steps: int, g
                     (single_row, lambda w=unit: run_singles(w)),
                     (raw, lambda n=n_steps: raw_session.run(n)),
                     (replay_b, lambda ts=trajectories: lockstep_replay.run(ts)),
+                    (compute_row, lambda w=unit, ts=sampled, fs=frames: run_compute(w, ts, fs)),
                 ]
-                for row, fn in pieces[u % 5:] + pieces[:u % 5]:
+                for row, fn in pieces[u % 6:] + pieces[:u % 6]:
                     timed(row, fn, group)
     finally:
         for worker in workers:
@@ -457,14 +480,14 @@ def measure_same_states(env_id: str, env_kwargs: dict, label: str, steps: int, g
         lockstep_replay.close()
     relative = float(np.abs(sums["batch"] - sums["single"]).max() / max(np.abs(sums["single"]).max(), 1e-300))
     sizes = sorted({unit.count for unit in units})
-    note = (f"{env_id}, {horizon} steps/trajectory, {n_traj} trajectories; the five rows alternate every lockstep batch "
+    note = (f"{env_id}, {horizon} steps/trajectory at most, {n_traj} trajectories; the six rows alternate every lockstep batch "
             f"({len(units)} batches of {'/'.join(map(str, sizes))} trajectories, {len(raw.blocks)} groups)")
-    for row in (raw, replay, batch_row, single_row, replay_b):
+    for row in (raw, replay, batch_row, single_row, replay_b, compute_row):
         row.extra = note
     replay.extra += f"; replayed return differs from the recorded one in {replay_session.mismatches} of {replay_session.trajectories}"
     check = (f"- same-states check ({label}): Σ lockstep-batch vs Σ batch-of-one gradients, max relative difference "
              f"{relative:.1e} (float32 forward and backward)")
-    return [raw, replay, batch_row, single_row, replay_b], check
+    return [raw, replay, batch_row, single_row, replay_b, compute_row], check
 
 
 def measure_batch_memory(env_id: str, horizon: int, sizes: tuple[int, ...] = (1, 4, 16)) -> list[tuple[str, str]]:
@@ -728,6 +751,21 @@ def per_gradient(collect: Row, replay: Row) -> str:
     return f"{wall:.0f} µs / {cpu:.0f} µs"
 
 
+def ceiling(replay: Row, compute: Row) -> str:
+    """replay time / (replay time + compute time) per env step, wall, with the spread over the groups."""
+    def one(a: tuple, b: tuple) -> float:
+        return (a[1] / a[0]) / (a[1] / a[0] + b[1] / b[0])
+
+    ratios = sorted(one(a, b) for a, b in zip(replay.blocks, compute.blocks) if a[0] > 0 and b[0] > 0)
+    total = one((replay.steps, replay.seconds), (compute.steps, compute.seconds))
+    spread = f" ({100 * ratios[0]:.1f}–{100 * ratios[-1]:.1f}% over {len(ratios)} groups)" if ratios else ""
+    return f"{pct(total)}{spread}"
+
+
+def per_step_cost(compute: Row) -> str:
+    return f"{1e6 * compute.seconds / max(compute.steps, 1):.1f} µs"
+
+
 def derive(r: dict[str, Row]) -> list[tuple[str, str]]:
     """The ratios printed under the table (targets beside the measured figures, never asserted)."""
     reacher = r["r_batch"].extra.split(",")[0]
@@ -751,6 +789,17 @@ def derive(r: dict[str, Row]) -> list[tuple[str, str]]:
         ("Reacher: lockstep batches, time per env step beyond replaying it, wall / CPU", per_step(r["r_batch"], r["r_replay"])),
         ("Reacher: replay in lockstep over one instance per trajectory / replay on one instance", paired(r["r_replay_b"], r["r_replay"])),
         ("Reacher: lockstep batches / replay in lockstep over one instance per trajectory", paired(r["r_batch"], r["r_replay_b"])),
+        ("Hopper θ_0 (early termination) in lockstep batches: run_unit / replaying the same trajectories",
+         paired(r["t0_batch"], r["t0_replay"])),
+        ("Hopper θ_0: replay in lockstep over one instance per trajectory / replay on one instance",
+         paired(r["t0_replay_b"], r["t0_replay"])),
+        ("**ceiling of any engine that samples with this NumPy forward and differentiates with torch: replay / (replay + "
+         "the policy's arithmetic alone)**, with nothing else (no loop, no bookkeeping, no main process)",
+         f"Hopper θ_0 {ceiling(r['t0_replay'], r['t0_compute'])}; Hopper 1000-step {ceiling(r['h_replay'], r['h_compute'])}; "
+         f"Reacher {ceiling(r['r_replay'], r['r_compute'])}"),
+        ("the policy's arithmetic alone, per env step (forward + backward)",
+         f"Hopper θ_0 {per_step_cost(r['t0_compute'])}; Hopper 1000-step {per_step_cost(r['h_compute'])}; "
+         f"Reacher {per_step_cost(r['r_compute'])}"),
         ("raw env.step with random actions / replaying the policy's trajectories, per core (the baselines' own gap)",
          f"Hopper θ_0 {paired(r['raw'], r['replay_theta0'])}; Hopper 1000-step {paired(r['h_raw'], r['h_replay'])}; "
          f"Reacher {paired(r['r_raw'], r['r_replay'])}"),
@@ -844,7 +893,7 @@ def main() -> None:
     report(raw), report(replay_theta0), report(coll_theta0)
     print("measuring: Hopper 1000-step trajectories, no early termination (lockstep batch / replay / batches of one / random, alternating) ...", flush=True)
     hopper_rows, check = measure_same_states(env_id, {"terminate_when_unhealthy": False}, "Hopper, no early termination", steps, blocks)
-    h_raw, h_replay, h_batch, h_single, h_replay_b = hopper_rows
+    h_raw, h_replay, h_batch, h_single, h_replay_b, h_compute = hopper_rows
     rows += hopper_rows
     for row in hopper_rows:
         report(row)
@@ -852,9 +901,16 @@ def main() -> None:
     reacher = first_makeable("Reacher-v4", "Reacher-v5")
     print(f"measuring: {reacher} 50-step trajectories (lockstep batch / replay / batches of one / random, alternating) ...", flush=True)
     reacher_rows, check = measure_same_states(reacher, {}, reacher, steps, blocks)
-    r_raw, r_replay, r_batch, r_single, r_replay_b = reacher_rows
+    r_raw, r_replay, r_batch, r_single, r_replay_b, r_compute = reacher_rows
     rows += reacher_rows
     for row in reacher_rows:
+        report(row)
+    facts.append(check)
+    print("measuring: Hopper at θ_0 with early termination, in lockstep batches (lockstep batch / replay / batches of one / "
+          "random, alternating) ...", flush=True)
+    t0_rows, check = measure_same_states(env_id, {}, "Hopper θ_0", steps, blocks, trajectory_steps=14)
+    rows += t0_rows
+    for row in t0_rows:
         report(row)
     facts.append(check)
     print("measuring: memory per lockstep batch ...", flush=True)
@@ -888,7 +944,9 @@ def main() -> None:
 
     named = dict(raw=raw, replay_theta0=replay_theta0, coll_theta0=coll_theta0, h_raw=h_raw, h_replay=h_replay, h_batch=h_batch,
                  h_single=h_single, h_replay_b=h_replay_b, r_raw=r_raw, r_replay=r_replay, r_batch=r_batch, r_single=r_single, r_replay_b=r_replay_b, learn_inline=learn_inline,
-                 coll_inline=coll_inline, learn_s1=learn_s1, coll_s1=coll_s1, learn_s2=learn_s2, coll_s2=coll_s2)
+                 coll_inline=coll_inline, learn_s1=learn_s1, coll_s1=coll_s1, learn_s2=learn_s2, coll_s2=coll_s2,
+                 h_compute=h_compute, r_compute=r_compute, t0_replay=t0_rows[1], t0_batch=t0_rows[2], t0_replay_b=t0_rows[4],
+                 t0_compute=t0_rows[5])
     derived = derive(named)
     derived += [(f"memory: {name}", value) for name, value in memory]
     for ppo in ppo_rows:
