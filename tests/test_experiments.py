@@ -230,6 +230,25 @@ def test_seeds_outside_the_range_are_refused_before_anything_runs(seeds, tmp_pat
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("args, message", [(["--first-seed", "-1"], "--first-seed: must be >= 0"),
+                                           (["--first-seed", "99"], "must be at least one and avoid the tuning seeds"),
+                                           (["--first-seed", "100", "--seeds", "1"], "avoid the tuning seeds")])
+def test_first_seeds_that_reach_a_tuning_seed_are_refused(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["decreasing", "--smoke", *args, "--out", str(tmp_path), "--no-progress"])
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_first_seed_reports_other_seeds_with_the_tuned_settings():
+    from sb3_nigt.experiments.__main__ import command_of, with_seeds
+
+    experiment = with_seeds(EXPERIMENTS["outage"], None, 50)
+    assert experiment.seeds == (50, 51, 52, 53, 54) and experiment.max_seeds == 10
+    assert command_of(experiment, None) == "python -m sb3_nigt.experiments outage --first-seed 50"
+    assert with_seeds(EXPERIMENTS["outage"], 3, 0).seeds == (0, 1, 2)
+
+
 @pytest.mark.parametrize("name", POOLED)
 def test_runs_spread_over_two_processes(name, smoke_runs):
     # The parametrized smoke test above already ran these experiments with two workers: one process pool each.

@@ -8,6 +8,7 @@ Usage::
     python -m sb3_nigt.experiments reacher-expensive-comm # tune α and M, run the reported seeds, write the report
     python -m sb3_nigt.experiments outage --smoke         # a tiny version (seconds), as the tests run it
     python -m sb3_nigt.experiments outage --seeds 10      # seeds 0-9 (0-4 come from the cache)
+    python -m sb3_nigt.experiments outage --first-seed 50 # the verdicts again on seeds 50-54, never reported
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes at once: tuning studies, then reported runs (default: the number of cores)")
     parser.add_argument("--seeds", type=int, default=None, metavar="N",
                         help="report seeds 0 .. N-1 instead of the experiment's own (cached seeds are reused)")
+    parser.add_argument("--first-seed", type=int, default=0, metavar="K",
+                        help="report seeds K, K+1, ... instead (re-run the verdicts on seeds never reported; written "
+                             "to <name>-seeds<K>/)")
     parser.add_argument("--no-extend", action="store_true",
                         help="do not run more seeds where an interval straddles its boundary; print the command instead")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget (two α, two round sizes, two seeds)")
@@ -106,21 +110,34 @@ class Progress:
             self.bar.close()
 
 
-def with_seeds(experiment: Experiment, seeds: int) -> Experiment:
-    """The experiment with reported seeds 0 .. ``seeds`` − 1.
+def with_seeds(experiment: Experiment, seeds: Optional[int], first: int = 0) -> Experiment:
+    """The experiment with reported seeds ``first`` .. ``first + seeds`` − 1 (``seeds`` None: as many as the
+    experiment's own). A ``first`` above 0 re-runs the verdicts on seeds that were never reported (the tuned α and
+    round size are reused from the cache).
 
-    :raises ValueError: if ``seeds`` < 1, or if the seeds would include a tuning seed (they are kept apart).
+    :raises ValueError: if ``seeds`` < 1, ``first`` < 0, or if the seeds, or those the straddle rule may add (up
+        to ``max_seeds`` from ``first``), would include a tuning seed (they are kept apart).
     """
-    if seeds < 1 or seeds > min(experiment.tuning_seeds):
+    count = len(experiment.seeds) if seeds is None else seeds
+    if first < 0:
+        raise ValueError(f"--first-seed: must be >= 0, got {first}")
+    if first == 0 and (count < 1 or count > min(experiment.tuning_seeds)):
         raise ValueError(f"--seeds: must be in 1..{min(experiment.tuning_seeds)} (reported seeds 0 .. N-1 stay apart "
-                         f"from the tuning seeds {list(experiment.tuning_seeds)}), got {seeds}")
-    return dataclasses.replace(experiment, seeds=tuple(range(seeds)), max_seeds=max(seeds, experiment.max_seeds))
+                         f"from the tuning seeds {list(experiment.tuning_seeds)}), got {count}")
+    reach = range(first, first + max(count, experiment.max_seeds))
+    if count < 1 or any(seed in reach for seed in experiment.tuning_seeds):
+        raise ValueError(f"--first-seed/--seeds: the reported seeds {first} .. {first + count - 1}, and those the "
+                         f"straddle rule may add up to {reach[-1]}, must be at least one and avoid the tuning seeds "
+                         f"{list(experiment.tuning_seeds)}")
+    return dataclasses.replace(experiment, seeds=tuple(range(first, first + count)),
+                               max_seeds=max(count, experiment.max_seeds))
 
 
 def command_of(experiment: Experiment, seeds: Optional[int]) -> str:
-    """The command that reports ``experiment`` (its smoke form, its ``--seeds``)."""
+    """The command that reports ``experiment`` (its smoke form, its ``--seeds`` and ``--first-seed``)."""
+    first = experiment.seeds[0] if experiment.seeds else 0
     return (f"python -m sb3_nigt.experiments {experiment.name}{' --smoke' if experiment.is_smoke else ''}"
-            f"{f' --seeds {seeds}' if seeds is not None else ''}"
+            f"{f' --seeds {seeds}' if seeds is not None else ''}{f' --first-seed {first}' if first else ''}"
             f"{f' --times-from {experiment.times_from}' if experiment.times_from is not None else ''}")
 
 
@@ -234,7 +251,8 @@ def run_experiment(experiment: Experiment, out: Path, workers: int, progress: bo
     wanted = any(v["straddles"] for v in verdicts) and len(experiment.seeds) < experiment.max_seeds
     extend_command = None
     if wanted and extend:
-        experiment = dataclasses.replace(experiment, seeds=tuple(range(experiment.max_seeds)))
+        first = experiment.seeds[0]
+        experiment = dataclasses.replace(experiment, seeds=tuple(range(first, first + experiment.max_seeds)))
         seeds = experiment.max_seeds
         runs, same_start = report_runs(experiment, configs, cache, workers, progress)
         body, verdicts = tables(experiment, runs, configs)
@@ -277,13 +295,14 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict[str, Any]]:
     if args.smoke:
         experiment = experiment.smoke()
     try:
-        if args.seeds is not None:
-            experiment = with_seeds(experiment, args.seeds)
+        if args.seeds is not None or args.first_seed:
+            experiment = with_seeds(experiment, args.seeds, args.first_seed)
         if args.times_from is not None:
             experiment = with_trace_times(experiment, args.times_from)
     except ValueError as exc:
         build_parser().error(str(exc))
-    folder = out / (args.name + ("-smoke" if args.smoke else "") + ("-recorded" if args.times_from is not None else ""))
+    folder = out / (args.name + ("-smoke" if args.smoke else "") + (f"-seeds{args.first_seed}" if args.first_seed else "")
+                    + ("-recorded" if args.times_from is not None else ""))
     result = run_experiment(experiment, folder, args.workers, progress=not args.no_progress and sys.stderr.isatty(),
                             seeds=args.seeds, extend=not args.no_extend)
     print((folder / "report.md").read_text())
