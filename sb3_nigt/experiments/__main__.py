@@ -167,7 +167,7 @@ def report_header(experiment: Experiment, seeds: Optional[int], same_start: bool
         + f", M/S grid {list(experiment.round_size_grid)}, η = {experiment.momentum}, budget "
           f"{experiment.simulated_seconds:g} simulated s, seeds {list(experiment.seeds)}, tuning seeds "
           f"{list(experiment.tuning_seeds)}, evaluation every {experiment.simulated_seconds / experiment.eval_points:g} "
-          f"simulated s ({experiment.eval_episodes} episodes per agent environment, "
+          f"simulated s ({experiment.eval_episodes} episode{'' if experiment.eval_episodes == 1 else 's'} per agent environment, "
           f"{'mean action' if experiment.eval_deterministic else 'actions sampled from π_θ'}). "
           f"Every algorithm started from the same θ_0 under each seed: {'yes' if same_start else 'NO'}.", "",
         (f"Smoke settings: {experiment.settings()} stand for {experiment.differences}" if experiment.is_smoke
