@@ -19,17 +19,15 @@ agent's median measured gradient, so that its replay is still running at the sto
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from sb3_nigt.clock.trace import COLUMNS, COLUMNS_WITHOUT_MEASURED, TraceEvent
+from sb3_nigt.clock.trace import COLUMNS_WITHOUT_MEASURED, TraceEvent, read_trace_csv
 
 #: ``mode`` values: the k-th recorded duration for the k-th draw (cycling), or seeded draws among them.
 MODES = ("replay", "resample")
@@ -232,41 +230,11 @@ class TraceTimes:
             without ``algorithm``, and as :meth:`from_trace`.
         :raises FileNotFoundError: when the file does not exist.
         """
-        rows = read_rows(path)
+        rows = read_trace_csv(path)
         names = sorted({row["algorithm"] for row in rows})
         if algorithm is None and len(names) > 1:
             raise ValueError(f"algorithm: {path} holds the traces of {', '.join(map(repr, names))}; name one")
         return cls.from_trace(rows, mode, seed, algorithm, gradients)
-
-
-def read_rows(path: Union[str, "os.PathLike[str]"]) -> list[dict[str, Any]]:
-    """The rows of a trace CSV as dicts of :data:`~sb3_nigt.clock.trace.COLUMNS` (times as floats, ``measured`` None
-    when empty).
-
-    :raises ValueError: for another header, a row of the wrong length, or a field that does not parse (its line is
-        named).
-    """
-    path = Path(path)
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = tuple(next(reader, ()))
-        if header not in (COLUMNS, COLUMNS_WITHOUT_MEASURED):
-            raise ValueError(f"{path}: expected the header {','.join(COLUMNS)}, got {','.join(header)!r}")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{path}, line {line}: expected {len(header)} fields, got {len(row)}")
-            fields = dict(zip(header, row))
-            try:
-                rows.append({"algorithm": fields["algorithm"], "round": int(fields["round"]), "agent": int(fields["agent"]),
-                             "kind": fields["kind"], "index": int(fields["index"]), "start": float(fields["start"]),
-                             "end": float(fields["end"]), "status": fields["status"],
-                             "measured": float(fields["measured"]) if fields.get("measured", "").strip() else None})
-            except ValueError as exc:
-                raise ValueError(f"{path}, line {line}: {exc}") from None
-    return rows
 
 
 # -------------------------------------------------------------------------------------------------- helpers
