@@ -604,3 +604,20 @@ def test_cpu_estimate_from_measured_costs(tmp_path):
     other = EXPERIMENTS["comm"].smoke()
     assert calibrate(other, tmp_path / "c", workers=1) == [(a, 3) for a in other.algorithms]
     assert estimate(tmp_path / "c", other)[0] > 0 and spent(tmp_path / "c", other) == 0.0
+
+
+def test_a_dead_pool_worker_is_reported_not_waited_for():
+    """A worker killed from outside (here SIGABRT from os.abort) breaks the pool: pool_map returns it as a failure
+    within a bound instead of waiting for a result that will never come."""
+    import os
+    import time
+
+    from sb3_nigt.experiments.runner import pool_map
+
+    results: dict = {}
+    start = time.monotonic()
+    failures = pool_map({"dies": (os.abort, ()), "sleeps": (time.sleep, (0.2,))}, 2,
+                        lambda key, value: results.__setitem__(key, value))
+    assert time.monotonic() - start < 60
+    assert any(text.startswith("dies: BrokenProcessPool") for text in failures), failures
+    assert len(failures) + len(results) == 2

@@ -236,7 +236,10 @@ def pool_map(jobs: dict[Any, tuple[Callable[..., Any], tuple]], workers: int,
     """Call every job ``function(*args)``, ``workers`` at a time in fresh processes (in this one for
     ``workers`` <= 1), and ``done(key, result)`` in this process as each ends; return the failures' descriptions.
 
-    Ctrl-C, SIGTERM (raised as SystemExit here) or an error terminates the pool's workers: no job is left behind.
+    The pool is :class:`concurrent.futures.ProcessPoolExecutor` (one job per process). A worker that dies (killed
+    from outside, out of memory) breaks the pool: every job not yet finished is then reported as failed instead of
+    being waited for. Ctrl-C, SIGTERM (raised as SystemExit here) or an error in ``done`` cancels the queued jobs
+    and terminates the running ones: no job is left behind.
     """
     failures: list[str] = []
     if workers <= 1:
@@ -244,23 +247,41 @@ def pool_map(jobs: dict[Any, tuple[Callable[..., Any], tuple]], workers: int,
             done(key, function(*args))
         return failures
     import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from sb3_nigt.algorithms.base import _terminate_like_interrupt
 
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    with _terminate_like_interrupt(), mp.get_context(method).Pool(processes=workers, maxtasksperchild=1) as pool:
-        pending = {key: pool.apply_async(function, args) for key, (function, args) in jobs.items()}
-        while pending:
-            finished = [key for key, result in pending.items() if result.ready()]
-            if not finished:
-                time.sleep(0.2)
-                continue
-            for key in finished:
-                result = pending.pop(key)
-                try:
-                    value = result.get()
-                except Exception as error:  # reported with the others by the caller
-                    failures.append(f"{key}: {type(error).__name__}: {error}")
-                    continue
-                done(key, value)
+    before = set(mp.active_children())
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), max_tasks_per_child=1)
+    try:
+        with _terminate_like_interrupt():
+            pending = {executor.submit(function, *args): key for key, (function, args) in jobs.items()}
+            while pending:
+                finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    key = pending.pop(future)
+                    try:
+                        value = future.result()
+                    except Exception as error:  # reported with the others by the caller
+                        failures.append(f"{key}: {type(error).__name__}: {error}")
+                        continue
+                    done(key, value)
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        _terminate(set(mp.active_children()) - before)
+        raise
+    executor.shutdown(wait=True)
     return failures
+
+
+def _terminate(processes: set[Any], grace: float = 5.0) -> None:
+    """SIGTERM the pool's worker processes, then SIGKILL those still alive after ``grace`` seconds."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
