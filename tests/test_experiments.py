@@ -621,3 +621,32 @@ def test_a_dead_pool_worker_is_reported_not_waited_for():
     assert time.monotonic() - start < 60
     assert any(text.startswith("dies: BrokenProcessPool") for text in failures), failures
     assert len(failures) + len(results) == 2
+
+
+def test_alpha_set_by_hand_reports_a_labelled_sensitivity_run(tmp_path, smoke_runs, capsys):
+    import shutil
+
+    experiment, smoke_out, tuned = smoke_runs("decreasing")
+    shutil.copytree(smoke_out.parent / "cache", tmp_path / "cache")  # tuning and the tuned runs come from the cache
+    result = main(["decreasing", "--smoke", "--alpha", "sync=2^-3", "--out", str(tmp_path), "--workers", "1",
+                   "--no-progress"])
+    assert result["out"] == tmp_path / "decreasing-smoke-sync-alpha0.125"
+    for (algorithm, n), (alpha, size) in result["configs"].items():  # only Synchronized NIGT's α changes
+        assert (alpha, size) == ((0.125, tuned["configs"][(algorithm, n)][1]) if algorithm == "sync"
+                                 else tuned["configs"][(algorithm, n)])
+    rows = read_csv(result["out"] / "results.csv")
+    assert {float(r["alpha"]) for r in rows if r["algorithm"] == "sync"} == {0.125}
+    report = (result["out"] / "report.md").read_text()
+    assert "Sensitivity run: α set by hand, not tuned" in report and "--alpha sync=2^-3" in report
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("value, message", [("foo=2^-3", "must be one of"), ("sync=2^-3 sync=2^-4", "once each"),
+                                            ("sync=0", "finite number > 0"), ("sync=2^x", "finite number > 0"),
+                                            ("sync=nan", "finite number > 0")])
+def test_alpha_set_by_hand_is_checked_before_anything_runs(value, message, tmp_path, capsys):
+    args = [item for text in value.split() for item in ("--alpha", text)]
+    with pytest.raises(SystemExit):
+        main(["decreasing", "--smoke", *args, "--out", str(tmp_path), "--no-progress"])
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

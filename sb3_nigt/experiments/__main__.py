@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not run more seeds where an interval straddles its boundary; print the command instead")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget (two α, two round sizes, two seeds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--alpha", action="append", default=[], metavar="ALGORITHM=VALUE",
+                        help="a sensitivity run: report ALGORITHM (rennala, sync, afedpg, malenia, …) with this α "
+                             "(2^-7 or 0.0078125) instead of its tuned one; repeatable; written to "
+                             "<name>-<algorithm>-alpha<VALUE>/")
     parser.add_argument("--times-from", default=None, metavar="TRACE_CSV",
                         help="run the experiment on the agents of a recorded real run: their measured h_i and κ_i "
                              "(a trace CSV of a real-clock run with record_trace=True; docs/calibration.md)")
@@ -133,34 +138,63 @@ def with_seeds(experiment: Experiment, seeds: Optional[int], first: int = 0) -> 
                                max_seeds=max(count, experiment.max_seeds))
 
 
-def command_of(experiment: Experiment, seeds: Optional[int]) -> str:
-    """The command that reports ``experiment`` (its smoke form, its ``--seeds`` and ``--first-seed``)."""
+def parse_alphas(texts: list[str], experiment: Experiment) -> dict[str, float]:
+    """``--alpha`` values (``sync=2^-7``, ``afedpg=0.0078125``) as algorithm → α.
+
+    :raises ValueError: naming ``--alpha``, if an algorithm is not one of the experiment's, is given twice, or if
+        α is not a finite number > 0.
+    """
+    alphas: dict[str, float] = {}
+    for text in texts:
+        algorithm, _, value = text.partition("=")
+        if algorithm not in experiment.algorithms or algorithm in alphas:
+            raise ValueError(f"--alpha: the algorithm must be one of {list(experiment.algorithms)}, once each, "
+                             f"got {text!r}")
+        try:
+            alpha = 2.0 ** float(value[2:]) if value.startswith("2^") else float(value)
+        except ValueError:
+            alpha = math.nan
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"--alpha: α must be a finite number > 0 (2^-7 or 0.0078125), got {text!r}")
+        alphas[algorithm] = alpha
+    return alphas
+
+
+def command_of(experiment: Experiment, seeds: Optional[int], alphas: Optional[dict[str, float]] = None) -> str:
+    """The command that reports ``experiment`` (its smoke form, its ``--seeds``, ``--first-seed`` and ``--alpha``)."""
     first = experiment.seeds[0] if experiment.seeds else 0
     return (f"python -m sb3_nigt.experiments {experiment.name}{' --smoke' if experiment.is_smoke else ''}"
             f"{f' --seeds {seeds}' if seeds is not None else ''}{f' --first-seed {first}' if first else ''}"
-            f"{f' --times-from {experiment.times_from}' if experiment.times_from is not None else ''}")
+            + "".join(f" --alpha {a}={format_alpha(v)}" for a, v in (alphas or {}).items())
+            + f"{f' --times-from {experiment.times_from}' if experiment.times_from is not None else ''}")
 
 
-def report_header(experiment: Experiment, seeds: Optional[int], same_start: bool) -> list[str]:
+def report_header(experiment: Experiment, seeds: Optional[int], same_start: bool,
+                  alphas: Optional[dict[str, float]] = None) -> list[str]:
     """The report's first lines, from the settings of the run reported: title, claim, command, settings, and how
     it differs from the paper; a smoke run (``experiment.is_smoke``) says first that its figures are meaningless.
 
     :param experiment: the experiment as run (its smoke form for ``--smoke``).
     :param seeds: the ``--seeds`` given (or reached by the straddle rule), if any (named in the command).
     :param same_start: whether every algorithm started from the same θ_0 under each seed.
+    :param alphas: ``--alpha``: the algorithms whose α was set by hand (a sensitivity run, said first).
     :return: Markdown lines.
     """
-    smoke = ([f"**Smoke run: its figures are meaningless.** It only checks that the pipeline runs end to end, with "
+    first = ([f"**Smoke run: its figures are meaningless.** It only checks that the pipeline runs end to end, with "
               f"{experiment.simulated_seconds:g} simulated seconds, round sizes {list(experiment.round_size_grid)}, two "
               f"α values and seeds {list(experiment.seeds)}: a few rounds, far too few to learn or to compare the "
               f"algorithms. Run `python -m sb3_nigt.experiments {experiment.name}` for the experiment itself.", ""]
              if experiment.is_smoke else [])
+    if alphas:
+        first += ["**Sensitivity run: α set by hand, not tuned**, for "
+                  + ", ".join(f"{LABELS.get(a, a)} (α = {format_alpha(v)})" for a, v in alphas.items())
+                  + "; the others as tuned. Its verdicts are not the experiment's.", ""]
     times = (f" with h = {list(experiment.compute_times)}" if experiment.compute_times else "") + (
         f" with h_i(t) = {experiment.compute_schedule}" if experiment.compute_schedule else "")
     return [
-        f"## {experiment.name} ({experiment.figure}){' — smoke run' if experiment.is_smoke else ''}", "", *smoke,
+        f"## {experiment.name} ({experiment.figure}){' — smoke run' if experiment.is_smoke else ''}", "", *first,
         f"Claim checked{' (by the full experiment)' if experiment.is_smoke else ''}: {experiment.claim}.", "",
-        f"```bash\n{command_of(experiment, seeds)}\n```", "",
+        f"```bash\n{command_of(experiment, seeds, alphas)}\n```", "",
         (f"{experiment.env}, times measured in a real run (`{experiment.times_from}`, replayed)"
          if experiment.times_from is not None else f"{experiment.env}, times `{experiment.scenario}`{times}")
         + (f", outages {experiment.outages}" if experiment.outages else "")
@@ -236,17 +270,20 @@ def write_tuning(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def run_experiment(experiment: Experiment, out: Path, workers: int, progress: bool = True,
-                   seeds: Optional[int] = None, extend: bool = True) -> dict[str, Any]:
+                   seeds: Optional[int] = None, extend: bool = True,
+                   alphas: Optional[dict[str, float]] = None) -> dict[str, Any]:
     """Tune, run the reported seeds, judge; where an interval straddles its verdict's boundary and fewer than
     ``experiment.max_seeds`` seeds were reported, run seeds up to ``max_seeds`` and judge again (``extend``) or
     print the command that does. Write the outputs in ``out``; return a summary (paths, configurations, verdicts,
-    ``extend_command`` when seeds are still wanted)."""
+    ``extend_command`` when seeds are still wanted). ``alphas`` (``--alpha``) replaces the tuned α of those
+    algorithms, at every n, keeping their tuned round size."""
     out.mkdir(parents=True, exist_ok=True)
     cache = out.parent / "cache"  # shared by the experiments of one --out: identical runs are computed once
     start = time.perf_counter()
     rows = tune(experiment, cache, workers, progress)
     write_tuning(out / "tuning.csv", rows)
-    configs = chosen_configs(experiment, rows)
+    configs = {(a, n): ((alphas or {}).get(a, alpha), size) for (a, n), (alpha, size) in
+               chosen_configs(experiment, rows).items()}
     runs, same_start = report_runs(experiment, configs, cache, workers, progress)
     body, verdicts = tables(experiment, runs, configs)
     wanted = any(v["straddles"] for v in verdicts) and len(experiment.seeds) < experiment.max_seeds
@@ -258,11 +295,11 @@ def run_experiment(experiment: Experiment, out: Path, workers: int, progress: bo
         runs, same_start = report_runs(experiment, configs, cache, workers, progress)
         body, verdicts = tables(experiment, runs, configs)
     elif wanted:
-        extend_command = command_of(experiment, experiment.max_seeds)
+        extend_command = command_of(experiment, experiment.max_seeds, alphas)
     write_results(out / "results.csv", experiment, runs, configs)
     plot(out / "returns.png", experiment, runs)
     cpu = spent(cache, experiment)
-    header = report_header(experiment, seeds, same_start)
+    header = report_header(experiment, seeds, same_start, alphas)
     header += [
         "Tuned (tuning.csv; Optuna, successive halving over simulated seconds): "
         + ", ".join(f"{LABELS.get(a, a)} α = {format_alpha(configs[(a, n)][0])}, M/S = {configs[(a, n)][1]} at n = {n}"
@@ -300,12 +337,14 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict[str, Any]]:
             experiment = with_seeds(experiment, args.seeds, args.first_seed)
         if args.times_from is not None:
             experiment = with_trace_times(experiment, args.times_from)
+        alphas = parse_alphas(args.alpha, experiment)
     except ValueError as exc:
         build_parser().error(str(exc))
     folder = out / (args.name + ("-smoke" if args.smoke else "") + (f"-seeds{args.first_seed}" if args.first_seed else "")
-                    + ("-recorded" if args.times_from is not None else ""))
+                    + ("-recorded" if args.times_from is not None else "")
+                    + "".join(f"-{a}-alpha{v:g}" for a, v in alphas.items()))
     result = run_experiment(experiment, folder, args.workers, progress=not args.no_progress and sys.stderr.isatty(),
-                            seeds=args.seeds, extend=not args.no_extend)
+                            seeds=args.seeds, extend=not args.no_extend, alphas=alphas)
     print((folder / "report.md").read_text())
     print(f"wrote {folder}/: results.csv, tuning.csv, returns.png, report.md; cache in {out / 'cache'}/")
     if result["extend_command"]:
