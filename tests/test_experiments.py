@@ -610,15 +610,19 @@ def test_a_dead_pool_worker_is_reported_not_waited_for():
     """A worker killed from outside (here SIGABRT from os.abort) breaks the pool: pool_map returns it as a failure
     within a bound instead of waiting for a result that will never come."""
     import os
+    import threading
     import time
 
     from sb3_nigt.experiments.runner import pool_map
 
     results: dict = {}
-    start = time.monotonic()
-    failures = pool_map({"dies": (os.abort, ()), "sleeps": (time.sleep, (0.2,))}, 2,
-                        lambda key, value: results.__setitem__(key, value))
-    assert time.monotonic() - start < 60
+    failures: list = []
+    call = threading.Thread(target=lambda: failures.extend(pool_map(
+        {"dies": (os.abort, ()), "sleeps": (time.sleep, (0.2,))}, 2, lambda key, value: results.__setitem__(key, value))),
+        daemon=True)  # a pool that waits forever fails the test below instead of hanging the suite
+    call.start()
+    call.join(60)
+    assert not call.is_alive(), "pool_map still waits for a worker that died"
     assert any(text.startswith("dies: BrokenProcessPool") for text in failures), failures
     assert len(failures) + len(results) == 2
 
@@ -643,7 +647,7 @@ def test_alpha_set_by_hand_reports_a_labelled_sensitivity_run(tmp_path, smoke_ru
 
 @pytest.mark.parametrize("value, message", [("foo=2^-3", "must be one of"), ("sync=2^-3 sync=2^-4", "once each"),
                                             ("sync=0", "finite number > 0"), ("sync=2^x", "finite number > 0"),
-                                            ("sync=nan", "finite number > 0")])
+                                            ("sync=nan", "finite number > 0"), ("sync=2^5000", "finite number > 0")])
 def test_alpha_set_by_hand_is_checked_before_anything_runs(value, message, tmp_path, capsys):
     args = [item for text in value.split() for item in ("--alpha", text)]
     with pytest.raises(SystemExit):

@@ -152,7 +152,7 @@ def parse_alphas(texts: list[str], experiment: Experiment) -> dict[str, float]:
                              f"got {text!r}")
         try:
             alpha = 2.0 ** float(value[2:]) if value.startswith("2^") else float(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or 2^k beyond a float
             alpha = math.nan
         if not (math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"--alpha: α must be a finite number > 0 (2^-7 or 0.0078125), got {text!r}")
