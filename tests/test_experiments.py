@@ -378,17 +378,21 @@ def test_a_straddling_interval_extends_the_seeds_or_prints_the_command(tmp_path,
     assert {r["seed"] for r in read_csv(tmp_path / "extended" / "results.csv")} == {"0", "1", "2"}
 
 
-@pytest.mark.parametrize("when", ["mid-run", "before its parameters"])
+@pytest.mark.parametrize("when", ["mid-run", "before its parameters", "in a finalist"])
 def test_tuning_resumes_from_its_storage(when, tmp_path, monkeypatch):
     from sb3_nigt.experiments import runner, tuning
     from sb3_nigt.experiments.tuning import grid, run_study
 
     experiment = EXPERIMENTS["decreasing"].smoke()
+    points = grid(experiment, "rennala")
 
     def study(folder):
         return [{k: v for k, v in row.items() if k != "cpu_seconds"} for row in run_study(experiment, "rennala", 3, folder)]
 
     uninterrupted = study(tmp_path / "whole")
+    final = [(row["alpha"], row["round_size"]) for row in uninterrupted if row["finalist"]]
+    assert final, "the smoke study must have a finalist for this test to mean anything"
+    killed_call = len(points) + 1 if when == "in a finalist" else 3
     original, calls = runner.train, []
     report = tuning._Trial.__call__
 
@@ -396,40 +400,73 @@ def test_tuning_resumes_from_its_storage(when, tmp_path, monkeypatch):
         calls.append((spec.alpha, spec.round_size))
         return original(experiment, spec, *args, **kwargs)
 
-    def killed_in_the_third(hook, index, seconds, returns):
-        if len(calls) == 3 and index == 2:
+    def killed_mid_run(hook, index, seconds, returns):
+        if len(calls) == killed_call and index == 2:
             raise KeyboardInterrupt  # the process dies mid-trial, after one report: the trial stays RUNNING
         return report(hook, index, seconds, returns)
 
     run_trial, started = tuning._run_trial, []
 
-    def killed_before_the_third(experiment, algorithm, n_agents, trial, cache):
+    def killed_before_the_third(experiment, algorithm, n_agents, trial, cache, finalist=False):
         started.append(trial)
         if len(started) == 3:
             calls.append(None)
             raise KeyboardInterrupt  # dies between Optuna's ask and the trial's parameters: RUNNING, no params
-        return run_trial(experiment, algorithm, n_agents, trial, cache)
+        return run_trial(experiment, algorithm, n_agents, trial, cache, finalist)
 
-    if when == "mid-run":
-        monkeypatch.setattr(tuning._Trial, "__call__", killed_in_the_third)
-    else:
+    if when == "before its parameters":
         monkeypatch.setattr(tuning, "_run_trial", killed_before_the_third)
+    else:
+        monkeypatch.setattr(tuning._Trial, "__call__", killed_mid_run)
     monkeypatch.setattr(runner, "train", counting)
     with pytest.raises(KeyboardInterrupt):
         run_study(experiment, "rennala", 3, tmp_path / "killed")
-    assert calls[:2] == grid(experiment, "rennala")[:2] and len(calls) == 3
+    assert calls[:killed_call - 1] == (points + final)[:killed_call - 1] and len(calls) == killed_call
     monkeypatch.setattr(tuning._Trial, "__call__", report)
     monkeypatch.setattr(tuning, "_run_trial", run_trial)
     calls.clear()
     resumed = study(tmp_path / "killed")
-    # only the killed trial and the one never started run again, and the result is the uninterrupted one's
-    assert calls == grid(experiment, "rennala")[2:]
+    # only the killed trial and those never started run again, and the result is the uninterrupted one's
+    assert calls == (points + final)[killed_call - 1:]
     assert resumed == uninterrupted
     calls.clear()
     assert study(tmp_path / "killed") == uninterrupted and not calls
     name = tuning.study_name(experiment, "rennala", 3)
     journal = tuning._open_study(tmp_path / "killed" / "tuning" / f"{name}.journal", name, experiment, 3)
-    assert len(journal.trials) == len(grid(experiment, "rennala"))  # the killed trial was resumed, not duplicated
+    assert len(journal.trials) == len(points) + len(final)  # the killed trial was resumed, not duplicated
+
+
+def test_the_best_pruned_trials_of_the_first_rung_are_finished_before_one_is_chosen(tmp_path, monkeypatch):
+    """Successive halving's survivor is not chosen blindly: the FINALISTS best trials at the first rung that were
+    pruned run again, unpruned, to the whole budget, and the choice is the best completed trial."""
+    from sb3_nigt.experiments import tuning
+    from sb3_nigt.experiments.tuning import FINALISTS, report_step, run_study
+
+    experiment = EXPERIMENTS["decreasing"].smoke()
+    budget = experiment.seconds_for(3)
+    monkeypatch.setattr(tuning, "FINALISTS", 0)
+    halving = run_study(experiment, "rennala", 3, tmp_path / "halving")
+    monkeypatch.setattr(tuning, "FINALISTS", FINALISTS)
+    rows = run_study(experiment, "rennala", 3, tmp_path / "finalists")
+    assert not any(row["finalist"] for row in halving)
+    name = tuning.study_name(experiment, "rennala", 3)
+    study = tuning._open_study(tmp_path / "finalists" / "tuning" / f"{name}.journal", name, experiment, 3)
+    first = [t for t in study.trials if not t.user_attrs.get("finalist")]
+    rung = report_step(budget / 9)
+    at_rung = sorted(((-t.intermediate_values[min(s for s in t.intermediate_values if s >= rung)],
+                       t.params["alpha"], t.params["round_size"]), t.state.name) for t in first
+                     if any(s >= rung for s in t.intermediate_values))
+    expected = {(alpha, size) for (_, alpha, size), state in at_rung[:FINALISTS] if state == "PRUNED"}
+    assert expected and {(r["alpha"], r["round_size"]) for r in rows if r["finalist"]} == expected
+    for trial in (t for t in study.trials if t.user_attrs.get("finalist")):
+        assert trial.state.name == "COMPLETE" and trial.user_attrs["simulated_seconds"] >= budget
+        pruned = next(t for t in first if t.params == trial.params)
+        # the finalist is the same run on the simulated clock, taken further: its reports agree up to the pruning
+        assert {s: v for s, v in trial.intermediate_values.items() if s in pruned.intermediate_values} == \
+            pruned.intermediate_values
+    best = max((r for r in rows if r["state"] == "complete"), key=lambda r: r["score"])
+    assert best["chosen"] == 1 and sum(r["chosen"] for r in rows) == 1
+    assert best["score"] >= next(r["score"] for r in halving if r["chosen"])
 
 
 def test_a_diverging_trial_fails_and_is_never_chosen_and_other_errors_propagate(tmp_path, monkeypatch):
@@ -583,7 +620,7 @@ def test_decreasing_times_against_exact_hand_arithmetic():
 def test_cpu_estimate_from_measured_costs(tmp_path):
     from sb3_nigt.experiments.cache import record_cost
     from sb3_nigt.experiments.costs import calibrate, estimate, planned_seconds, spent
-    from sb3_nigt.experiments.tuning import expected_fraction
+    from sb3_nigt.experiments.tuning import FINALISTS, expected_fraction
 
     experiment = EXPERIMENTS["decreasing"].smoke()
     assert estimate(tmp_path, experiment) == (None, [(a, 3) for a in experiment.algorithms])
@@ -596,7 +633,8 @@ def test_cpu_estimate_from_measured_costs(tmp_path):
     assert 0 < fraction < 1
     for algorithm in experiment.algorithms:
         assert planned_seconds(experiment, algorithm, 3) == pytest.approx(
-            experiment.trials(algorithm) * fraction * budget + len(experiment.seeds) * budget)
+            (experiment.trials(algorithm) * fraction + min(FINALISTS, experiment.trials(algorithm))) * budget
+            + len(experiment.seeds) * budget)
     total, missing = estimate(tmp_path, experiment)
     assert not missing and total == pytest.approx(2.0 * sum(planned_seconds(experiment, a, 3) for a in experiment.algorithms))
     assert spent(tmp_path, experiment) == pytest.approx(3 * 20.0)

@@ -262,7 +262,8 @@ def report_runs(experiment: Experiment, configs: dict[tuple[str, int], tuple[flo
 
 
 def write_tuning(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns = ["algorithm", "n_agents", "alpha", "round_size", "state", "score", "seconds", "cpu_seconds", "chosen"]
+    columns = ["algorithm", "n_agents", "alpha", "round_size", "state", "score", "seconds", "cpu_seconds", "finalist",
+               "chosen"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -301,7 +302,8 @@ def run_experiment(experiment: Experiment, out: Path, workers: int, progress: bo
     cpu = spent(cache, experiment)
     header = report_header(experiment, seeds, same_start, alphas)
     header += [
-        "Tuned (tuning.csv; Optuna, successive halving over simulated seconds): "
+        "Tuned (tuning.csv; Optuna, successive halving over simulated seconds, then the best trials of the first rung "
+        "to the whole budget): "
         + ", ".join(f"{LABELS.get(a, a)} α = {format_alpha(configs[(a, n)][0])}, M/S = {configs[(a, n)][1]} at n = {n}"
                     for n in experiment.n_agents for a in experiment.algorithms)
         + f". CPU time: {cpu / 3600:,.2f} CPU hours in all ({cpu:,.0f} CPU seconds in all: tuning trials and "

@@ -36,12 +36,14 @@ def rate(rows: list[dict[str, str]], digest: str, algorithm: str, n_agents: int)
 
 def planned_seconds(experiment: Experiment, algorithm: str, n_agents: int) -> float:
     """Simulated seconds the experiment runs for one algorithm and n: its tuning trials (their expected share of
-    the budget under successive halving) and its reported seeds."""
-    from sb3_nigt.experiments.tuning import expected_fraction, study_algorithm
+    the budget under successive halving, and at most :data:`~sb3_nigt.experiments.tuning.FINALISTS` finalists run
+    to the whole budget) and its reported seeds."""
+    from sb3_nigt.experiments.tuning import FINALISTS, expected_fraction, study_algorithm
 
     budget = experiment.seconds_for(n_agents)
     shared = algorithm != study_algorithm(algorithm) and study_algorithm(algorithm) in experiment.algorithms
-    tuning = 0.0 if shared else experiment.trials(algorithm) * expected_fraction(experiment, n_agents) * budget
+    trials = experiment.trials(algorithm)
+    tuning = 0.0 if shared else (trials * expected_fraction(experiment, n_agents) + min(FINALISTS, trials)) * budget
     return tuning + len(experiment.seeds) * budget
 
 

@@ -9,8 +9,11 @@ the trials that trail their rung. η stays 0.1.
 
 The score at time t is the mean evaluation return over the evaluation times in [t/2, t] (equal-weighted over the
 agents' environments in App. H.3): it favours policies that are good over the second half of the time so far, and
-the final score is the same quantity at the budget. The best completed trial wins (ties: the smaller α, then the
-smaller round size); diverging trials (a non-finite gradient) fail and are never chosen.
+the final score is the same quantity at the budget. Successive halving alone lets one or two trials finish, and a
+survivor that falls back late would be chosen blindly; so, once the grid is done, the :data:`FINALISTS` best
+trials at the first rung that were pruned are trained again to the whole budget without pruning (``finalist`` in
+tuning.csv). The best completed trial wins (ties: the smaller α, then the smaller round size); diverging trials (a
+non-finite gradient) fail and are never chosen.
 
 **Deterministic and resumable.** Trials run one after the other in a fixed order (a permutation of the grid drawn
 with a fixed seed), so the pruner sees the same history in every run of the study; runs on the simulated clock are
@@ -37,6 +40,8 @@ REDUCTION_FACTOR = 3
 FIRST_RUNG = 1 / 9
 #: The seed of the fixed order in which the grid's points are tried.
 ORDER_SEED = 0
+#: How many of the best trials at the first rung are compared at the whole budget before one is chosen.
+FINALISTS = 3
 
 #: Optuna trial states as they appear in tuning.csv.
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
@@ -80,8 +85,8 @@ def score(values: list[tuple[float, float]], now: float) -> float:
 class _Trial:
     """One trial's run: reports its score at every evaluation time and asks the pruner whether to go on."""
 
-    def __init__(self, trial: Any, column: str) -> None:
-        self.trial, self.column = trial, column
+    def __init__(self, trial: Any, column: str, prunable: bool = True) -> None:
+        self.trial, self.column, self.prunable = trial, column, prunable
         self.values: list[tuple[float, float]] = []
         self.pruned = False
 
@@ -90,7 +95,7 @@ class _Trial:
         if index == 0:  # θ_0: the same for every trial
             return False
         self.trial.report(score(self.values, seconds), report_step(seconds))
-        self.pruned = bool(self.trial.should_prune())
+        self.pruned = self.prunable and bool(self.trial.should_prune())
         return self.pruned
 
 
@@ -109,8 +114,9 @@ def _open_study(path: Path, name: str, experiment: Experiment, n_agents: int) ->
                                sampler=optuna.samplers.RandomSampler(seed=ORDER_SEED))
 
 
-def _run_trial(experiment: Experiment, algorithm: str, n_agents: int, trial: Any, cache: Path) -> None:
-    """Train one trial and tell the study its outcome (complete, pruned or failed)."""
+def _run_trial(experiment: Experiment, algorithm: str, n_agents: int, trial: Any, cache: Path,
+               finalist: bool = False) -> None:
+    """Train one trial and tell the study its outcome (complete, pruned or failed); a finalist is never pruned."""
     import optuna
 
     from sb3_nigt.experiments.cache import record_cost
@@ -121,7 +127,9 @@ def _run_trial(experiment: Experiment, algorithm: str, n_agents: int, trial: Any
     size = trial.suggest_categorical("round_size", list(experiment.round_sizes(algorithm)))
     spec = RunSpec(experiment.name, "tune", algorithm, n_agents, float(alpha), experiment.tuning_seeds[0],
                    experiment.seconds_for(n_agents), int(size))
-    hook = _Trial(trial, MEAN if experiment.heterogeneous_envs else SHARED)
+    if finalist:
+        trial.set_user_attr("finalist", True)
+    hook = _Trial(trial, MEAN if experiment.heterogeneous_envs else SHARED, prunable=not finalist)
     start = time.process_time()
     try:
         facts = train(experiment, spec, report=hook, tuning=True)
@@ -161,7 +169,7 @@ def _next_trial(study: Any, point: tuple[float, int], running: dict[tuple[float,
     import optuna
 
     if point in running:
-        return optuna.trial.Trial(study, running[point])
+        return optuna.trial.Trial(study, running.pop(point))
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     if not any(_key(t) == point for t in waiting):
         study.enqueue_trial({"alpha": point[0], "round_size": point[1]})
@@ -175,7 +183,8 @@ def _next_trial(study: Any, point: tuple[float, int], running: dict[tuple[float,
 def run_study(experiment: Experiment, algorithm: str, n_agents: int, cache: Path) -> list[dict[str, Any]]:
     """Run (or resume) the study of ``algorithm`` at ``n_agents`` and return one row per grid point: ``alpha``,
     ``round_size``, ``state`` (complete, pruned or failed), ``score``, ``seconds`` (simulated seconds reached),
-    ``cpu_seconds`` and ``chosen`` (1 for the best point)."""
+    ``cpu_seconds``, ``finalist`` (1 where the row is a finalist's run to the whole budget, :func:`finalists`) and
+    ``chosen`` (1 for the best point)."""
     from optuna.trial import TrialState
 
     algorithm = study_algorithm(algorithm)
@@ -192,11 +201,36 @@ def run_study(experiment: Experiment, algorithm: str, n_agents: int, cache: Path
     for point in grid(experiment, algorithm):
         if point not in finished:
             _run_trial(experiment, algorithm, n_agents, _next_trial(study, point, running), cache)
+    for point in finalists(study, experiment, n_agents):
+        _run_trial(experiment, algorithm, n_agents, _next_trial(study, point, running), cache, finalist=True)
     return study_rows(study, experiment, algorithm)
 
 
+def finalists(study: Any, experiment: Experiment, n_agents: int) -> list[tuple[float, int]]:
+    """The grid points still to be trained to the whole budget: of the :data:`FINALISTS` best trials at the first
+    rung (their score at the first evaluation at or after it; ties: the smaller α, then the smaller round size),
+    those that were pruned and have no finished finalist trial yet. Failed trials are not ranked."""
+    from optuna.trial import TrialState
+
+    rung = max(1, report_step(experiment.seconds_for(n_agents) * FIRST_RUNG))
+    ranked, done = [], set()
+    for frozen in study.get_trials(deepcopy=False):
+        key = _key(frozen)
+        if key is not None and frozen.user_attrs.get("finalist") and frozen.state != TrialState.RUNNING:
+            done.add(key)  # trained to the budget: complete, or failed (diverged)
+        if key is None or frozen.user_attrs.get("finalist") or frozen.state not in (TrialState.COMPLETE,
+                                                                                     TrialState.PRUNED):
+            continue
+        reached = [step for step in frozen.intermediate_values if step >= rung]
+        if reached:
+            ranked.append((frozen.intermediate_values[min(reached)], key, frozen.state))
+    ranked.sort(key=lambda item: (-item[0], item[1][0], item[1][1]))
+    return [key for _, key, state in ranked[:FINALISTS] if state == TrialState.PRUNED and key not in done]
+
+
 def study_rows(study: Any, experiment: Experiment, algorithm: str) -> list[dict[str, Any]]:
-    """One row per grid point of a finished study (the last trial of each point), the best one marked."""
+    """One row per grid point of a finished study (the last trial of each point, a finalist's where it has one), the
+    best one marked."""
     from optuna.trial import TrialState
 
     states = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
@@ -210,7 +244,8 @@ def study_rows(study: Any, experiment: Experiment, algorithm: str) -> list[dict[
         value = frozen.value if frozen.state == TrialState.COMPLETE else (values[max(values)] if values else math.nan)
         rows.append(dict(algorithm=algorithm, alpha=alpha, round_size=size, state=states[frozen.state],
                          score=float(value), seconds=float(frozen.user_attrs.get("simulated_seconds", math.nan)),
-                         cpu_seconds=float(frozen.user_attrs.get("cpu_seconds", 0.0)), chosen=0))
+                         cpu_seconds=float(frozen.user_attrs.get("cpu_seconds", 0.0)),
+                         finalist=int(bool(frozen.user_attrs.get("finalist"))), chosen=0))
     best = best_row(rows)
     if best is not None:
         best["chosen"] = 1
