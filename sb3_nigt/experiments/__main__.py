@@ -91,7 +91,8 @@ def list_experiments(out: Path, workers: int = 1, calibrate: bool = False, name:
         )
     lines += ["", "Estimated: CPU seconds per simulated second measured for each algorithm and n under the same settings "
               "(the cache's ledger), times the simulated seconds planned (tuning trials at their expected share under "
-              "successive halving, and the reported seeds). 'not measured': run `--list --calibrate` first."]
+              "successive halving, three finalists per study at the whole budget, and the reported seeds). "
+              "'not measured': run `--list --calibrate` first."]
     return "\n".join(lines)
 
 

@@ -205,7 +205,8 @@ class Experiment:
 _COMMON = ("Same θ_0 for every algorithm under a seed; η = 0.1 (not tuned over {0.001, 0.01, 0.1}: the paper found "
            "0.1 best on Humanoid, and a third grid axis would triple the tuning cost); α on the full grid and M "
            "(Rennala NIGT) or S (Malenia NIGT) over {20, 30, 50}, tuned per algorithm and per n on one tuning seed "
-           "(100) with successive halving over simulated seconds (Optuna); curves and verdicts from evaluation "
+           "(100) with successive halving over simulated seconds (Optuna), the three best trials of its first rung "
+           "then run to the whole budget; curves and verdicts from evaluation "
            "episodes of the current θ at 21 fixed times, actions sampled from π_θ (an estimate of J(θ)); horizon = "
            "the environment's time limit.")
 
