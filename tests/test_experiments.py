@@ -631,10 +631,12 @@ def test_cpu_estimate_from_measured_costs(tmp_path):
     budget = experiment.simulated_seconds
     fraction = expected_fraction(experiment, 3)
     assert 0 < fraction < 1
+    # the smoke grid: 2 α × 2 round sizes for Rennala NIGT, 2 α for the others; finalists: 3 of 4, 2 of 2
+    trials, finalists = {"rennala": 4, "sync": 2, "afedpg": 2}, {"rennala": 3, "sync": 2, "afedpg": 2}
+    assert FINALISTS == 3 and set(trials) == set(experiment.algorithms) and len(experiment.seeds) == 2
     for algorithm in experiment.algorithms:
         assert planned_seconds(experiment, algorithm, 3) == pytest.approx(
-            (experiment.trials(algorithm) * fraction + min(FINALISTS, experiment.trials(algorithm))) * budget
-            + len(experiment.seeds) * budget)
+            (trials[algorithm] * fraction + finalists[algorithm] + 2) * budget)
     total, missing = estimate(tmp_path, experiment)
     assert not missing and total == pytest.approx(2.0 * sum(planned_seconds(experiment, a, 3) for a in experiment.algorithms))
     assert spent(tmp_path, experiment) == pytest.approx(3 * 20.0)

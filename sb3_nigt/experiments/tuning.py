@@ -216,10 +216,13 @@ def finalists(study: Any, experiment: Experiment, n_agents: int) -> list[tuple[f
     ranked, done = [], set()
     for frozen in study.get_trials(deepcopy=False):
         key = _key(frozen)
-        if key is not None and frozen.user_attrs.get("finalist") and frozen.state != TrialState.RUNNING:
-            done.add(key)  # trained to the budget: complete, or failed (diverged)
-        if key is None or frozen.user_attrs.get("finalist") or frozen.state not in (TrialState.COMPLETE,
-                                                                                     TrialState.PRUNED):
+        if key is None:
+            continue
+        if frozen.user_attrs.get("finalist"):
+            if frozen.state != TrialState.RUNNING:
+                done.add(key)  # trained to the budget: complete, or failed (diverged)
+            continue
+        if frozen.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
         reached = [step for step in frozen.intermediate_values if step >= rung]
         if reached:
