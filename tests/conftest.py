@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import re
+import shutil
+import tempfile
 from typing import Any, Callable, Optional
 
 import gymnasium as gym
@@ -31,6 +33,21 @@ def pytest_configure(config) -> None:
     # worker start in a fraction of a second instead of re-importing torch each time (several seconds on two
     # busy cores). test_determinism.py also runs one "spawn" configuration, which preloads nothing.
     mp.set_forkserver_preload(["sb3_nigt.backends.subprocess"])
+    # A model whose logger is not set makes a fresh folder in the temporary directory on every learn() (SB3's
+    # configure(); thousands per suite run). Point them all at one folder that the run removes at the end; xdist's
+    # processes inherit the variable from the controller, which owns the folder.
+    if "SB3_LOGDIR" not in os.environ:
+        os.environ["SB3_LOGDIR"] = _OWN_LOGDIR[0] = tempfile.mkdtemp(prefix="sb3-nigt-tests-")
+
+
+def pytest_unconfigure(config) -> None:
+    if _OWN_LOGDIR[0]:
+        shutil.rmtree(_OWN_LOGDIR[0], ignore_errors=True)
+        os.environ.pop("SB3_LOGDIR", None)
+
+
+#: The SB3 log folder this process made for the run (pytest_configure), if it made one.
+_OWN_LOGDIR: list[str] = [""]
 
 
 #: A Ray test's id names Ray standing alone (the Ray cases of the backend contract and of the digests, docs/ray.md,
