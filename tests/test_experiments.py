@@ -303,10 +303,14 @@ def test_no_time_measure_when_the_reference_never_reaches_the_threshold():
     fast = [(0.0, 0, 0, -45.0), (10.0, 100, 1, -40.0), (20.0, 200, 2, -20.0)]
     curves = {("rennala", 3): {0: slow, 1: slow, 2: fast}, ("sync", 3): {0: slow, 1: slow, 2: slow},
               ("afedpg", 3): {0: fast, 1: fast, 2: fast}}
-    _, verdicts = tables(experiment, _runs(curves), {key: (0.01, 4) for key in curves})
+    text, verdicts = tables(experiment, _runs(curves), {key: (0.01, 4) for key in curves})
     # Rennala's median never reaches -25 (1 of 3 seeds): no time measure, only final return and area
     for v in verdicts:
         assert [m["name"] for m in v["measures"]] == ["final return", "area / s"]
+    # and no ratio in the table (AFedPG's median reached it: a ratio to "never" would print as 0.00)
+    row = next(line for line in text.splitlines() if line.startswith("| -25 |"))
+    assert row.count("×–") == 2 and "0.00" not in row
+    assert "median seed never reached the threshold" in text
 
 
 def _curve(values, step=10.0):

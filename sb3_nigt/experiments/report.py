@@ -267,6 +267,7 @@ def _time_table(experiment: Experiment, curves: dict[str, list[Curve]], n: int, 
              "with its 90% paired bootstrap interval:", "",
              "| threshold | " + " | ".join(LABELS.get(a, a) for a in experiment.algorithms) + " |",
              "|---:|" + "---:|" * len(experiment.algorithms)]
+    unreached = []
     for threshold in experiment.thresholds:
         times = {a: [first_reach(c, threshold) for c in curves[a]] for a in experiment.algorithms}
         reference_reached = math.isfinite(float(np.median(times[reference])))
@@ -277,13 +278,19 @@ def _time_table(experiment: Experiment, curves: dict[str, list[Curve]], n: int, 
             if algorithm == reference:
                 cells.append(reached)
                 continue
+            # drawn even when unused, so that every later interval of the report keeps its bootstrap draws
             point, low, high = ratio_interval(times[reference], times[algorithm], rng)
+            if not reference_reached:  # no ratio to a median that never came, so no time measure either
+                cells.append(f"{reached}; ×–")
+                continue
             cells.append(f"{reached}; ×{format_ratio(point, low, high)}")
-            # A threshold the reference's median seed never reached gives no time measure.
-            if reference_reached:
-                measures[algorithm].append(dict(kind="time", name=f"time to {threshold:g}", point=point, low=low, high=high,
-                                                text=f"×{format_ratio(point, low, high)}"))
+            measures[algorithm].append(dict(kind="time", name=f"time to {threshold:g}", point=point, low=low, high=high,
+                                            text=f"×{format_ratio(point, low, high)}"))
         lines.append(f"| {threshold:g} | " + " | ".join(cells) + " |")
+        unreached.append(not reference_reached)
+    if any(unreached):
+        lines += ["", f"×–: {LABELS.get(reference, reference)}'s median seed never reached the threshold, so there is no "
+                      "ratio and the threshold counts in no verdict."]
     return lines + [""]
 
 
