@@ -643,6 +643,9 @@ def test_cpu_estimate_from_measured_costs(tmp_path):
             (trials[algorithm] * fraction + finalists[algorithm] + 2) * budget)
     total, missing = estimate(tmp_path, experiment)
     assert not missing and total == pytest.approx(2.0 * sum(planned_seconds(experiment, a, 3) for a in experiment.algorithms))
+    # with 5 reported seeds (the straddle rule's extension) instead of 2: the same tuning, 3 more runs per algorithm
+    extended, _ = estimate(tmp_path, experiment, 5)
+    assert extended == pytest.approx(total + 2.0 * 3 * len(experiment.algorithms) * budget)
     assert spent(tmp_path, experiment) == pytest.approx(3 * 20.0)
     # a calibration measures what is missing, and is not counted as spent
     other = EXPERIMENTS["comm"].smoke()

@@ -76,7 +76,8 @@ def list_experiments(out: Path, workers: int = 1, calibrate: bool = False, name:
     for experiment in EXPERIMENTS.values() if name is None else [EXPERIMENTS[name]]:
         if calibrate:
             calibrate_costs(experiment, cache, workers)
-        estimated, missing = estimate(cache, experiment)
+        estimated, _ = estimate(cache, experiment)
+        extended, _ = estimate(cache, experiment, experiment.max_seeds)
         spent_seconds = spent(cache, experiment)
         grid = (f"α {format_alpha(experiment.alpha_grid[0])} … {format_alpha(experiment.alpha_grid[-1])} × M/S "
                 f"{list(experiment.round_size_grid)}")
@@ -86,14 +87,23 @@ def list_experiments(out: Path, workers: int = 1, calibrate: bool = False, name:
             f"| {experiment.name} | {experiment.figure} | {experiment.env} | {times} | "
             f"{', '.join(experiment.algorithms)} | {', '.join(map(str, experiment.n_agents))} | {experiment.simulated_seconds:g} | "
             f"{len(experiment.seeds)} (≤ {experiment.max_seeds}; +{len(experiment.tuning_seeds)} tuning) | {grid} | "
-            f"{experiment.runs()} | {'not measured' if estimated is None else f'{estimated / 3600:,.2f}'} | "
+            f"{experiment.runs()} | {_hours_range(estimated, extended)} | "
             f"{f'{spent_seconds / 3600:,.2f}' if spent_seconds else '–'} |"
         )
     lines += ["", "Estimated: CPU seconds per simulated second measured for each algorithm and n under the same settings "
               "(the cache's ledger), times the simulated seconds planned (tuning trials at their expected share under "
-              "successive halving, three finalists per study at the whole budget, and the reported seeds). "
+              "successive halving, three finalists per study at the whole budget, and the reported seeds): first "
+              "with the seeds first reported, then with every (algorithm, n) extended to the most seeds by the "
+              "straddle rule. "
               "'not measured': run `--list --calibrate` first."]
     return "\n".join(lines)
+
+
+def _hours_range(low: Optional[float], high: Optional[float]) -> str:
+    """CPU seconds as "hours–hours" (the seeds first reported – the most seeds), or 'not measured'."""
+    if low is None or high is None:
+        return "not measured"
+    return f"{low / 3600:,.2f}" if high == low else f"{low / 3600:,.2f}–{high / 3600:,.2f}"
 
 
 class Progress:

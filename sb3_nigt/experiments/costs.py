@@ -34,21 +34,24 @@ def rate(rows: list[dict[str, str]], digest: str, algorithm: str, n_agents: int)
     return math.fsum(float(r["cpu_seconds"]) for r in matching) / simulated if simulated > 0 else None
 
 
-def planned_seconds(experiment: Experiment, algorithm: str, n_agents: int) -> float:
+def planned_seconds(experiment: Experiment, algorithm: str, n_agents: int, seeds: Optional[int] = None) -> float:
     """Simulated seconds the experiment runs for one algorithm and n: its tuning trials (their expected share of
     the budget under successive halving, and at most :data:`~sb3_nigt.experiments.tuning.FINALISTS` finalists run
-    to the whole budget) and its reported seeds."""
+    to the whole budget) and ``seeds`` reported seeds (default: the seeds first reported; the straddle rule may
+    extend them to ``experiment.max_seeds``)."""
     from sb3_nigt.experiments.tuning import FINALISTS, expected_fraction, study_algorithm
 
     budget = experiment.seconds_for(n_agents)
     shared = algorithm != study_algorithm(algorithm) and study_algorithm(algorithm) in experiment.algorithms
     trials = experiment.trials(algorithm)
     tuning = 0.0 if shared else (trials * expected_fraction(experiment, n_agents) + min(FINALISTS, trials)) * budget
-    return tuning + len(experiment.seeds) * budget
+    return tuning + (len(experiment.seeds) if seeds is None else seeds) * budget
 
 
-def estimate(cache: Path, experiment: Experiment) -> tuple[Optional[float], list[tuple[str, int]]]:
-    """(estimated CPU seconds of the whole experiment, or None; the (algorithm, n) pairs not measured yet)."""
+def estimate(cache: Path, experiment: Experiment,
+             seeds: Optional[int] = None) -> tuple[Optional[float], list[tuple[str, int]]]:
+    """(estimated CPU seconds of the whole experiment with ``seeds`` reported seeds (default: those first
+    reported), or None; the (algorithm, n) pairs not measured yet)."""
     rows, digest = read_ledger(cache), settings_digest(experiment)
     total, missing = 0.0, []
     for algorithm in experiment.algorithms:
@@ -57,7 +60,7 @@ def estimate(cache: Path, experiment: Experiment) -> tuple[Optional[float], list
             if measured is None:
                 missing.append((algorithm, n))
                 continue
-            total += measured * planned_seconds(experiment, algorithm, n)
+            total += measured * planned_seconds(experiment, algorithm, n, seeds)
     return (None if missing else total), missing
 
 
