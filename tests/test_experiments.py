@@ -701,3 +701,17 @@ def test_alpha_set_by_hand_is_checked_before_anything_runs(value, message, tmp_p
         main(["decreasing", "--smoke", *args, "--out", str(tmp_path), "--no-progress"])
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_run_leaves_no_log_folder_in_the_temporary_directory(tmp_path, monkeypatch):
+    """SB3's default logger makes a folder under the temporary directory on every learn(); a run sets a logger that
+    writes nothing, so a full reproduction does not leave thousands of empty folders behind."""
+    import tempfile
+
+    from sb3_nigt.experiments.runner import RunSpec, train
+
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    experiment = EXPERIMENTS["comm"].smoke()
+    facts = train(experiment, RunSpec(experiment.name, "calibrate", "rennala", 3, 2.0**-6, 100, 5.0, 4))
+    assert facts["rows"] and list(tmp_path.iterdir()) == []

@@ -104,6 +104,7 @@ def train(experiment: Experiment, spec: RunSpec, report: Optional[Callable[[int,
     """
     import torch as th
     from stable_baselines3.common.callbacks import CallbackList
+    from stable_baselines3.common.logger import Logger
 
     from sb3_nigt.compare import Recorder
     from sb3_nigt.experiments.evaluation import MEAN, SHARED, Evaluator, eval_env_factories, eval_env_labels
@@ -124,6 +125,8 @@ def train(experiment: Experiment, spec: RunSpec, report: Optional[Callable[[int,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # every warning is kept, and shown by the main process's filters
         model = build_model(experiment, spec, tuning=tuning)
+        # no log output: SB3's default logger would make an empty folder in the temporary directory per run
+        model.set_logger(Logger(folder=None, output_formats=[]))
         theta0 = hashlib.sha256(model.get_flat_params().tobytes()).hexdigest()[:12]
         recorder = (EqualWeightRecorder if experiment.heterogeneous_envs else Recorder)(window=100, max_seconds=spec.seconds)
         # A calibration run measures training's cost: θ_0 and its end only (evaluation costs per run, not per second).
