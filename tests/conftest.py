@@ -25,6 +25,9 @@ from sb3_nigt.clock.rounds import Collector
 from sb3_nigt.clock.timing import TimingModel
 from sb3_nigt.workers.env_factory import EnvFactory
 
+#: The SB3 log folder this process made for the run (pytest_configure), if it made one.
+_OWN_LOGDIR: list[str] = [""]
+
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "own_runtime: a Ray test that starts its own Ray runtime (in a fresh process), "
@@ -44,10 +47,6 @@ def pytest_unconfigure(config) -> None:
     if _OWN_LOGDIR[0]:
         shutil.rmtree(_OWN_LOGDIR[0], ignore_errors=True)
         os.environ.pop("SB3_LOGDIR", None)
-
-
-#: The SB3 log folder this process made for the run (pytest_configure), if it made one.
-_OWN_LOGDIR: list[str] = [""]
 
 
 #: A Ray test's id names Ray standing alone (the Ray cases of the backend contract and of the digests, docs/ray.md,
