@@ -267,7 +267,7 @@ def _time_table(experiment: Experiment, curves: dict[str, list[Curve]], n: int, 
              "with its 90% paired bootstrap interval:", "",
              "| threshold | " + " | ".join(LABELS.get(a, a) for a in experiment.algorithms) + " |",
              "|---:|" + "---:|" * len(experiment.algorithms)]
-    unreached = []
+    any_unreached = False
     for threshold in experiment.thresholds:
         times = {a: [first_reach(c, threshold) for c in curves[a]] for a in experiment.algorithms}
         reference_reached = math.isfinite(float(np.median(times[reference])))
@@ -287,8 +287,8 @@ def _time_table(experiment: Experiment, curves: dict[str, list[Curve]], n: int, 
             measures[algorithm].append(dict(kind="time", name=f"time to {threshold:g}", point=point, low=low, high=high,
                                             text=f"×{format_ratio(point, low, high)}"))
         lines.append(f"| {threshold:g} | " + " | ".join(cells) + " |")
-        unreached.append(not reference_reached)
-    if any(unreached):
+        any_unreached = any_unreached or not reference_reached
+    if any_unreached:
         lines += ["", f"×–: {LABELS.get(reference, reference)}'s median seed never reached the threshold, so there is no "
                       "ratio and the threshold counts in no verdict."]
     return lines + [""]
